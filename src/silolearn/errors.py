@@ -1,0 +1,136 @@
+"""Typed errors: each knows its CLI exit code and its HTTP status (invariant I10).
+
+The tree, drawn once::
+
+    SiloError                         exit 1   HTTP 500
+    ├── ConfigError                   exit 3   HTTP 500   bad or unknown configuration
+    ├── WorkspaceError                exit 3   HTTP 500   workspace missing, already there, unusable
+    ├── NotFoundError                 exit 4   HTTP 404
+    │   └── TenantNotFound
+    ├── ConflictError                 exit 5   HTTP 409
+    │   └── TenantExists
+    ├── InvalidInput                  exit 6   HTTP 422   a request the caller can fix
+    │   ├── InvalidTenantName
+    │   └── IngestAborted             --strict ingestion refused a file with bad lines
+    ├── AccessDenied                  exit 7   HTTP 403   a capability the caller does not hold
+    │   └── TenantQuarantined
+    ├── IntegrityError                exit 8   HTTP 500   tampering or corruption detected
+    │   ├── DecryptionError           ciphertext does not open under this key and binding
+    │   └── AuditChainBroken          the audit chain or a checkpoint does not verify
+    └── KeyManagerError               exit 9   HTTP 500   key store sealed, missing or destroyed
+        └── KeyDestroyed
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SiloError(Exception):
+    """Base of every error silolearn raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+class ConfigError(SiloError):
+    exit_code = 3
+
+
+class WorkspaceError(SiloError):
+    exit_code = 3
+
+
+class NotFoundError(SiloError):
+    exit_code = 4
+    http_status = 404
+
+
+class TenantNotFound(NotFoundError):
+    pass
+
+
+class ConflictError(SiloError):
+    exit_code = 5
+    http_status = 409
+
+
+class TenantExists(ConflictError):
+    pass
+
+
+class InvalidInput(SiloError):
+    exit_code = 6
+    http_status = 422
+
+
+class InvalidTenantName(InvalidInput):
+    pass
+
+
+class IngestAborted(InvalidInput):
+    """Strict ingestion found bad lines and stored nothing."""
+
+
+class AccessDenied(SiloError):
+    exit_code = 7
+    http_status = 403
+
+
+class TenantQuarantined(AccessDenied):
+    pass
+
+
+class IntegrityError(SiloError):
+    exit_code = 8
+
+
+class DecryptionError(IntegrityError):
+    pass
+
+
+class AuditChainBroken(IntegrityError):
+    def __init__(self, message: str, *, seq: int | None, **details: Any) -> None:
+        super().__init__(message, seq=seq, **details)
+        self.seq = seq
+
+
+class KeyManagerError(SiloError):
+    exit_code = 9
+
+
+class KeyDestroyed(KeyManagerError):
+    pass
+
+
+__all__ = [
+    "AccessDenied",
+    "AuditChainBroken",
+    "ConfigError",
+    "ConflictError",
+    "DecryptionError",
+    "IngestAborted",
+    "IntegrityError",
+    "InvalidInput",
+    "InvalidTenantName",
+    "KeyDestroyed",
+    "KeyManagerError",
+    "NotFoundError",
+    "SiloError",
+    "TenantExists",
+    "TenantNotFound",
+    "TenantQuarantined",
+    "WorkspaceError",
+]

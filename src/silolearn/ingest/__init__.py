@@ -1,0 +1,1 @@
+"""Ingestion: record schema, parsing, minimisation, routing gateway, contamination check."""

@@ -1,0 +1,1 @@
+"""Security: key managers, envelope encryption and capabilities."""

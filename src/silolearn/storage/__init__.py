@@ -1,0 +1,1 @@
+"""Storage: the database schema, tenant scopes and the encrypted blob store."""

@@ -1,0 +1,542 @@
+"""TenantScope: the only way to reach one tenant's data (invariant I1).
+
+A scope is obtained from the workspace for one tenant and one purpose. It holds that
+tenant's unwrapped data key and token key and nothing else; every store it hands out
+reads and writes only rows of that tenant, and seals every object with that key, bound to
+the tenant id, the store and the object id.
+
+What a scope may do is fixed by its purpose (I5): a training scope can read the train store
+but has no way to read the eval store; only an evaluation scope can, and only that.
+Every read of tenant data and every refused attempt is audited (I7).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from silolearn.audit.log import AuditLog, utcnow
+from silolearn.errors import AccessDenied, IntegrityError, NotFoundError, TenantQuarantined
+from silolearn.ingest.records import Record
+from silolearn.security.envelope import DataKey
+
+
+class Capability(enum.StrEnum):
+    TRAIN_READ = "train:read"
+    TRAIN_APPEND = "train:append"
+    EVAL_APPEND = "eval:append"
+    EVAL_READ = "eval:read"
+    BLOB_READ = "blob:read"
+    BLOB_WRITE = "blob:write"
+
+
+class Purpose(enum.StrEnum):
+    INGEST = "ingest"
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return _PURPOSE_CAPABILITIES[self]
+
+    @property
+    def writes(self) -> bool:
+        return bool(
+            self.capabilities
+            & {Capability.TRAIN_APPEND, Capability.EVAL_APPEND, Capability.BLOB_WRITE}
+        )
+
+
+_PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
+    Purpose.INGEST: frozenset(
+        {
+            Capability.TRAIN_READ,
+            Capability.TRAIN_APPEND,
+            Capability.EVAL_APPEND,
+            Capability.BLOB_READ,
+            Capability.BLOB_WRITE,
+        }
+    ),
+    # training code is never given eval access, not even to append (I5)
+    Purpose.TRAINING: frozenset(
+        {Capability.TRAIN_READ, Capability.BLOB_READ, Capability.BLOB_WRITE}
+    ),
+    Purpose.EVALUATION: frozenset({Capability.EVAL_READ, Capability.BLOB_READ}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRef:
+    """Who a scope belongs to: the opaque id (bound into ciphertexts) and the name."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record as kept in a store: its sequence, time and the decrypted record."""
+
+    seq: int
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A validated, minimised record with its keyed hashes, ready to be sealed and stored."""
+
+    record: Record
+    rid: bytes
+    digest: bytes
+    fingerprint: bytes
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, case-folded, punctuation dropped, whitespace folded: the key of exact duplicates."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    kept = "".join(
+        " " if unicodedata.category(c)[0] in "PZSC" else c for c in folded
+    )
+    return " ".join(kept.split())
+
+
+class TenantScope:
+    """One tenant's data, for one purpose. Obtain it from ``Workspace.scope``."""
+
+    def __init__(
+        self,
+        *,
+        conn: sqlite3.Connection,
+        audit: AuditLog,
+        tenant: TenantRef,
+        data_key: DataKey,
+        token_key: bytes,
+        blob_dir: Path,
+        purpose: Purpose,
+    ) -> None:
+        if data_key.tenant_id != tenant.id:
+            raise IntegrityError("a scope holds only its own tenant's data key")
+        self._conn = conn
+        self._audit = audit
+        self.tenant = tenant
+        self._key = data_key
+        self._token_key = token_key
+        self._blob_dir = blob_dir
+        self.purpose = purpose
+        self.capabilities = purpose.capabilities
+        self.train = TrainStore(self)
+        self.eval = EvalStore(self)
+        self.blobs = BlobStore(self)
+
+    def __repr__(self) -> str:
+        return f"TenantScope(tenant={self.tenant.name!r}, purpose={self.purpose.value!r})"
+
+    # -- helpers shared by the stores -------------------------------------------------------
+
+    def require(self, capability: Capability, *, what: str) -> None:
+        if capability in self.capabilities:
+            return
+        self._audit.append(
+            "access.denied",
+            tenant=self.tenant.name,
+            obj=what,
+            details={"capability": capability.value, "purpose": self.purpose.value},
+        )
+        raise AccessDenied(
+            f"a {self.purpose.value} scope of tenant {self.tenant.name!r} may not "
+            f"{capability.value.replace(':', ' ')} ({what})",
+            tenant=self.tenant.name,
+            capability=capability.value,
+        )
+
+    def keyed_hash(self, label: str, value: str) -> bytes:
+        return hmac.new(
+            self._token_key, label.encode() + b"\x00" + value.encode(), hashlib.sha256
+        ).digest()
+
+    def prepare(self, record: Record) -> PreparedRecord:
+        return PreparedRecord(
+            record=record,
+            rid=self.keyed_hash("rid", record.id),
+            digest=self.keyed_hash("record", record.canonical_json()),
+            fingerprint=self.keyed_hash("text", normalise_text(record.text)),
+        )
+
+    def write(self) -> Any:
+        """A write transaction that first checks, inside it, that the tenant may be written."""
+        return _GuardedWrite(self)
+
+    def audit_in(
+        self,
+        conn: sqlite3.Connection,
+        action: str,
+        *,
+        obj: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        return self._audit.append_in(
+            conn, action, tenant=self.tenant.name, obj=obj, details=details
+        )
+
+    def audit(self, action: str, *, obj: str | None = None, details: dict[str, Any] | None = None) -> int:
+        return self._audit.append(action, tenant=self.tenant.name, obj=obj, details=details)
+
+    @property
+    def token_key(self) -> bytes:
+        return self._token_key
+
+    def open_box(self, box: bytes, *, kind: str, object_id: str) -> bytes:
+        return self._key.open(box, kind=kind, object_id=object_id)
+
+
+class _GuardedWrite:
+    def __init__(self, scope: TenantScope) -> None:
+        self._scope = scope
+        self._cm: Any = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._cm = self._scope._audit.write()
+        conn: sqlite3.Connection = self._cm.__enter__()
+        row = conn.execute(
+            "SELECT status FROM tenants WHERE id = ?", (self._scope.tenant.id,)
+        ).fetchone()
+        status = None if row is None else str(row[0])
+        if status != "active":
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+            name = self._scope.tenant.name
+            self._scope._audit.append(
+                "access.denied",
+                tenant=name,
+                obj="write",
+                details={"reason": status or "deleted", "purpose": self._scope.purpose.value},
+            )
+            if status == "quarantined":
+                raise TenantQuarantined(
+                    f"tenant {name!r} is quarantined: no ingestion or training until released",
+                    tenant=name,
+                )
+            raise AccessDenied(f"tenant {name!r} is {status or 'deleted'}", tenant=name)
+        return conn
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        cm, self._cm = self._cm, None
+        result: bool | None = cm.__exit__(*exc)
+        return result
+
+
+class _RecordStore:
+    kind: str
+    table: str
+    append_capability: Capability
+    read_capability: Capability
+
+    def __init__(self, scope: TenantScope) -> None:
+        self._scope = scope
+
+    def count(self) -> int:
+        row = self._scope._conn.execute(
+            f"SELECT COUNT(*) FROM {self.table} WHERE tenant_id = ?{self._active_clause()}",
+            (self._scope.tenant.id,),
+        ).fetchone()
+        return int(row[0])
+
+    def _active_clause(self) -> str:
+        return ""
+
+    def existing(self, rids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Which of these record-id hashes are stored here, with their content digests."""
+        found: dict[bytes, bytes] = {}
+        rid_list = list(rids)
+        for start in range(0, len(rid_list), 500):
+            chunk = rid_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for rid, digest in self._scope._conn.execute(
+                f"SELECT rid, digest FROM {self.table} WHERE tenant_id = ? AND rid IN ({marks})",
+                (self._scope.tenant.id, *chunk),
+            ):
+                found[bytes(rid)] = bytes(digest)
+        return found
+
+    def fingerprints_present(self, fingerprints: Iterable[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        fps = list(fingerprints)
+        for start in range(0, len(fps), 500):
+            chunk = fps[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for (fp,) in self._scope._conn.execute(
+                f"SELECT fingerprint FROM {self.table} WHERE tenant_id = ? "
+                f"AND fingerprint IN ({marks}){self._active_clause()}",
+                (self._scope.tenant.id, *chunk),
+            ):
+                found.add(bytes(fp))
+        return found
+
+    def require_append(self) -> None:
+        self._scope.require(self.append_capability, what=f"{self.kind} store append")
+
+    def append_in(self, conn: sqlite3.Connection, prepared: list[PreparedRecord]) -> None:
+        """Seal and insert inside the caller's guarded write transaction.
+
+        The caller checks ``require_append()`` before opening the transaction, so that a
+        refusal is audited in a transaction of its own.
+        """
+        scope = self._scope
+        if self.append_capability not in scope.capabilities:
+            raise AccessDenied(f"{scope!r} may not append to the {self.kind} store")
+        now = utcnow()
+        conn.executemany(
+            f"INSERT INTO {self.table} (tenant_id, rid, ts, digest, fingerprint, dek_version, "
+            "box, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    scope.tenant.id,
+                    p.rid,
+                    p.record.timestamp,
+                    p.digest,
+                    p.fingerprint,
+                    scope._key.version,
+                    scope._key.seal(
+                        p.record.canonical_json().encode(), kind=self.kind, object_id=p.rid.hex()
+                    ),
+                    now,
+                )
+                for p in prepared
+            ],
+        )
+
+    def append(self, records: Iterable[Record]) -> int:
+        """Store records directly (no gateway routing or minimisation); returns how many."""
+        self.require_append()
+        prepared = [self._scope.prepare(r) for r in records]
+        with self._scope.write() as conn:
+            self.append_in(conn, prepared)
+            self._scope.audit_in(
+                conn, f"{self.kind}.append", details={"records": len(prepared)}
+            )
+        return len(prepared)
+
+    def _read(self, *, until: str | None, limit: int | None) -> list[StoredRecord]:
+        scope = self._scope
+        query = (
+            f"SELECT seq, rid, dek_version, box FROM {self.table} WHERE tenant_id = ?"
+            f"{self._active_clause()}"
+        )
+        params: list[Any] = [scope.tenant.id]
+        if until is not None:
+            query += " AND ts <= ?"
+            params.append(until)
+        query += " ORDER BY ts, seq"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        out: list[StoredRecord] = []
+        for seq, rid, dek_version, box in scope._conn.execute(query, params):
+            if dek_version != scope._key.version:
+                raise IntegrityError(
+                    f"{self.kind} record sealed under data key v{dek_version}, scope holds "
+                    f"v{scope._key.version}: reopen the scope",
+                )
+            plain = scope.open_box(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
+            out.append(StoredRecord(int(seq), Record.model_validate(json.loads(plain))))
+        scope.audit(
+            "data.read",
+            obj=f"{self.kind}_store",
+            details={"records": len(out), "until": until, "purpose": scope.purpose.value},
+        )
+        return out
+
+
+class TrainStore(_RecordStore):
+    """The tenant's training records: append (gateway) and time-ordered reads."""
+
+    kind = "train"
+    table = "train_records"
+    append_capability = Capability.TRAIN_APPEND
+    read_capability = Capability.TRAIN_READ
+
+    def _active_clause(self) -> str:
+        # records quarantined as near-copies of eval records are never read for training
+        return " AND status = 'active'"
+
+    def read(self, *, until: str | None = None, limit: int | None = None) -> list[StoredRecord]:
+        """Active training records in time order, optionally up to a cutoff timestamp."""
+        self._scope.require(Capability.TRAIN_READ, what="train store read")
+        return self._read(until=until, limit=limit)
+
+    def quarantine_in(self, conn: sqlite3.Connection, fingerprints: set[bytes]) -> list[int]:
+        """Move active train records whose text matches these fingerprints out of training."""
+        moved: list[int] = []
+        fps = list(fingerprints)
+        for start in range(0, len(fps), 500):
+            chunk = fps[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT seq FROM train_records WHERE tenant_id = ? AND status = 'active' "
+                f"AND fingerprint IN ({marks})",
+                (self._scope.tenant.id, *chunk),
+            ).fetchall()
+            moved.extend(int(r[0]) for r in rows)
+        if moved:
+            conn.executemany(
+                "UPDATE train_records SET status = 'quarantined' WHERE seq = ?",
+                [(s,) for s in moved],
+            )
+        return moved
+
+    def quarantined_count(self) -> int:
+        row = self._scope._conn.execute(
+            "SELECT COUNT(*) FROM train_records WHERE tenant_id = ? AND status = 'quarantined'",
+            (self._scope.tenant.id,),
+        ).fetchone()
+        return int(row[0])
+
+
+class EvalStore(_RecordStore):
+    """The tenant's evaluation records: append-only; reading needs an evaluation scope."""
+
+    kind = "eval"
+    table = "eval_records"
+    append_capability = Capability.EVAL_APPEND
+    read_capability = Capability.EVAL_READ
+
+    def read(self, *, until: str | None = None, limit: int | None = None) -> list[StoredRecord]:
+        self._scope.require(Capability.EVAL_READ, what="eval store read")
+        return self._read(until=until, limit=limit)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    name: str
+    object_id: str
+    sha256: str
+    size: int
+    dek_version: int
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "object_id": self.object_id,
+            "sha256": self.sha256,
+            "size": self.size,
+            "dek_version": self.dek_version,
+            "created_at": self.created_at,
+        }
+
+
+class BlobStore:
+    """Encrypted files of one tenant (adapters, indexes, caches), addressed by name."""
+
+    kind = "blob"
+
+    def __init__(self, scope: TenantScope) -> None:
+        self._scope = scope
+
+    @property
+    def directory(self) -> Path:
+        return self._scope._blob_dir
+
+    def put(self, name: str, data: bytes) -> BlobInfo:
+        scope = self._scope
+        scope.require(Capability.BLOB_WRITE, what=f"blob {name} write")
+        if not name or len(name) > 200 or "\x00" in name:
+            raise ValueError("a blob name is 1-200 characters without NUL")
+        object_id = secrets.token_hex(16)
+        file_name = f"{object_id}.v{scope._key.version}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / file_name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(scope._key.seal(data, kind=self.kind, object_id=object_id))
+        os.replace(tmp, path)
+        info = BlobInfo(
+            name=name,
+            object_id=object_id,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            dek_version=scope._key.version,
+            created_at=utcnow(),
+        )
+        old_file: str | None = None
+        try:
+            with scope.write() as conn:
+                row = conn.execute(
+                    "SELECT file FROM blobs WHERE tenant_id = ? AND name = ?",
+                    (scope.tenant.id, name),
+                ).fetchone()
+                old_file = None if row is None else str(row[0])
+                conn.execute(
+                    "INSERT OR REPLACE INTO blobs (tenant_id, name, object_id, file, sha256, "
+                    "size, dek_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        scope.tenant.id,
+                        name,
+                        object_id,
+                        file_name,
+                        info.sha256,
+                        info.size,
+                        info.dek_version,
+                        info.created_at,
+                    ),
+                )
+                scope.audit_in(
+                    conn, "blob.write", obj=name, details={"sha256": info.sha256, "size": info.size}
+                )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if old_file is not None:
+            (self.directory / old_file).unlink(missing_ok=True)
+        return info
+
+    def info(self, name: str) -> BlobInfo:
+        row = self._scope._conn.execute(
+            "SELECT name, object_id, sha256, size, dek_version, created_at FROM blobs "
+            "WHERE tenant_id = ? AND name = ?",
+            (self._scope.tenant.id, name),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"tenant {self._scope.tenant.name!r} has no blob {name!r}", blob=name
+            )
+        return BlobInfo(*row)
+
+    def list(self) -> list[BlobInfo]:
+        rows = self._scope._conn.execute(
+            "SELECT name, object_id, sha256, size, dek_version, created_at FROM blobs "
+            "WHERE tenant_id = ? ORDER BY name",
+            (self._scope.tenant.id,),
+        ).fetchall()
+        return [BlobInfo(*r) for r in rows]
+
+    def get(self, name: str) -> bytes:
+        scope = self._scope
+        scope.require(Capability.BLOB_READ, what=f"blob {name} read")
+        row = scope._conn.execute(
+            "SELECT object_id, file, sha256 FROM blobs WHERE tenant_id = ? AND name = ?",
+            (scope.tenant.id, name),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"tenant {scope.tenant.name!r} has no blob {name!r}", blob=name)
+        object_id, file_name, sha = str(row[0]), str(row[1]), str(row[2])
+        data = scope.open_box(
+            (self.directory / file_name).read_bytes(), kind=self.kind, object_id=object_id
+        )
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise IntegrityError(f"blob {name!r} does not match its recorded SHA-256", blob=name)
+        scope.audit("data.read", obj=f"blob:{name}", details={"size": len(data)})
+        return data
+
+    def iter_files(self) -> Iterator[Path]:
+        if self.directory.exists():
+            yield from sorted(self.directory.iterdir())

@@ -1,0 +1,1 @@
+"""Tenancy: tenant lifecycle (create, quarantine, release, shred) and key rotation."""

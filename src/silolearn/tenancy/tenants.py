@@ -1,0 +1,333 @@
+"""Tenant lifecycle: create, quarantine, release, crypto-shred; data-key and KEK rotation.
+
+Shredding destroys the tenant's keys in the key manager *first*: from that moment every
+ciphertext of the tenant, in the database, in blobs, in free pages or in any backup, is
+unreadable, whatever happens to the deletion of rows and files that follows.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from silolearn.audit.log import AuditLog, utcnow
+from silolearn.errors import (
+    InvalidInput,
+    InvalidTenantName,
+    TenantExists,
+    TenantNotFound,
+)
+from silolearn.security.envelope import DataKey
+from silolearn.security.keys import KeyManager, WrappedKey
+
+NAME_PATTERN = re.compile(r"[a-z0-9-]{2,40}")
+PII_POLICIES = ("redact", "tokenize", "reject")
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidTenantName(
+            f"invalid tenant name {str(name)[:60]!r}: use 2-40 characters among lowercase "
+            "letters, digits and '-'",
+            name=str(name)[:60],
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    id: str
+    name: str
+    status: str
+    status_reason: str | None
+    pii_policy: str
+    dek_version: int
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "pii_policy": self.pii_policy,
+            "dek_version": self.dek_version,
+            "created_at": self.created_at,
+        }
+
+
+_COLUMNS = "id, name, status, status_reason, pii_policy, dek_version, created_at"
+
+
+class TenantRegistry:
+    """Tenant rows, their wrapped data keys, and the key manager's tenant keys."""
+
+    def __init__(
+        self, *, conn: sqlite3.Connection, keys: KeyManager, audit: AuditLog, blob_root: Path
+    ) -> None:
+        self._conn = conn
+        self._keys = keys
+        self._audit = audit
+        self._blob_root = blob_root
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, name: str) -> TenantInfo:
+        validate_name(name)
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM tenants WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise TenantNotFound(f"no tenant named {name!r}", tenant=name)
+        return TenantInfo(*row)
+
+    def list(self) -> list[TenantInfo]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY name").fetchall()
+        return [TenantInfo(*r) for r in rows]
+
+    def blob_dir(self, tenant_id: str) -> Path:
+        return self._blob_root / tenant_id
+
+    def stats(self, info: TenantInfo) -> dict[str, int]:
+        row = self._conn.execute(
+            """
+            SELECT
+              (SELECT COUNT(*) FROM train_records WHERE tenant_id = :t AND status = 'active'),
+              (SELECT COUNT(*) FROM train_records WHERE tenant_id = :t AND status = 'quarantined'),
+              (SELECT COUNT(*) FROM eval_records WHERE tenant_id = :t),
+              (SELECT COUNT(*) FROM blobs WHERE tenant_id = :t)
+            """,
+            {"t": info.id},
+        ).fetchone()
+        return {"train": row[0], "quarantined": row[1], "eval": row[2], "blobs": row[3]}
+
+    def data_key(self, info: TenantInfo) -> DataKey:
+        """Unwrap the tenant's current data key through the key manager."""
+        row = self._conn.execute(
+            "SELECT kek_id, wrapped FROM data_keys WHERE tenant_id = ? AND version = ?",
+            (info.id, info.dek_version),
+        ).fetchone()
+        if row is None:
+            raise TenantNotFound(f"tenant {info.name!r} has no data key", tenant=info.name)
+        material = self._keys.unwrap(
+            info.id, info.dek_version, WrappedKey(str(row[0]), bytes(row[1]))
+        )
+        return DataKey(info.id, info.dek_version, material)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def create(self, name: str, *, pii_policy: str) -> TenantInfo:
+        validate_name(name)
+        if pii_policy not in PII_POLICIES:
+            raise InvalidInput(f"unknown PII policy {pii_policy!r}: one of {PII_POLICIES}")
+        if self._conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
+            raise TenantExists(f"tenant {name!r} already exists", tenant=name)
+        tenant_id = "t-" + secrets.token_hex(8)
+        self._keys.create_tenant(tenant_id)
+        try:
+            dek = DataKey.generate(tenant_id, 1)
+            wrapped = self._keys.wrap(tenant_id, 1, dek.material)
+            info = TenantInfo(tenant_id, name, "active", None, pii_policy, 1, utcnow())
+            with self._audit.write() as conn:
+                if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
+                    raise TenantExists(f"tenant {name!r} already exists", tenant=name)
+                conn.execute(
+                    f"INSERT INTO tenants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        info.id,
+                        info.name,
+                        info.status,
+                        info.status_reason,
+                        info.pii_policy,
+                        info.dek_version,
+                        info.created_at,
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO data_keys (tenant_id, version, kek_id, wrapped, created_at) "
+                    "VALUES (?, 1, ?, ?, ?)",
+                    (tenant_id, wrapped.kek_id, wrapped.wrapped, info.created_at),
+                )
+                self._audit.append_in(
+                    conn,
+                    "tenant.create",
+                    tenant=name,
+                    obj=tenant_id,
+                    details={"pii_policy": pii_policy, "kek_id": wrapped.kek_id},
+                )
+        except BaseException:
+            self._keys.destroy_tenant(tenant_id)
+            raise
+        return info
+
+    def set_status(self, name: str, status: str, *, reason: str | None) -> TenantInfo:
+        info = self.get(name)
+        if info.status == "shredding":
+            raise InvalidInput(f"tenant {name!r} is being shredded", tenant=name)
+        action = "tenant.quarantine" if status == "quarantined" else "tenant.release"
+        with self._audit.write() as conn:
+            conn.execute(
+                "UPDATE tenants SET status = ?, status_reason = ? WHERE id = ?",
+                (status, reason, info.id),
+            )
+            self._audit.append_in(
+                conn,
+                action,
+                tenant=name,
+                obj=info.id,
+                details={"reason": reason, "previous": info.status},
+            )
+        return self.get(name)
+
+    def set_pii_policy(self, name: str, policy: str) -> TenantInfo:
+        info = self.get(name)
+        if policy not in PII_POLICIES:
+            raise InvalidInput(f"unknown PII policy {policy!r}: one of {PII_POLICIES}")
+        with self._audit.write() as conn:
+            conn.execute("UPDATE tenants SET pii_policy = ? WHERE id = ?", (policy, info.id))
+            self._audit.append_in(
+                conn,
+                "tenant.policy",
+                tenant=name,
+                obj=info.id,
+                details={"pii_policy": policy, "previous": info.pii_policy},
+            )
+        return self.get(name)
+
+    def shred(self, name: str) -> dict[str, Any]:
+        """Crypto-shred: destroy the keys, then delete rows and blobs."""
+        info = self.get(name)
+        with self._audit.write() as conn:
+            conn.execute("UPDATE tenants SET status = 'shredding' WHERE id = ?", (info.id,))
+            self._audit.append_in(conn, "tenant.shred.begin", tenant=name, obj=info.id)
+        self._keys.destroy_tenant(info.id)
+        with self._audit.write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO maintenance (tenant_id, op) VALUES (?, 'shred')", (info.id,)
+            )
+            counts: dict[str, int] = {}
+            for table in ("train_records", "eval_records", "blobs", "data_keys"):
+                cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
+                counts[table] = cursor.rowcount
+            conn.execute("DELETE FROM tenants WHERE id = ?", (info.id,))
+            conn.execute("DELETE FROM maintenance WHERE tenant_id = ?", (info.id,))
+            self._audit.append_in(
+                conn, "tenant.shred", tenant=name, obj=info.id, details={"deleted": counts}
+            )
+        shutil.rmtree(self.blob_dir(info.id), ignore_errors=True)
+        # fold the WAL back into the database file so no deleted page survives beside it
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"tenant": name, "id": info.id, "deleted": counts}
+
+    # -- rotation ---------------------------------------------------------------------------
+
+    def rotate_keks(self) -> dict[str, Any]:
+        """Re-wrap every data key under a fresh KEK; no data is re-encrypted."""
+        tenants = [t for t in self.list() if t.status != "shredding"]
+        fresh = self._keys.add_keks([t.id for t in tenants])
+        rewrapped = 0
+        with self._audit.write() as conn:
+            for tenant in tenants:
+                rows = conn.execute(
+                    "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?",
+                    (tenant.id,),
+                ).fetchall()
+                for version, kek_id, wrapped in rows:
+                    material = self._keys.unwrap(
+                        tenant.id, int(version), WrappedKey(str(kek_id), bytes(wrapped))
+                    )
+                    new = self._keys.wrap(tenant.id, int(version), material)
+                    conn.execute(
+                        "UPDATE data_keys SET kek_id = ?, wrapped = ? "
+                        "WHERE tenant_id = ? AND version = ?",
+                        (new.kek_id, new.wrapped, tenant.id, version),
+                    )
+                    rewrapped += 1
+                self._audit.append_in(
+                    conn,
+                    "keys.rotate_kek",
+                    tenant=tenant.name,
+                    obj=tenant.id,
+                    details={"kek_id": fresh[tenant.id]},
+                )
+        retired = self._keys.retire_keks(fresh)
+        return {"tenants": len(tenants), "rewrapped": rewrapped, "retired_keks": retired}
+
+    def rotate_data_key(self, name: str) -> dict[str, Any]:
+        """Re-encrypt every object of the tenant under a fresh data key, atomically."""
+        info = self.get(name)
+        if info.status == "shredding":
+            raise InvalidInput(f"tenant {name!r} is being shredded", tenant=name)
+        old = self.data_key(info)
+        new = DataKey.generate(info.id, old.version + 1)
+        wrapped = self._keys.wrap(info.id, new.version, new.material)
+        blob_dir = self.blob_dir(info.id)
+        blob_rows = self._conn.execute(
+            "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
+        ).fetchall()
+        new_files: dict[str, str] = {}
+        try:
+            for blob_name, object_id, file_name in blob_rows:
+                plain = old.open((blob_dir / file_name).read_bytes(), kind="blob", object_id=object_id)
+                fresh_name = f"{object_id}.v{new.version}"
+                (blob_dir / fresh_name).write_bytes(
+                    new.seal(plain, kind="blob", object_id=object_id)
+                )
+                new_files[str(blob_name)] = fresh_name
+            counts = {"train": 0, "eval": 0, "blobs": len(blob_rows)}
+            with self._audit.write() as conn:
+                conn.execute(
+                    "INSERT INTO maintenance (tenant_id, op) VALUES (?, 'rekey')", (info.id,)
+                )
+                conn.execute(
+                    "INSERT INTO data_keys (tenant_id, version, kek_id, wrapped, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (info.id, new.version, wrapped.kek_id, wrapped.wrapped, utcnow()),
+                )
+                for kind, table in (("train", "train_records"), ("eval", "eval_records")):
+                    rows = conn.execute(
+                        f"SELECT seq, rid, box FROM {table} WHERE tenant_id = ?", (info.id,)
+                    ).fetchall()
+                    updates = []
+                    for seq, rid, box in rows:
+                        object_id = bytes(rid).hex()
+                        plain = old.open(bytes(box), kind=kind, object_id=object_id)
+                        updates.append(
+                            (new.seal(plain, kind=kind, object_id=object_id), new.version, seq)
+                        )
+                    conn.executemany(
+                        f"UPDATE {table} SET box = ?, dek_version = ? WHERE seq = ?", updates
+                    )
+                    counts[kind] = len(updates)
+                for blob_name, fresh_name in new_files.items():
+                    conn.execute(
+                        "UPDATE blobs SET file = ?, dek_version = ? WHERE tenant_id = ? AND name = ?",
+                        (fresh_name, new.version, info.id, blob_name),
+                    )
+                conn.execute(
+                    "UPDATE tenants SET dek_version = ? WHERE id = ?", (new.version, info.id)
+                )
+                conn.execute(
+                    "DELETE FROM data_keys WHERE tenant_id = ? AND version = ?",
+                    (info.id, old.version),
+                )
+                conn.execute("DELETE FROM maintenance WHERE tenant_id = ?", (info.id,))
+                self._audit.append_in(
+                    conn,
+                    "keys.rotate_data_key",
+                    tenant=name,
+                    obj=info.id,
+                    details={"from_version": old.version, "to_version": new.version, **counts},
+                )
+        except BaseException:
+            for fresh_name in new_files.values():
+                (blob_dir / fresh_name).unlink(missing_ok=True)
+            raise
+        for _, _, file_name in blob_rows:
+            (blob_dir / str(file_name)).unlink(missing_ok=True)
+        return {"tenant": name, "version": new.version, **counts}
