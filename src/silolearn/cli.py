@@ -1,0 +1,446 @@
+"""The command line: ``silolearn --help``.
+
+Every command takes ``--workspace DIR`` (default ``$SILOLEARN_WORKSPACE`` or ``./.silolearn``)
+and ``--json`` (the result as JSON on stdout). Errors go to stderr with the exit code of
+their type (see ``silolearn.errors``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from silolearn.errors import AuditChainBroken, InvalidInput, SiloError
+from silolearn.workspace import Workspace
+
+app = typer.Typer(
+    name="silolearn",
+    help="Continuous learning per tenant, with isolation, encryption, audit and privacy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tenant_app = typer.Typer(help="Create, inspect, quarantine and shred tenants.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key rotation.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+verify_app = typer.Typer(help="Attack suites against the workspace.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(verify_app, name="verify")
+
+out = Console()
+err = Console(stderr=True)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        help="Workspace directory [default: $SILOLEARN_WORKSPACE or ./.silolearn]",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(func: F) -> F:
+    """Turn typed errors into a message on stderr and the error's exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SiloError as exc:
+            if kwargs.get("as_json"):
+                print(json.dumps(exc.to_dict()), file=sys.stderr)
+            else:
+                err.print(f"[bold red]error[/] ({exc.code}): {exc.message}", highlight=False)
+                for item in exc.details.get("errors", [])[:20]:
+                    err.print(f"  line {item['line']}: {item['reason']}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def opened(workspace: Path | None) -> Iterator[Workspace]:
+    ws = Workspace.open(workspace)
+    try:
+        yield ws
+    finally:
+        ws.close()
+
+
+def emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        human()
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    return table
+
+
+# -- init ------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def init(
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    sealed: Annotated[
+        bool, typer.Option(help="Seal the keyring with the passphrase in $SILOLEARN_PASSPHRASE.")
+    ] = False,
+) -> None:
+    """Create a workspace: config, database, key store, blob directory."""
+    ws = Workspace.init(workspace, sealed=sealed)
+    ws.close()
+    payload = {"workspace": str(ws.path.resolve()), "sealed": sealed}
+    emit(as_json, payload, lambda: out.print(f"initialised workspace at {ws.path.resolve()}"))
+
+
+# -- tenants ---------------------------------------------------------------------------------
+
+
+@tenant_app.command("create")
+@command
+def tenant_create(
+    name: str,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    pii_policy: Annotated[
+        str | None, typer.Option(help="redact | tokenize | reject [default: from config]")
+    ] = None,
+) -> None:
+    """Create a tenant with its own data key."""
+    with opened(workspace) as ws:
+        info = ws.create_tenant(name, pii_policy=pii_policy)
+    emit(as_json, info.to_dict(), lambda: out.print(f"created tenant {info.name} ({info.id})"))
+
+
+@tenant_app.command("list")
+@command
+def tenant_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """List tenants with their record counts."""
+    with opened(workspace) as ws:
+        rows = [ws.tenant(t.name).show() for t in ws.tenants.list()]
+    emit(as_json, rows, lambda: out.print(_tenant_table(rows)))
+
+
+def _tenant_table(rows: list[dict[str, Any]]) -> Table:
+    return _table(
+        "tenants",
+        ["name", "status", "train", "eval", "quarantined", "blobs", "pii", "key v", "created"],
+        [
+            [
+                r["name"],
+                r["status"],
+                r["train"],
+                r["eval"],
+                r["quarantined"],
+                r["blobs"],
+                r["pii_policy"],
+                r["dek_version"],
+                r["created_at"][:19],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@tenant_app.command("show")
+@command
+def tenant_show(name: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one tenant."""
+    with opened(workspace) as ws:
+        row = ws.tenant(name).show()
+    emit(as_json, row, lambda: out.print(_table(name, ["field", "value"], list(map(list, row.items())))))
+
+
+@tenant_app.command("quarantine")
+@command
+def tenant_quarantine(
+    name: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop all ingestion and training of a tenant until released."""
+    if not reason.strip():
+        raise typer.BadParameter("--reason must not be empty")
+    with opened(workspace) as ws:
+        info = ws.tenant(name).quarantine(reason)
+    emit(as_json, info.to_dict(), lambda: out.print(f"tenant {name} quarantined: {reason}"))
+
+
+@tenant_app.command("release")
+@command
+def tenant_release(name: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Lift a quarantine."""
+    with opened(workspace) as ws:
+        info = ws.tenant(name).release()
+    emit(as_json, info.to_dict(), lambda: out.print(f"tenant {name} released"))
+
+
+@tenant_app.command("policy")
+@command
+def tenant_policy(
+    name: str,
+    pii: Annotated[str, typer.Option(help="redact | tokenize | reject")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a tenant's PII minimisation policy."""
+    with opened(workspace) as ws:
+        info = ws.tenants.set_pii_policy(name, pii)
+    emit(as_json, info.to_dict(), lambda: out.print(f"tenant {name}: PII policy {pii}"))
+
+
+@tenant_app.command("delete")
+@command
+def tenant_delete(
+    name: str,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    shred: Annotated[
+        bool, typer.Option("--shred", help="Destroy the tenant's keys, rows and blobs.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Crypto-shred a tenant: nothing of it stays readable, backups included."""
+    if not shred:
+        raise InvalidInput("deleting a tenant is crypto-shredding: pass --shred (and --yes)")
+    if not yes:
+        raise InvalidInput("shredding cannot be undone: pass --yes to confirm")
+    with opened(workspace) as ws:
+        result = ws.tenants.shred(name)
+    emit(as_json, result, lambda: out.print(f"tenant {name} shredded: {result['deleted']}"))
+
+
+# -- ingestion -------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def ingest(
+    tenant: str,
+    file: Annotated[str, typer.Argument(help="JSON lines or CSV file; '-' for stdin.")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Store nothing if any line is invalid.")
+    ] = False,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl | csv [default: from the extension]")
+    ] = None,
+) -> None:
+    """Ingest records into a tenant through the gateway."""
+    from silolearn.ingest.gateway import Gateway
+
+    with opened(workspace) as ws:
+        gateway = Gateway(ws)
+        if as_json or file == "-" or not sys.stderr.isatty():
+            report = gateway.ingest(tenant, file, strict=strict, fmt=fmt)
+        else:
+            with Progress(
+                TextColumn("ingesting {task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed} lines"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            ) as progress:
+                task = progress.add_task(tenant, total=None)
+                report = gateway.ingest(
+                    tenant,
+                    file,
+                    strict=strict,
+                    fmt=fmt,
+                    progress=lambda n: progress.advance(task, n),
+                )
+    payload = report.to_dict()
+
+    def human() -> None:
+        keys = ["accepted", "rejected", "train", "eval", "duplicates", "contaminated",
+                "quarantined", "redactions"]
+        out.print(_table(f"ingest {tenant}", keys, [[payload[k] for k in keys]]))
+        for item in payload["errors"][:50]:
+            err.print(f"  line {item['line']}: {item['reason']}", highlight=False)
+
+    emit(as_json, payload, human)
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+@keys_app.command("rotate")
+@command
+def keys_rotate(
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    tenant: Annotated[str | None, typer.Option(help="Tenant whose data key to replace.")] = None,
+    data_key: Annotated[
+        bool, typer.Option("--data-key", help="Re-encrypt the tenant's objects under a new data key.")
+    ] = False,
+) -> None:
+    """Re-wrap all data keys under new KEKs, or (--tenant T --data-key) re-key a tenant."""
+    if data_key != (tenant is not None):
+        raise InvalidInput("use --tenant and --data-key together, or neither")
+    with opened(workspace) as ws:
+        result = ws.tenants.rotate_data_key(tenant) if tenant else ws.tenants.rotate_keks()
+    emit(as_json, result, lambda: out.print(f"rotated: {result}"))
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+@command
+def audit_verify(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the hash chain, every signed checkpoint and the head (exit 8 names the event)."""
+    ws = Workspace.open(workspace)
+    try:
+        report = ws.audit.verify()
+    except AuditChainBroken as exc:
+        ws.conn.close()
+        if as_json:
+            print(json.dumps({"ok": False, "seq": exc.seq, "message": exc.message}))
+        raise
+    ws.conn.close()
+    emit(
+        as_json,
+        report.to_dict(),
+        lambda: out.print(
+            f"audit log OK: {report.events} events, {report.checkpoints} signed checkpoints, "
+            f"head {report.head_hash[:16]}"
+        ),
+    )
+
+
+@audit_app.command("show")
+@command
+def audit_show(
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 time.")] = None,
+    action: Annotated[str | None, typer.Option(help="Action or action prefix.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the newest N events.")] = None,
+) -> None:
+    """Show audit events."""
+    if since is not None:
+        from silolearn.ingest.records import normalise_timestamp
+
+        try:
+            since = normalise_timestamp(since)
+        except ValueError:
+            raise InvalidInput(f"--since {since!r} is not an ISO-8601 time") from None
+    ws = Workspace.open(workspace)
+    try:
+        events = ws.audit.events(tenant=tenant, since=since, action=action, limit=limit)
+    finally:
+        ws.conn.close()
+    emit(
+        as_json,
+        [e.to_dict() for e in events],
+        lambda: out.print(
+            _table(
+                "audit",
+                ["seq", "time", "actor", "tenant", "action", "object", "details"],
+                [
+                    [e.seq, e.ts[:23], e.actor, e.tenant or "", e.action, e.object or "",
+                     json.dumps(e.details)[:80]]
+                    for e in events
+                ],
+            )
+        ),
+    )
+
+
+@audit_app.command("checkpoint")
+@command
+def audit_checkpoint(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Sign a checkpoint of the current head now."""
+    ws = Workspace.open(workspace)
+    try:
+        seq = ws.audit.checkpoint()
+    finally:
+        ws.conn.close()
+    emit(as_json, {"seq": seq}, lambda: out.print(f"signed checkpoint at event {seq}"))
+
+
+# -- verification ----------------------------------------------------------------------------
+
+
+@verify_app.command("isolation")
+@command
+def verify_isolation(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the isolation attack suite; exit non-zero if any attack is not blocked."""
+    from silolearn.verification import run_isolation_suite
+
+    with opened(workspace) as ws:
+        results = run_isolation_suite(ws)
+    rows = [r.to_dict() for r in results]
+    emit(
+        as_json,
+        {"blocked": all(r.blocked for r in results), "attacks": rows},
+        lambda: out.print(
+            _table(
+                "isolation attacks",
+                ["attack", "blocked", "how"],
+                [[r.name, "yes" if r.blocked else "[bold red]NO[/]", r.evidence] for r in results],
+            )
+        ),
+    )
+    if not all(r.blocked for r in results):
+        raise typer.Exit(8)
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def demo(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Demo workspace (recreated).")
+    ] = Path(".silolearn-demo"),
+    as_json: JsonOpt = False,
+    per_tenant: Annotated[int, typer.Option(help="Records per tenant.")] = 2000,
+    rounds: Annotated[int, typer.Option(help="Rounds of arrivals.")] = 3,
+) -> None:
+    """Run the main job on real data: several tenants, records arriving in rounds."""
+    from silolearn.demo import run_demo
+
+    result = run_demo(workspace, per_tenant=per_tenant, rounds=rounds, console=None if as_json else out)
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,307 @@
+"""``silolearn verify isolation``: attacks against the workspace's own mechanisms.
+
+The suite creates two probe tenants with synthetic records and blobs, attacks them through
+the real stores, keys and database, audits each attempt, and shreds the probes at the end.
+An attack is *blocked* only when the mechanism meant to stop it raised its typed error;
+anything else (success, or an unexpected exception) counts as not blocked.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from silolearn.audit.log import AuditLog
+from silolearn.errors import (
+    AccessDenied,
+    AuditChainBroken,
+    DecryptionError,
+    KeyDestroyed,
+    TenantQuarantined,
+)
+from silolearn.ingest.records import Record
+from silolearn.security.envelope import DataKey
+from silolearn.security.keys import WrappedKey
+from silolearn.storage.scope import Purpose
+from silolearn.workspace import DB_FILE, HEAD_FILE, Workspace
+
+
+@dataclass(frozen=True, slots=True)
+class AttackResult:
+    name: str
+    blocked: bool
+    evidence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attack": self.name, "blocked": self.blocked, "evidence": self.evidence}
+
+
+class _NotBlocked(Exception):
+    pass
+
+
+def _expect(errors: tuple[type[BaseException], ...], attempt: Callable[[], object]) -> str:
+    try:
+        attempt()
+    except errors as exc:
+        return f"{type(exc).__name__}: {exc}"[:160]
+    raise _NotBlocked("the attempt succeeded")
+
+
+def _probe_records(n: int) -> list[Record]:
+    marker = secrets.token_hex(6)
+    return [
+        Record(
+            id=f"probe-{i}",
+            text=f"isolation probe {marker} record {i} with enough words to be a document",
+            label="probe" if i % 2 else None,
+            timestamp=f"2026-01-{i % 28 + 1:02d}T00:00:00Z",
+        )
+        for i in range(n)
+    ]
+
+
+def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
+    suffix = secrets.token_hex(3)
+    name_a, name_b = f"probe-{suffix}-a", f"probe-{suffix}-b"
+    ws.create_tenant(name_a)
+    ws.create_tenant(name_b)
+    results: list[AttackResult] = []
+    try:
+        a = ws.scope(name_a)
+        b = ws.scope(name_b)
+        for scope in (a, b):
+            scope.train.append(_probe_records(4))
+            scope.eval.append(_probe_records(2))
+            scope.blobs.put("adapter", secrets.token_bytes(256))
+        info_a, info_b = ws.tenants.get(name_a), ws.tenants.get(name_b)
+        key_a = ws.tenants.data_key(info_a)
+        key_b = ws.tenants.data_key(info_b)
+        rows_b = ws.conn.execute(
+            "SELECT rid, box FROM train_records WHERE tenant_id = ? ORDER BY seq LIMIT 2",
+            (info_b.id,),
+        ).fetchall()
+        (rid_b1, box_b1), (rid_b2, _) = rows_b
+        blob_b = ws.conn.execute(
+            "SELECT object_id, file FROM blobs WHERE tenant_id = ?", (info_b.id,)
+        ).fetchone()
+        blob_b_bytes = (ws.tenants.blob_dir(info_b.id) / blob_b[1]).read_bytes()
+
+        attacks: list[tuple[str, Callable[[], str]]] = [
+            (
+                "open tenant B's blob with tenant A's key",
+                lambda: _expect(
+                    (DecryptionError,),
+                    lambda: key_a.open(blob_b_bytes, kind="blob", object_id=blob_b[0]),
+                ),
+            ),
+            (
+                "move tenant B's record ciphertext into tenant A",
+                lambda: _moved_into_other_tenant(ws, info_a.id, bytes(box_b1), name_a),
+            ),
+            (
+                "re-bind tenant B's ciphertext to tenant A with B's own key",
+                lambda: _expect(
+                    (DecryptionError,),
+                    lambda: DataKey(info_a.id, key_b.version, key_b.material).open(
+                        bytes(box_b1), kind="train", object_id=bytes(rid_b1).hex()
+                    ),
+                ),
+            ),
+            (
+                "move a ciphertext to another object id of the same tenant",
+                lambda: _expect(
+                    (DecryptionError,),
+                    lambda: key_b.open(bytes(box_b1), kind="train", object_id=bytes(rid_b2).hex()),
+                ),
+            ),
+            (
+                "open a train ciphertext as an eval record",
+                lambda: _expect(
+                    (DecryptionError,),
+                    lambda: key_b.open(bytes(box_b1), kind="eval", object_id=bytes(rid_b1).hex()),
+                ),
+            ),
+            (
+                "unwrap tenant B's data key with tenant A's key-encryption key",
+                lambda: _unwrap_with_other_kek(ws, info_a.id, info_b.id),
+            ),
+            (
+                "read the eval store through a training scope",
+                lambda: _expect(
+                    (AccessDenied,),
+                    lambda: ws.scope(name_a, purpose=Purpose.TRAINING).eval.read(),
+                ),
+            ),
+            (
+                "append to the eval store through a training scope",
+                lambda: _expect(
+                    (AccessDenied,),
+                    lambda: ws.scope(name_a, purpose=Purpose.TRAINING).eval.append(
+                        _probe_records(1)
+                    ),
+                ),
+            ),
+            (
+                "read the eval store through an ingestion scope",
+                lambda: _expect((AccessDenied,), lambda: a.eval.read()),
+            ),
+            (
+                "UPDATE an eval record in the database",
+                lambda: _expect(
+                    (sqlite3.DatabaseError,),
+                    lambda: ws.conn.execute(
+                        "UPDATE eval_records SET box = x'00' WHERE tenant_id = ?", (info_a.id,)
+                    ),
+                ),
+            ),
+            (
+                "DELETE an eval record in the database",
+                lambda: _expect(
+                    (sqlite3.DatabaseError,),
+                    lambda: ws.conn.execute(
+                        "DELETE FROM eval_records WHERE tenant_id = ?", (info_a.id,)
+                    ),
+                ),
+            ),
+            (
+                "write into a quarantined tenant",
+                lambda: _write_quarantined(ws, name_a),
+            ),
+            (
+                "edit, delete or truncate the audit log (in a copy)",
+                lambda: _tamper_audit_copy(ws),
+            ),
+            (
+                "read a shredded tenant from a database copy taken before shredding",
+                lambda: _read_after_shred(ws, name_b, info_b.id, rid_b1, box_b1),
+            ),
+        ]
+        for name, attack in attacks:
+            try:
+                evidence, blocked = attack(), True
+            except _NotBlocked as exc:
+                evidence, blocked = str(exc), False
+            except Exception as exc:
+                evidence, blocked = f"unexpected {type(exc).__name__}: {exc}"[:160], False
+            results.append(AttackResult(name, blocked, evidence))
+            ws.audit.append(
+                "verify.attack", obj=name, details={"blocked": blocked, "evidence": evidence}
+            )
+    finally:
+        for probe in (name_a, name_b):
+            if any(t.name == probe for t in ws.tenants.list()):
+                ws.tenants.shred(probe)
+    return results
+
+
+def _moved_into_other_tenant(ws: Workspace, tenant_a: str, box: bytes, name_a: str) -> str:
+    """Plant B's ciphertext as a row of A (in a transaction rolled back), then read A."""
+    conn = ws.conn
+    training = ws.scope(name_a, purpose=Purpose.TRAINING)
+    conn.execute("SAVEPOINT attack")
+    try:
+        conn.execute(
+            "INSERT INTO train_records (tenant_id, rid, ts, digest, fingerprint, dek_version, "
+            "box, created_at) SELECT ?, randomblob(32), '2026-01-01T00:00:00Z', randomblob(32), "
+            "randomblob(32), dek_version, ?, '' FROM tenants WHERE id = ?",
+            (tenant_a, box, tenant_a),
+        )
+        return _expect((DecryptionError,), training.train.read)
+    finally:
+        conn.execute("ROLLBACK TO attack")
+        conn.execute("RELEASE attack")
+
+
+def _unwrap_with_other_kek(ws: Workspace, tenant_a: str, tenant_b: str) -> str:
+    row = ws.conn.execute(
+        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (tenant_b,)
+    ).fetchone()
+    kek_a = ws.conn.execute(
+        "SELECT kek_id FROM data_keys WHERE tenant_id = ?", (tenant_a,)
+    ).fetchone()[0]
+    return _expect(
+        (DecryptionError, KeyDestroyed),
+        lambda: ws.keys.unwrap(tenant_a, int(row[0]), WrappedKey(str(kek_a), bytes(row[2]))),
+    )
+
+
+def _write_quarantined(ws: Workspace, name: str) -> str:
+    tenant = ws.tenant(name)
+    scope = tenant.scope()
+    tenant.quarantine("isolation suite probe")
+    try:
+        first = _expect((TenantQuarantined,), lambda: tenant.ingest(_probe_records(1)))
+        _expect((TenantQuarantined,), lambda: scope.train.append(_probe_records(1)))
+        _expect((TenantQuarantined,), lambda: ws.scope(name, purpose=Purpose.TRAINING))
+        return first
+    finally:
+        tenant.release()
+
+
+def _tamper_audit_copy(ws: Workspace) -> str:
+    ws.audit.checkpoint()
+    tampers = {
+        "edit": "UPDATE audit_events SET details = '{\"forged\":true}' WHERE seq = 2",
+        "delete": "DELETE FROM audit_events WHERE seq = 3",
+        "swap": (
+            "UPDATE audit_events SET seq = -1 WHERE seq = 2;"
+            "UPDATE audit_events SET seq = 2 WHERE seq = 3;"
+            "UPDATE audit_events SET seq = 3 WHERE seq = -1"
+        ),
+        "truncate": "DELETE FROM audit_events WHERE seq > (SELECT MAX(seq) - 2 FROM audit_events)",
+    }
+    found: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="silolearn-tamper-") as tmp:
+        for label, sql in tampers.items():
+            copy = Path(tmp) / label
+            copy.mkdir()
+            target = sqlite3.connect(copy / DB_FILE)
+            ws.conn.backup(target)
+            target.executescript(
+                "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;" + sql
+            )
+            target.commit()
+            (copy / HEAD_FILE).parent.mkdir(parents=True)
+            shutil.copy(ws.path / HEAD_FILE, copy / HEAD_FILE)
+            log = AuditLog(
+                target,
+                actor="verify",
+                head_file=copy / HEAD_FILE,
+                signing_key=ws.keys.signing_key(),
+                checkpoint_every=10**9,
+            )
+            try:
+                found.append(f"{label} at {_seq_of(log)}")
+            finally:
+                target.close()
+    return "detected: " + ", ".join(found)
+
+
+def _seq_of(log: AuditLog) -> str:
+    try:
+        log.verify()
+    except AuditChainBroken as exc:
+        return f"seq {exc.seq}"
+    raise _NotBlocked("tampering not detected")
+
+
+def _read_after_shred(
+    ws: Workspace, name: str, tenant_id: str, rid: bytes, box: bytes
+) -> str:
+    wrapped = ws.conn.execute(
+        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (tenant_id,)
+    ).fetchone()
+    ws.tenants.shred(name)
+    return _expect(
+        (KeyDestroyed, DecryptionError),
+        lambda: ws.keys.unwrap(
+            tenant_id, int(wrapped[0]), WrappedKey(str(wrapped[1]), bytes(wrapped[2]))
+        ),
+    )
