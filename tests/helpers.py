@@ -29,7 +29,9 @@ def record(i: int | str, text: str, label: str | None = "a", **extra: Any) -> di
     }
 
 
-def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real command line, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", "silolearn.cli", *args],

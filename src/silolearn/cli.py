@@ -30,7 +30,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-tenant_app = typer.Typer(help="Create, inspect, quarantine and shred tenants.", no_args_is_help=True)
+tenant_app = typer.Typer(
+    help="Create, inspect, quarantine and shred tenants.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Key rotation.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 verify_app = typer.Typer(help="Attack suites against the workspace.", no_args_is_help=True)
@@ -174,7 +176,11 @@ def tenant_show(name: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = Fa
     """Show one tenant."""
     with opened(workspace) as ws:
         row = ws.tenant(name).show()
-    emit(as_json, row, lambda: out.print(_table(name, ["field", "value"], list(map(list, row.items())))))
+    emit(
+        as_json,
+        row,
+        lambda: out.print(_table(name, ["field", "value"], list(map(list, row.items())))),
+    )
 
 
 @tenant_app.command("quarantine")
@@ -281,8 +287,16 @@ def ingest(
     payload = report.to_dict()
 
     def human() -> None:
-        keys = ["accepted", "rejected", "train", "eval", "duplicates", "contaminated",
-                "quarantined", "redactions"]
+        keys = [
+            "accepted",
+            "rejected",
+            "train",
+            "eval",
+            "duplicates",
+            "contaminated",
+            "quarantined",
+            "redactions",
+        ]
         out.print(_table(f"ingest {tenant}", keys, [[payload[k] for k in keys]]))
         for item in payload["errors"][:50]:
             err.print(f"  line {item['line']}: {item['reason']}", highlight=False)
@@ -300,7 +314,8 @@ def keys_rotate(
     as_json: JsonOpt = False,
     tenant: Annotated[str | None, typer.Option(help="Tenant whose data key to replace.")] = None,
     data_key: Annotated[
-        bool, typer.Option("--data-key", help="Re-encrypt the tenant's objects under a new data key.")
+        bool,
+        typer.Option("--data-key", help="Re-encrypt the tenant's objects under a new data key."),
     ] = False,
 ) -> None:
     """Re-wrap all data keys under new KEKs, or (--tenant T --data-key) re-key a tenant."""
@@ -368,8 +383,15 @@ def audit_show(
                 "audit",
                 ["seq", "time", "actor", "tenant", "action", "object", "details"],
                 [
-                    [e.seq, e.ts[:23], e.actor, e.tenant or "", e.action, e.object or "",
-                     json.dumps(e.details)[:80]]
+                    [
+                        e.seq,
+                        e.ts[:23],
+                        e.actor,
+                        e.tenant or "",
+                        e.action,
+                        e.object or "",
+                        json.dumps(e.details)[:80],
+                    ]
                     for e in events
                 ],
             )
@@ -432,7 +454,9 @@ def demo(
     """Run the main job on real data: several tenants, records arriving in rounds."""
     from silolearn.demo import run_demo
 
-    result = run_demo(workspace, per_tenant=per_tenant, rounds=rounds, console=None if as_json else out)
+    result = run_demo(
+        workspace, per_tenant=per_tenant, rounds=rounds, console=None if as_json else out
+    )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
 
@@ -443,4 +467,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

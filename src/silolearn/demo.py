@@ -52,8 +52,17 @@ def run_demo(
         gateway = Gateway(ws)
         for round_no in range(rounds):
             table = Table(title=f"round {round_no + 1}/{rounds}: ingestion", title_justify="left")
-            for column in ("tenant", "arrived", "train", "eval", "rejected", "duplicates",
-                           "contaminated", "redactions", "seconds"):
+            for column in (
+                "tenant",
+                "arrived",
+                "train",
+                "eval",
+                "rejected",
+                "duplicates",
+                "contaminated",
+                "redactions",
+                "seconds",
+            ):
                 table.add_column(column, justify="left" if column == "tenant" else "right")
             round_rows = []
             for name, rows in streams.items():
@@ -72,12 +81,20 @@ def run_demo(
                     str(report["redactions"]),
                     f"{seconds:.2f}",
                 )
-                round_rows.append({"tenant": name, "arrived": len(chunk), "seconds": seconds,
-                                   **{k: v for k, v in report.items() if k != "errors"}})
+                round_rows.append(
+                    {
+                        "tenant": name,
+                        "arrived": len(chunk),
+                        "seconds": seconds,
+                        **{k: v for k, v in report.items() if k != "errors"},
+                    }
+                )
             say(table)
             result["rounds"].append(round_rows)
 
-        replay = gateway.ingest("newsroom", streams["newsroom"][: len(streams["newsroom"]) // rounds])
+        replay = gateway.ingest(
+            "newsroom", streams["newsroom"][: len(streams["newsroom"]) // rounds]
+        )
         say(
             f"re-ingesting newsroom's first round stores nothing twice: "
             f"{replay.accepted} stored, {replay.duplicates} duplicates"
@@ -89,8 +106,13 @@ def run_demo(
             summary.add_column(column)
         for t in tenants:
             summary.add_row(
-                t["name"], t["status"], str(t["train"]), str(t["eval"]), str(t["quarantined"]),
-                t["pii_policy"], str(t["dek_version"]),
+                t["name"],
+                t["status"],
+                str(t["train"]),
+                str(t["eval"]),
+                str(t["quarantined"]),
+                t["pii_policy"],
+                str(t["dek_version"]),
             )
         say(summary)
 
@@ -98,12 +120,15 @@ def run_demo(
         blocked = sum(a.blocked for a in attacks)
         say(f"isolation attack suite: {blocked}/{len(attacks)} attacks blocked")
         ws.audit.checkpoint()
-        report = ws.audit.verify()
-        say(f"audit verify: OK — {report.events} events, {report.checkpoints} signed checkpoints")
+        verified = ws.audit.verify()
+        say(
+            f"audit verify: OK — {verified.events} events, "
+            f"{verified.checkpoints} signed checkpoints"
+        )
         result.update(
             tenants=tenants,
             isolation={"blocked": blocked, "attacks": len(attacks)},
-            audit=report.to_dict(),
+            audit=verified.to_dict(),
             seconds=round(time.perf_counter() - started, 2),
         )
         say(f"done in {result['seconds']} s")

@@ -135,8 +135,7 @@ def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
             (
                 "read the eval store through a training scope",
                 lambda: _expect(
-                    (AccessDenied,),
-                    lambda: ws.scope(name_a, purpose=Purpose.TRAINING).eval.read(),
+                    (AccessDenied,), ws.scope(name_a, purpose=Purpose.TRAINING).eval.read
                 ),
             ),
             (
@@ -150,7 +149,7 @@ def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
             ),
             (
                 "read the eval store through an ingestion scope",
-                lambda: _expect((AccessDenied,), lambda: a.eval.read()),
+                lambda: _expect((AccessDenied,), a.eval.read),
             ),
             (
                 "UPDATE an eval record in the database",
@@ -292,9 +291,7 @@ def _seq_of(log: AuditLog) -> str:
     raise _NotBlocked("tampering not detected")
 
 
-def _read_after_shred(
-    ws: Workspace, name: str, tenant_id: str, rid: bytes, box: bytes
-) -> str:
+def _read_after_shred(ws: Workspace, name: str, tenant_id: str, rid: bytes, box: bytes) -> str:
     wrapped = ws.conn.execute(
         "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (tenant_id,)
     ).fetchone()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import run_cli
 
+from helpers import run_cli
 from silolearn import Workspace
 from silolearn.errors import AuditChainBroken
 
@@ -111,9 +111,7 @@ def test_I7_two_processes_appending_concurrently_keep_a_valid_chain(ws_path: Pat
     Workspace.init(ws_path, actor="test").close()
     before = _count(ws_path)
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_append_many, args=(str(ws_path), label, 1000)) for label in "ab"
-    ]
+    procs = [ctx.Process(target=_append_many, args=(str(ws_path), label, 1000)) for label in "ab"]
     for p in procs:
         p.start()
     for p in procs:
@@ -156,9 +154,7 @@ def test_I7_property_any_single_edit_breaks_the_chain_there(
         assert ws.audit.verify().events == first + len(details) - 1
         target = first + victim % len(details)
         ws.conn.executescript("DROP TRIGGER audit_events_no_update")
-        ws.conn.execute(
-            "UPDATE audit_events SET details = details || ' ' WHERE seq = ?", (target,)
-        )
+        ws.conn.execute("UPDATE audit_events SET details = details || ' ' WHERE seq = ?", (target,))
         with pytest.raises(AuditChainBroken) as caught:
             ws.audit.verify()
         assert caught.value.seq == target

@@ -138,7 +138,9 @@ class AuditLog:
         details: dict[str, Any] | None = None,
     ) -> int:
         """Append one event inside the caller's open write transaction; returns its seq."""
-        row = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
         prev_seq, prev_hash = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
         seq = prev_seq + 1
         ts = utcnow()
@@ -328,9 +330,7 @@ class AuditLog:
             self._check_checkpoint(int(seq), str(digest), str(ts), bytes(signature), hashes)
         head = self._read_head()
         if head is None and checkpoints:
-            raise AuditChainBroken(
-                f"audit head file {self.head_file} is missing", seq=last_seq + 1
-            )
+            raise AuditChainBroken(f"audit head file {self.head_file} is missing", seq=last_seq + 1)
         if head is not None:
             self._check_checkpoint(
                 int(head["seq"]),
@@ -363,6 +363,4 @@ class AuditLog:
                 seq=first_missing,
             )
         if hashes[seq] != digest:
-            raise AuditChainBroken(
-                f"audit event {seq} differs from its signed checkpoint", seq=seq
-            )
+            raise AuditChainBroken(f"audit event {seq} differs from its signed checkpoint", seq=seq)

@@ -78,10 +78,9 @@ class _Candidate:
 
 def route_to_eval(routing_key: bytes, tenant_id: str, record_id: str, fraction: float) -> bool:
     """Keyed, deterministic choice of the eval store for a labelled record."""
-    digest = hmac.new(
-        routing_key, f"{tenant_id}\x00{record_id}".encode(), hashlib.sha256
-    ).digest()
-    return struct.unpack(">Q", digest[:8])[0] < fraction * 2**64
+    digest = hmac.new(routing_key, f"{tenant_id}\x00{record_id}".encode(), hashlib.sha256).digest()
+    position: int = struct.unpack(">Q", digest[:8])[0]
+    return position < fraction * 2**64
 
 
 class Gateway:
@@ -119,9 +118,7 @@ class Gateway:
         def screen(batch: Iterable[ParsedLine]) -> list[_Candidate]:
             candidates = []
             for parsed in batch:
-                candidate = self._screen(
-                    parsed, scope, minimiser, routing_key, seen, report
-                )
+                candidate = self._screen(parsed, scope, minimiser, routing_key, seen, report)
                 if candidate is not None:
                     candidates.append(candidate)
             return candidates
@@ -131,7 +128,11 @@ class Gateway:
             if report.rejected:
                 scope.audit(
                     "ingest.refused",
-                    details={"strict": True, "rejected": report.rejected, "errors": report.errors[:100]},
+                    details={
+                        "strict": True,
+                        "rejected": report.rejected,
+                        "errors": report.errors[:100],
+                    },
                 )
                 raise IngestAborted(
                     f"--strict: {report.rejected} invalid line(s), nothing stored",
@@ -142,7 +143,11 @@ class Gateway:
             except IngestAborted:
                 scope.audit(
                     "ingest.refused",
-                    details={"strict": True, "rejected": report.rejected, "errors": report.errors[:100]},
+                    details={
+                        "strict": True,
+                        "rejected": report.rejected,
+                        "errors": report.errors[:100],
+                    },
                 )
                 raise
         else:

@@ -42,7 +42,7 @@ class Finding:
 # hashtag, a currency or percent sign, or to another number through a decimal point, thousands
 # separator, time colon or range dash is an identifier or an amount, not personal data.
 _NUM_START = r"(?<![\w+/#@$£€¥%=&.-])(?<![0-9][,:])"
-_NUM_END = r"(?![\w+/%@]|[.,:-][0-9])"
+_NUM_END = r"(?![\w+%@]|[/.,:-][0-9])"
 
 _DIGIT = re.compile(r"[0-9]")
 
@@ -56,14 +56,17 @@ _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp"})
 # A run of digit groups separated by one space, dot or dash, where a group may be a parenthesised
 # area code; bounded group sizes and counts keep every attempt short so the scan stays linear.
 _PHONE = re.compile(
-    _NUM_START
-    + r"(?:\+[0-9]{7,15}"
+    # After a slash only as an alternative international number: ".../+1 800 992 3483".
+    r"(?:(?<=/)(?=\+)|"
+    + _NUM_START
+    + r")(?:\+[0-9]{7,15}"
     + r"|\+?(?:\([0-9]{1,5}\)[ .-]?|[0-9]{1,12}(?:[ .-]|(?=\()))"
     + r"{1,7}[0-9]{1,12})"
     + _NUM_END
 )
 _PHONE_PART = re.compile(r"\((?P<paren>[0-9]+)\)|(?P<plain>[0-9]+)")
 _TRUNK_AREA = re.compile(r"0[1-9][0-9]{0,3}")
+_DATE_HEAD = re.compile(r"[0-9]{1,2}[ .-][0-9]{1,2}[ .-](?:19|20)[0-9]{2}")
 # National significant number lengths for country codes whose plans are closed, so digits that
 # merely follow the number ("+44 20 7946 0958 24 hours") are not swallowed into it.
 _NSN_LENGTHS: dict[str, tuple[int, ...]] = {
@@ -204,6 +207,9 @@ def _national_phone(parts: Sequence[re.Match[str]], candidate: str) -> bool:
     }
     if len(separators) > 1:
         return False
+    # "04-12-2017-0098": a leading day, month and year make a date, whatever follows.
+    if _DATE_HEAD.match(candidate):
+        return False
     groups = [_digits(p) for p in parts]
     # North American: [1] NXX NXX XXXX, only the area code may be parenthesised.
     core = parts[1:] if len(parts) == 4 and parts[0]["plain"] == "1" else parts
@@ -301,11 +307,11 @@ def _is_iban(value: str) -> bool:
     return int("".join(str(int(c, 36)) for c in bban + compact[:4])) % 97 == 1
 
 
-def _ibans(text: str) -> Iterator[Finding]:
-    for match in _IBAN.finditer(text):
-        iban = _longest_valid(match.group(), " ", _is_iban)
+def _ibans(text: str, shapes: Sequence[tuple[int, int]]) -> Iterator[Finding]:
+    for start, end in shapes:
+        iban = _longest_valid(text[start:end], " ", _is_iban)
         if iban is not None:
-            yield Finding(PiiKind.IBAN, match.start(), match.start() + len(iban))
+            yield Finding(PiiKind.IBAN, start, start + len(iban))
 
 
 def _ipv4s(text: str) -> Iterator[Finding]:
@@ -319,8 +325,10 @@ def _ipv4s(text: str) -> Iterator[Finding]:
 
 def _ipv6s(text: str) -> Iterator[Finding]:
     for match in _IPV6.finditer(text):
-        # A lone "::" or "a::b" is far more often punctuation or code than an address.
-        if len(_HEX_GROUP.findall(match.group())) < 2:
+        # A lone "::" or "a::b" is far more often punctuation or code than an address; real
+        # ones carry a routing prefix or interface id of three hex digits or more.
+        groups = _HEX_GROUP.findall(match.group())
+        if len(groups) < 2 or max(len(group) for group in groups) < 3:
             continue
         try:
             ipaddress.IPv6Address(match.group())
@@ -345,10 +353,8 @@ def _ninos(text: str) -> Iterator[Finding]:
             yield Finding(PiiKind.NATIONAL_ID, match.start(), match.end())
 
 
-_DIGIT_DETECTORS: tuple[Callable[[str], Iterator[Finding]], ...] = (
-    _phones,
+_OTHER_DIGIT_DETECTORS: tuple[Callable[[str], Iterator[Finding]], ...] = (
     _cards,
-    _ibans,
     _ipv4s,
     _ssns,
     _ninos,
@@ -390,7 +396,16 @@ def detect(text: str) -> list[Finding]:
     if "::" in text or text.count(":") >= 7:
         candidates.extend(_ipv6s(text))
     if _DIGIT.search(text) is not None:
-        for detector in _DIGIT_DETECTORS:
+        iban_shaped = [match.span() for match in _IBAN.finditer(text)]
+        candidates.extend(_ibans(text, iban_shaped))
+        # Digit groups inside an IBAN-shaped run that fails its checks are a mistyped or made-up
+        # account number, not a phone number.
+        candidates.extend(
+            phone
+            for phone in _phones(text)
+            if not any(start < phone.end and phone.start < end for start, end in iban_shaped)
+        )
+        for detector in _OTHER_DIGIT_DETECTORS:
             candidates.extend(detector(text))
     return _without_overlaps(candidates)
 

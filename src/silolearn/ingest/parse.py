@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydantic import ValidationError
 
@@ -59,7 +59,7 @@ def parse(source: Any, *, fmt: str | None = None) -> Iterator[ParsedLine]:
             yield from _parse_stream(handle, kind)
         return
     if isinstance(source, io.TextIOBase):
-        yield from _parse_stream(source, kind)
+        yield from _parse_stream(cast(IO[str], source), kind)
         return
     yield from _parse_items(source)
 

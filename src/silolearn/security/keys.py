@@ -253,7 +253,9 @@ class LocalKeyring(KeyManager):
         entry = self._tenant(tenant_id)
         kek_id = entry["active"]
         kek = _unb64(entry["keks"][kek_id])
-        return WrappedKey(kek_id, seal_with(kek, material, _wrap_aad(tenant_id, dek_version, kek_id)))
+        return WrappedKey(
+            kek_id, seal_with(kek, material, _wrap_aad(tenant_id, dek_version, kek_id))
+        )
 
     def unwrap(self, tenant_id: str, dek_version: int, key: WrappedKey) -> bytes:
         entry = self._tenant(tenant_id)

@@ -104,9 +104,7 @@ class PreparedRecord:
 def normalise_text(text: str) -> str:
     """NFKC, case-folded, punctuation dropped, whitespace folded: the key of exact duplicates."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    kept = "".join(
-        " " if unicodedata.category(c)[0] in "PZSC" else c for c in folded
-    )
+    kept = "".join(" " if unicodedata.category(c)[0] in "PZSC" else c for c in folded)
     return " ".join(kept.split())
 
 
@@ -188,7 +186,9 @@ class TenantScope:
             conn, action, tenant=self.tenant.name, obj=obj, details=details
         )
 
-    def audit(self, action: str, *, obj: str | None = None, details: dict[str, Any] | None = None) -> int:
+    def audit(
+        self, action: str, *, obj: str | None = None, details: dict[str, Any] | None = None
+    ) -> int:
         return self._audit.append(action, tenant=self.tenant.name, obj=obj, details=details)
 
     @property
@@ -321,9 +321,7 @@ class _RecordStore:
         prepared = [self._scope.prepare(r) for r in records]
         with self._scope.write() as conn:
             self.append_in(conn, prepared)
-            self._scope.audit_in(
-                conn, f"{self.kind}.append", details={"records": len(prepared)}
-            )
+            self._scope.audit_in(conn, f"{self.kind}.append", details={"records": len(prepared)})
         return len(prepared)
 
     def _read(self, *, until: str | None, limit: int | None) -> list[StoredRecord]:

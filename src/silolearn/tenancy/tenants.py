@@ -273,7 +273,9 @@ class TenantRegistry:
         new_files: dict[str, str] = {}
         try:
             for blob_name, object_id, file_name in blob_rows:
-                plain = old.open((blob_dir / file_name).read_bytes(), kind="blob", object_id=object_id)
+                plain = old.open(
+                    (blob_dir / file_name).read_bytes(), kind="blob", object_id=object_id
+                )
                 fresh_name = f"{object_id}.v{new.version}"
                 (blob_dir / fresh_name).write_bytes(
                     new.seal(plain, kind="blob", object_id=object_id)
@@ -306,7 +308,8 @@ class TenantRegistry:
                     counts[kind] = len(updates)
                 for blob_name, fresh_name in new_files.items():
                     conn.execute(
-                        "UPDATE blobs SET file = ?, dek_version = ? WHERE tenant_id = ? AND name = ?",
+                        "UPDATE blobs SET file = ?, dek_version = ? "
+                        "WHERE tenant_id = ? AND name = ?",
                         (fresh_name, new.version, info.id, blob_name),
                     )
                 conn.execute(
