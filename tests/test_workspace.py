@@ -158,3 +158,13 @@ def test_verify_isolation_reports_every_attack_blocked(ws: Workspace) -> None:
     # the probes are shredded afterwards; real tenants are untouched
     assert [t.name for t in ws.tenants.list()] == ["acme"]
     assert ws.audit.verify().events > 0
+
+
+def test_refused_cli_requests_are_audited(ws: Workspace) -> None:
+    assert run_cli("tenant", "create", "Bad Name", "--workspace", str(ws.path)).returncode == 6
+    assert run_cli("tenant", "show", "ghost", "--workspace", str(ws.path)).returncode == 4
+    refused = ws.audit.events(action="request.refused")
+    assert [(e.object, e.details["error"]) for e in refused] == [
+        ("tenant_create", "InvalidTenantName"),
+        ("tenant_show", "TenantNotFound"),
+    ]

@@ -20,7 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from silolearn.errors import AuditChainBroken, InvalidInput, SiloError
+from silolearn.errors import (
+    AuditChainBroken,
+    ConflictError,
+    InvalidInput,
+    NotFoundError,
+    SiloError,
+)
 from silolearn.workspace import Workspace
 
 app = typer.Typer(
@@ -66,6 +72,7 @@ def command(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except SiloError as exc:
+            _audit_refusal(func.__name__, kwargs.get("workspace"), exc)
             if kwargs.get("as_json"):
                 print(json.dumps(exc.to_dict()), file=sys.stderr)
             else:
@@ -75,6 +82,25 @@ def command(func: F) -> F:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _audit_refusal(command_name: str, workspace: Path | None, exc: SiloError) -> None:
+    """Refused requests are audited too. Access denials are audited where they happen;
+    integrity, config and key errors mean the workspace itself is not to be written."""
+    if not isinstance(exc, InvalidInput | NotFoundError | ConflictError):
+        return
+    try:
+        ws = Workspace.open(workspace)
+    except SiloError:
+        return
+    try:
+        ws.audit.append(
+            "request.refused",
+            obj=command_name,
+            details={"error": exc.code, "message": exc.message[:300]},
+        )
+    finally:
+        ws.close()
 
 
 @contextmanager
