@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from silolearn.errors import ConfigError
 
@@ -176,72 +177,93 @@ def _emails(text: str) -> Iterator[Finding]:
             yield Finding(PiiKind.EMAIL, match.start(), match.end())
 
 
-def _digits(part: re.Match[str]) -> str:
-    return part["paren"] or part["plain"]
+class _Group(NamedTuple):
+    """One digit group of a phone candidate, with its offsets in the candidate."""
+
+    digits: str
+    parenthesised: bool
+    start: int
+    end: int
 
 
-def _international_phone(parts: Sequence[re.Match[str]]) -> bool:
-    if len(parts) == 1:
-        digits = parts[0]["plain"]
-        if digits is None or digits[0] == "0":
+def _phone_groups(candidate: str) -> list[_Group]:
+    return [
+        _Group(m["paren"] or m["plain"], m["paren"] is not None, m.start(), m.end())
+        for m in _PHONE_PART.finditer(candidate)
+    ]
+
+
+def _international_phone(groups: Sequence[_Group]) -> bool:
+    if len(groups) == 1:
+        digits = groups[0].digits
+        if groups[0].parenthesised or digits[0] == "0":
             return False
         for cc_len in (1, 2, 3):
             allowed = _NSN_LENGTHS.get(digits[:cc_len])
             if allowed is not None:
                 return len(digits) - cc_len in allowed
         return 7 <= len(digits) <= 15
-    country = parts[0]["plain"]
-    if country is None or len(country) > 3 or country[0] == "0":
+    country = groups[0]
+    if country.parenthesised or len(country.digits) > 3 or country.digits[0] == "0":
         return False
     # "(0)" is the trunk prefix domestic callers dial; it is not part of the number.
-    national = "".join(_digits(p) for p in parts[1:] if p.group() != "(0)")
-    allowed = _NSN_LENGTHS.get(country)
+    national = sum(len(g.digits) for g in groups[1:] if not (g.parenthesised and g.digits == "0"))
+    allowed = _NSN_LENGTHS.get(country.digits)
     if allowed is not None:
-        return len(national) in allowed
-    return 7 <= len(country) + len(national) <= 15
+        return national in allowed
+    return 7 <= len(country.digits) + national <= 15
 
 
-def _national_phone(parts: Sequence[re.Match[str]], candidate: str) -> bool:
-    groups = [_digits(p) for p in parts]
-    # "04-12-2017-0098": a leading day, month and year make a date, whatever follows.
-    if len(groups) < 2 or _DATE_HEAD.match(candidate):
-        return False
-    # North American: [1] NXX NXX XXXX, only the area code may be parenthesised.
-    core = parts[1:] if len(parts) == 4 and parts[0]["plain"] == "1" else parts
-    north_american = (
-        [len(_digits(p)) for p in core] == [3, 3, 4]
-        and core[1]["plain"] is not None
-        and core[2]["plain"] is not None
-        and _digits(core[0])[0] not in "01"
-        and core[1]["plain"][0] not in "01"
+def _north_american(groups: Sequence[_Group]) -> bool:
+    """[1] NXX NXX XXXX, where only the area code may be parenthesised."""
+    if len(groups) == 4 and groups[0].digits == "1" and not groups[0].parenthesised:
+        groups = groups[1:]
+    return (
+        [len(g.digits) for g in groups] == [3, 3, 4]
+        and not groups[1].parenthesised
+        and not groups[2].parenthesised
+        and groups[0].digits[0] not in "01"
+        and groups[1].digits[0] not in "01"
     )
-    # European: a trunk "0" area code, then plain groups of two digits or more.
-    european = (
-        not north_american
-        and _TRUNK_AREA.fullmatch(groups[0]) is not None
-        and all(p["plain"] is not None and len(p["plain"]) >= 2 for p in parts[1:])
-        and 9 <= sum(len(g) for g in groups) <= 12
+
+
+def _european(groups: Sequence[_Group]) -> bool:
+    """A trunk "0" area code, then plain groups of two digits or more."""
+    return (
+        _TRUNK_AREA.fullmatch(groups[0].digits) is not None
+        and all(not g.parenthesised and len(g.digits) >= 2 for g in groups[1:])
+        and 8 <= sum(len(g.digits) for g in groups) <= 12
     )
-    if not (north_american or european):
-        return False
-    # One separator style throughout, except around parentheses: "01.02.2017 12" is a date and
-    # a count, while "(415) 555-2671" is a number.
+
+
+def _one_separator_style(groups: Sequence[_Group], candidate: str) -> bool:
+    # "01.02.2017 12" is a date and a count. Only the area code may stand apart, by parentheses
+    # or its own separator: "(415) 555-2671", "021-455 8510".
     separators = {
-        candidate[left.end() : right.start()]
-        for left, right in itertools.pairwise(parts)
-        if left["plain"] is not None and right["plain"] is not None
+        candidate[left.end : right.start]
+        for left, right in itertools.pairwise(groups[1:])
+        if not left.parenthesised
     }
     return len(separators) <= 1
 
 
 def _phone_length(candidate: str) -> int | None:
     """Length of the longest prefix of `candidate` that is a phone number, None if none is."""
-    parts = list(_PHONE_PART.finditer(candidate))
-    international = candidate.startswith("+")
-    for count in range(len(parts), 0, -1):
-        prefix = parts[:count]
-        if _international_phone(prefix) if international else _national_phone(prefix, candidate):
-            return prefix[-1].end()
+    groups = _phone_groups(candidate)
+    if candidate.startswith("+"):
+        for count in range(len(groups), 0, -1):
+            if _international_phone(groups[:count]):
+                return groups[count - 1].end
+        return None
+    # "04-12-2017-0098": a leading day, month and year make a date, whatever follows.
+    if _DATE_HEAD.match(candidate):
+        return None
+    for count in range(len(groups), 1, -1):
+        prefix = groups[:count]
+        if (_north_american(prefix) or _european(prefix)) and _one_separator_style(
+            prefix, candidate
+        ):
+            return prefix[-1].end
     return None
 
 
