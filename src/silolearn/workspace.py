@@ -16,7 +16,7 @@ import getpass
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from silolearn.audit.log import AuditLog
 from silolearn.config import CONFIG_FILE, Settings
@@ -25,6 +25,9 @@ from silolearn.security.keys import KEY_MANAGERS, PASSPHRASE_ENV, KeyManager, Lo
 from silolearn.storage import db
 from silolearn.storage.scope import Purpose, TenantRef, TenantScope
 from silolearn.tenancy.tenants import TenantInfo, TenantRegistry
+
+if TYPE_CHECKING:
+    from silolearn.ingest.gateway import IngestReport
 
 WORKSPACE_ENV = "SILOLEARN_WORKSPACE"
 DEFAULT_WORKSPACE = ".silolearn"
@@ -194,7 +197,7 @@ class Tenant:
     def release(self) -> TenantInfo:
         return self.workspace.tenants.set_status(self.name, "active", reason=None)
 
-    def ingest(self, source: Any, *, strict: bool = False, fmt: str | None = None) -> Any:
+    def ingest(self, source: Any, *, strict: bool = False, fmt: str | None = None) -> IngestReport:
         """Ingest records (a path, ``"-"``, an iterable of dicts or lines) through the gateway."""
         from silolearn.ingest.gateway import Gateway
 

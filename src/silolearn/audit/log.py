@@ -125,6 +125,8 @@ class AuditLog:
         self._verify_key = signing_key.public_key()
         self.checkpoint_every = checkpoint_every
         self._unpublished = False
+        self._in_write = False
+        self._head_in_txn: tuple[sqlite3.Connection, tuple[int, str]] | None = None
 
     # -- appending --------------------------------------------------------------------------
 
@@ -151,6 +153,8 @@ class AuditLog:
             "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (seq, ts, self.actor, tenant, action, obj, body, prev_hash, digest),
         )
+        if self._in_write:
+            self._head_in_txn = (conn, (seq, digest))
         if seq % self.checkpoint_every == 0:
             self._checkpoint_in(conn, seq, digest)
         return seq
@@ -171,8 +175,12 @@ class AuditLog:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; after it commits, a checkpoint made inside it is published
         to the head file (never before, so a rolled-back checkpoint is never published)."""
-        with transaction(self._conn) as conn:
-            yield conn
+        self._in_write, self._head_in_txn = True, None
+        try:
+            with transaction(self._conn) as conn:
+                yield conn
+        finally:
+            self._in_write, self._head_in_txn = False, None
         if self._unpublished:
             self._publish_head()
 

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import struct
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from silolearn.errors import IngestAborted
 from silolearn.ingest.contamination import ContaminationCheck, ExactContamination
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
+from silolearn.ingest.records import Record
 from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope
 
 if TYPE_CHECKING:
@@ -69,6 +70,16 @@ class IngestReport:
 
 
 @dataclass(frozen=True, slots=True)
+class _Arrival:
+    """A valid line, with the keyed hashes that decide whether it is new."""
+
+    line: int
+    record: Record
+    rid: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class _Candidate:
     line: int
     prepared: PreparedRecord
@@ -106,76 +117,50 @@ class Gateway:
         scope.train.require_append()
         scope.eval.require_append()
         info = self._ws.tenants.get(tenant)
-        minimiser = Minimiser(
-            policy=MinimisationPolicy(info.pii_policy),
-            token_key=scope.keyed_hash("pii-tokens", info.id),
+        run = _Run(
+            scope=scope,
+            minimiser=Minimiser(
+                policy=MinimisationPolicy(info.pii_policy),
+                token_key=scope.keyed_hash("pii-tokens", info.id),
+            ),
+            routing_key=self._ws.routing_key(),
+            report=IngestReport(tenant=tenant),
         )
-        routing_key = self._ws.routing_key()
-        report = IngestReport(tenant=tenant)
-        seen: dict[str, int] = {}
         lines = parse(source, fmt=fmt)
-
-        def screen(batch: Iterable[ParsedLine]) -> list[_Candidate]:
-            candidates = []
-            for parsed in batch:
-                candidate = self._screen(parsed, scope, minimiser, routing_key, seen, report)
-                if candidate is not None:
-                    candidates.append(candidate)
-            return candidates
-
         if strict:
-            candidates = screen(lines)
-            if report.rejected:
-                scope.audit(
-                    "ingest.refused",
-                    details={
-                        "strict": True,
-                        "rejected": report.rejected,
-                        "errors": report.errors[:100],
-                    },
-                )
-                raise IngestAborted(
-                    f"--strict: {report.rejected} invalid line(s), nothing stored",
-                    errors=report.errors,
-                )
             try:
-                self._store(scope, candidates, report, strict=True)
+                self._store(run, [a for p in lines if (a := self._screen(run, p))], strict=True)
             except IngestAborted:
                 scope.audit(
                     "ingest.refused",
                     details={
                         "strict": True,
-                        "rejected": report.rejected,
-                        "errors": report.errors[:100],
+                        "rejected": run.report.rejected,
+                        "errors": run.report.errors[:100],
                     },
                 )
                 raise
         else:
             for batch in _batches(lines, self._settings.batch_size):
-                errors_before = len(report.errors)
-                self._store(scope, screen(batch), report, errors=report.errors[errors_before:])
+                errors_before = len(run.report.errors)
+                arrivals = [a for p in batch if (a := self._screen(run, p))]
+                self._store(run, arrivals, errors_before=errors_before)
                 if progress is not None:
                     progress(len(batch))
-        return report
+        return run.report
 
-    def _screen(
-        self,
-        parsed: ParsedLine,
-        scope: TenantScope,
-        minimiser: Minimiser,
-        routing_key: bytes,
-        seen: dict[str, int],
-        report: IngestReport,
-    ) -> _Candidate | None:
+    def _screen(self, run: _Run, parsed: ParsedLine) -> _Arrival | None:
+        """Cheap checks of one line; the text work waits until the record is known new."""
+        report = run.report
         if parsed.record is None:
             report.reject(parsed.line, parsed.error or "invalid record")
             return None
         record = parsed.record
-        first = seen.get(record.id)
+        first = run.seen.get(record.id)
         if first is not None:
             report.reject(parsed.line, f"duplicate id (first seen on line {first})")
             return None
-        seen[record.id] = parsed.line
+        run.seen[record.id] = parsed.line
         size = len(record.text.encode())
         if size > self._settings.max_text_bytes:
             report.reject(
@@ -183,47 +168,63 @@ class Gateway:
                 f"text is {size} bytes, over the limit of {self._settings.max_text_bytes}",
             )
             return None
-        minimised = minimiser.apply(record.text)
+        return _Arrival(
+            parsed.line, record, run.scope.record_id_hash(record), run.scope.record_digest(record)
+        )
+
+    def _prepare(self, run: _Run, arrival: _Arrival) -> _Candidate | None:
+        """Minimise, fingerprint and route a record that is not stored yet."""
+        minimised = run.minimiser.apply(arrival.record.text)
         redactions = Counter({str(kind): n for kind, n in minimised.counts.items()})
-        if minimiser.policy is MinimisationPolicy.REJECT and minimised.total:
+        if run.minimiser.policy is MinimisationPolicy.REJECT and minimised.total:
             kinds = ", ".join(f"{k} x{n}" for k, n in sorted(redactions.items()))
-            report.reject(parsed.line, f"contains personal data ({kinds}); policy is reject")
+            run.report.reject(arrival.line, f"contains personal data ({kinds}); policy is reject")
             return None
+        record = arrival.record
         if minimised.text != record.text:
             record = record.model_copy(update={"text": minimised.text})
         to_eval = record.label is not None and route_to_eval(
-            routing_key, scope.tenant.id, record.id, self._settings.eval_fraction
+            run.routing_key, run.scope.tenant.id, record.id, self._settings.eval_fraction
         )
-        return _Candidate(parsed.line, scope.prepare(record), to_eval, redactions)
+        prepared = run.scope.prepare(record, rid=arrival.rid, digest=arrival.digest)
+        return _Candidate(arrival.line, prepared, to_eval, redactions)
+
+    def _split_known(self, run: _Run, arrivals: list[_Arrival]) -> list[_Arrival]:
+        """Count stored ids as duplicates (same content) or reject them (other content)."""
+        rids = [a.rid for a in arrivals]
+        stored = run.scope.train.existing(rids) | run.scope.eval.existing(rids)
+        fresh = []
+        for arrival in arrivals:
+            digest = stored.get(arrival.rid)
+            if digest is None:
+                fresh.append(arrival)
+            elif digest == arrival.digest:
+                run.report.duplicates += 1
+            else:
+                run.report.reject(arrival.line, "id already stored with different content")
+        return fresh
 
     def _store(
-        self,
-        scope: TenantScope,
-        candidates: list[_Candidate],
-        report: IngestReport,
-        *,
-        errors: list[dict[str, Any]] | None = None,
-        strict: bool = False,
+        self, run: _Run, arrivals: list[_Arrival], *, strict: bool = False, errors_before: int = 0
     ) -> None:
+        scope, report = run.scope, run.report
+        fresh = self._split_known(run, arrivals)
+        candidates = [c for a in fresh if (c := self._prepare(run, a))]
+        if strict and report.rejected:
+            raise IngestAborted(
+                f"--strict: {report.rejected} invalid line(s), nothing stored",
+                errors=report.errors,
+            )
         with scope.write() as conn:
-            rids = [c.prepared.rid for c in candidates]
-            stored = scope.train.existing(rids) | scope.eval.existing(rids)
-            fresh: list[_Candidate] = []
-            for c in candidates:
-                digest = stored.get(c.prepared.rid)
-                if digest is None:
-                    fresh.append(c)
-                elif digest == c.prepared.digest:
-                    report.duplicates += 1
-                else:
-                    report.reject(c.line, "id already stored with different content")
-            if strict and report.rejected:
-                raise IngestAborted(
-                    f"--strict: {report.rejected} invalid line(s), nothing stored",
-                    errors=report.errors,
-                )
-            to_eval = [c for c in fresh if c.to_eval]
-            to_train_all = [c for c in fresh if not c.to_eval]
+            # another writer may have stored some of these ids since the lookup above
+            raced = scope.train.existing(c.prepared.rid for c in candidates) | scope.eval.existing(
+                c.prepared.rid for c in candidates
+            )
+            if raced:
+                report.duplicates += len(raced)
+                candidates = [c for c in candidates if c.prepared.rid not in raced]
+            to_eval = [c for c in candidates if c.to_eval]
+            to_train_all = [c for c in candidates if not c.to_eval]
 
             matches = self._contamination.check_train(
                 scope, conn, [c.prepared for c in to_train_all]
@@ -266,17 +267,29 @@ class Gateway:
             report.train += len(to_train)
             report.eval += len(to_eval)
             report.accepted += len(accepted)
+            errors = report.errors[errors_before:]
             scope.audit_in(
                 conn,
                 "ingest.batch",
                 details={
                     "train": len(to_train),
                     "eval": len(to_eval),
-                    "duplicates_or_contaminated": len(fresh) - len(accepted),
-                    "rejected_lines": [e["line"] for e in (errors or [])][:100],
-                    "rejected_reasons": sorted({e["reason"] for e in (errors or [])})[:20],
+                    "duplicates_or_contaminated": len(candidates) - len(accepted),
+                    "rejected_lines": [e["line"] for e in errors][:100],
+                    "rejected_reasons": sorted({e["reason"] for e in errors})[:20],
                 },
             )
+
+
+@dataclass
+class _Run:
+    """The state of one ingestion: the tenant's scope, its minimiser, ids seen so far."""
+
+    scope: TenantScope
+    minimiser: Minimiser
+    routing_key: bytes
+    report: IngestReport
+    seen: dict[str, int] = field(default_factory=dict)
 
 
 def _batches(lines: Iterator[ParsedLine], size: int) -> Iterator[list[ParsedLine]]:

@@ -99,6 +99,8 @@ class PreparedRecord:
     rid: bytes
     digest: bytes
     fingerprint: bytes
+    plaintext: bytes
+    """The canonical JSON of the record, as sealed."""
 
 
 def normalise_text(text: str) -> str:
@@ -162,12 +164,23 @@ class TenantScope:
             self._token_key, label.encode() + b"\x00" + value.encode(), hashlib.sha256
         ).digest()
 
-    def prepare(self, record: Record) -> PreparedRecord:
+    def record_id_hash(self, record: Record) -> bytes:
+        return self.keyed_hash("rid", record.id)
+
+    def record_digest(self, record: Record) -> bytes:
+        """Keyed hash of the record as it arrived (before minimisation): idempotency key."""
+        return self.keyed_hash("record", record.canonical_json())
+
+    def prepare(
+        self, record: Record, *, rid: bytes | None = None, digest: bytes | None = None
+    ) -> PreparedRecord:
+        canonical = record.canonical_json()
         return PreparedRecord(
             record=record,
-            rid=self.keyed_hash("rid", record.id),
-            digest=self.keyed_hash("record", record.canonical_json()),
+            rid=rid if rid is not None else self.record_id_hash(record),
+            digest=digest if digest is not None else self.keyed_hash("record", canonical),
             fingerprint=self.keyed_hash("text", normalise_text(record.text)),
+            plaintext=canonical.encode(),
         )
 
     def write(self) -> Any:
@@ -306,9 +319,7 @@ class _RecordStore:
                     p.digest,
                     p.fingerprint,
                     scope._key.version,
-                    scope._key.seal(
-                        p.record.canonical_json().encode(), kind=self.kind, object_id=p.rid.hex()
-                    ),
+                    scope._key.seal(p.plaintext, kind=self.kind, object_id=p.rid.hex()),
                     now,
                 )
                 for p in prepared
