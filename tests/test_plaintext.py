@@ -8,6 +8,7 @@ from pathlib import Path
 from helpers import write_jsonl
 from silolearn import Workspace
 from silolearn.datasets import health_tweets, sample
+from silolearn.ingest.records import Record
 from silolearn.storage.scope import Purpose
 
 
@@ -21,20 +22,16 @@ def test_I6_no_plaintext_in_any_workspace_file(ws: Workspace, tmp_path: Path) ->
     rows = sample(health_tweets(), 60, seed=3)
     for row, marker in zip(rows, markers, strict=True):
         row["text"] = f"{row['text']} {marker}"
-    rows.append(
-        {
-            "id": "eval-bound",
-            "text": f"labelled {markers[0]}x eval",
-            "label": "x",
-            "timestamp": "2025-01-01T00:00:00Z",
-        }
-    )
     ws.create_tenant("health")
     report = ws.tenant("health").ingest(write_jsonl(tmp_path / "in.jsonl", rows))
-    assert report.accepted == 61 and report.eval > 0 and report.train > 0
+    assert report.accepted == 60 and report.train > 0
+    # routing is keyed and random per workspace: make sure the eval store holds text too
+    ws.scope("health").eval.append(
+        [Record(id="eval-bound", text=f"labelled {markers[0]}x eval", timestamp="2025-01-01")]
+    )
     ws.scope("health").blobs.put("adapter", f"weights for {markers[1]}".encode())
     stored = ws.scope("health", purpose=Purpose.TRAINING).train.read()
-    assert any(markers[5] in s.record.text for s in stored)
+    assert any(m in s.record.text for s in stored for m in markers)
 
     files = _all_bytes(ws.path)
     names = {p.name for p, _ in files}

@@ -120,7 +120,7 @@ def test_routing_sends_about_the_configured_fraction_to_eval_deterministically(
     rows = [r for r in rows if r["text"]]
     report = ws.tenant("critics").ingest(rows)
     fraction = report.eval / (report.eval + report.train)
-    assert 0.08 < fraction < 0.12, fraction
+    assert 0.07 < fraction < 0.13, fraction  # 3000 draws: +-3.6 sigma
     # unlabelled records never go to eval
     ws.create_tenant("unlabelled")
     plain = [dict(r, label=None) for r in rows[:500]]

@@ -18,6 +18,7 @@ from silolearn.errors import (
     TenantNotFound,
     TenantQuarantined,
 )
+from silolearn.ingest.records import Record
 from silolearn.security.envelope import DataKey
 from silolearn.security.keys import WrappedKey
 from silolearn.storage.scope import Purpose
@@ -69,6 +70,9 @@ def _ingest_sample(ws: Workspace, name: str, tmp_path: Path, n: int = 40) -> Non
         record(f"{name}-{i}", f"record number {i} of tenant {name}", label="l") for i in range(n)
     ]
     ws.tenant(name).ingest(write_jsonl(tmp_path / f"{name}.jsonl", rows))
+    # routing is keyed and random per workspace: put some eval records in for certain
+    evals = [record(f"{name}-e{i}", f"eval record {i} of tenant {name}") for i in range(3)]
+    ws.scope(name).eval.append([Record.model_validate(r) for r in evals])
     ws.scope(name).blobs.put("adapter", b"adapter weights " * 10)
 
 
