@@ -38,10 +38,19 @@ class AuditConfig(_Section):
     """Sign a checkpoint of the head every this many events (and when a workspace closes)."""
 
 
+class ContaminationConfig(_Section):
+    threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    """Jaccard similarity of shingle sets at or above which a training record is a copy."""
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    ngram: int = Field(default=5, ge=1, le=20)
+    unit: Literal["word", "char"] = "word"
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
     audit: AuditConfig = AuditConfig()
+    contamination: ContaminationConfig = ContaminationConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:

@@ -129,7 +129,11 @@ class LocalKeyring(KeyManager):
         )
         payload = {
             "format": 1,
-            "workspace": {"routing": _b64(secrets.token_bytes(32)), "signing": _b64(raw)},
+            "workspace": {
+                "routing": _b64(secrets.token_bytes(32)),
+                "registry": _b64(secrets.token_bytes(32)),
+                "signing": _b64(raw),
+            },
             "tenants": {},
         }
         with ring._locked():

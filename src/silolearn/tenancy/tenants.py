@@ -214,6 +214,9 @@ class TenantRegistry:
             for table in ("train_records", "eval_records", "blobs", "data_keys"):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
                 counts[table] = cursor.rowcount
+            counts["contamination_segments"] = conn.execute(
+                "DELETE FROM contamination_segments WHERE owner = ?", (info.id,)
+            ).rowcount
             conn.execute("DELETE FROM tenants WHERE id = ?", (info.id,))
             conn.execute("DELETE FROM maintenance WHERE tenant_id = ?", (info.id,))
             self._audit.append_in(
@@ -306,6 +309,26 @@ class TenantRegistry:
                         f"UPDATE {table} SET box = ?, dek_version = ? WHERE seq = ?", updates
                     )
                     counts[kind] = len(updates)
+                segments = conn.execute(
+                    "SELECT id, object_id, box FROM contamination_segments WHERE owner = ?",
+                    (info.id,),
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE contamination_segments SET box = ?, dek_version = ? WHERE id = ?",
+                    [
+                        (
+                            new.seal(
+                                old.open(bytes(box), kind="index", object_id=str(object_id)),
+                                kind="index",
+                                object_id=str(object_id),
+                            ),
+                            new.version,
+                            segment_id,
+                        )
+                        for segment_id, object_id, box in segments
+                    ],
+                )
+                counts["index_segments"] = len(segments)
                 for blob_name, fresh_name in new_files.items():
                     conn.execute(
                         "UPDATE blobs SET file = ?, dek_version = ? "
