@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench bench-ingest bench-audit clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,13 +29,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: bench-ingest bench-audit
+bench: bench-ingest bench-audit bench-contamination
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 
 bench-audit: $(STAMP)
 	$(BIN)/python benchmarks/audit.py
+
+bench-contamination: $(STAMP)
+	$(BIN)/python benchmarks/contamination.py
 
 clean:
 	rm -rf $(VENV) .silolearn .silolearn-demo

@@ -42,10 +42,14 @@ tenant_app = typer.Typer(
 keys_app = typer.Typer(help="Key rotation.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 verify_app = typer.Typer(help="Attack suites against the workspace.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluation sets: per tenant or workspace-wide.", no_args_is_help=True)
+contamination_app = typer.Typer(help="The train/eval near-duplicate filter.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(verify_app, name="verify")
+app.add_typer(eval_app, name="eval")
+app.add_typer(contamination_app, name="contamination")
 
 out = Console()
 err = Console(stderr=True)
@@ -435,6 +439,92 @@ def audit_checkpoint(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -
     finally:
         ws.conn.close()
     emit(as_json, {"seq": seq}, lambda: out.print(f"signed checkpoint at event {seq}"))
+
+
+# -- evaluation sets and contamination ---------------------------------------------------------
+
+
+@eval_app.command("register")
+@command
+def eval_register(
+    file: Annotated[str, typer.Argument(help="JSON lines or CSV file; '-' for stdin.")],
+    name: Annotated[str, typer.Option(help="Name of the eval set.")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    tenant: Annotated[
+        str | None, typer.Option(help="Register into this tenant's eval store only.")
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl | csv")] = None,
+) -> None:
+    """Register an eval set: workspace-wide (every tenant) or, with --tenant, one tenant's.
+
+    Stored training records that copy any item are moved to quarantine."""
+    from silolearn.ingest.benchmarks import register_benchmark
+    from silolearn.ingest.gateway import Gateway
+
+    with opened(workspace) as ws:
+        if tenant is None:
+            result = register_benchmark(ws, name, file, fmt=fmt)
+        else:
+            report = Gateway(ws).ingest(tenant, file, strict=True, fmt=fmt, all_to_eval=True)
+            result = {"benchmark": name, "tenant": tenant, **report.to_dict()}
+            ws.audit.append(
+                "benchmark.register", tenant=tenant, obj=name, details={"records": report.eval}
+            )
+    emit(as_json, result, lambda: out.print(f"registered eval set {name}: {result}"))
+
+
+@eval_app.command("list")
+@command
+def eval_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """List the workspace-wide eval sets."""
+    from silolearn.ingest.benchmarks import list_benchmarks
+
+    with opened(workspace) as ws:
+        rows = list_benchmarks(ws)
+    emit(
+        as_json,
+        rows,
+        lambda: out.print(
+            _table("eval sets", ["name", "records", "created"], [list(r.values()) for r in rows])
+        ),
+    )
+
+
+@contamination_app.command("report")
+@command
+def contamination_report(
+    tenant: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Counts, thresholds and recent matches of a tenant's contamination filter."""
+    from silolearn.ingest.contamination import contamination_report as build
+
+    with opened(workspace) as ws:
+        report = build(ws, tenant)
+
+    def human() -> None:
+        summary = {k: v for k, v in report.items() if k not in ("matches", "index")}
+        out.print(
+            _table(f"contamination {tenant}", ["field", "value"], list(map(list, summary.items())))
+        )
+        out.print(
+            _table(
+                "recent matches",
+                ["record", "eval seq", "similarity", "source", "direction"],
+                [
+                    [
+                        m["object"],
+                        m.get("eval_seq", ""),
+                        m["similarity"],
+                        m.get("source", ""),
+                        m["direction"],
+                    ]
+                    for m in report["matches"]
+                ],
+            )
+        )
+
+    emit(as_json, report, human)
 
 
 # -- verification ----------------------------------------------------------------------------

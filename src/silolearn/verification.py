@@ -148,6 +148,12 @@ def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
                 ),
             ),
             (
+                "use the eval-derived contamination index through a training scope",
+                lambda: _expect(
+                    (AccessDenied,), ws.scope(name_a, purpose=Purpose.TRAINING).index_key
+                ),
+            ),
+            (
                 "read the eval store through an ingestion scope",
                 lambda: _expect((AccessDenied,), a.eval.read),
             ),

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 from silolearn.audit.log import AuditLog
 from silolearn.config import CONFIG_FILE, Settings
 from silolearn.errors import TenantQuarantined, WorkspaceError
+from silolearn.security.envelope import DataKey
 from silolearn.security.keys import KEY_MANAGERS, PASSPHRASE_ENV, KeyManager, LocalKeyring
 from silolearn.storage import db
 from silolearn.storage.scope import Purpose, TenantRef, TenantScope
 from silolearn.tenancy.tenants import TenantInfo, TenantRegistry
 
 if TYPE_CHECKING:
+    from silolearn.ingest.contamination import MinHashContamination
     from silolearn.ingest.gateway import IngestReport
 
 WORKSPACE_ENV = "SILOLEARN_WORKSPACE"
@@ -71,6 +73,7 @@ class Workspace:
         except BaseException:
             self.conn.close()
             raise
+        self._contamination: MinHashContamination | None = None
         self.tenants = TenantRegistry(
             conn=self.conn, keys=self.keys, audit=self.audit, blob_root=path / "blobs"
         )
@@ -94,7 +97,7 @@ class Workspace:
         LocalKeyring.create(path / KEYRING_FILE, sealed=sealed)
         db.migrate(path / DB_FILE)
         (path / CONFIG_FILE).write_text(settings.to_toml(), encoding="utf-8")
-        workspace = cls(path, settings, actor=actor or default_actor())
+        workspace = cls(path, Settings.load(path), actor=actor or default_actor())
         workspace.audit.append("workspace.init", details={"sealed": sealed})
         workspace.audit.checkpoint()
         return workspace
@@ -169,6 +172,20 @@ class Workspace:
 
     def routing_key(self) -> bytes:
         return self.keys.workspace_secret("routing")
+
+    def registry_key(self) -> DataKey:
+        """Seals the workspace-wide benchmark registry (eval sets that apply to every tenant)."""
+        return DataKey("registry", 1, self.keys.workspace_secret("registry"))
+
+    def contamination(self) -> MinHashContamination:
+        """The contamination check, one per opened workspace so its index cache is shared."""
+        if self._contamination is None:
+            from silolearn.ingest.contamination import MinHashContamination
+
+            self._contamination = MinHashContamination(
+                self.settings.contamination, self.registry_key()
+            )
+        return self._contamination
 
 
 class Tenant:

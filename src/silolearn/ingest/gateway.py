@@ -23,7 +23,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from silolearn.errors import IngestAborted
-from silolearn.ingest.contamination import ContaminationCheck, ExactContamination
+from silolearn.ingest.contamination import ContaminationCheck
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
 from silolearn.ingest.records import Record
@@ -102,7 +102,7 @@ class Gateway:
     ) -> None:
         self._ws = workspace
         self._settings = workspace.settings.ingest
-        self._contamination = contamination or ExactContamination()
+        self._contamination = contamination or workspace.contamination()
 
     def ingest(
         self,
@@ -112,7 +112,10 @@ class Gateway:
         strict: bool = False,
         fmt: str | None = None,
         progress: Any = None,
+        all_to_eval: bool = False,
     ) -> IngestReport:
+        """Ingest ``source`` into ``tenant``; ``all_to_eval`` registers a whole eval set
+        (every record to the eval store, labelled or not) instead of routing."""
         scope = self._ws.scope(tenant, purpose=Purpose.INGEST)
         scope.train.require_append()
         scope.eval.require_append()
@@ -125,6 +128,7 @@ class Gateway:
             ),
             routing_key=self._ws.routing_key(),
             report=IngestReport(tenant=tenant),
+            all_to_eval=all_to_eval,
         )
         lines = parse(source, fmt=fmt)
         if strict:
@@ -183,8 +187,11 @@ class Gateway:
         record = arrival.record
         if minimised.text != record.text:
             record = record.model_copy(update={"text": minimised.text})
-        to_eval = record.label is not None and route_to_eval(
-            run.routing_key, run.scope.tenant.id, record.id, self._settings.eval_fraction
+        to_eval = run.all_to_eval or (
+            record.label is not None
+            and route_to_eval(
+                run.routing_key, run.scope.tenant.id, record.id, self._settings.eval_fraction
+            )
         )
         prepared = run.scope.prepare(record, rid=arrival.rid, digest=arrival.digest)
         return _Candidate(arrival.line, prepared, to_eval, redactions)
@@ -207,7 +214,7 @@ class Gateway:
     def _store(
         self, run: _Run, arrivals: list[_Arrival], *, strict: bool = False, errors_before: int = 0
     ) -> None:
-        scope, report = run.scope, run.report
+        report = run.report
         fresh = self._split_known(run, arrivals)
         candidates = [c for a in fresh if (c := self._prepare(run, a))]
         if strict and report.rejected:
@@ -215,6 +222,15 @@ class Gateway:
                 f"--strict: {report.rejected} invalid line(s), nothing stored",
                 errors=report.errors,
             )
+        try:
+            self._write_batch(run, candidates, errors_before)
+        except BaseException:
+            # cached index state may include what the rolled-back transaction wrote
+            self._contamination.reset()
+            raise
+
+    def _write_batch(self, run: _Run, candidates: list[_Candidate], errors_before: int) -> None:
+        scope, report = run.scope, run.report
         with scope.write() as conn:
             # another writer may have stored some of these ids since the lookup above
             raced = scope.train.existing(c.prepared.rid for c in candidates) | scope.eval.existing(
@@ -241,7 +257,7 @@ class Gateway:
                         details={
                             "eval_seq": match.eval_seq,
                             "similarity": match.similarity,
-                            "method": match.method,
+                            "source": match.source,
                             "direction": "train_after_eval",
                         },
                     )
@@ -253,13 +269,21 @@ class Gateway:
 
             scope.train.append_in(conn, [c.prepared for c in to_train])
             scope.eval.append_in(conn, [c.prepared for c in to_eval])
+            self._contamination.on_train_added(scope, conn, [c.prepared for c in to_train])
             moved = self._contamination.on_eval_added(scope, conn, [c.prepared for c in to_eval])
-            if moved:
-                report.quarantined += len(moved)
+            self._contamination.forget([c.prepared for c in to_train_all])
+            report.quarantined += len(moved)
+            for train_seq, eval_seq, similarity in moved:
                 scope.audit_in(
                     conn,
                     "contamination.quarantine",
-                    details={"train_seqs": moved, "direction": "eval_after_train"},
+                    obj=f"train:{train_seq}",
+                    details={
+                        "train_seq": train_seq,
+                        "eval_seq": eval_seq,
+                        "similarity": similarity,
+                        "direction": "eval_after_train",
+                    },
                 )
             accepted = to_train + to_eval
             for c in accepted:
@@ -289,6 +313,7 @@ class _Run:
     minimiser: Minimiser
     routing_key: bytes
     report: IngestReport
+    all_to_eval: bool = False
     seen: dict[str, int] = field(default_factory=dict)
 
 

@@ -38,12 +38,17 @@ class Capability(enum.StrEnum):
     EVAL_READ = "eval:read"
     BLOB_READ = "blob:read"
     BLOB_WRITE = "blob:write"
+    CONTAMINATION_INDEX = "contamination:index"
+    """Read and extend the contamination index, which is derived from eval data too."""
 
 
 class Purpose(enum.StrEnum):
     INGEST = "ingest"
     TRAINING = "training"
     EVALUATION = "evaluation"
+    CONTAMINATION = "contamination"
+    """Moves training records that copy eval data out of training; allowed even for a
+    quarantined tenant, since it only ever removes data from training."""
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -65,6 +70,7 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
             Capability.EVAL_APPEND,
             Capability.BLOB_READ,
             Capability.BLOB_WRITE,
+            Capability.CONTAMINATION_INDEX,
         }
     ),
     # training code is never given eval access, not even to append (I5)
@@ -72,6 +78,7 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
         {Capability.TRAIN_READ, Capability.BLOB_READ, Capability.BLOB_WRITE}
     ),
     Purpose.EVALUATION: frozenset({Capability.EVAL_READ, Capability.BLOB_READ}),
+    Purpose.CONTAMINATION: frozenset({Capability.CONTAMINATION_INDEX}),
 }
 
 
@@ -211,6 +218,27 @@ class TenantScope:
     def open_box(self, box: bytes, *, kind: str, object_id: str) -> bytes:
         return self._key.open(box, kind=kind, object_id=object_id)
 
+    def index_key(self) -> DataKey:
+        """The data key, for sealing this tenant's contamination index segments."""
+        if Capability.CONTAMINATION_INDEX not in self.capabilities:
+            raise AccessDenied(f"{self!r} may not use the contamination index")
+        return self._key
+
+    def seqs_of(self, conn: sqlite3.Connection, table: str, rids: list[bytes]) -> dict[bytes, int]:
+        """Sequence numbers of this tenant's stored records, by record-id hash."""
+        if table not in ("train_records", "eval_records"):
+            raise ValueError(table)
+        found: dict[bytes, int] = {}
+        for start in range(0, len(rids), 500):
+            chunk = rids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for rid, seq in conn.execute(
+                f"SELECT rid, seq FROM {table} WHERE tenant_id = ? AND rid IN ({marks})",
+                (self.tenant.id, *chunk),
+            ):
+                found[bytes(rid)] = int(seq)
+        return found
+
 
 class _GuardedWrite:
     def __init__(self, scope: TenantScope) -> None:
@@ -224,7 +252,12 @@ class _GuardedWrite:
             "SELECT status FROM tenants WHERE id = ?", (self._scope.tenant.id,)
         ).fetchone()
         status = None if row is None else str(row[0])
-        if status != "active":
+        allowed = (
+            {"active", "quarantined"}
+            if self._scope.purpose is Purpose.CONTAMINATION
+            else {"active"}
+        )
+        if status not in allowed:
             self._cm.__exit__(None, None, None)
             self._cm = None
             name = self._scope.tenant.name
@@ -383,25 +416,25 @@ class TrainStore(_RecordStore):
         self._scope.require(Capability.TRAIN_READ, what="train store read")
         return self._read(until=until, limit=limit)
 
-    def quarantine_in(self, conn: sqlite3.Connection, fingerprints: set[bytes]) -> list[int]:
-        """Move active train records whose text matches these fingerprints out of training."""
+    def quarantine_in(self, conn: sqlite3.Connection, seqs: list[int]) -> list[int]:
+        """Move these train records of this tenant out of training (near-copies of eval
+        records); returns those that were active."""
+        if Capability.CONTAMINATION_INDEX not in self._scope.capabilities:
+            raise AccessDenied(f"{self._scope!r} may not quarantine training records")
         moved: list[int] = []
-        fps = list(fingerprints)
-        for start in range(0, len(fps), 500):
-            chunk = fps[start : start + 500]
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(
                 f"SELECT seq FROM train_records WHERE tenant_id = ? AND status = 'active' "
-                f"AND fingerprint IN ({marks})",
+                f"AND seq IN ({marks})",
                 (self._scope.tenant.id, *chunk),
             ).fetchall()
             moved.extend(int(r[0]) for r in rows)
-        if moved:
-            conn.executemany(
-                "UPDATE train_records SET status = 'quarantined' WHERE seq = ?",
-                [(s,) for s in moved],
-            )
-        return moved
+        conn.executemany(
+            "UPDATE train_records SET status = 'quarantined' WHERE seq = ?", [(s,) for s in moved]
+        )
+        return sorted(moved)
 
     def quarantined_count(self) -> int:
         row = self._scope._conn.execute(
