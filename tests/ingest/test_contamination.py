@@ -97,6 +97,15 @@ def test_I5_near_copy_of_eval_record_is_not_stored_for_training(
     dumped = json.dumps(event.to_dict())
     assert not any(w in dumped for w in words[5:15] if len(w) > 6)
 
+    shown = run_cli("contamination", "report", "newsroom", "--workspace", str(ws.path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)
+    assert summary["threshold"] == 0.8 and summary["ngram"] == 5 and summary["num_perm"] == 128
+    assert summary["bands"] * summary["rows"] <= 128
+    assert summary["contaminated"] == 1
+    assert summary["index"]["eval"]["entries"] == 1 and summary["index"]["train"]["entries"] == 2
+    assert [m["object"] for m in summary["matches"]] == ["copy"]
+
 
 def test_I5_eval_arriving_after_a_training_copy_quarantines_it(
     ws: Workspace, articles: list[dict[str, object]], tmp_path: Path
