@@ -42,6 +42,7 @@ tenant_app = typer.Typer(
 keys_app = typer.Typer(help="Key rotation.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 verify_app = typer.Typer(help="Attack suites against the workspace.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Adapter versions: list, promote, roll back.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluation sets: per tenant or workspace-wide.", no_args_is_help=True)
 contamination_app = typer.Typer(help="The train/eval near-duplicate filter.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
@@ -49,6 +50,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(verify_app, name="verify")
 app.add_typer(eval_app, name="eval")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(contamination_app, name="contamination")
 
 out = Console()
@@ -439,6 +441,88 @@ def audit_checkpoint(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -
     finally:
         ws.conn.close()
     emit(as_json, {"seq": seq}, lambda: out.print(f"signed checkpoint at event {seq}"))
+
+
+# -- adapters ----------------------------------------------------------------------------------
+
+
+def _registry(ws: Workspace, tenant: str) -> Any:
+    from silolearn.registry.versions import AdapterRegistry
+    from silolearn.storage.scope import Purpose
+
+    return AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY))
+
+
+def _versions_table(tenant: str, rows: list[dict[str, Any]]) -> Table:
+    return _table(
+        f"adapters of {tenant}",
+        ["version", "status", "kind", "parent", "accuracy", "macro-F1", "sha256", "created"],
+        [
+            [
+                r["version"],
+                r["status"],
+                r["kind"],
+                r["parent"] or "",
+                r["metrics"].get("accuracy", ""),
+                r["metrics"].get("macro_f1", ""),
+                r["sha256"][:16],
+                r["created_at"][:19],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@adapters_app.command("list")
+@command
+def adapters_list(tenant: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """List a tenant's adapter versions with status, metrics, SHA-256 and lineage."""
+    with opened(workspace) as ws:
+        rows = [v.to_dict() for v in _registry(ws, tenant).list()]
+    emit(as_json, rows, lambda: out.print(_versions_table(tenant, rows)))
+
+
+@adapters_app.command("show")
+@command
+def adapters_show(
+    tenant: str,
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one version, lineage included."""
+    with opened(workspace) as ws:
+        row = _registry(ws, tenant).get(version).to_dict()
+    emit(as_json, row, lambda: out.print_json(json.dumps(row, default=str)))
+
+
+@adapters_app.command("promote")
+@command
+def adapters_promote(
+    tenant: str,
+    version: Annotated[int, typer.Argument(help="Candidate version to serve.")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual",
+) -> None:
+    """Promote a candidate by hand; the active version is retired in the same transaction."""
+    with opened(workspace) as ws:
+        row = _registry(ws, tenant).promote(version, decision={"reason": reason}).to_dict()
+    emit(as_json, row, lambda: out.print(f"{tenant}: v{version} is active"))
+
+
+@adapters_app.command("rollback")
+@command
+def adapters_rollback(
+    tenant: str,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+    to: Annotated[int | None, typer.Option("--to", help="Version to serve again.")] = None,
+) -> None:
+    """Serve an earlier version again (default: the one retired last); only this tenant."""
+    with opened(workspace) as ws:
+        row = _registry(ws, tenant).rollback(to=to).to_dict()
+    emit(as_json, row, lambda: out.print(f"{tenant}: rolled back to v{row['version']}"))
 
 
 # -- evaluation sets and contamination ---------------------------------------------------------

@@ -49,6 +49,9 @@ class Purpose(enum.StrEnum):
     CONTAMINATION = "contamination"
     """Moves training records that copy eval data out of training; allowed even for a
     quarantined tenant, since it only ever removes data from training."""
+    REGISTRY = "registry"
+    """Promotes, rejects and rolls back adapter versions; rollback stays possible for a
+    quarantined tenant (incident response), promotion does not."""
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -79,7 +82,10 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
     ),
     Purpose.EVALUATION: frozenset({Capability.EVAL_READ, Capability.BLOB_READ}),
     Purpose.CONTAMINATION: frozenset({Capability.CONTAMINATION_INDEX}),
+    Purpose.REGISTRY: frozenset({Capability.BLOB_READ}),
 }
+
+_ALLOWED_WHEN_QUARANTINED = frozenset({Purpose.CONTAMINATION, Purpose.REGISTRY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +218,18 @@ class TenantScope:
         return self._audit.append(action, tenant=self.tenant.name, obj=obj, details=details)
 
     @property
+    def connection(self) -> sqlite3.Connection:
+        """The workspace connection, for queries filtered by this scope's tenant id."""
+        return self._conn
+
+    @property
+    def status(self) -> str:
+        row = self._conn.execute(
+            "SELECT status FROM tenants WHERE id = ?", (self.tenant.id,)
+        ).fetchone()
+        return "deleted" if row is None else str(row[0])
+
+    @property
     def token_key(self) -> bytes:
         return self._token_key
 
@@ -254,7 +272,7 @@ class _GuardedWrite:
         status = None if row is None else str(row[0])
         allowed = (
             {"active", "quarantined"}
-            if self._scope.purpose is Purpose.CONTAMINATION
+            if self._scope.purpose in _ALLOWED_WHEN_QUARANTINED
             else {"active"}
         )
         if status not in allowed:

@@ -1,0 +1,1 @@
+"""The adapter registry: versions, lineage, promotion, rollback."""

@@ -1,0 +1,264 @@
+"""Adapter versions of one tenant: candidates, promotion, rejection and rollback (I8).
+
+A version's artefact is an encrypted blob of the tenant; its row holds the artefact's
+SHA-256, its lineage (parent, digest of the record ids it learned from, config, code
+version, base-model checksum, seed, timings) and its metrics. Statuses move
+``candidate → active | rejected`` and ``active → retired``; at most one version per tenant is
+active, enforced by a unique index. Promotion and rollback are single transactions, so a
+crash at any point leaves the previous version serving; they touch only the tenant of the
+scope they are given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from silolearn.audit.log import utcnow
+from silolearn.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInput,
+    NotFoundError,
+    TenantQuarantined,
+)
+from silolearn.storage.scope import TenantScope
+
+STATUSES = ("candidate", "active", "rejected", "retired")
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterVersion:
+    tenant: str
+    version: int
+    status: str
+    kind: str
+    sha256: str
+    parent: int | None
+    lineage: dict[str, Any]
+    metrics: dict[str, Any]
+    decision: dict[str, Any]
+    created_at: str
+    updated_at: str
+
+    @property
+    def blob_name(self) -> str:
+        return f"adapter/v{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "version": self.version,
+            "status": self.status,
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "parent": self.parent,
+            "lineage": self.lineage,
+            "metrics": self.metrics,
+            "decision": self.decision,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+_COLUMNS = (
+    "version, status, kind, sha256, parent, lineage, metrics, decision, created_at, updated_at"
+)
+
+
+class AdapterRegistry:
+    """The versions of the tenant whose scope it is given; nothing else is reachable."""
+
+    def __init__(self, scope: TenantScope) -> None:
+        self._scope = scope
+
+    def _row(self, row: tuple[Any, ...]) -> AdapterVersion:
+        version, status, kind, sha, parent, lineage, metrics, decision, created, updated = row
+        return AdapterVersion(
+            tenant=self._scope.tenant.name,
+            version=int(version),
+            status=str(status),
+            kind=str(kind),
+            sha256=str(sha),
+            parent=None if parent is None else int(parent),
+            lineage=json.loads(lineage),
+            metrics=json.loads(metrics),
+            decision=json.loads(decision),
+            created_at=str(created),
+            updated_at=str(updated),
+        )
+
+    def list(self) -> list[AdapterVersion]:
+        rows = self._scope.connection.execute(
+            f"SELECT {_COLUMNS} FROM adapter_versions WHERE tenant_id = ? ORDER BY version",
+            (self._scope.tenant.id,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get(self, version: int) -> AdapterVersion:
+        row = self._scope.connection.execute(
+            f"SELECT {_COLUMNS} FROM adapter_versions WHERE tenant_id = ? AND version = ?",
+            (self._scope.tenant.id, version),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"tenant {self._scope.tenant.name!r} has no adapter version {version}",
+                version=version,
+            )
+        return self._row(row)
+
+    def active(self) -> AdapterVersion | None:
+        row = self._scope.connection.execute(
+            f"SELECT {_COLUMNS} FROM adapter_versions WHERE tenant_id = ? AND status = 'active'",
+            (self._scope.tenant.id,),
+        ).fetchone()
+        return None if row is None else self._row(row)
+
+    def register_candidate(
+        self,
+        artefact: bytes,
+        *,
+        kind: str,
+        lineage: dict[str, Any],
+        metrics: dict[str, Any],
+    ) -> AdapterVersion:
+        """Store the artefact (encrypted) and record it as a candidate; returns the version."""
+        scope = self._scope
+        parent = self.active()
+        sha = hashlib.sha256(artefact).hexdigest()
+        with scope.write() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM adapter_versions WHERE tenant_id = ?",
+                (scope.tenant.id,),
+            ).fetchone()
+            version = int(row[0])
+            now = utcnow()
+            conn.execute(
+                f"INSERT INTO adapter_versions (tenant_id, {_COLUMNS}) "
+                "VALUES (?, ?, 'candidate', ?, ?, ?, ?, ?, '{}', ?, ?)",
+                (
+                    scope.tenant.id,
+                    version,
+                    kind,
+                    sha,
+                    None if parent is None else parent.version,
+                    json.dumps(lineage, sort_keys=True),
+                    json.dumps(metrics, sort_keys=True),
+                    now,
+                    now,
+                ),
+            )
+            scope.audit_in(
+                conn,
+                "adapter.candidate",
+                obj=f"v{version}",
+                details={"kind": kind, "sha256": sha, "parent": lineage.get("parent")},
+            )
+        # the blob is written after the row commits: a crash in between leaves a candidate
+        # without an artefact, which can never be promoted (load_artefact refuses it)
+        scope.blobs.put(f"adapter/v{version}", artefact)
+        return self.get(version)
+
+    def load_artefact(self, version: AdapterVersion) -> bytes:
+        data = self._scope.blobs.get(version.blob_name)
+        if hashlib.sha256(data).hexdigest() != version.sha256:
+            raise IntegrityError(
+                f"adapter v{version.version} of {version.tenant!r} does not match its SHA-256"
+            )
+        return data
+
+    def reject(self, version: int, *, decision: dict[str, Any]) -> AdapterVersion:
+        self._transition(version, expect=("candidate",), to="rejected", decision=decision)
+        return self.get(version)
+
+    def promote(self, version: int, *, decision: dict[str, Any]) -> AdapterVersion:
+        """Make a candidate the active version; the previous one is retired, atomically."""
+        if self._scope.status != "active":
+            raise TenantQuarantined(
+                f"tenant {self._scope.tenant.name!r} is {self._scope.status}: no promotion",
+                tenant=self._scope.tenant.name,
+            )
+        self._require_artefact(version)
+        self._transition(version, expect=("candidate",), to="active", decision=decision)
+        return self.get(version)
+
+    def rollback(self, *, to: int | None = None, reason: str = "rollback") -> AdapterVersion:
+        """Serve an earlier version again (by default the last one retired)."""
+        current = self.active()
+        if to is None:
+            retired = [v for v in self.list() if v.status == "retired"]
+            if current is not None:
+                retired = [v for v in retired if v.version < current.version]
+            if not retired:
+                raise InvalidInput(
+                    f"tenant {self._scope.tenant.name!r} has no earlier version to roll back to"
+                )
+            to = retired[-1].version
+        target = self.get(to)
+        if target.status not in ("retired", "candidate"):
+            raise ConflictError(
+                f"adapter v{to} is {target.status}: only a retired version or a candidate "
+                "can be rolled back to",
+                version=to,
+            )
+        self._require_artefact(to)
+        self._transition(
+            to,
+            expect=("retired", "candidate"),
+            to="active",
+            decision={"reason": reason, "rolled_back_from": current and current.version},
+        )
+        return self.get(to)
+
+    def _require_artefact(self, version: int) -> None:
+        names = {b.name for b in self._scope.blobs.list()}
+        if f"adapter/v{version}" not in names:
+            raise IntegrityError(f"adapter v{version} has no stored artefact; it cannot serve")
+
+    def _transition(
+        self, version: int, *, expect: tuple[str, ...], to: str, decision: dict[str, Any]
+    ) -> None:
+        scope = self._scope
+        with scope.write() as conn:
+            row = conn.execute(
+                "SELECT status FROM adapter_versions WHERE tenant_id = ? AND version = ?",
+                (scope.tenant.id, version),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"tenant {scope.tenant.name!r} has no adapter v{version}")
+            if row[0] not in expect:
+                raise ConflictError(
+                    f"adapter v{version} is {row[0]}, expected {' or '.join(expect)}",
+                    version=version,
+                )
+            now = utcnow()
+            previous = None
+            if to == "active":
+                active = conn.execute(
+                    "SELECT version FROM adapter_versions "
+                    "WHERE tenant_id = ? AND status = 'active'",
+                    (scope.tenant.id,),
+                ).fetchone()
+                if active is not None:
+                    previous = int(active[0])
+                    conn.execute(
+                        "UPDATE adapter_versions SET status = 'retired', updated_at = ? "
+                        "WHERE tenant_id = ? AND version = ?",
+                        (now, scope.tenant.id, previous),
+                    )
+            conn.execute(
+                "UPDATE adapter_versions SET status = ?, decision = ?, updated_at = ? "
+                "WHERE tenant_id = ? AND version = ?",
+                (to, json.dumps(decision, sort_keys=True), now, scope.tenant.id, version),
+            )
+            action = {"active": "adapter.promote", "rejected": "adapter.reject"}[to]
+            if decision.get("reason") == "rollback" or "rolled_back_from" in decision:
+                action = "adapter.rollback"
+            scope.audit_in(
+                conn,
+                action,
+                obj=f"v{version}",
+                details={"from_status": row[0], "retired": previous, **decision},
+            )
