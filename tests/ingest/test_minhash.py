@@ -393,6 +393,7 @@ def test_query_agrees_with_query_many_and_incremental_adds(tweets: list[str]) ->
     # Retweets and repeated headlines: real duplicates beyond each tweet itself.
     assert sum(len(found) for found in expected) > 1500
     assert all(Candidate(i, 1.0) in found for i, found in enumerate(expected) if sets[i].size)
+    assert all(type(c.key) is int and type(c.jaccard) is float for f in expected for c in f)
 
 
 def test_empty_sets_never_match() -> None:
@@ -420,6 +421,18 @@ def test_serialisation_round_trip(articles: list[str], tweets: list[str]) -> Non
     second.add(range(10**12 + 1000, 10**12 + len(texts)), sets[1000:])
     merged = LSHIndex.merge([LSHIndex.from_bytes(first.to_bytes()), second])
     assert merged.query_many(probe) == index.query_many(probe)
+
+
+def test_empty_index_round_trip() -> None:
+    loaded = LSHIndex.from_bytes(LSHIndex(CONFIG).to_bytes())
+    assert len(loaded) == 0
+    assert loaded.query(shingle_hashes("nothing to find here at all", CONFIG)) == []
+    char = MinHashConfig(unit="char", ngram=4, threshold=0.7, seed=9)
+    index = LSHIndex(char)
+    index.add([5], [shingle_hashes("character grams", char)])
+    again = LSHIndex.from_bytes(index.to_bytes())
+    assert again.config == char
+    assert again.query(shingle_hashes("Character-grams!", char)) == [Candidate(5, 1.0)]
 
 
 def test_corrupt_bytes_are_refused(tweets: list[str]) -> None:

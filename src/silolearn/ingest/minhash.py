@@ -15,11 +15,12 @@ Pipeline, vectorised with numpy over whole batches of documents:
    collapse to one space. The batch path folds characters through a lookup table over code
    points and is tested to agree with the reference implementation character for character.
 2. ``shingle_hashes``: a 32-bit hash of every n-gram of words (default) or characters, as
-   sorted unique ``uint32``. Units are hashed with a polynomial hash over the code points,
-   computed for a whole batch at once from prefix sums (``sum(x_i * P**i)`` mod 2**64, made
-   position-independent by multiplying with ``P**-start``), and n-grams with the same
-   polynomial over the unit hashes, followed by a 64-bit finaliser. No Python ``hash()`` is
-   used (it is salted per process): the same text gives the same hashes everywhere.
+   sorted unique ``uint32``. Words are hashed with a polynomial hash over their code points,
+   computed for a whole batch at once from prefix sums (``sum(x_i * P**i)`` mod 2**32, made
+   position-independent by multiplying with ``P**-start``), and n-grams with a polynomial
+   over the unit hashes mod 2**64, then a multiply whose high half is kept. No Python
+   ``hash()`` is used (it is salted per process): the same text gives the same hashes
+   everywhere.
 3. ``MinHasher``: ``num_perm`` slots, each a MinHash, i.e. the shingle that is minimal
    under a per-slot random order. Instead of evaluating ``num_perm`` hash functions per
    shingle, each shingle is thrown into one slot per round for a few rounds and ranked there
@@ -30,8 +31,10 @@ Pipeline, vectorised with numpy over whole batches of documents:
    probability exactly equal to their Jaccard similarity, as with classic MinHash, at a
    fraction of the cost for long documents. A slot stores the hash of its minimal shingle.
 4. ``LSHIndex``: signatures cut into ``bands`` bands of ``rows`` rows; each band becomes one
-   32-bit key. Keys live in one sorted array searched with ``np.searchsorted`` for whole
-   batches of queries; candidates are verified on the stored shingle sets.
+   32-bit key. Keys live in one sorted array with a table of bucket starts (two memory
+   accesses per lookup), looked up for whole batches of queries at once; candidates are
+   verified on the stored shingle sets. ``to_bytes``/``from_bytes`` persist it (checked by a
+   digest), ``merge`` joins segments.
 
 Hashes are non-cryptographic: this filter guards against accidental overlap, not against
 someone paraphrasing evaluation data on purpose.
@@ -43,6 +46,7 @@ import functools
 import hashlib
 import itertools
 import struct
+import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -69,8 +73,9 @@ I64: TypeAlias = npt.NDArray[np.int64]
 Bools: TypeAlias = npt.NDArray[np.bool_]
 
 _MASK64 = (1 << 64) - 1
+# Which uint32 of a uint64 holds its high half, in memory.
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0
 _LOW32 = 0xFFFFFFFF
-_HIGH32 = _LOW32 << 32
 _SPACE = 0x20
 # In the fold table: a code point that cannot be folded on its own (see ``_fold_table``);
 # documents holding one take the reference path.
@@ -80,9 +85,9 @@ _SLOW = 0xFFFFFFFF
 # position in the batch.
 _P = 0x9E3779B97F4A7C15
 _Q = 0xD6E8FEB86659FD93
-# The finaliser of MurmurHash3 (fmix64), a bijection on 64 bits.
-_MIX1 = 0xFF51AFD7ED558CCD
-_MIX2 = 0xC4CEB9FE1A85EC53
+# An odd 64-bit multiplier (from MurmurHash3's finaliser): the high half of ``x * _MIX``
+# depends on every bit of x.
+_MIX = 0xFF51AFD7ED558CCD
 _P_INVERSE = pow(_P, -1, 1 << 32)
 _Q_INVERSE = pow(_Q, -1, 1 << 64)
 # Rounds in which every shingle is thrown into one slot. A document leaves the rounds once
@@ -95,6 +100,9 @@ _ROUNDS = 4
 # Below this many (shingle, round) pairs, all rounds are computed in one go (at most 2**29
 # shingles and 8 rounds, for the packed keys of ``MinHasher._all_rounds``).
 _SMALL = 1 << 15
+# Keys of ``MinHasher._all_rounds``: an empty slot's, and the mask of the shingle's position.
+_EMPTY_KEY = np.iinfo(np.uint64).max
+_POSITION = np.uint64((1 << 29) - 1)
 # Shingles per dense block of the fallback (a block is this times num_perm uint32).
 _BLOCK = 4096
 # Upper bound on the code points (or shingles) processed in one vectorised step: keeps the
@@ -120,18 +128,6 @@ def _splitmix64(seed: int, count: int) -> tuple[int, ...]:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
         out.append(z ^ (z >> 31))
     return tuple(out)
-
-
-def _mix(x: U64) -> U64:
-    """fmix64 in place (``x`` must be a fresh array the caller owns)."""
-    shifted = np.empty_like(x)
-    for multiplier in (_MIX1, _MIX2):
-        np.right_shift(x, 33, out=shifted)
-        x ^= shifted
-        x *= multiplier
-    np.right_shift(x, 33, out=shifted)
-    x ^= shifted
-    return x
 
 
 def _ragged_arange(starts: npt.NDArray[np.integer], counts: npt.NDArray[np.integer]) -> I64:
@@ -160,8 +156,11 @@ def choose_banding(threshold: float, num_perm: int) -> tuple[int, int]:
     one and the objective on the other. If nothing meets the constraint (very few slots),
     the configuration with the smallest miss probability wins.
 
-    For ``threshold=0.8, num_perm=128`` this gives 16 bands of 6 rows: a miss probability
-    of 0.77% at J = 0.8, 0.08% at J = 0.85 and about 0.5% of pairs at J = 0.5 as candidates.
+    For ``threshold=0.8, num_perm=128`` this gives 16 bands of 6 rows (96 of the 128 slots;
+    all 128 serve estimates): a miss probability of 0.77% at J = 0.8 and 0.05% at J = 0.85,
+    while a pair at J = 0.5 becomes a candidate (to be rejected by the exact check) 22% of the
+    time, and unrelated documents essentially never. (16 bands of 8 rows, say, would miss
+    5.3% of the pairs at J = 0.8.)
     """
     bands = np.concatenate([np.arange(1, num_perm // r + 1) for r in range(1, num_perm + 1)])
     rows = np.concatenate([np.full(num_perm // r, r) for r in range(1, num_perm + 1)]).astype(
@@ -314,14 +313,18 @@ def _folded_batch(texts: Sequence[str]) -> tuple[U32, I64]:
     starts = np.ones(len(texts) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=starts[1:])
     starts[1:] += 1
+    return _fold(texts, lengths, starts)
+
+
+def _fold(texts: Sequence[str], lengths: I64, starts: I64) -> tuple[U32, I64]:
     codes = _code_points(" " + " ".join(texts) + " ")
     folded = np.take(_fold_table(), codes, mode="clip")
-    slow = folded == _SLOW
-    if not slow.any():
+    if folded.max() < _SLOW:  # _SLOW is the largest uint32
         return folded, starts
     # Rare: a character that needs its neighbours, several letters from one character, or a
     # code point beyond the BMP. Those texts are folded by the reference and spliced in.
-    redo = np.unique(np.searchsorted(starts, np.flatnonzero(slow), side="right") - 1)
+    slow = np.flatnonzero(folded == _SLOW)
+    redo = np.unique(np.searchsorted(starts, slow, side="right") - 1)
     pieces: list[U32] = []
     cut = 0
     for doc in redo.tolist():
@@ -344,18 +347,21 @@ def _power_table(
     base: int, length: int, dtype: type[np.unsignedinteger] = np.uint64
 ) -> npt.NDArray[np.unsignedinteger]:
     """``base**i`` modulo the width of ``dtype`` for ``i < length`` (cached, grown by
-    doubling)."""
+    doubling, up to what a chunk needs: the tables for one outsized text are not kept)."""
     table = _powers.get((base, dtype))
     if table is None or table.size < length:
         size = max(1 << 16, 1 << (length - 1).bit_length())
         steps = np.full(size, base % (1 << 8 * np.dtype(dtype).itemsize), dtype=dtype)
         steps[0] = 1
         table = np.cumprod(steps, dtype=dtype)
-        _powers[(base, dtype)] = table
+        if size <= 4 * _CHUNK:
+            _powers[(base, dtype)] = table
     return table[:length]
 
 
-def _window_hashes(units: U64, first: I64, count: I64, n: int, seed: int) -> tuple[U32, I64]:
+def _window_hashes(
+    units: npt.NDArray[np.unsignedinteger], first: I64, count: I64, n: int, seed: int
+) -> tuple[U32, I64]:
     """32-bit hashes of the n-unit windows of each document, whose units are
     ``units[first[d] : first[d] + count[d]]``; a document with fewer than ``n`` (but some)
     units gives one window of all of them. Returns the hashes and per-document offsets.
@@ -364,8 +370,7 @@ def _window_hashes(units: U64, first: I64, count: I64, n: int, seed: int) -> tup
     sum (a few of them straddle two documents), then each document's are gathered.
     """
     prefix = np.zeros(units.size + 1, dtype=np.uint64)
-    units *= _power_table(_Q, units.size)
-    np.cumsum(units, out=prefix[1:])
+    np.cumsum(np.multiply(units, _power_table(_Q, units.size)), out=prefix[1:])
     inverse = _power_table(_Q_INVERSE, units.size)
     if count.size == 1:
         # One document (the online path): slices, no gathering.
@@ -391,11 +396,10 @@ def _window_hashes(units: U64, first: I64, count: I64, n: int, seed: int) -> tup
         offsets = np.zeros(count.size + 1, dtype=np.int64)
         np.cumsum(per_doc, out=offsets[1:])
     # The seed enters here so that every slot of the signature depends on it. Then one
-    # multiply: the high half of the product depends on every bit.
+    # multiply: the high half of the product depends on every bit; it is read in place.
     hashes += seed
-    hashes *= _MIX1
-    hashes >>= np.uint64(32)
-    return hashes.astype(np.uint32), offsets
+    hashes *= _MIX
+    return hashes.view(np.uint32)[_HIGH_HALF::2].copy(), offsets
 
 
 def _word_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I64]:
@@ -416,7 +420,7 @@ def _word_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I6
     else:
         bounds = np.searchsorted(before, starts - 1)
         first, count = bounds[:-1], np.diff(bounds)
-    return _window_hashes(words.astype(np.uint64), first, count, n, seed)
+    return _window_hashes(words, first, count, n, seed)
 
 
 def _char_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I64]:
@@ -429,7 +433,7 @@ def _char_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I6
     np.cumsum(keep, out=kept_before[1:])
     first = kept_before[starts]
     count = np.maximum(np.diff(first) - 1, 0)
-    return _window_hashes(folded[keep].astype(np.uint64), first[:-1], count, n, seed)
+    return _window_hashes(folded[keep], first[:-1], count, n, seed)
 
 
 def _sort_unique(hashes: U32, offsets: I64) -> tuple[U32, I64]:
@@ -458,7 +462,11 @@ def _split(flat: U32, offsets: I64) -> list[U32]:
 
 def _shingles(texts: Sequence[str], config: MinHashConfig) -> tuple[U32, I64]:
     """Sorted unique shingle hashes of a chunk of texts, concatenated, with offsets."""
-    folded, starts = _folded_batch(texts)
+    if len(texts) == 1:  # the online path: spare the bookkeeping of a batch
+        size = len(texts[0])
+        folded, starts = _fold(texts, np.array([size]), np.array([1, size + 2]))
+    else:
+        folded, starts = _folded_batch(texts)
     shingle = _word_shingles if config.unit == "word" else _char_shingles
     return _sort_unique(*shingle(folded, starts, config.ngram, _splitmix64(config.seed, 1)[0]))
 
@@ -576,25 +584,32 @@ class MinHasher:
 
     def _sketch(self, h: U32, offsets: I64) -> U32:
         n, k = offsets.size - 1, self.config.num_perm
-        sig = np.full(n * k, _LOW32, dtype=np.uint32)
-        if h.size == 0:
-            return sig
         small = h.size * _ROUNDS <= _SMALL
-        if n == 1 and small:
+        if n == 1 and small and h.size:
             # One document (the online path): the fallback for its few empty slots as one
-            # small dense block.
-            empty = self._all_rounds(h, None, sig)
+            # small dense block. Empty slots read a wrong shingle first, then get theirs.
+            best = self._all_rounds(h, None, k)
+            sig: U32 = np.take(h, best & _POSITION, mode="clip")
+            empty = best == _EMPTY_KEY
             if empty.any():
                 slots = np.flatnonzero(empty)
                 g = h * self._slot_a[slots, None]
                 g += self._slot_b[slots, None]
                 sig[slots] = (g.min(axis=1) - self._slot_b[slots]) * self._slot_inverse[slots]
             return sig
+        sig = np.full(n * k, _LOW32, dtype=np.uint32)
+        if h.size == 0:
+            return sig
         # Flat slot indices fit in 32 bits per chunk, and uint32 arithmetic is several times
         # faster than int64 in numpy.
         lengths = np.diff(offsets)
         base = np.repeat(np.arange(0, n * k, k, dtype=np.uint32), lengths)
-        empty = self._all_rounds(h, base, sig) if small else self._round_by_round(h, base, sig)
+        if small:
+            best = self._all_rounds(h, base, n * k)
+            empty = best == _EMPTY_KEY
+            sig[~empty] = h[best[~empty] & _POSITION]
+        else:
+            empty = self._round_by_round(h, base, sig)
         if not empty.any():
             return sig
         # Slots no round reached take the fallback order. Per document, either only its
@@ -650,11 +665,11 @@ class MinHasher:
             best[target] = _LOW32
         return empty
 
-    def _all_rounds(self, h: U32, base: U32 | None, sig: U32) -> Bools:
+    def _all_rounds(self, h: U32, base: U32 | None, size: int) -> U64:
         """The same keys for all rounds at once: fewer numpy calls, for small inputs (single
         documents on the online path), where call overhead dominates. A key packs the round
-        (top 3 bits), the rank (32) and the shingle's position (29), so the minimum names its
-        shingle directly. Returns the mask of slots still empty."""
+        (top 3 bits), the rank (32) and the shingle's position (low 29), so the minimum of a
+        slot names its shingle directly; an empty slot keeps the maximum. ``size`` slots."""
         y = h * self._round_a
         y += self._round_b
         slots = y // self._width
@@ -663,14 +678,12 @@ class MinHasher:
         keys = y.astype(np.uint64)
         keys <<= np.uint64(29)
         keys |= self._round_tags[:, : h.size]
-        best = np.full(sig.size, np.iinfo(np.uint64).max, dtype=np.uint64)
+        best = np.full(size, _EMPTY_KEY, dtype=np.uint64)
         np.minimum.at(best, slots.ravel(), keys.ravel())
-        won = best != np.iinfo(np.uint64).max
-        sig[won] = h[best[won] & np.uint64((1 << 29) - 1)]
-        empty: Bools = ~won
-        return empty
+        return best
 
     def _sparse_fallback(self, h: U32, offsets: I64, empty: I64, sig: U32) -> None:
+        """Fill the ``empty`` slots (flat indices): one pass over the owner's shingles each."""
         owner, slot = np.divmod(empty, self.config.num_perm)
         count = offsets[owner + 1] - offsets[owner]
         g = h[_ragged_arange(offsets[owner], count)]
@@ -680,6 +693,8 @@ class MinHasher:
         sig[empty] = (best - self._slot_b[slot]) * self._slot_inverse[slot]
 
     def _dense_fallback(self, h: U32, offsets: I64, docs: I64, sig: U32, empty: Bools) -> None:
+        """Fill the empty slots of ``docs`` from every slot's fallback order, computed for all
+        their slots at once."""
         k = self.config.num_perm
         rows = sig.reshape(-1, k)
         holes = empty.reshape(-1, k)
@@ -744,20 +759,26 @@ class _Run:
 
     def find_one(self, keys: U64) -> list[int]:
         """The documents of the entries with one of a few ``keys`` (one query's bands):
-        ``find`` with the ragged bookkeeping in Python, cheaper for a handful of keys."""
+        ``find`` with the bookkeeping in plain Python, cheaper for a handful of keys."""
         bucket = (keys >> (self.shift - np.uint64(32))).astype(np.intp)
-        bounds = zip(self.starts[bucket].tolist(), self.starts[bucket + 1].tolist(), strict=True)
-        at = [i for lo, hi in bounds for i in range(lo, hi)]
+        at: list[int] = []
+        owner: list[int] = []
+        for key, (lo, hi) in zip(
+            keys.tolist(), self.starts[bucket[:, None] + _BOUNDS].tolist(), strict=True
+        ):
+            at.extend(range(lo, hi))
+            owner.extend([key] * (hi - lo))
         if not at:
             return []
-        entries = self.entries[at]
-        owner = np.repeat(keys, self.starts[bucket + 1] - self.starts[bucket])
-        docs: list[int] = (entries[(entries >> np.uint64(32)) == owner] & _LOW32).tolist()
-        return docs
+        return [
+            entry & _LOW32
+            for entry, key in zip(self.entries[at].tolist(), owner, strict=True)
+            if entry >> 32 == key
+        ]
 
     def find(self, keys: U64) -> tuple[I64, I64]:
         """``(i, e)``: entry ``e`` has key ``keys[i]``, for every such pair."""
-        bucket = ((keys << np.uint64(32)) >> self.shift).astype(np.intp)
+        bucket = (keys >> (self.shift - np.uint64(32))).astype(np.intp)
         start = self.starts[bucket]
         count = self.starts[bucket + 1] - start
         at = _ragged_arange(start, count)
@@ -767,6 +788,7 @@ class _Run:
 
 
 _NO_ENTRIES = np.zeros(0, dtype=np.uint64)
+_BOUNDS = np.array([0, 1])  # a bucket's start and the next one's: its end
 
 
 class LSHIndex:
@@ -802,11 +824,11 @@ class LSHIndex:
         weights, salted by band so that one sorted array can hold every band, then mixed."""
         n = signatures.shape[0]
         rows = signatures[:, : self._bands * self._rows].reshape(n, self._bands, self._rows)
-        keys: U64 = (rows * self._row_weights).sum(axis=2, dtype=np.uint64)
+        keys: U64 = rows @ self._row_weights  # uint64 arithmetic wraps, as wanted
         keys += self._band_salts
         # One xorshift-multiply: the high half of the product depends on every bit.
         keys ^= keys >> np.uint64(32)
-        keys *= _MIX1
+        keys *= _MIX
         keys >>= np.uint64(32)
         return keys
 
@@ -856,11 +878,13 @@ class LSHIndex:
         return signatures
 
     def _settle(self) -> None:
-        """Fold pending additions into the sorted runs (a stable sort of two sorted runs is a
-        single merge)."""
+        """Fold pending additions into the sorted runs."""
         if self._pending:
+            # New entries arrive in document order, keys at random: a plain sort; then a
+            # stable sort of two sorted runs, which is one merge.
+            added = np.sort(np.concatenate(self._pending))
             self._recent = _Run(
-                np.sort(np.concatenate([self._recent.entries, *self._pending]), kind="stable")
+                np.sort(np.concatenate([self._recent.entries, added]), kind="stable")
             )
             self._pending = []
         if self._recent.entries.size * 8 >= self._main.entries.size:
@@ -923,24 +947,23 @@ class LSHIndex:
         return results
 
     def _answer(self, flat: U32, offsets: I64, signatures: U32) -> list[list[Candidate]]:
-        results: list[list[Candidate]] = [[] for _ in range(offsets.size - 1)]
+        count = offsets.size - 1
         queries, docs = self._candidates(offsets, signatures)
         if queries.size == 0:
-            return results
+            return [[] for _ in range(count)]
         inter, union = self._overlap(flat, offsets, queries, docs)
         # The decision is inter / union >= t, on the float division anyone would do.
         similarity = inter / union
         hit = similarity >= self.config.threshold
         queries, docs, similarity = queries[hit], docs[hit], similarity[hit]
         order = np.lexsort((docs, -similarity, queries))
-        for q, d, j in zip(
-            queries[order].tolist(),
-            docs[order].tolist(),
-            similarity[order].tolist(),
-            strict=True,
-        ):
-            results[q].append(Candidate(self._keys[d], j))
-        return results
+        keys = self._keys
+        found = list(
+            map(Candidate, [keys[d] for d in docs[order].tolist()], similarity[order].tolist())
+        )
+        # Each query's answers are one slice of the sorted list (an empty one if none).
+        bounds = np.searchsorted(queries[order], np.arange(count + 1)).tolist()
+        return [found[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
     def _candidates(self, offsets: I64, signatures: U32) -> tuple[I64, I64]:
         """Distinct (query, document) pairs sharing a band key and passing the size filter."""
