@@ -58,7 +58,7 @@ from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.records import Record, record_from_mapping
 from silolearn.security.envelope import DataKey
 from silolearn.storage import db
-from silolearn.storage.scope import normalise_text
+from silolearn.text import normalise
 from silolearn.workspace import Workspace
 
 TENANT = "bench"
@@ -193,7 +193,7 @@ def stage_breakdown(rows: list[Row], root: Path, repeat: int) -> list[tuple[str,
             ),
             (
                 "  - of which normalise_text (fingerprint input)",
-                lambda: [normalise_text(r.text) for r in minimised],
+                lambda: [normalise(r.text) for r in minimised],
             ),
             (
                 "  - of which canonical_json (digest input)",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from silolearn.audit.log import utcnow
 from silolearn.errors import ConflictError, IngestAborted, InvalidInput
-from silolearn.ingest.contamination import REGISTRY
+from silolearn.ingest.contamination import REGISTRY, audit_quarantine_in
 from silolearn.ingest.minhash import shingle_hashes_many
 from silolearn.ingest.parse import parse
 from silolearn.storage.scope import Purpose
@@ -88,19 +88,14 @@ def register_benchmark(
         scope = ws.scope(tenant.name, purpose=Purpose.CONTAMINATION)
         with scope.write() as conn:
             hits = checker.quarantine_matches(scope, conn, scope.index_key(), seqs, shingles)
-            for train_seq, bench_seq, similarity in hits:
-                scope.audit_in(
-                    conn,
-                    "contamination.quarantine",
-                    obj=f"train:{train_seq}",
-                    details={
-                        "train_seq": train_seq,
-                        "benchmark": name,
-                        "benchmark_seq": bench_seq,
-                        "similarity": similarity,
-                        "direction": "registry_after_train",
-                    },
-                )
+            audit_quarantine_in(
+                scope,
+                conn,
+                hits,
+                direction="registry_after_train",
+                source_key="benchmark_seq",
+                benchmark=name,
+            )
         quarantined[tenant.name] = len(hits)
     return {
         "benchmark": name,

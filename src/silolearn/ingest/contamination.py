@@ -322,6 +322,31 @@ class MinHashContamination:
         }
 
 
+def audit_quarantine_in(
+    scope: TenantScope,
+    conn: sqlite3.Connection,
+    hits: list[tuple[int, int, float]],
+    *,
+    direction: str,
+    source_key: str = "eval_seq",
+    **context: Any,
+) -> None:
+    """One audit event per training record moved out of training (ids and similarity only)."""
+    for train_seq, source_seq, similarity in hits:
+        scope.audit_in(
+            conn,
+            "contamination.quarantine",
+            obj=f"train:{train_seq}",
+            details={
+                "train_seq": train_seq,
+                source_key: source_seq,
+                "similarity": similarity,
+                "direction": direction,
+                **context,
+            },
+        )
+
+
 def contamination_report(ws: Workspace, tenant: str) -> dict[str, Any]:
     """What the filter did for one tenant: settings, index sizes, counts, recent matches."""
     info = ws.tenants.get(tenant)

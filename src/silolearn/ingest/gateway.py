@@ -23,7 +23,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from silolearn.errors import IngestAborted
-from silolearn.ingest.contamination import ContaminationCheck
+from silolearn.ingest.contamination import ContaminationCheck, audit_quarantine_in
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
 from silolearn.ingest.records import Record
@@ -273,18 +273,7 @@ class Gateway:
             moved = self._contamination.on_eval_added(scope, conn, [c.prepared for c in to_eval])
             self._contamination.forget([c.prepared for c in to_train_all])
             report.quarantined += len(moved)
-            for train_seq, eval_seq, similarity in moved:
-                scope.audit_in(
-                    conn,
-                    "contamination.quarantine",
-                    obj=f"train:{train_seq}",
-                    details={
-                        "train_seq": train_seq,
-                        "eval_seq": eval_seq,
-                        "similarity": similarity,
-                        "direction": "eval_after_train",
-                    },
-                )
+            audit_quarantine_in(scope, conn, moved, direction="eval_after_train")
             accepted = to_train + to_eval
             for c in accepted:
                 report.redactions.update(c.redactions)

@@ -55,6 +55,8 @@ from typing import Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from silolearn.text import FOLD_MAP, SPACE, normalise
+
 __all__ = [
     "Candidate",
     "LSHIndex",
@@ -76,7 +78,6 @@ _MASK64 = (1 << 64) - 1
 # Which uint32 of a uint64 holds its high half, in memory.
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0
 _LOW32 = 0xFFFFFFFF
-_SPACE = 0x20
 # In the fold table: a code point that cannot be folded on its own (see ``_fold_table``);
 # documents holding one take the reference path.
 _SLOW = 0xFFFFFFFF
@@ -222,27 +223,6 @@ class MinHashConfig:
 # --------------------------------------------------------------------------- normalisation
 
 
-class _FoldMap(dict[int, int]):
-    """``str.translate`` table that keeps letters, marks and numbers and turns every other
-    code point into a space; filled lazily, one Unicode lookup per distinct code point."""
-
-    def __missing__(self, code: int) -> int:
-        kept = unicodedata.category(chr(code))[0] in "LMN"
-        value = code if kept else _SPACE
-        self[code] = value
-        return value
-
-
-_FOLD_MAP = _FoldMap()
-
-
-def normalise(text: str) -> str:
-    """NFKC, case folding, everything but letters, marks and numbers to spaces, whitespace
-    collapsed: the reference definition that the batch path reproduces."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(folded.translate(_FOLD_MAP).split())
-
-
 def normalise_many(texts: Sequence[str]) -> list[str]:
     """``normalise`` of every text, vectorised over the batch through the same code point
     table as shingling (several times faster than one ``normalise`` call per text)."""
@@ -286,9 +266,9 @@ def _fold_table() -> U32:
         if any(unicodedata.combining(c) or ord(c) in context for c in char + nfkc):
             table[code] = _SLOW
             continue
-        kept = [c for c in nfkc.casefold() if _FOLD_MAP[ord(c)] != _SPACE]
+        kept = [c for c in nfkc.casefold() if FOLD_MAP[ord(c)] != SPACE]
         if not kept:
-            table[code] = _SPACE
+            table[code] = SPACE
         elif len(kept) == 1 and len(nfkc.casefold()) == 1:
             table[code] = ord(kept[0])
         else:
@@ -405,7 +385,7 @@ def _window_hashes(
 def _word_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I64]:
     # Words are maximal runs of non-spaces. The batch starts and ends with a space, so the
     # changes alternate: the last space before a word, the word's last letter, and so on.
-    letters = folded != _SPACE
+    letters = folded != SPACE
     edges = np.flatnonzero(letters[1:] != letters[:-1])
     before, last = edges[0::2], edges[1::2]
     # Polynomial hash of every word from a prefix sum over the code points, in 32 bits (twice
@@ -426,7 +406,7 @@ def _word_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I6
 def _char_shingles(folded: U32, starts: I64, n: int, seed: int) -> tuple[U32, I64]:
     # Collapse: keep a space only after a non-space. Each text then reads exactly as
     # ``normalise`` gives it, followed by one space (none if it is empty).
-    letters = folded != _SPACE
+    letters = folded != SPACE
     keep = letters.copy()
     keep[1:] |= letters[:-1]
     kept_before = np.zeros(folded.size + 1, dtype=np.int64)

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import sqlite3
-import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from silolearn.audit.log import AuditLog, utcnow
 from silolearn.errors import AccessDenied, IntegrityError, NotFoundError, TenantQuarantined
 from silolearn.ingest.records import Record
 from silolearn.security.envelope import DataKey
+from silolearn.text import normalise
 
 
 class Capability(enum.StrEnum):
@@ -116,13 +116,6 @@ class PreparedRecord:
     """The canonical JSON of the record, as sealed."""
 
 
-def normalise_text(text: str) -> str:
-    """NFKC, case-folded, punctuation dropped, whitespace folded: the key of exact duplicates."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    kept = "".join(" " if unicodedata.category(c)[0] in "PZSC" else c for c in folded)
-    return " ".join(kept.split())
-
-
 class TenantScope:
     """One tenant's data, for one purpose. Obtain it from ``Workspace.scope``."""
 
@@ -192,7 +185,7 @@ class TenantScope:
             record=record,
             rid=rid if rid is not None else self.record_id_hash(record),
             digest=digest if digest is not None else self.keyed_hash("record", canonical),
-            fingerprint=self.keyed_hash("text", normalise_text(record.text)),
+            fingerprint=self.keyed_hash("text", normalise(record.text)),
             plaintext=canonical.encode(),
         )
 
