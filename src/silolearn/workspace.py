@@ -99,6 +99,11 @@ class Workspace:
         (path / CONFIG_FILE).write_text(settings.to_toml(), encoding="utf-8")
         workspace = cls(path, Settings.load(path), actor=actor or default_actor())
         workspace.audit.append("workspace.init", details={"sealed": sealed})
+        from silolearn.learning.encoder import record_base_model
+
+        # the frozen base's digest, checked before and after every training run and at
+        # serve start (I3)
+        record_base_model(workspace)
         workspace.audit.checkpoint()
         return workspace
 
