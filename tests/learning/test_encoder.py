@@ -197,8 +197,9 @@ def test_embedding_cache_is_per_tenant_encrypted_and_per_model(
         beta.blobs.get(cache.name)
     info = acme.blobs.info(cache.name)
     (sealed,) = [p for p in acme.blobs.iter_files() if p.name.startswith(info.object_id)]
+    beta_key = ws.tenants.data_key(ws.tenants.get("beta"))
     with pytest.raises(DecryptionError):
-        beta.open_box(sealed.read_bytes(), kind="blob", object_id=info.object_id)
+        beta_key.open(sealed.read_bytes(), kind="blob", object_id=info.object_id)
 
     # nothing of a vector is stored in clear anywhere in the workspace
     ws.audit.checkpoint()

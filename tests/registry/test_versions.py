@@ -146,3 +146,19 @@ def test_candidate_without_artefact_cannot_serve(ws: Workspace, tmp_path: Path) 
     ws.conn.execute("DELETE FROM blobs")
     with pytest.raises(IntegrityError, match="no stored artefact"):
         _registry(ws, "acme").promote(v1, decision={})
+
+
+def test_rollback_never_activates_an_ungated_candidate(ws: Workspace) -> None:
+    ws.create_tenant("acme")
+    _registry(ws, "acme").promote(_candidate(ws, "acme", b"w1", 0.5), decision={})
+    v2 = _candidate(ws, "acme", b"w2", 0.9)
+    with pytest.raises(ConflictError, match="candidate"):
+        _registry(ws, "acme").rollback(to=v2)
+
+
+def test_shredding_a_tenant_with_adapter_versions(ws: Workspace) -> None:
+    ws.create_tenant("acme")
+    _registry(ws, "acme").promote(_candidate(ws, "acme", b"w1", 0.5), decision={})
+    ws.tenants.shred("acme")
+    assert ws.conn.execute("SELECT COUNT(*) FROM adapter_versions").fetchone()[0] == 0
+    assert ws.tenants.list() == []

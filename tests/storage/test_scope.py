@@ -12,7 +12,7 @@ import pytest
 import silolearn
 from helpers import record
 from silolearn import Workspace
-from silolearn.errors import AccessDenied, DecryptionError, IntegrityError
+from silolearn.errors import AccessDenied, ConflictError, DecryptionError, IntegrityError
 from silolearn.ingest.records import Record
 from silolearn.storage.scope import Purpose, TenantScope
 
@@ -157,3 +157,29 @@ def test_blob_store_round_trip_replace_and_integrity(ws: Workspace) -> None:
     assert len(list(blobs.iter_files())) == 1
     with pytest.raises(silolearn.errors.NotFoundError):
         blobs.get("missing")
+
+
+def test_I5_training_scope_cannot_probe_eval_metadata_or_decrypt(ws: Workspace) -> None:
+    ws.create_tenant("acme")
+    ws.scope("acme").eval.append(_records(2))
+    training = ws.scope("acme", purpose=Purpose.TRAINING)
+    assert not hasattr(training, "open_box")
+    with pytest.raises(AccessDenied):
+        training.eval.count()
+    with pytest.raises(AccessDenied):
+        training.eval.existing([b"x" * 32])
+    with pytest.raises(AccessDenied):
+        training.eval.fingerprints_present([b"x" * 32])
+
+
+def test_I6_a_scope_opened_before_a_data_key_rotation_cannot_write_under_the_old_key(
+    ws: Workspace,
+) -> None:
+    ws.create_tenant("acme")
+    stale = ws.scope("acme")
+    stale.train.append(_records(2))
+    ws.tenants.rotate_data_key("acme")
+    with pytest.raises(ConflictError, match="open a new scope"):
+        stale.train.append(_records(1, "late"))
+    fresh = ws.scope("acme", purpose=Purpose.TRAINING)
+    assert [s.record.id for s in fresh.train.read()] == ["r0", "r1"]

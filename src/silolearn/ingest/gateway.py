@@ -129,6 +129,7 @@ class Gateway:
             routing_key=self._ws.routing_key(),
             report=IngestReport(tenant=tenant),
             all_to_eval=all_to_eval,
+            strict=strict,
         )
         lines = parse(source, fmt=fmt)
         if strict:
@@ -233,12 +234,24 @@ class Gateway:
         scope, report = run.scope, run.report
         with scope.write() as conn:
             # another writer may have stored some of these ids since the lookup above
-            raced = scope.train.existing(c.prepared.rid for c in candidates) | scope.eval.existing(
-                c.prepared.rid for c in candidates
-            )
+            rids = [c.prepared.rid for c in candidates]
+            raced = scope.train.existing(rids) | scope.eval.existing(rids)
             if raced:
-                report.duplicates += len(raced)
-                candidates = [c for c in candidates if c.prepared.rid not in raced]
+                kept = []
+                for c in candidates:
+                    digest = raced.get(c.prepared.rid)
+                    if digest is None:
+                        kept.append(c)
+                    elif digest == c.prepared.digest:
+                        report.duplicates += 1
+                    else:
+                        report.reject(c.line, "id already stored with different content")
+                candidates = kept
+                if run.strict and report.rejected:
+                    raise IngestAborted(
+                        f"--strict: {report.rejected} invalid line(s), nothing stored",
+                        errors=report.errors,
+                    )
             to_eval = [c for c in candidates if c.to_eval]
             to_train_all = [c for c in candidates if not c.to_eval]
 
@@ -303,6 +316,7 @@ class _Run:
     routing_key: bytes
     report: IngestReport
     all_to_eval: bool = False
+    strict: bool = False
     seen: dict[str, int] = field(default_factory=dict)
 
 

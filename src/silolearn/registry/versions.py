@@ -175,11 +175,6 @@ class AdapterRegistry:
 
     def promote(self, version: int, *, decision: dict[str, Any]) -> AdapterVersion:
         """Make a candidate the active version; the previous one is retired, atomically."""
-        if self._scope.status != "active":
-            raise TenantQuarantined(
-                f"tenant {self._scope.tenant.name!r} is {self._scope.status}: no promotion",
-                tenant=self._scope.tenant.name,
-            )
         self._require_artefact(version)
         self._transition(version, expect=("candidate",), to="active", decision=decision)
         return self.get(version)
@@ -197,16 +192,16 @@ class AdapterRegistry:
                 )
             to = retired[-1].version
         target = self.get(to)
-        if target.status not in ("retired", "candidate"):
+        if target.status != "retired":
             raise ConflictError(
-                f"adapter v{to} is {target.status}: only a retired version or a candidate "
-                "can be rolled back to",
+                f"adapter v{to} is {target.status}: only a version that served before can be "
+                "rolled back to (a candidate is promoted, through its gates)",
                 version=to,
             )
         self._require_artefact(to)
         self._transition(
             to,
-            expect=("retired", "candidate"),
+            expect=("retired",),
             to="active",
             decision={"reason": reason, "rolled_back_from": current and current.version},
         )
@@ -228,6 +223,16 @@ class AdapterRegistry:
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"tenant {scope.tenant.name!r} has no adapter v{version}")
+            if row[0] == "candidate" and to == "active":
+                # checked inside the transaction: a quarantine cannot slip in between
+                status = conn.execute(
+                    "SELECT status FROM tenants WHERE id = ?", (scope.tenant.id,)
+                ).fetchone()[0]
+                if status != "active":
+                    raise TenantQuarantined(
+                        f"tenant {scope.tenant.name!r} is {status}: no promotion",
+                        tenant=scope.tenant.name,
+                    )
             if row[0] not in expect:
                 raise ConflictError(
                     f"adapter v{version} is {row[0]}, expected {' or '.join(expect)}",

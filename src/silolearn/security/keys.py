@@ -52,7 +52,14 @@ class KeyManager(ABC):
         """Create the tenant's KEK and token key."""
 
     @abstractmethod
-    def wrap(self, tenant_id: str, dek_version: int, material: bytes) -> WrappedKey: ...
+    def wrap(
+        self, tenant_id: str, dek_version: int, material: bytes, *, kek_id: str | None = None
+    ) -> WrappedKey:
+        """Wrap under the tenant's active KEK, or under ``kek_id`` when given."""
+
+    @abstractmethod
+    def rotation_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held across a whole key rotation, so two rotations never interleave."""
 
     @abstractmethod
     def unwrap(self, tenant_id: str, dek_version: int, key: WrappedKey) -> bytes: ...
@@ -139,6 +146,16 @@ class LocalKeyring(KeyManager):
         with ring._locked():
             ring._write(payload, salt=secrets.token_bytes(16))
         return ring
+
+    @contextlib.contextmanager
+    def rotation_lock(self) -> Iterator[None]:
+        fd = os.open(self.path.with_name("rotation.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -253,9 +270,13 @@ class LocalKeyring(KeyManager):
 
         self._mutate(change)
 
-    def wrap(self, tenant_id: str, dek_version: int, material: bytes) -> WrappedKey:
+    def wrap(
+        self, tenant_id: str, dek_version: int, material: bytes, *, kek_id: str | None = None
+    ) -> WrappedKey:
         entry = self._tenant(tenant_id)
-        kek_id = entry["active"]
+        kek_id = kek_id or entry["active"]
+        if kek_id not in entry["keks"]:
+            raise KeyDestroyed(f"tenant {tenant_id}: no key-encryption key {kek_id}")
         kek = _unb64(entry["keks"][kek_id])
         return WrappedKey(
             kek_id, seal_with(kek, material, _wrap_aad(tenant_id, dek_version, kek_id))

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from silolearn.audit.log import AuditLog, utcnow
-from silolearn.errors import AccessDenied, IntegrityError, NotFoundError, TenantQuarantined
+from silolearn.errors import (
+    AccessDenied,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    TenantQuarantined,
+)
 from silolearn.ingest.records import Record
 from silolearn.security.envelope import DataKey
 from silolearn.text import normalise
@@ -226,7 +232,8 @@ class TenantScope:
     def token_key(self) -> bytes:
         return self._token_key
 
-    def open_box(self, box: bytes, *, kind: str, object_id: str) -> bytes:
+    def _open_box(self, box: bytes, *, kind: str, object_id: str) -> bytes:
+        # private: callers go through the stores, which check the scope's capabilities
         return self._key.open(box, kind=kind, object_id=object_id)
 
     def index_key(self) -> DataKey:
@@ -260,9 +267,17 @@ class _GuardedWrite:
         self._cm = self._scope._audit.write()
         conn: sqlite3.Connection = self._cm.__enter__()
         row = conn.execute(
-            "SELECT status FROM tenants WHERE id = ?", (self._scope.tenant.id,)
+            "SELECT status, dek_version FROM tenants WHERE id = ?", (self._scope.tenant.id,)
         ).fetchone()
         status = None if row is None else str(row[0])
+        if row is not None and int(row[1]) != self._scope._key.version:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+            raise ConflictError(
+                f"tenant {self._scope.tenant.name!r}'s data key was rotated since this scope "
+                "was opened: open a new scope",
+                tenant=self._scope.tenant.name,
+            )
         allowed = (
             {"active", "quarantined"}
             if self._scope.purpose in _ALLOWED_WHEN_QUARANTINED
@@ -301,7 +316,12 @@ class _RecordStore:
     def __init__(self, scope: TenantScope) -> None:
         self._scope = scope
 
+    def _require_any(self, what: str) -> None:
+        if not {self.append_capability, self.read_capability} & self._scope.capabilities:
+            raise AccessDenied(f"{self._scope!r} has no access to the {self.kind} store ({what})")
+
     def count(self) -> int:
+        self._require_any("count")
         row = self._scope._conn.execute(
             f"SELECT COUNT(*) FROM {self.table} WHERE tenant_id = ?{self._active_clause()}",
             (self._scope.tenant.id,),
@@ -313,6 +333,7 @@ class _RecordStore:
 
     def existing(self, rids: Iterable[bytes]) -> dict[bytes, bytes]:
         """Which of these record-id hashes are stored here, with their content digests."""
+        self._require_any("lookup")
         found: dict[bytes, bytes] = {}
         rid_list = list(rids)
         for start in range(0, len(rid_list), 500):
@@ -326,6 +347,7 @@ class _RecordStore:
         return found
 
     def fingerprints_present(self, fingerprints: Iterable[bytes]) -> set[bytes]:
+        self._require_any("lookup")
         found: set[bytes] = set()
         fps = list(fingerprints)
         for start in range(0, len(fps), 500):
@@ -400,7 +422,7 @@ class _RecordStore:
                     f"{self.kind} record sealed under data key v{dek_version}, scope holds "
                     f"v{scope._key.version}: reopen the scope",
                 )
-            plain = scope.open_box(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
+            plain = scope._open_box(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
             out.append(StoredRecord(int(seq), Record.model_validate(json.loads(plain))))
         scope.audit(
             "data.read",
@@ -582,7 +604,7 @@ class BlobStore:
         if row is None:
             raise NotFoundError(f"tenant {scope.tenant.name!r} has no blob {name!r}", blob=name)
         object_id, file_name, sha = str(row[0]), str(row[1]), str(row[2])
-        data = scope.open_box(
+        data = scope._open_box(
             (self.directory / file_name).read_bytes(), kind=self.kind, object_id=object_id
         )
         if hashlib.sha256(data).hexdigest() != sha:

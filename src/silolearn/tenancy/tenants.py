@@ -17,6 +17,7 @@ from typing import Any
 
 from silolearn.audit.log import AuditLog, utcnow
 from silolearn.errors import (
+    ConflictError,
     InvalidInput,
     InvalidTenantName,
     TenantExists,
@@ -211,7 +212,13 @@ class TenantRegistry:
                 "INSERT OR IGNORE INTO maintenance (tenant_id, op) VALUES (?, 'shred')", (info.id,)
             )
             counts: dict[str, int] = {}
-            for table in ("train_records", "eval_records", "blobs", "data_keys"):
+            for table in (
+                "train_records",
+                "eval_records",
+                "blobs",
+                "adapter_versions",
+                "data_keys",
+            ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
                 counts[table] = cursor.rowcount
             counts["contamination_segments"] = conn.execute(
@@ -231,6 +238,10 @@ class TenantRegistry:
 
     def rotate_keks(self) -> dict[str, Any]:
         """Re-wrap every data key under a fresh KEK; no data is re-encrypted."""
+        with self._keys.rotation_lock():
+            return self._rotate_keks()
+
+    def _rotate_keks(self) -> dict[str, Any]:
         tenants = [t for t in self.list() if t.status != "shredding"]
         fresh = self._keys.add_keks([t.id for t in tenants])
         rewrapped = 0
@@ -244,7 +255,9 @@ class TenantRegistry:
                     material = self._keys.unwrap(
                         tenant.id, int(version), WrappedKey(str(kek_id), bytes(wrapped))
                     )
-                    new = self._keys.wrap(tenant.id, int(version), material)
+                    new = self._keys.wrap(
+                        tenant.id, int(version), material, kek_id=fresh[tenant.id]
+                    )
                     conn.execute(
                         "UPDATE data_keys SET kek_id = ?, wrapped = ? "
                         "WHERE tenant_id = ? AND version = ?",
@@ -263,6 +276,10 @@ class TenantRegistry:
 
     def rotate_data_key(self, name: str) -> dict[str, Any]:
         """Re-encrypt every object of the tenant under a fresh data key, atomically."""
+        with self._keys.rotation_lock():
+            return self._rotate_data_key(name)
+
+    def _rotate_data_key(self, name: str) -> dict[str, Any]:
         info = self.get(name)
         if info.status == "shredding":
             raise InvalidInput(f"tenant {name!r} is being shredded", tenant=name)
@@ -286,6 +303,22 @@ class TenantRegistry:
                 new_files[str(blob_name)] = fresh_name
             counts = {"train": 0, "eval": 0, "blobs": len(blob_rows)}
             with self._audit.write() as conn:
+                current = conn.execute(
+                    "SELECT dek_version FROM tenants WHERE id = ?", (info.id,)
+                ).fetchone()
+                blobs_now = conn.execute(
+                    "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
+                ).fetchall()
+                # a concurrent rotation or blob write since the files were staged: start over
+                if (
+                    current is None
+                    or int(current[0]) != old.version
+                    or sorted(blobs_now) != sorted(blob_rows)
+                ):
+                    raise ConflictError(
+                        f"tenant {name!r} changed during data-key rotation; run it again",
+                        tenant=name,
+                    )
                 conn.execute(
                     "INSERT INTO maintenance (tenant_id, op) VALUES (?, 'rekey')", (info.id,)
                 )
