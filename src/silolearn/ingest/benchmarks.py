@@ -54,6 +54,15 @@ def register_benchmark(
     key = ws.registry_key()
     routing = ws.routing_key()
     shingles = shingle_hashes_many([r.text for r in records], checker.store.config)
+    # every tenant's scope is opened first (opening is audited in a transaction of its own);
+    # the set, its index and the quarantine in every tenant then commit together, so no
+    # crash can leave a registered set whose training copies are still active somewhere
+    scopes = [
+        ws.scope(t.name, purpose=Purpose.CONTAMINATION)
+        for t in ws.tenants.list()
+        if t.status != "shredding"
+    ]
+    quarantined: dict[str, int] = {}
     with ws.audit.write() as conn:
         if conn.execute("SELECT 1 FROM benchmark_sets WHERE name = ?", (name,)).fetchone():
             raise ConflictError(f"benchmark set {name!r} already exists", benchmark=name)
@@ -80,13 +89,7 @@ def register_benchmark(
             seqs.append(int(cursor.lastrowid or 0))
         checker.store.append_in(conn, key, REGISTRY, REGISTRY, seqs, shingles)
         ws.audit.append_in(conn, "benchmark.register", obj=name, details={"records": len(records)})
-
-    quarantined: dict[str, int] = {}
-    for tenant in ws.tenants.list():
-        if tenant.status == "shredding":
-            continue
-        scope = ws.scope(tenant.name, purpose=Purpose.CONTAMINATION)
-        with scope.write() as conn:
+        for scope in scopes:
             hits = checker.quarantine_matches(scope, conn, scope.index_key(), seqs, shingles)
             audit_quarantine_in(
                 scope,
@@ -96,7 +99,7 @@ def register_benchmark(
                 source_key="benchmark_seq",
                 benchmark=name,
             )
-        quarantined[tenant.name] = len(hits)
+            quarantined[scope.tenant.name] = len(hits)
     return {
         "benchmark": name,
         "records": len(records),
