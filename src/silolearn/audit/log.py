@@ -13,7 +13,6 @@ serialise on SQLite's write lock, and each reads the true last hash before linki
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from silolearn.errors import AuditChainBroken
+from silolearn.locks import exclusive_lock
 from silolearn.storage.db import transaction
 
 GENESIS = "0" * 64
@@ -225,19 +225,9 @@ class AuditLog:
         if row is not None:
             self._write_head(int(row[0]), str(row[1]), str(row[2]), bytes(row[3]))
 
-    @contextlib.contextmanager
-    def _head_lock(self) -> Iterator[None]:
-        fd = os.open(self.head_file.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
     def _write_head(self, seq: int, digest: str, ts: str, signature: bytes) -> None:
         # the head only moves forward, even when two processes checkpoint out of order
-        with self._head_lock():
+        with exclusive_lock(self.head_file.with_suffix(".lock")):
             current = self._read_head()
             if current is not None and int(current["seq"]) >= seq:
                 return

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from silolearn.errors import DecryptionError, KeyDestroyed, KeyManagerError
+from silolearn.locks import exclusive_lock
 from silolearn.security.envelope import KEY_BYTES, open_sealed, seal_with
 
 PASSPHRASE_ENV = "SILOLEARN_PASSPHRASE"
@@ -147,25 +147,11 @@ class LocalKeyring(KeyManager):
             ring._write(payload, salt=secrets.token_bytes(16))
         return ring
 
-    @contextlib.contextmanager
-    def rotation_lock(self) -> Iterator[None]:
-        fd = os.open(self.path.with_name("rotation.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def rotation_lock(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.path.with_name("rotation.lock"))
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self._lock_path)
 
     def _passphrase_key(self, salt: bytes) -> bytes:
         if salt not in self._derived:
