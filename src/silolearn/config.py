@@ -46,11 +46,46 @@ class ContaminationConfig(_Section):
     unit: Literal["word", "char"] = "word"
 
 
+class TrainingConfig(_Section):
+    adapter: Literal["head", "lora"] = "head"
+    """The adapter kind a run trains when none is asked for."""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    head_hidden: int = Field(default=0, ge=0, le=4096)
+    """Hidden units of the head; 0 makes it a linear classifier."""
+    epochs: int = Field(default=40, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    learning_rate: float = Field(default=0.02, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
+    max_tokens: int = Field(default=128, ge=8, le=512)
+    """Inputs are truncated to this many tokens before the encoder."""
+    lora_rank: int = Field(default=8, ge=1, le=256)
+    lora_alpha: int = Field(default=16, ge=1, le=1024)
+    lora_epochs: int = Field(default=1, ge=1, le=100)
+    lora_learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
+    lora_max_records: int = Field(default=256, ge=1, le=1_000_000)
+    """A LoRA round back-propagates through the encoder: it trains on at most this many of
+    the round's records (the newest), replay included."""
+    replay_size: int = Field(default=2000, ge=0, le=1_000_000)
+    """Records a tenant's replay buffer keeps (class-balanced reservoir); 0 turns replay off."""
+    replay_mix: float = Field(default=0.3, ge=0.0, lt=1.0)
+    """Share of a round's training set drawn from the replay buffer."""
+    max_workers: int = Field(default=2, ge=1, le=256)
+    """Training processes `train --all` runs at once."""
+    max_runs_per_tenant: int = Field(default=1, ge=1, le=64)
+    """Training runs one tenant may have in progress at once."""
+    promotion_tolerance: float = Field(default=0.01, ge=0.0, le=1.0)
+    """A candidate is promoted when its macro-F1 is at least the active version's minus this."""
+    min_eval_records: int = Field(default=10, ge=1)
+    """A candidate is judged only on at least this many labelled eval records."""
+    timeout_seconds: float = Field(default=3600.0, gt=0.0)
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
     audit: AuditConfig = AuditConfig()
     contamination: ContaminationConfig = ContaminationConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:

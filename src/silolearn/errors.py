@@ -17,8 +17,9 @@ The tree, drawn once::
     ├── IntegrityError                exit 8   HTTP 500   tampering or corruption detected
     │   ├── DecryptionError           ciphertext does not open under this key and binding
     │   └── AuditChainBroken          the audit chain or a checkpoint does not verify
-    └── KeyManagerError               exit 9   HTTP 500   key store sealed, missing or destroyed
-        └── KeyDestroyed
+    ├── KeyManagerError               exit 9   HTTP 500   key store sealed, missing or destroyed
+    │   └── KeyDestroyed
+    └── TrainingFailed                exit 10  HTTP 500   a training or evaluation process died
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ class KeyDestroyed(KeyManagerError):
     pass
 
 
+class TrainingFailed(SiloError):
+    """A training or evaluation process crashed, was killed or timed out; nothing it did
+    reached the registry."""
+
+    exit_code = 10
+
+
 __all__ = [
     "AccessDenied",
     "AuditChainBroken",
@@ -132,5 +140,6 @@ __all__ = [
     "TenantExists",
     "TenantNotFound",
     "TenantQuarantined",
+    "TrainingFailed",
     "WorkspaceError",
 ]

@@ -115,14 +115,17 @@ class AuditLog:
         *,
         actor: str,
         head_file: Path,
-        signing_key: Ed25519PrivateKey,
+        signing_key: Ed25519PrivateKey | None,
         checkpoint_every: int,
     ) -> None:
+        """``signing_key`` is None in a process that may append but not sign: a training
+        worker holds no workspace secret. Its events are covered by the next checkpoint its
+        coordinator signs."""
         self._conn = conn
         self.actor = actor
         self.head_file = head_file
         self._signing_key = signing_key
-        self._verify_key = signing_key.public_key()
+        self._verify_key = None if signing_key is None else signing_key.public_key()
         self.checkpoint_every = checkpoint_every
         self._unpublished = False
         self._in_write = False
@@ -155,7 +158,7 @@ class AuditLog:
         )
         if self._in_write:
             self._head_in_txn = (conn, (seq, digest))
-        if seq % self.checkpoint_every == 0:
+        if seq % self.checkpoint_every == 0 and self._signing_key is not None:
             self._checkpoint_in(conn, seq, digest)
         return seq
 
@@ -209,6 +212,8 @@ class AuditLog:
             self.checkpoint()
 
     def _checkpoint_in(self, conn: sqlite3.Connection, seq: int, digest: str) -> None:
+        if self._signing_key is None:
+            raise AuditChainBroken("this process holds no signing key: it cannot checkpoint")
         ts = utcnow()
         signature = self._signing_key.sign(_checkpoint_message(seq, digest, ts))
         conn.execute(
@@ -348,6 +353,8 @@ class AuditLog:
         self, seq: int, digest: str, ts: str, signature: bytes, hashes: dict[int, str]
     ) -> None:
         try:
+            if self._verify_key is None:
+                raise AuditChainBroken("this process holds no key to verify checkpoints")
             self._verify_key.verify(signature, _checkpoint_message(seq, digest, ts))
         except InvalidSignature:
             raise AuditChainBroken(

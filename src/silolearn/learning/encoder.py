@@ -229,6 +229,10 @@ class FrozenEncoder:
         return f"FrozenEncoder({str(self.model_dir)!r}, sha256={self.sha256[:12]!r})"
 
     @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
+    @property
     def model(self) -> PreTrainedModel:
         """The underlying transformer, in eval mode with every parameter frozen."""
         return self._model
@@ -318,11 +322,22 @@ class EmbeddingCache:
     model are never reused. It is read on first use and written by ``save()``.
     """
 
-    def __init__(self, scope: TenantScope, model_sha256: str) -> None:
+    def __init__(
+        self,
+        scope: TenantScope,
+        model_sha256: str,
+        *,
+        namespace: str = "embeddings",
+        max_tokens: int = 256,
+    ) -> None:
+        """``namespace`` ``eval/embeddings`` keeps the evaluator's cache apart: blobs under
+        ``eval/`` are eval data, which no training scope can read. Embeddings truncated at
+        different lengths differ, so the length is part of the name."""
         if not re.fullmatch(r"[0-9a-f]{64}", model_sha256):
             raise ValueError("model_sha256 must be a SHA-256 hex digest")
         self._scope = scope
-        self.name = f"embeddings/{model_sha256}"
+        suffix = "" if max_tokens == 256 else f"/t{max_tokens}"
+        self.name = f"{namespace}/{model_sha256}{suffix}"
         self._vectors: dict[bytes, FloatArray] | None = None
         self._dirty = False
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +44,13 @@ class AdapterVersion:
     decision: dict[str, Any]
     created_at: str
     updated_at: str
+    run_id: str | None = None
 
     @property
     def blob_name(self) -> str:
+        """The artefact's blob: ``run/<run_id>/adapter``, written before the version row."""
+        if self.run_id is not None:
+            return f"run/{self.run_id}/adapter"
         return f"adapter/v{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,11 +66,13 @@ class AdapterVersion:
             "decision": self.decision,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "run_id": self.run_id,
         }
 
 
 _COLUMNS = (
-    "version, status, kind, sha256, parent, lineage, metrics, decision, created_at, updated_at"
+    "version, status, kind, sha256, parent, lineage, metrics, decision, created_at, updated_at, "
+    "run_id"
 )
 
 
@@ -75,7 +83,9 @@ class AdapterRegistry:
         self._scope = scope
 
     def _row(self, row: tuple[Any, ...]) -> AdapterVersion:
-        version, status, kind, sha, parent, lineage, metrics, decision, created, updated = row
+        (version, status, kind, sha, parent, lineage, metrics, decision, created, updated, run) = (
+            row
+        )
         return AdapterVersion(
             tenant=self._scope.tenant.name,
             version=int(version),
@@ -88,6 +98,7 @@ class AdapterRegistry:
             decision=json.loads(decision),
             created_at=str(created),
             updated_at=str(updated),
+            run_id=None if run is None else str(run),
         )
 
     def list(self) -> list[AdapterVersion]:
@@ -123,42 +134,76 @@ class AdapterRegistry:
         kind: str,
         lineage: dict[str, Any],
         metrics: dict[str, Any],
+        run_id: str | None = None,
+        extra: dict[str, bytes] | None = None,
     ) -> AdapterVersion:
-        """Store the artefact (encrypted) and record it as a candidate; returns the version."""
+        """Store the artefact (and ``extra`` blobs, such as the replay buffer) sealed under
+        ``run/<run_id>/``, then record the candidate in one transaction.
+
+        The blobs come first: a crash before the row commits leaves blobs no version points
+        to, never a version without its artefact.
+        """
         scope = self._scope
-        parent = self.active()
+        run_id = run_id or secrets.token_hex(8)
+        if not re.fullmatch(r"[0-9a-f]{8,64}", run_id):
+            raise ValueError("a run id is 8-64 lowercase hex digits")
         sha = hashlib.sha256(artefact).hexdigest()
+        scope.blobs.put(f"run/{run_id}/adapter", artefact)
+        for name, data in sorted((extra or {}).items()):
+            scope.blobs.put(f"run/{run_id}/{name}", data)
         with scope.write() as conn:
             row = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM adapter_versions WHERE tenant_id = ?",
                 (scope.tenant.id,),
             ).fetchone()
             version = int(row[0])
+            active = conn.execute(
+                "SELECT version FROM adapter_versions WHERE tenant_id = ? AND status = 'active'",
+                (scope.tenant.id,),
+            ).fetchone()
+            parent = lineage.get("parent", None if active is None else int(active[0]))
             now = utcnow()
             conn.execute(
                 f"INSERT INTO adapter_versions (tenant_id, {_COLUMNS}) "
-                "VALUES (?, ?, 'candidate', ?, ?, ?, ?, ?, '{}', ?, ?)",
+                "VALUES (?, ?, 'candidate', ?, ?, ?, ?, ?, '{}', ?, ?, ?)",
                 (
                     scope.tenant.id,
                     version,
                     kind,
                     sha,
-                    None if parent is None else parent.version,
+                    parent,
                     json.dumps(lineage, sort_keys=True),
                     json.dumps(metrics, sort_keys=True),
                     now,
                     now,
+                    run_id,
                 ),
             )
             scope.audit_in(
                 conn,
                 "adapter.candidate",
                 obj=f"v{version}",
-                details={"kind": kind, "sha256": sha, "parent": lineage.get("parent")},
+                details={"kind": kind, "sha256": sha, "parent": parent, "run_id": run_id},
             )
-        # the blob is written after the row commits: a crash in between leaves a candidate
-        # without an artefact, which can never be promoted (load_artefact refuses it)
-        scope.blobs.put(f"adapter/v{version}", artefact)
+        return self.get(version)
+
+    def set_metrics(self, version: int, metrics: dict[str, Any]) -> AdapterVersion:
+        """Record a candidate's evaluation (by the evaluator, never the trainer)."""
+        scope = self._scope
+        with scope.write() as conn:
+            cursor = conn.execute(
+                "UPDATE adapter_versions SET metrics = ?, updated_at = ? "
+                "WHERE tenant_id = ? AND version = ? AND status = 'candidate'",
+                (json.dumps(metrics, sort_keys=True), utcnow(), scope.tenant.id, version),
+            )
+            if cursor.rowcount != 1:
+                raise ConflictError(f"adapter v{version} is not a candidate", version=version)
+            scope.audit_in(
+                conn,
+                "adapter.evaluated",
+                obj=f"v{version}",
+                details={k: metrics[k] for k in ("accuracy", "macro_f1", "n") if k in metrics},
+            )
         return self.get(version)
 
     def load_artefact(self, version: AdapterVersion) -> bytes:
@@ -209,7 +254,7 @@ class AdapterRegistry:
 
     def _require_artefact(self, version: int) -> None:
         names = {b.name for b in self._scope.blobs.list()}
-        if f"adapter/v{version}" not in names:
+        if self.get(version).blob_name not in names:
             raise IntegrityError(f"adapter v{version} has no stored artefact; it cannot serve")
 
     def _transition(

@@ -45,6 +45,9 @@ class Capability(enum.StrEnum):
     BLOB_READ = "blob:read"
     BLOB_WRITE = "blob:write"
     CONTAMINATION_INDEX = "contamination:index"
+    EVAL_BLOBS = "eval:blobs"
+    """Read and write blobs named ``eval/...`` (the evaluator's embedding cache): eval data,
+    so no training scope holds it, even though training may read the tenant's other blobs."""
     """Read and extend the contamination index, which is derived from eval data too."""
 
 
@@ -55,6 +58,9 @@ class Purpose(enum.StrEnum):
     CONTAMINATION = "contamination"
     """Moves training records that copy eval data out of training; allowed even for a
     quarantined tenant, since it only ever removes data from training."""
+    SERVING = "serving"
+    """Reads the active adapter to answer predictions; a quarantined tenant keeps serving its
+    active version (quarantine stops learning, not answering)."""
     REGISTRY = "registry"
     """Promotes, rejects and rolls back adapter versions; rollback stays possible for a
     quarantined tenant (incident response), promotion does not."""
@@ -86,12 +92,16 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
     Purpose.TRAINING: frozenset(
         {Capability.TRAIN_READ, Capability.BLOB_READ, Capability.BLOB_WRITE}
     ),
-    Purpose.EVALUATION: frozenset({Capability.EVAL_READ, Capability.BLOB_READ}),
+    Purpose.EVALUATION: frozenset(
+        {Capability.EVAL_READ, Capability.BLOB_READ, Capability.EVAL_BLOBS}
+    ),
     Purpose.CONTAMINATION: frozenset({Capability.CONTAMINATION_INDEX}),
+    Purpose.SERVING: frozenset({Capability.BLOB_READ}),
     Purpose.REGISTRY: frozenset({Capability.BLOB_READ}),
 }
 
 _ALLOWED_WHEN_QUARANTINED = frozenset({Purpose.CONTAMINATION, Purpose.REGISTRY})
+EVAL_BLOB_PREFIX = "eval/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +338,15 @@ class _RecordStore:
         ).fetchone()
         return int(row[0])
 
+    def latest_timestamp(self) -> str | None:
+        """The newest record time in the store (metadata: the store is not decrypted)."""
+        self._scope.require(self.read_capability, what=f"{self.kind} store latest timestamp")
+        row = self._scope._conn.execute(
+            f"SELECT MAX(ts) FROM {self.table} WHERE tenant_id = ?{self._active_clause()}",
+            (self._scope.tenant.id,),
+        ).fetchone()
+        return None if row[0] is None else str(row[0])
+
     def _active_clause(self) -> str:
         return ""
 
@@ -510,6 +529,12 @@ class BlobInfo:
         }
 
 
+def _blob_capability(name: str, *, write: bool) -> Capability:
+    if name.startswith(EVAL_BLOB_PREFIX):
+        return Capability.EVAL_BLOBS
+    return Capability.BLOB_WRITE if write else Capability.BLOB_READ
+
+
 class BlobStore:
     """Encrypted files of one tenant (adapters, indexes, caches), addressed by name."""
 
@@ -524,7 +549,7 @@ class BlobStore:
 
     def put(self, name: str, data: bytes) -> BlobInfo:
         scope = self._scope
-        scope.require(Capability.BLOB_WRITE, what=f"blob {name} write")
+        scope.require(_blob_capability(name, write=True), what=f"blob {name} write")
         if not name or len(name) > 200 or "\x00" in name:
             raise ValueError("a blob name is 1-200 characters without NUL")
         object_id = secrets.token_hex(16)
@@ -596,7 +621,7 @@ class BlobStore:
 
     def get(self, name: str) -> bytes:
         scope = self._scope
-        scope.require(Capability.BLOB_READ, what=f"blob {name} read")
+        scope.require(_blob_capability(name, write=False), what=f"blob {name} read")
         row = scope._conn.execute(
             "SELECT object_id, file, sha256 FROM blobs WHERE tenant_id = ? AND name = ?",
             (scope.tenant.id, name),

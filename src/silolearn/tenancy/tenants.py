@@ -217,6 +217,7 @@ class TenantRegistry:
                 "eval_records",
                 "blobs",
                 "adapter_versions",
+                "training_runs",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))

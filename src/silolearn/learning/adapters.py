@@ -1,0 +1,584 @@
+"""Per-tenant adapters on the frozen base: a classifier ``head`` and ``lora``.
+
+Both kinds sit behind one interface (``Adapter``): ``fit`` on a tenant's examples,
+``predict_proba``, and ``to_bytes``/``load_adapter`` for the artefact the registry stores.
+
+- ``head`` (the default) is a linear classifier, or a one-hidden-layer MLP, on the pooled,
+  unit-length embedding of the frozen encoder. It trains on embeddings only, so the
+  encoder runs once per record (and the embeddings are cached per tenant).
+- ``lora`` adds PEFT LoRA matrices to the encoder's attention ``query`` and ``value``
+  projections plus a head; training back-propagates through the encoder, whose own weights
+  stay frozen. It reads texts, not embeddings.
+
+Each tenant has its own label space: an adapter carries its labels, in sorted order. A
+round starts from its parent's weights (warm start); labels new in the round get fresh rows.
+
+Training is deterministic for a seed: the generator seeds initialisation and shuffling,
+torch runs deterministic algorithms on one thread, and the data order is the caller's (time
+order). The artefact format is deterministic too (no timestamps, keys sorted), so equal
+training gives equal bytes, which invariant I4 checks by SHA-256.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from silolearn.errors import IntegrityError, InvalidInput
+
+if TYPE_CHECKING:
+    import torch
+
+    from silolearn.config import TrainingConfig
+    from silolearn.learning.encoder import FrozenEncoder
+
+MAGIC = b"SILOLEARN-ADAPTER\x001\n"
+INPUT_SCALE = math.sqrt(384.0)
+"""Unit-length embeddings are scaled so each coordinate has about unit variance."""
+LORA_TARGETS = ("query", "value")
+
+FloatArray = npt.NDArray[np.float32]
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What an adapter reads: texts (``lora``), embeddings (``head``), or both."""
+
+    texts: Sequence[str] | None = None
+    embeddings: FloatArray | None = None
+
+    def __len__(self) -> int:
+        if self.embeddings is not None:
+            return int(self.embeddings.shape[0])
+        return len(self.texts or ())
+
+
+@dataclass(frozen=True, slots=True)
+class FitReport:
+    steps: int
+    epochs: int
+    examples: int
+    final_loss: float
+    losses: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "examples": self.examples,
+            "final_loss": self.final_loss,
+            "losses": list(self.losses),
+        }
+
+
+def deterministic_torch() -> None:
+    """One thread and deterministic kernels: the same inputs give the same bits."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+def _build_head(dim: int, hidden: int, n_labels: int) -> torch.nn.Module:
+    import torch
+
+    if hidden == 0:
+        return torch.nn.Linear(dim, n_labels)
+    return torch.nn.Sequential(
+        torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_labels)
+    )
+
+
+def _output_layer(head: torch.nn.Module) -> torch.nn.Linear:
+    import torch
+
+    layer = head if isinstance(head, torch.nn.Linear) else head[-1]  # type: ignore[index]
+    assert isinstance(layer, torch.nn.Linear)
+    return layer
+
+
+def _class_weights(y: npt.NDArray[np.int64], n_labels: int) -> torch.Tensor:
+    """Inverse-frequency weights (labels absent from ``y`` get weight 0): a rare class
+    counts as much as a common one, which is what macro-F1 rewards."""
+    import torch
+
+    counts = np.bincount(y, minlength=n_labels).astype(np.float64)
+    weights = np.zeros(n_labels, dtype=np.float64)
+    present = counts > 0
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class Adapter(ABC):
+    """A tenant's trainable part on the frozen base."""
+
+    kind: ClassVar[str]
+    needs_text: ClassVar[bool]
+
+    def __init__(self, labels: Sequence[str], hidden: int) -> None:
+        if not labels:
+            raise InvalidInput("an adapter needs at least one label")
+        if list(labels) != sorted(set(labels)):
+            raise ValueError("adapter labels are unique and sorted")
+        self.labels: tuple[str, ...] = tuple(labels)
+        self.hidden = hidden
+
+    def label_index(self, labels: Sequence[str]) -> npt.NDArray[np.int64]:
+        index = {label: i for i, label in enumerate(self.labels)}
+        try:
+            return np.array([index[label] for label in labels], dtype=np.int64)
+        except KeyError as exc:
+            raise InvalidInput(f"label {exc.args[0]!r} is not in this adapter's labels") from None
+
+    @abstractmethod
+    def fit(
+        self,
+        features: Features,
+        labels: Sequence[str],
+        *,
+        config: TrainingConfig,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> FitReport: ...
+
+    @abstractmethod
+    def predict_proba(self, features: Features) -> FloatArray: ...
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+
+    def header(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": list(self.labels), "hidden": self.hidden}
+
+    def to_bytes(self) -> bytes:
+        """The artefact: magic, a JSON header (sorted keys) and raw float32 tensors in name
+        order. Nothing in it depends on time or on the process that wrote it."""
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in self.tensors().items()}
+        layout = []
+        payload = bytearray()
+        for name in sorted(tensors):
+            array = tensors[name].numpy().astype("<f4", copy=False)
+            layout.append({"name": name, "shape": list(array.shape), "offset": len(payload)})
+            payload += array.tobytes(order="C")
+        header = json.dumps(
+            {**self.header(), "tensors": layout}, sort_keys=True, separators=(",", ":")
+        ).encode()
+        return MAGIC + struct.pack("<Q", len(header)) + header + bytes(payload)
+
+
+def read_artefact(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    import torch
+
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+        raise IntegrityError("not a silolearn adapter artefact")
+    (length,) = struct.unpack_from("<Q", data, len(MAGIC))
+    start = len(MAGIC) + 8
+    try:
+        header = json.loads(data[start : start + length])
+        base = start + length
+        tensors = {}
+        for entry in header["tensors"]:
+            shape = tuple(int(d) for d in entry["shape"])
+            count = int(np.prod(shape)) if shape else 1
+            offset = base + int(entry["offset"])
+            if offset + 4 * count > len(data):
+                raise ValueError("truncated")
+            array = np.frombuffer(data, dtype="<f4", count=count, offset=offset).reshape(shape)
+            tensors[str(entry["name"])] = torch.from_numpy(array.astype(np.float32))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"malformed adapter artefact: {exc}") from None
+    return header, tensors
+
+
+def load_adapter(data: bytes, *, encoder: FrozenEncoder | None = None) -> Adapter:
+    """An adapter from its artefact; ``lora`` needs the frozen encoder it adapts."""
+    header, tensors = read_artefact(data)
+    kind = header.get("kind")
+    if kind == "head":
+        return HeadAdapter.from_tensors(header, tensors)
+    if kind == "lora":
+        if encoder is None:
+            raise ValueError("a lora adapter needs the frozen encoder")
+        return LoraAdapter.from_tensors(header, tensors, encoder)
+    raise IntegrityError(f"unknown adapter kind {kind!r}")
+
+
+def _load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    import torch
+
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = dict(module.named_parameters())
+    if set(own) != set(expected):
+        raise IntegrityError(
+            f"adapter artefact has parameters {sorted(own)[:4]}..., expected "
+            f"{sorted(expected)[:4]}..."
+        )
+    with torch.no_grad():
+        for name, parameter in expected.items():
+            if tuple(own[name].shape) != tuple(parameter.shape):
+                raise IntegrityError(f"adapter parameter {name} has the wrong shape")
+            parameter.copy_(own[name])
+
+
+def _grow_head(
+    head: torch.nn.Module,
+    old_labels: Sequence[str],
+    new_labels: Sequence[str],
+    dim: int,
+    hidden: int,
+    generator: torch.Generator,
+) -> torch.nn.Module:
+    """A head for ``new_labels`` that keeps the rows of labels it already had."""
+    import torch
+
+    fresh = _build_head(dim, hidden, len(new_labels))
+    _reset(fresh, generator)
+    with torch.no_grad():
+        if hidden:
+            fresh[0].weight.copy_(head[0].weight)  # type: ignore[index]
+            fresh[0].bias.copy_(head[0].bias)  # type: ignore[index]
+        old_out, new_out = _output_layer(head), _output_layer(fresh)
+        position = {label: i for i, label in enumerate(old_labels)}
+        for j, label in enumerate(new_labels):
+            if label in position:
+                new_out.weight[j].copy_(old_out.weight[position[label]])
+                new_out.bias[j].copy_(old_out.bias[position[label]])
+    return fresh
+
+
+def _reset(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Seeded initialisation (PyTorch's default Linear init, drawn from ``generator``)."""
+    import torch
+
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    import torch
+
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class HeadAdapter(Adapter):
+    kind = "head"
+    needs_text = False
+
+    def __init__(
+        self, labels: Sequence[str], *, hidden: int, dim: int = 384, seed: int = 0
+    ) -> None:
+        import torch
+
+        super().__init__(labels, hidden)
+        self.dim = dim
+        self.head = _build_head(dim, hidden, len(self.labels))
+        _reset(self.head, torch.Generator().manual_seed(seed))
+
+    def header(self) -> dict[str, Any]:
+        return {**super().header(), "dim": self.dim}
+
+    @classmethod
+    def from_tensors(cls, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> HeadAdapter:
+        adapter = cls(header["labels"], hidden=int(header["hidden"]), dim=int(header["dim"]))
+        _load_state(adapter.head, tensors, "head.")
+        return adapter
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"head.{k}": v for k, v in self.head.named_parameters()}
+
+    def warm_started(self, parent: Adapter, seed: int) -> HeadAdapter:
+        """This adapter's label space with the parent's weights where they fit."""
+        import torch
+
+        if not isinstance(parent, HeadAdapter) or parent.hidden != self.hidden:
+            return self
+        grown = _grow_head(
+            parent.head,
+            parent.labels,
+            self.labels,
+            self.dim,
+            self.hidden,
+            torch.Generator().manual_seed(seed),
+        )
+        self.head = grown
+        return self
+
+    def fit(
+        self,
+        features: Features,
+        labels: Sequence[str],
+        *,
+        config: TrainingConfig,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> FitReport:
+        import torch
+
+        if features.embeddings is None:
+            raise ValueError("a head adapter trains on embeddings")
+        x = torch.from_numpy(np.ascontiguousarray(features.embeddings, dtype=np.float32))
+        x = x * INPUT_SCALE
+        y_np = self.label_index(labels)
+        y = torch.from_numpy(y_np)
+        generator = torch.Generator().manual_seed(seed + 1)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(y_np, len(self.labels)))
+        optimiser = torch.optim.AdamW(
+            self.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.head.train()
+        losses: list[float] = []
+        steps = 0
+        for epoch in range(config.epochs):
+            total = 0.0
+            for rows in _batches(len(y), config.batch_size, generator):
+                optimiser.zero_grad(set_to_none=True)
+                loss = loss_fn(self.head(x[rows]), y[rows])
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+                total += float(loss) * len(rows)
+                steps += 1
+            losses.append(total / max(len(y), 1))
+            if progress is not None:
+                progress("epoch", {"epoch": epoch + 1, "loss": losses[-1]})
+        self.head.eval()
+        return FitReport(steps, config.epochs, len(y), losses[-1] if losses else 0.0, tuple(losses))
+
+    def predict_proba(self, features: Features) -> FloatArray:
+        import torch
+
+        if features.embeddings is None:
+            raise ValueError("a head adapter predicts from embeddings")
+        x = torch.from_numpy(np.ascontiguousarray(features.embeddings, dtype=np.float32))
+        with torch.inference_mode():
+            logits = self.head(x * INPUT_SCALE)
+            return torch.softmax(logits, dim=1).numpy().astype(np.float32)
+
+
+class LoraAdapter(Adapter):
+    """LoRA on the encoder's attention query/value projections, plus a head."""
+
+    kind = "lora"
+    needs_text = True
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        encoder: FrozenEncoder,
+        *,
+        hidden: int,
+        rank: int,
+        alpha: int,
+        max_tokens: int,
+        seed: int = 0,
+    ) -> None:
+        import torch
+        from peft import LoraConfig, inject_adapter_in_model
+
+        super().__init__(labels, hidden)
+        self.encoder = encoder
+        self.rank, self.alpha, self.max_tokens = rank, alpha, max_tokens
+        self.dim = encoder.dim
+        # a private copy of the base: LoRA layers are injected into it, never into the
+        # encoder other tenants' adapters share
+        self.model = copy.deepcopy(encoder.model)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=list(LORA_TARGETS),
+            lora_dropout=0.0,
+            bias="none",
+        )
+        torch.manual_seed(seed)  # LoRA's own init draws from the global generator
+        inject_adapter_in_model(config, self.model)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+        self.model.eval()  # no dropout anywhere: training is deterministic
+        self.head = _build_head(self.dim, hidden, len(self.labels))
+        _reset(self.head, torch.Generator().manual_seed(seed))
+
+    def header(self) -> dict[str, Any]:
+        return {
+            **super().header(),
+            "dim": self.dim,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "max_tokens": self.max_tokens,
+            "targets": list(LORA_TARGETS),
+            "base_sha256": self.encoder.sha256,
+        }
+
+    def lora_parameters(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if "lora_" in n}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"head.{k}": v for k, v in self.head.named_parameters()}
+        out.update({f"lora.{k}": v for k, v in self.lora_parameters().items()})
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls, header: dict[str, Any], tensors: dict[str, torch.Tensor], encoder: FrozenEncoder
+    ) -> LoraAdapter:
+        import torch
+
+        if header.get("base_sha256") != encoder.sha256:
+            raise IntegrityError("this lora adapter was trained on a different base model")
+        adapter = cls(
+            header["labels"],
+            encoder,
+            hidden=int(header["hidden"]),
+            rank=int(header["rank"]),
+            alpha=int(header["alpha"]),
+            max_tokens=int(header["max_tokens"]),
+        )
+        _load_state(adapter.head, tensors, "head.")
+        lora = {k[len("lora.") :]: v for k, v in tensors.items() if k.startswith("lora.")}
+        own = adapter.lora_parameters()
+        if set(lora) != set(own):
+            raise IntegrityError("lora artefact does not match the encoder's LoRA layout")
+        with torch.no_grad():
+            for name, parameter in own.items():
+                parameter.copy_(lora[name])
+        return adapter
+
+    def warm_started(self, parent: Adapter, seed: int) -> LoraAdapter:
+        import torch
+
+        if parent.hidden != self.hidden:
+            return self
+        parent_head = getattr(parent, "head", None)
+        if parent_head is not None:
+            self.head = _grow_head(
+                parent_head,
+                parent.labels,
+                self.labels,
+                self.dim,
+                self.hidden,
+                torch.Generator().manual_seed(seed),
+            )
+        if isinstance(parent, LoraAdapter) and parent.rank == self.rank:
+            with torch.no_grad():
+                theirs = parent.lora_parameters()
+                for name, parameter in self.lora_parameters().items():
+                    parameter.copy_(theirs[name])
+        return self
+
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        import torch
+
+        batch = self.encoder.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+        )
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1) * INPUT_SCALE
+
+    def fit(
+        self,
+        features: Features,
+        labels: Sequence[str],
+        *,
+        config: TrainingConfig,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> FitReport:
+        import torch
+
+        if features.texts is None:
+            raise ValueError("a lora adapter trains on texts")
+        texts = list(features.texts)
+        y_np = self.label_index(labels)
+        y = torch.from_numpy(y_np)
+        generator = torch.Generator().manual_seed(seed + 1)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(y_np, len(self.labels)))
+        optimiser = torch.optim.AdamW(
+            [
+                {"params": list(self.lora_parameters().values()), "lr": config.lora_learning_rate},
+                {"params": list(self.head.parameters()), "lr": config.learning_rate},
+            ],
+            weight_decay=config.weight_decay,
+        )
+        losses: list[float] = []
+        steps = 0
+        batch_size = min(config.batch_size, 16)
+        for epoch in range(config.lora_epochs):
+            total = 0.0
+            for rows in _batches(len(texts), batch_size, generator):
+                optimiser.zero_grad(set_to_none=True)
+                embedded = self._embed([texts[int(i)] for i in rows])
+                loss = loss_fn(self.head(embedded), y[rows])
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+                total += float(loss) * len(rows)
+                steps += 1
+                if progress is not None:
+                    progress("step", {"epoch": epoch + 1, "step": steps})
+            losses.append(total / max(len(texts), 1))
+        return FitReport(
+            steps, config.lora_epochs, len(texts), losses[-1] if losses else 0.0, tuple(losses)
+        )
+
+    def predict_proba(self, features: Features) -> FloatArray:
+        import torch
+
+        if features.texts is None:
+            raise ValueError("a lora adapter predicts from texts")
+        texts = list(features.texts)
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), 32):
+                logits = self.head(self._embed(texts[start : start + 32]))
+                out[start : start + 32] = torch.softmax(logits, dim=1).numpy()
+        return out
+
+
+def new_adapter(
+    kind: str,
+    labels: Sequence[str],
+    *,
+    config: TrainingConfig,
+    seed: int,
+    encoder: FrozenEncoder | None,
+    parent: Adapter | None,
+) -> Adapter:
+    """A fresh adapter of ``kind`` for ``labels``, warm-started from ``parent`` when given."""
+    adapter: HeadAdapter | LoraAdapter
+    if kind == "head":
+        adapter = HeadAdapter(labels, hidden=config.head_hidden, dim=384, seed=seed)
+    elif kind == "lora":
+        if encoder is None:
+            raise ValueError("a lora adapter needs the frozen encoder")
+        adapter = LoraAdapter(
+            labels,
+            encoder,
+            hidden=config.head_hidden,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            max_tokens=config.max_tokens,
+            seed=seed,
+        )
+    else:
+        raise InvalidInput(f"unknown adapter kind {kind!r}: use head or lora")
+    if parent is not None:
+        return adapter.warm_started(parent, seed)
+    return adapter

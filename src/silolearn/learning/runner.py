@@ -1,0 +1,180 @@
+"""Starting isolated workers (I2) and limiting how many runs a tenant has at once.
+
+``run_worker`` starts ``python -m silolearn.learning.worker`` as a new interpreter with a
+scrubbed environment, hands it one job over a private socket, relays its progress and
+returns its result. A worker that crashes, is killed or times out raises
+``TrainingFailed``; nothing it computed is kept.
+
+``run_slot`` takes one of the tenant's run slots (``training.max_runs_per_tenant``) as an
+advisory file lock: the kernel releases it when the holder dies, so a killed run never
+leaves a lock behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from silolearn import errors
+from silolearn.errors import ConflictError, SiloError, TrainingFailed
+from silolearn.learning.worker import WorkerJob
+
+Progress = Callable[[int, str, dict[str, Any]], None]
+
+PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR", "TZ")
+"""The only variables a worker inherits: nothing named SILOLEARN_*, so no passphrase."""
+
+
+class RunLimitReached(ConflictError):
+    """The tenant already has as many runs in progress as it may have."""
+
+
+def worker_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONHASHSEED="0",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def _error_class(name: str) -> type[SiloError]:
+    from silolearn.learning import encoder
+
+    for module in (errors, encoder):
+        found = getattr(module, name, None)
+        if isinstance(found, type) and issubclass(found, SiloError):
+            return found
+    return TrainingFailed
+
+
+def run_worker(
+    job: WorkerJob,
+    *,
+    timeout: float,
+    on_progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run ``job`` in a fresh worker process and return its result."""
+    parent_sock, child_sock = socket.socketpair()
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "silolearn.learning.worker", "--fd", str(child_sock.fileno())],
+            env=worker_environment(),
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
+    finally:
+        child_sock.close()
+    drain = threading.Thread(
+        target=_drain, args=(process, stderr_tail), name="worker-stderr", daemon=True
+    )
+    drain.start()
+    conn = Connection(os.dup(parent_sock.fileno()))
+    parent_sock.close()
+    deadline = time.monotonic() + timeout
+    try:
+        conn.send(job)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                process.kill()
+                raise TrainingFailed(
+                    f"the {job.action} worker of {job.tenant_name!r} timed out after "
+                    f"{timeout:.0f} s and was killed",
+                    tenant=job.tenant_name,
+                    pid=process.pid,
+                )
+            if not conn.poll(min(remaining, 0.5)):
+                if process.poll() is not None and not conn.poll(0):
+                    raise _died(job, process, stderr_tail)
+                continue
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                process.wait()
+                raise _died(job, process, stderr_tail) from None
+            if message[0] == "progress":
+                if on_progress is not None:
+                    on_progress(process.pid, message[1], message[2])
+                continue
+            if message[0] == "result":
+                result: dict[str, Any] = message[1]
+                result["pid"] = process.pid
+                return result
+            _, code, text, details = message
+            raise _error_class(code)(text, **details)
+    finally:
+        conn.close()
+        if process.poll() is None:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        drain.join(timeout=5)
+
+
+def _drain(process: subprocess.Popen[bytes], tail: collections.deque[str]) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        tail.append(line.decode("utf-8", "replace").rstrip())
+
+
+def _died(
+    job: WorkerJob, process: subprocess.Popen[bytes], tail: collections.deque[str]
+) -> TrainingFailed:
+    code = process.wait()
+    how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    return TrainingFailed(
+        f"the {job.action} worker of {job.tenant_name!r} (pid {process.pid}) {how} before "
+        "finishing; nothing it computed was kept",
+        tenant=job.tenant_name,
+        pid=process.pid,
+        returncode=code,
+        stderr=list(tail)[-10:],
+    )
+
+
+@contextlib.contextmanager
+def run_slot(lock_dir: Path, tenant_id: str, tenant: str, limit: int) -> Iterator[int]:
+    """Hold one of the tenant's ``limit`` run slots; ``RunLimitReached`` if all are taken."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for slot in range(limit):
+        fd = os.open(lock_dir / f"{tenant_id}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield slot
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return
+    raise RunLimitReached(
+        f"tenant {tenant!r} already has {limit} training run(s) in progress "
+        "(training.max_runs_per_tenant)",
+        tenant=tenant,
+        limit=limit,
+    )

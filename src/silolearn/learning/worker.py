@@ -1,0 +1,546 @@
+"""The isolated worker process (invariant I2): one tenant, one purpose, one process.
+
+``silolearn.learning.runner`` starts ``python -m silolearn.learning.worker --fd N`` as a new
+interpreter (spawned, never forked: no memory of the coordinator, which holds every
+tenant's keys, is inherited) with a scrubbed environment (no keyring passphrase), and sends
+the job over the socket ``N``. The job carries only:
+
+- the tenant's id and name, its unwrapped data key and its token key;
+- the workspace database path and the tenant's own blob directory;
+- the read-only base model path and its recorded digest;
+- the action (``train``, ``evaluate`` or ``probe``) and its parameters.
+
+Before it reads any tenant data the worker restricts its own filesystem access with
+Landlock where the kernel has it: the Python installation and the base model read-only, the
+database files and the tenant's blob directory read-write; the keyring, the audit head and
+other tenants' blob directories become unreadable. A training worker opens a ``TRAINING``
+scope (no eval access); an evaluation worker an ``EVALUATION`` scope. Whatever it does is
+audited under the actor ``worker:<action>:<tenant>``; it cannot sign checkpoints.
+
+The worker never writes a version: it returns its artefact to the coordinator, which
+registers it. A worker that dies leaves nothing in the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from silolearn.errors import AccessDenied, DecryptionError, IntegrityError, SiloError
+
+Send = Callable[[str, dict[str, Any]], None]
+
+ACTIONS = ("train", "evaluate", "probe")
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    action: str
+    workspace: str
+    db_file: str
+    blob_dir: str
+    tenant_id: str
+    tenant_name: str
+    dek_version: int
+    data_key: bytes = field(repr=False)
+    token_key: bytes = field(repr=False)
+    base_path: str
+    base_sha256: str
+    actor: str
+    training: dict[str, Any]
+    params: dict[str, Any]
+    sandbox: bool = True
+
+
+def records_digest(tenant_id: str, ids: list[str]) -> str:
+    """The lineage digest of the exact records a run used, in the order it used them.
+
+    Each line is ``tenant_id NUL record_id LF``: two tenants' records can share an id, never
+    a tenant id, so a run that mixed tenants could not reproduce this digest from one
+    tenant's records."""
+    digest = hashlib.sha256()
+    for record_id in ids:
+        digest.update(f"{tenant_id}\x00{record_id}\n".encode())
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """The package version and a digest of its source files."""
+    import silolearn
+
+    root = Path(silolearn.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\x00")
+        digest.update(path.read_bytes())
+    return f"{silolearn.__version__}+{digest.hexdigest()[:12]}"
+
+
+class WorkerContext:
+    """What the worker holds: one tenant's scope for the job's purpose, and nothing else."""
+
+    def __init__(self, job: WorkerJob, purpose: Any) -> None:
+        from silolearn.audit.log import AuditLog
+        from silolearn.security.envelope import DataKey
+        from silolearn.storage import db
+        from silolearn.storage.scope import TenantRef, TenantScope
+
+        self.job = job
+        self.conn = db.connect(Path(job.db_file))
+        self.audit = AuditLog(
+            self.conn,
+            actor=job.actor,
+            head_file=Path(job.workspace) / "audit" / "head.json",
+            signing_key=None,
+            checkpoint_every=10**12,
+        )
+        self.tenant = TenantRef(job.tenant_id, job.tenant_name)
+        self.scope = TenantScope(
+            conn=self.conn,
+            audit=self.audit,
+            tenant=self.tenant,
+            data_key=DataKey(job.tenant_id, job.dek_version, job.data_key),
+            token_key=job.token_key,
+            blob_dir=Path(job.blob_dir),
+            purpose=purpose,
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _check_base(job: WorkerJob) -> None:
+    from silolearn.learning.encoder import BaseModelTampered, model_digest
+
+    actual = model_digest(Path(job.base_path))
+    if actual != job.base_sha256:
+        raise BaseModelTampered(
+            f"the base model at {job.base_path} changed: expected sha256 "
+            f"{job.base_sha256[:12]}..., found {actual[:12]}...",
+            expected=job.base_sha256,
+            actual=actual,
+        )
+
+
+def _sandbox(job: WorkerJob) -> dict[str, Any]:
+    from silolearn.security.sandbox import default_read_paths, restrict_filesystem
+
+    if not job.sandbox:
+        return {"abi": 0, "reason": "disabled"}
+    db_file = Path(job.db_file)
+    write = [db_file, Path(f"{db_file}-wal"), Path(f"{db_file}-shm"), Path(job.blob_dir)]
+    report = restrict_filesystem(read=[*default_read_paths(), Path(job.base_path)], write=write)
+    return report.to_dict()
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
+    from silolearn.config import TrainingConfig
+    from silolearn.learning.adapters import Features, load_adapter, new_adapter
+    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.replay import ReplayBuffer, ReplayItem
+    from silolearn.storage.scope import Purpose
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    config = TrainingConfig.model_validate(job.training)
+    params = job.params
+    kind, seed, cutoff = str(params["kind"]), int(params["seed"]), str(params["cutoff"])
+    parent: dict[str, Any] | None = params.get("parent")
+    _check_base(job)
+    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    sandbox = _sandbox(job)
+    timings["load"] = time.perf_counter() - t0
+
+    ctx = WorkerContext(job, Purpose.TRAINING)
+    try:
+        scope = ctx.scope
+        t0 = time.perf_counter()
+        stored = scope.train.read(until=cutoff)
+        max_seq = max((s.seq for s in stored), default=0)
+        if parent is not None:
+            p_cutoff, p_seq = str(parent["cutoff"]), int(parent["max_seq"])
+            new = [s for s in stored if s.seq > p_seq or s.record.timestamp > p_cutoff]
+        else:
+            new = list(stored)
+        new = [s for s in new if s.record.label is not None]
+        by_id = {s.record.id: s for s in stored if s.record.label is not None}
+
+        rng = np.random.default_rng([seed, int(params["version_hint"])])
+        if parent is not None and config.replay_size > 0:
+            buffer = ReplayBuffer.from_bytes(
+                scope.blobs.get(f"run/{parent['run_id']}/replay"), capacity=config.replay_size
+            )
+        else:
+            buffer = ReplayBuffer(config.replay_size)
+        want = 0
+        if config.replay_size > 0 and len(buffer):
+            want = round(config.replay_mix / (1.0 - config.replay_mix) * len(new))
+        new_ids = {s.record.id for s in new}
+        replay = [
+            by_id[item.id]
+            for item in buffer.sample(want, rng)
+            if item.id in by_id and item.id not in new_ids
+        ]
+        training = new + replay
+        if kind == "lora" and len(training) > config.lora_max_records:
+            keep = np.sort(rng.choice(len(training), size=config.lora_max_records, replace=False))
+            training = [training[int(i)] for i in keep]
+        if not new:
+            raise _NothingToLearn(
+                f"tenant {job.tenant_name!r} has no labelled training records new since "
+                f"{'v' + str(parent['version']) if parent else 'the start'} up to {cutoff}"
+            )
+        labels_seen = {str(s.record.label) for s in training}
+        parent_adapter = None
+        if parent is not None:
+            parent_bytes = scope.blobs.get(f"run/{parent['run_id']}/adapter")
+            if hashlib.sha256(parent_bytes).hexdigest() != parent["sha256"]:
+                raise IntegrityError("the parent adapter does not match its SHA-256")
+            parent_adapter = load_adapter(parent_bytes, encoder=encoder)
+            labels_seen |= set(parent_adapter.labels)
+        labels = sorted(labels_seen)
+        timings["read"] = time.perf_counter() - t0
+        send("data", {"new": len(new), "replay": len(replay), "labels": len(labels)})
+
+        t0 = time.perf_counter()
+        texts = [s.record.text for s in training]
+        features: Features
+        embedded = 0
+        if kind == "head":
+            cache = EmbeddingCache(scope, encoder.sha256, max_tokens=config.max_tokens)
+            keys = [scope.record_id_hash(s.record) for s in training]
+            cached = cache.get_many(keys)
+            missing = [i for i, k in enumerate(keys) if k not in cached]
+            for start in range(0, len(missing), 256):
+                rows = missing[start : start + 256]
+                vectors = encoder.embed([texts[i] for i in rows], max_length=config.max_tokens)
+                cache.put_many([keys[i] for i in rows], vectors)
+                embedded += len(rows)
+                send("embed", {"done": embedded, "of": len(missing)})
+            cache.save()
+            cached = cache.get_many(keys)
+            features = Features(embeddings=np.stack([cached[k] for k in keys]))
+        else:
+            features = Features(texts=texts)
+        timings["embed"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        adapter = new_adapter(
+            kind, labels, config=config, seed=seed, encoder=encoder, parent=parent_adapter
+        )
+        fit = adapter.fit(
+            features,
+            [str(s.record.label) for s in training],
+            config=config,
+            seed=seed,
+            progress=send,
+        )
+        artefact = adapter.to_bytes()
+        timings["train"] = time.perf_counter() - t0
+
+        buffer.offer(
+            (ReplayItem(s.record.id, str(s.record.label), s.record.timestamp) for s in new), rng
+        )
+        ids = [s.record.id for s in training]
+        _check_base(job)
+        lineage = {
+            "parent": None if parent is None else parent["version"],
+            "kind": kind,
+            "seed": seed,
+            "cutoff": cutoff,
+            "max_seq": max_seq,
+            "records": len(training),
+            "new_records": len(new),
+            "replay_records": len(replay),
+            "records_digest": records_digest(job.tenant_id, ids),
+            "max_record_timestamp": max(s.record.timestamp for s in training),
+            "min_record_timestamp": min(s.record.timestamp for s in training),
+            "labels": labels,
+            "replay_buffer": {"size": len(buffer), "per_class": buffer.counts()},
+            "config": config.model_dump(),
+            "code_version": code_version(),
+            "base_sha256": job.base_sha256,
+            "fit": fit.to_dict(),
+            "embedded": embedded,
+            "sandbox": sandbox,
+            "worker_pid": os.getpid(),
+        }
+        return {
+            "artefact": artefact,
+            "replay": buffer.to_bytes(),
+            "records": json.dumps([[job.tenant_id, i] for i in ids]).encode(),
+            "lineage": lineage,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+    finally:
+        ctx.close()
+
+
+class _NothingToLearn(SiloError):
+    exit_code = 6
+    http_status = 422
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
+    """Metrics of each given version on the tenant's labelled eval records up to the cutoff,
+    overall and per window (``earlier``: at or before ``split``; ``new``: after it)."""
+    from silolearn.config import TrainingConfig
+    from silolearn.learning.adapters import Features, load_adapter
+    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.metrics import classification_metrics
+    from silolearn.storage.scope import Purpose
+
+    config = TrainingConfig.model_validate(job.training)
+    params = job.params
+    cutoff, split = str(params["cutoff"]), params.get("split")
+    _check_base(job)
+    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    _sandbox(job)
+    ctx = WorkerContext(job, Purpose.EVALUATION)
+    try:
+        scope = ctx.scope
+        t0 = time.perf_counter()
+        stored = [s for s in scope.eval.read(until=cutoff) if s.record.label is not None]
+        texts = [s.record.text for s in stored]
+        truth = [str(s.record.label) for s in stored]
+        versions: list[dict[str, Any]] = params["versions"]
+        embeddings = None
+        if stored and any(v["kind"] == "head" for v in versions):
+            cache = EmbeddingCache(
+                scope, encoder.sha256, namespace="eval/embeddings", max_tokens=config.max_tokens
+            )
+            keys = [scope.record_id_hash(s.record) for s in stored]
+            cached = cache.get_many(keys)
+            missing = [i for i, k in enumerate(keys) if k not in cached]
+            for start in range(0, len(missing), 256):
+                rows = missing[start : start + 256]
+                cache.put_many(
+                    [keys[i] for i in rows],
+                    encoder.embed([texts[i] for i in rows], max_length=config.max_tokens),
+                )
+                send("embed", {"done": start + len(rows), "of": len(missing)})
+            # a quarantined tenant is evaluated without growing its cache
+            with contextlib.suppress(AccessDenied):
+                cache.save()
+            cached = cache.get_many(keys)
+            embeddings = np.stack([cached[k] for k in keys])
+        embed_seconds = time.perf_counter() - t0
+        windows = {"all": list(range(len(stored)))}
+        if split is not None:
+            windows["earlier"] = [i for i, s in enumerate(stored) if s.record.timestamp <= split]
+            windows["new"] = [i for i, s in enumerate(stored) if s.record.timestamp > split]
+        results: dict[str, Any] = {}
+        for version in versions:
+            t0 = time.perf_counter()
+            data = scope.blobs.get(f"run/{version['run_id']}/adapter")
+            if hashlib.sha256(data).hexdigest() != version["sha256"]:
+                raise IntegrityError(f"adapter v{version['version']} does not match its SHA-256")
+            adapter = load_adapter(data, encoder=encoder)
+            if not stored:
+                predicted: list[str] = []
+            else:
+                features = (
+                    Features(texts=texts) if adapter.needs_text else Features(embeddings=embeddings)
+                )
+                proba = adapter.predict_proba(features)
+                predicted = [adapter.labels[int(i)] for i in proba.argmax(axis=1)]
+            metrics = {
+                name: classification_metrics([truth[i] for i in rows], [predicted[i] for i in rows])
+                for name, rows in windows.items()
+            }
+            results[str(version["version"])] = {
+                **metrics["all"],
+                "windows": {k: v for k, v in metrics.items() if k != "all"},
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
+        return {
+            "eval_records": len(stored),
+            "window": {
+                "cutoff": cutoff,
+                "split": split,
+                "first": min((s.record.timestamp for s in stored), default=None),
+                "last": max((s.record.timestamp for s in stored), default=None),
+            },
+            "embed_seconds": round(embed_seconds, 4),
+            "versions": results,
+        }
+    finally:
+        ctx.close()
+
+
+# -- the isolation probe -------------------------------------------------------------------
+
+
+def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
+    """Try, from inside a training worker of tenant A, everything I2 forbids; report and
+    audit each attempt. Used by ``silolearn verify isolation`` and the I2 tests."""
+    from silolearn.security.envelope import DataKey
+    from silolearn.storage.scope import Purpose
+
+    _check_base(job)
+    sandbox = _sandbox(job)
+    ctx = WorkerContext(job, Purpose.TRAINING)
+    attempts: list[dict[str, Any]] = []
+
+    def attempt(name: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except PermissionError as exc:
+            how = f"operating system: {exc.strerror}"
+        except DecryptionError:
+            how = "encryption: the tenant's data key does not open it"
+        except AccessDenied as exc:
+            how = f"capability: {exc.message}"
+        except SiloError as exc:
+            how = f"{exc.code}: {exc.message}"
+        except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
+            how = f"{type(exc).__name__}: {exc}"
+        else:
+            attempts.append({"attempt": name, "blocked": False, "how": "it succeeded"})
+            ctx.audit.append(
+                "isolation.breach", tenant=job.tenant_name, obj=name, details={"worker": True}
+            )
+            return
+        attempts.append({"attempt": name, "blocked": True, "how": how})
+        ctx.audit.append(
+            "access.denied",
+            tenant=job.tenant_name,
+            obj=name,
+            details={"worker": True, "refused_by": how.split(":")[0]},
+        )
+
+    key = DataKey(job.tenant_id, job.dek_version, job.data_key)
+    conn = ctx.conn
+    try:
+        for other in job.params["others"]:
+            other_id = str(other["id"])
+
+            def read_records(other_id: str = other_id) -> None:
+                rows = conn.execute(
+                    "SELECT rid, box FROM train_records WHERE tenant_id = ? LIMIT 5", (other_id,)
+                ).fetchall()
+                if not rows:
+                    raise KeyError("no records to try")
+                for rid, box in rows:
+                    key.open(bytes(box), kind="train", object_id=bytes(rid).hex())
+
+            def read_blobs(other_dir: str = str(other["blob_dir"])) -> None:
+                files = sorted(Path(other_dir).iterdir())
+                if not files:
+                    raise KeyError("no blobs to try")
+                row = conn.execute(
+                    "SELECT object_id FROM blobs WHERE file = ?", (files[0].name,)
+                ).fetchone()
+                key.open(files[0].read_bytes(), kind="blob", object_id=str(row[0]))
+
+            def open_scope(other_id: str = other_id, name: str = str(other["name"])) -> None:
+                from silolearn.storage.scope import TenantRef, TenantScope
+
+                TenantScope(
+                    conn=conn,
+                    audit=ctx.audit,
+                    tenant=TenantRef(other_id, name),
+                    data_key=key,
+                    token_key=job.token_key,
+                    blob_dir=Path(job.blob_dir),
+                    purpose=Purpose.TRAINING,
+                )
+
+            attempt(f"read records of {other['name']}", read_records)
+            attempt(f"read blobs of {other['name']}", read_blobs)
+            attempt(f"open a scope of {other['name']}", open_scope)
+
+        def read_keyring() -> None:
+            from silolearn.security.keys import LocalKeyring
+
+            ring = LocalKeyring(
+                Path(job.workspace) / "keys" / "keyring.json", sealed=bool(job.params["sealed"])
+            )
+            for other in job.params["others"]:
+                ring.token_key(str(other["id"]))
+
+        attempt("read the keyring", read_keyring)
+        attempt("read its own eval store", lambda: ctx.scope.eval.read(limit=1))
+        attempt(
+            "read its own eval embeddings",
+            lambda: ctx.scope.blobs.get(f"eval/embeddings/{job.base_sha256}"),
+        )
+    finally:
+        ctx.close()
+    return {"sandbox": sandbox, "attempts": attempts}
+
+
+_HANDLERS: dict[str, Callable[[WorkerJob, Send], dict[str, Any]]] = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "probe": _probe,
+}
+
+
+def serve(conn: Connection) -> None:
+    """Receive one job, run it, send ``("result", dict)`` or ``("error", ...)``."""
+    from silolearn.learning.adapters import deterministic_torch
+
+    job: WorkerJob = conn.recv()
+
+    def send(event: str, details: dict[str, Any]) -> None:
+        conn.send(("progress", event, details))
+
+    try:
+        if job.action not in _HANDLERS:
+            raise ValueError(f"unknown worker action {job.action!r}")
+        deterministic_torch()
+        send("started", {"pid": os.getpid()})
+        conn.send(("result", _HANDLERS[job.action](job, send)))
+    except SiloError as exc:
+        conn.send(("error", exc.code, exc.message, _plain(exc.details)))
+    except BaseException as exc:
+        conn.send(
+            (
+                "error",
+                "TrainingFailed",
+                f"{type(exc).__name__}: {exc}",
+                {"traceback": traceback.format_exc(limit=8)},
+            )
+        )
+
+
+def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(details, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="silolearn-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args()
+    sock = socket.socket(fileno=args.fd)
+    conn = Connection(os.dup(sock.fileno()))
+    sock.close()
+    try:
+        serve(conn)
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,438 @@
+"""One continuous-learning round for one tenant, end to end, and rounds for many at once.
+
+A round: check the frozen base (I3) → take one of the tenant's run slots → train in an
+isolated worker (I2) on the tenant's records up to the cutoff plus a replay sample → check
+the base again → register the candidate with its lineage → evaluate candidate and active
+version on the same eval window in an evaluation worker (the trainer never sees eval data,
+I5) → apply the gates → promote or reject, atomically (I8). Every step is audited.
+
+The cutoff of a run is the newest eval record's time unless given: a run never trains on a
+record stamped after the eval window it is judged on, and never moves back in time from its
+parent's cutoff.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from silolearn.audit.log import utcnow
+from silolearn.errors import InvalidInput, SiloError, TenantQuarantined
+from silolearn.ingest.records import normalise_timestamp
+from silolearn.learning.encoder import base_model_record, verify_base_model
+from silolearn.learning.runner import run_slot, run_worker
+from silolearn.learning.worker import WorkerJob
+from silolearn.registry.versions import AdapterRegistry, AdapterVersion
+from silolearn.storage.scope import Purpose
+from silolearn.validation.gates import no_worse_than_active
+from silolearn.workspace import Workspace
+
+Progress = Callable[[str, int, str, dict[str, Any]], None]
+"""``(tenant, pid, event, details)`` from a worker."""
+
+
+@dataclass
+class RoundResult:
+    tenant: str
+    status: str
+    """``active`` (promoted), ``rejected``, or ``failed`` (no version was made)."""
+    version: int | None = None
+    kind: str | None = None
+    sha256: str | None = None
+    parent: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, Any] | None = None
+    decision: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "status": self.status,
+            "version": self.version,
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "parent": self.parent,
+            "metrics": self.metrics,
+            "before": self.before,
+            "decision": self.decision,
+            "lineage": self.lineage,
+            "timings": self.timings,
+            "error": self.error,
+        }
+
+
+class Trainer:
+    """Runs rounds for the tenants of one opened workspace (one thread per Trainer)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.config = ws.settings.training
+        self.sandbox = os.environ.get("SILOLEARN_SANDBOX", "1") != "0"
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _job(self, tenant: str, action: str, params: dict[str, Any]) -> WorkerJob:
+        ws = self.ws
+        info = ws.tenants.get(tenant)
+        base = base_model_record(ws)
+        blob_dir = ws.tenants.blob_dir(info.id)
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        key = ws.tenants.data_key(info)
+        return WorkerJob(
+            action=action,
+            workspace=str(ws.path.resolve()),
+            db_file=str((ws.path / "silolearn.db").resolve()),
+            blob_dir=str(blob_dir.resolve()),
+            tenant_id=info.id,
+            tenant_name=info.name,
+            dek_version=key.version,
+            data_key=key.material,
+            token_key=ws.keys.token_key(info.id),
+            base_path=str(base.path),
+            base_sha256=base.sha256,
+            actor=f"worker:{action}:{info.name}",
+            training=self.config.model_dump(),
+            params=params,
+            sandbox=self.sandbox,
+        )
+
+    def _run(
+        self, tenant: str, action: str, params: dict[str, Any], progress: Progress | None
+    ) -> dict[str, Any]:
+        job = self._job(tenant, action, params)
+        relay = None
+        if progress is not None:
+
+            def relay(pid: int, event: str, details: dict[str, Any]) -> None:
+                progress(tenant, pid, event, details)
+
+        return run_worker(job, timeout=self.config.timeout_seconds, on_progress=relay)
+
+    # -- one round -------------------------------------------------------------------------
+
+    def train(
+        self,
+        tenant: str,
+        *,
+        kind: str | None = None,
+        seed: int | None = None,
+        cutoff: str | None = None,
+        progress: Progress | None = None,
+    ) -> RoundResult:
+        ws = self.ws
+        kind = kind or self.config.adapter
+        if kind not in ("head", "lora"):
+            raise InvalidInput(f"unknown adapter kind {kind!r}: use head or lora")
+        seed = self.config.seed if seed is None else seed
+        info = ws.tenants.get(tenant)
+        if info.status != "active":
+            ws.audit.append(
+                "access.denied",
+                tenant=tenant,
+                obj="train",
+                details={"reason": info.status, "purpose": "training"},
+            )
+            raise TenantQuarantined(
+                f"tenant {tenant!r} is {info.status}: no training until released", tenant=tenant
+            )
+        started = time.perf_counter()
+        verify_base_model(ws, when="train.before")
+        with run_slot(
+            ws.path / "locks" / "train", info.id, tenant, self.config.max_runs_per_tenant
+        ):
+            scope = ws.scope(tenant, purpose=Purpose.TRAINING)
+            registry = AdapterRegistry(scope)
+            active = registry.active()
+            parent_cutoff = None if active is None else str(active.lineage.get("cutoff"))
+            cutoff = self._cutoff(tenant, cutoff, parent_cutoff)
+            run_id = secrets.token_hex(8)
+            next_version = 1 + max((v.version for v in registry.list()), default=0)
+            self._run_started(scope, run_id, kind, seed, cutoff)
+            params: dict[str, Any] = {
+                "kind": kind,
+                "seed": seed,
+                "cutoff": cutoff,
+                "version_hint": next_version,
+                "parent": None
+                if active is None
+                else {
+                    "version": active.version,
+                    "run_id": active.run_id,
+                    "sha256": active.sha256,
+                    "cutoff": active.lineage.get("cutoff"),
+                    "max_seq": active.lineage.get("max_seq", 0),
+                },
+            }
+            try:
+                trained = self._run(tenant, "train", params, progress)
+                verify_base_model(ws, when="train.after")
+                lineage = dict(trained["lineage"])
+                lineage.update(
+                    run_id=run_id,
+                    timings=trained["timings"],
+                    started_at=self._started_at,
+                )
+                candidate = registry.register_candidate(
+                    trained["artefact"],
+                    kind=kind,
+                    lineage=lineage,
+                    metrics={},
+                    run_id=run_id,
+                    extra={"replay": trained["replay"], "records": trained["records"]},
+                )
+                result = self._judge(tenant, registry, candidate, active, progress)
+            except SiloError as exc:
+                self._run_finished(scope, run_id, "failed", None, exc.message)
+                scope.audit("train.failed", obj=run_id, details={"error": exc.code})
+                raise
+            self._run_finished(scope, run_id, "succeeded", candidate.version, None)
+        result.timings = {
+            **trained["timings"],
+            **result.timings,
+            "total": round(time.perf_counter() - started, 4),
+        }
+        return result
+
+    def _cutoff(self, tenant: str, asked: str | None, parent_cutoff: str | None) -> str:
+        if asked is not None:
+            try:
+                cutoff = normalise_timestamp(asked)
+            except ValueError:
+                raise InvalidInput(f"cutoff {asked!r} is not an ISO-8601 time") from None
+            if parent_cutoff is not None and cutoff < parent_cutoff:
+                raise InvalidInput(
+                    f"cutoff {cutoff} is before the active version's cutoff {parent_cutoff}: "
+                    "a run never goes back in time"
+                )
+            return cutoff
+        evaluation = self.ws.scope(tenant, purpose=Purpose.EVALUATION)
+        latest = evaluation.eval.latest_timestamp()
+        if latest is None:
+            training = self.ws.scope(tenant, purpose=Purpose.TRAINING)
+            latest = training.train.latest_timestamp() or utcnow()
+        if parent_cutoff is not None and latest < parent_cutoff:
+            return parent_cutoff
+        return latest
+
+    def _judge(
+        self,
+        tenant: str,
+        registry: AdapterRegistry,
+        candidate: AdapterVersion,
+        active: AdapterVersion | None,
+        progress: Progress | None,
+    ) -> RoundResult:
+        evaluation = self.evaluate(tenant, candidate, active, progress)
+        after = evaluation["versions"][str(candidate.version)]
+        before = None if active is None else evaluation["versions"][str(active.version)]
+        metrics = {
+            **after,
+            "eval_window": evaluation["window"],
+            "eval_records": evaluation["eval_records"],
+            "eval_embed_seconds": evaluation["embed_seconds"],
+            "compared_with": None
+            if before is None
+            else {"version": active.version if active else None, **_headline(before)},
+        }
+        registry.set_metrics(candidate.version, metrics)
+        verdict = no_worse_than_active(
+            after,
+            before,
+            tolerance=self.config.promotion_tolerance,
+            min_eval_records=self.config.min_eval_records,
+        )
+        decision = {
+            "reason": "gates passed" if verdict.passed else f"gate {verdict.gate} failed",
+            "gates": [verdict.to_dict()],
+        }
+        if verdict.passed:
+            final = registry.promote(candidate.version, decision=decision)
+        else:
+            final = registry.reject(candidate.version, decision=decision)
+        return RoundResult(
+            tenant=tenant,
+            status=final.status,
+            version=final.version,
+            kind=final.kind,
+            sha256=final.sha256,
+            parent=final.parent,
+            metrics=final.metrics,
+            before=None if before is None else _headline(before),
+            decision=final.decision,
+            lineage=final.lineage,
+            timings={"evaluate": evaluation["seconds"]},
+        )
+
+    def evaluate(
+        self,
+        tenant: str,
+        candidate: AdapterVersion,
+        active: AdapterVersion | None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Metrics of the candidate (and the active version) on the same eval window, from
+        an evaluation worker: the window ends at the candidate's cutoff; ``earlier`` and
+        ``new`` split it at the parent's cutoff (what forgetting is measured on)."""
+        t0 = time.perf_counter()
+        versions = [candidate] + ([active] if active is not None else [])
+        split = None
+        if active is not None:
+            split = active.lineage.get("cutoff")
+        elif candidate.parent is not None:
+            parent = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.REGISTRY)).get(
+                candidate.parent
+            )
+            split = parent.lineage.get("cutoff")
+        params = {
+            "cutoff": candidate.lineage["cutoff"],
+            "split": split,
+            "versions": [
+                {"version": v.version, "run_id": v.run_id, "sha256": v.sha256, "kind": v.kind}
+                for v in versions
+            ],
+        }
+        result = self._run(tenant, "evaluate", params, progress)
+        result["seconds"] = round(time.perf_counter() - t0, 4)
+        return result
+
+    def promote(self, tenant: str, version: int, *, reason: str = "manual") -> RoundResult:
+        """Promote a candidate by hand: only through the same gates a round applies."""
+        verify_base_model(self.ws, when="promote")
+        registry = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.TRAINING))
+        candidate = registry.get(version)
+        if candidate.status != "candidate":
+            from silolearn.errors import ConflictError
+
+            raise ConflictError(
+                f"adapter v{version} is {candidate.status}, not a candidate", version=version
+            )
+        result = self._judge(tenant, registry, candidate, registry.active(), None)
+        if result.status != "active":
+            from silolearn.errors import ConflictError
+
+            raise ConflictError(
+                f"adapter v{version} of {tenant!r} failed its gates and was rejected: "
+                f"{result.decision['gates'][0]['reason']}",
+                version=version,
+                reason=reason,
+            )
+        return result
+
+    def probe(self, tenant: str) -> dict[str, Any]:
+        """Run the I2 probe: a training worker of ``tenant`` tries what isolation forbids."""
+        ws = self.ws
+        others = [
+            {"id": t.id, "name": t.name, "blob_dir": str(ws.tenants.blob_dir(t.id).resolve())}
+            for t in ws.tenants.list()
+            if t.name != tenant
+        ]
+        params = {"others": others, "sealed": ws.settings.keys.sealed}
+        return self._run(tenant, "probe", params, None)
+
+    # -- the runs table --------------------------------------------------------------------
+
+    def _run_started(self, scope: Any, run_id: str, kind: str, seed: int, cutoff: str) -> None:
+        self._started_at = utcnow()
+        with scope.write() as conn:
+            _abandon_dead_runs(conn, scope.tenant.id)
+            conn.execute(
+                "INSERT INTO training_runs (run_id, tenant_id, kind, status, host_pid, seed, "
+                "cutoff, started_at) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                (run_id, scope.tenant.id, kind, os.getpid(), seed, cutoff, self._started_at),
+            )
+            scope.audit_in(
+                conn,
+                "train.start",
+                obj=run_id,
+                details={"kind": kind, "seed": seed, "cutoff": cutoff},
+            )
+
+    def _run_finished(
+        self, scope: Any, run_id: str, status: str, version: int | None, error: str | None
+    ) -> None:
+        with self.ws.audit.write() as conn:
+            conn.execute(
+                "UPDATE training_runs SET status = ?, version = ?, error = ?, finished_at = ? "
+                "WHERE run_id = ?",
+                (status, version, error, utcnow(), run_id),
+            )
+
+
+def _abandon_dead_runs(conn: Any, tenant_id: str) -> None:
+    """Runs left ``running`` by a coordinator that died are marked ``abandoned``."""
+    for run_id, pid in conn.execute(
+        "SELECT run_id, host_pid FROM training_runs WHERE tenant_id = ? AND status = 'running'",
+        (tenant_id,),
+    ).fetchall():
+        if not _alive(int(pid)):
+            conn.execute(
+                "UPDATE training_runs SET status = 'abandoned', finished_at = ? WHERE run_id = ?",
+                (utcnow(), run_id),
+            )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "windows") if k in metrics}
+
+
+def list_runs(ws: Workspace, tenant: str) -> list[dict[str, Any]]:
+    info = ws.tenants.get(tenant)
+    rows = ws.conn.execute(
+        "SELECT run_id, kind, status, seed, cutoff, version, error, started_at, finished_at "
+        "FROM training_runs WHERE tenant_id = ? ORDER BY started_at",
+        (info.id,),
+    ).fetchall()
+    keys = ("run_id", "kind", "status", "seed", "cutoff", "version", "error", "started", "finished")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def train_many(
+    path: Path,
+    tenants: Sequence[str],
+    *,
+    kind: str | None = None,
+    seed: int | None = None,
+    max_workers: int | None = None,
+    progress: Progress | None = None,
+    on_result: Callable[[RoundResult], None] | None = None,
+    actor: str | None = None,
+) -> list[RoundResult]:
+    """One round for each tenant, several at once: each tenant's round runs in its own
+    worker processes; each coordinating thread opens its own workspace connection."""
+    with Workspace.open(path, actor=actor) as ws:
+        workers = max_workers or ws.settings.training.max_workers
+    lock = threading.Lock()
+
+    def one(tenant: str) -> RoundResult:
+        with Workspace.open(path, actor=actor) as ws:
+            try:
+                result = Trainer(ws).train(tenant, kind=kind, seed=seed, progress=progress)
+            except SiloError as exc:
+                result = RoundResult(tenant=tenant, status="failed", error=exc.to_dict())
+        if on_result is not None:
+            with lock:
+                on_result(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="round") as pool:
+        return list(pool.map(one, tenants))

@@ -1,0 +1,1 @@
+"""Release gates: what a candidate must pass before it serves (invariant I8)."""
