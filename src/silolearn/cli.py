@@ -505,10 +505,46 @@ def adapters_promote(
     as_json: JsonOpt = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual",
 ) -> None:
-    """Promote a candidate by hand; the active version is retired in the same transaction."""
+    """Promote a candidate by hand, through the same gates a round applies (it is evaluated
+    again); the active version is retired in the same transaction. A failing candidate is
+    rejected and the command exits 5."""
+    from silolearn.pipeline import Trainer
+
     with opened(workspace) as ws:
-        row = _registry(ws, tenant).promote(version, decision={"reason": reason}).to_dict()
+        row = Trainer(ws).promote(tenant, version, reason=reason).to_dict()
     emit(as_json, row, lambda: out.print(f"{tenant}: v{version} is active"))
+
+
+@adapters_app.command("runs")
+@command
+def adapters_runs(tenant: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """List a tenant's training runs, failed and abandoned ones included."""
+    from silolearn.pipeline import list_runs
+
+    with opened(workspace) as ws:
+        rows = list_runs(ws, tenant)
+    emit(
+        as_json,
+        rows,
+        lambda: out.print(
+            _table(
+                f"training runs of {tenant}",
+                ["run", "kind", "status", "version", "cutoff", "started", "error"],
+                [
+                    [
+                        r["run_id"],
+                        r["kind"],
+                        r["status"],
+                        r["version"] or "",
+                        (r["cutoff"] or "")[:19],
+                        r["started"][:19],
+                        (r["error"] or "")[:60],
+                    ]
+                    for r in rows
+                ],
+            )
+        ),
+    )
 
 
 @adapters_app.command("rollback")
@@ -636,6 +672,141 @@ def verify_isolation(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -
     )
     if not all(r.blocked for r in results):
         raise typer.Exit(8)
+
+
+# -- learning and serving ----------------------------------------------------------------------
+
+
+def _round_table(results: list[Any]) -> Table:
+    def pair(before: Any, after: Any) -> str:
+        return f"{before:.3f} → {after:.3f}" if before is not None else f"{after:.3f}"
+
+    rows = []
+    for r in results:
+        if r.status == "failed":
+            rows.append(
+                [r.tenant, "", "[red]failed[/]", "", "", "", (r.error or {}).get("message")]
+            )
+            continue
+        before = r.before or {}
+        colour = "green" if r.status == "active" else "yellow"
+        rows.append(
+            [
+                r.tenant,
+                f"v{r.version}",
+                f"[{colour}]{r.status}[/]",
+                f"{r.lineage.get('new_records', 0)}+{r.lineage.get('replay_records', 0)}",
+                pair(before.get("accuracy"), r.metrics.get("accuracy", 0.0)),
+                pair(before.get("macro_f1"), r.metrics.get("macro_f1", 0.0)),
+                f"{r.sha256[:16]}  {r.decision.get('gates', [{}])[0].get('reason', '')}",
+            ]
+        )
+    return _table(
+        "training round",
+        ["tenant", "version", "status", "new+replay", "accuracy", "macro-F1", "sha256 / gate"],
+        rows,
+    )
+
+
+@app.command()
+@command
+def train(
+    tenant: Annotated[str | None, typer.Argument(help="Tenant to train (or --all).")] = None,
+    all_tenants: Annotated[
+        bool, typer.Option("--all", help="Every active tenant, several at once.")
+    ] = False,
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="head or lora [default: training.adapter]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed [default: training.seed].")] = None,
+    cutoff: Annotated[
+        str | None,
+        typer.Option(help="Train on records up to this time [default: newest eval record]."),
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One learning round: train in an isolated process, evaluate, promote or reject."""
+    from silolearn.pipeline import Trainer, train_many
+
+    if (tenant is None) == (not all_tenants):
+        raise InvalidInput("name one tenant, or use --all")
+    if adapter is not None and adapter not in ("head", "lora"):
+        raise InvalidInput(f"unknown adapter kind {adapter!r}: use head or lora")
+    if all_tenants:
+        if cutoff is not None:
+            raise InvalidInput("--cutoff applies to one tenant; each tenant has its own window")
+        with opened(workspace) as ws:
+            names = [t.name for t in ws.tenants.list() if t.status == "active"]
+        if not names:
+            raise NotFoundError("no active tenants to train")
+        results = train_many(
+            workspace if workspace is not None else _default_workspace(),
+            names,
+            kind=adapter,
+            seed=seed,
+        )
+    else:
+        assert tenant is not None
+        with opened(workspace) as ws:
+            results = [Trainer(ws).train(tenant, kind=adapter, seed=seed, cutoff=cutoff)]
+    emit(
+        as_json,
+        [r.to_dict() for r in results] if all_tenants else results[0].to_dict(),
+        lambda: out.print(_round_table(results)),
+    )
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(10)
+
+
+def _default_workspace() -> Path:
+    from silolearn.workspace import default_path
+
+    return default_path()
+
+
+@app.command()
+@command
+def predict(
+    tenant: str,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="One text per line ('-' for stdin).")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify texts with the tenant's active adapter version."""
+    items = list(texts or [])
+    if file is not None:
+        try:
+            raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read {file}: {exc}") from None
+        items.extend(line for line in raw.splitlines() if line.strip())
+    if not items:
+        raise InvalidInput("give texts as arguments or with --file")
+    with opened(workspace) as ws:
+        predictions = [p.to_dict() for p in ws.tenant(tenant).predict(items)]
+
+    def human() -> None:
+        out.print(
+            _table(
+                f"predictions for {tenant}",
+                ["text", "label", "p", "version"],
+                [
+                    [
+                        text[:60],
+                        p["label"],
+                        f"{p['probabilities'][p['label']]:.3f}",
+                        f"v{p['version']}",
+                    ]
+                    for text, p in zip(items, predictions, strict=True)
+                ],
+            )
+        )
+
+    emit(as_json, predictions, human)
 
 
 # -- demo ------------------------------------------------------------------------------------

@@ -328,15 +328,16 @@ class Trainer:
             )
         return result
 
-    def probe(self, tenant: str) -> dict[str, Any]:
-        """Run the I2 probe: a training worker of ``tenant`` tries what isolation forbids."""
+    def probe(self, tenant: str, *, others: Sequence[str] | None = None) -> dict[str, Any]:
+        """Run the I2 probe: a training worker of ``tenant`` tries what isolation forbids,
+        against ``others`` (default: every other tenant)."""
         ws = self.ws
-        others = [
+        targets = [
             {"id": t.id, "name": t.name, "blob_dir": str(ws.tenants.blob_dir(t.id).resolve())}
             for t in ws.tenants.list()
-            if t.name != tenant
+            if t.name != tenant and (others is None or t.name in others)
         ]
-        params = {"others": others, "sealed": ws.settings.keys.sealed}
+        params = {"others": targets, "sealed": ws.settings.keys.sealed}
         return self._run(tenant, "probe", params, None)
 
     # -- the runs table --------------------------------------------------------------------

@@ -93,6 +93,7 @@ def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
         ).fetchone()
         blob_b_bytes = (ws.tenants.blob_dir(info_b.id) / blob_b[1]).read_bytes()
 
+        results.extend(_worker_attacks(ws, name_a, name_b))
         attacks: list[tuple[str, Callable[[], str]]] = [
             (
                 "open tenant B's blob with tenant A's key",
@@ -203,6 +204,27 @@ def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
         for probe in (name_a, name_b):
             if any(t.name == probe for t in ws.tenants.list()):
                 ws.tenants.shred(probe)
+    return results
+
+
+def _worker_attacks(ws: Workspace, name_a: str, name_b: str) -> list[AttackResult]:
+    """I2 from the inside: a training worker of A tries to read B's records, blobs and keys,
+    and A's own eval data. The worker audits each attempt itself."""
+    from silolearn.pipeline import Trainer
+
+    probe = Trainer(ws).probe(name_a, others=[name_b])
+    sandbox = probe["sandbox"]
+    where = f"landlock ABI {sandbox['abi']}" if sandbox.get("abi") else "no landlock"
+    results = []
+    for item in probe["attempts"]:
+        name = f"training worker of A ({where}): {item['attempt'].replace(name_b, 'B')}"
+        result = AttackResult(name, bool(item["blocked"]), str(item["how"])[:160])
+        results.append(result)
+        ws.audit.append(
+            "verify.attack",
+            obj=name,
+            details={"blocked": result.blocked, "evidence": result.evidence},
+        )
     return results
 
 

@@ -30,6 +30,8 @@ from silolearn.tenancy.tenants import TenantInfo, TenantRegistry
 if TYPE_CHECKING:
     from silolearn.ingest.contamination import MinHashContamination
     from silolearn.ingest.gateway import IngestReport
+    from silolearn.pipeline import RoundResult
+    from silolearn.serving.predictor import Prediction, Predictor
 
 WORKSPACE_ENV = "SILOLEARN_WORKSPACE"
 DEFAULT_WORKSPACE = ".silolearn"
@@ -74,6 +76,7 @@ class Workspace:
             self.conn.close()
             raise
         self._contamination: MinHashContamination | None = None
+        self._predictor: Predictor | None = None
         self.tenants = TenantRegistry(
             conn=self.conn, keys=self.keys, audit=self.audit, blob_root=path / "blobs"
         )
@@ -182,6 +185,14 @@ class Workspace:
         """Seals the workspace-wide benchmark registry (eval sets that apply to every tenant)."""
         return DataKey("registry", 1, self.keys.workspace_secret("registry"))
 
+    def predictor(self) -> Predictor:
+        """The predictor of this workspace, started (and the base model checked) on first use."""
+        if self._predictor is None:
+            from silolearn.serving.predictor import Predictor
+
+            self._predictor = Predictor(self)
+        return self._predictor
+
     def contamination(self) -> MinHashContamination:
         """The contamination check, one per opened workspace so its index cache is shared."""
         if self._contamination is None:
@@ -224,3 +235,15 @@ class Tenant:
         from silolearn.ingest.gateway import Gateway
 
         return Gateway(self.workspace).ingest(self.name, source, strict=strict, fmt=fmt)
+
+    def train(
+        self, *, kind: str | None = None, seed: int | None = None, cutoff: str | None = None
+    ) -> RoundResult:
+        """One learning round: isolated training, evaluation, promotion decision."""
+        from silolearn.pipeline import Trainer
+
+        return Trainer(self.workspace).train(self.name, kind=kind, seed=seed, cutoff=cutoff)
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        """Labels and probabilities from the tenant's active adapter version."""
+        return self.workspace.predictor().predict(self.name, texts)

@@ -213,7 +213,9 @@ class AuditLog:
 
     def _checkpoint_in(self, conn: sqlite3.Connection, seq: int, digest: str) -> None:
         if self._signing_key is None:
-            raise AuditChainBroken("this process holds no signing key: it cannot checkpoint")
+            raise AuditChainBroken(
+                "this process holds no signing key: it cannot checkpoint", seq=seq
+            )
         ts = utcnow()
         signature = self._signing_key.sign(_checkpoint_message(seq, digest, ts))
         conn.execute(
@@ -354,7 +356,7 @@ class AuditLog:
     ) -> None:
         try:
             if self._verify_key is None:
-                raise AuditChainBroken("this process holds no key to verify checkpoints")
+                raise AuditChainBroken("this process holds no key to verify checkpoints", seq=seq)
             self._verify_key.verify(signature, _checkpoint_message(seq, digest, ts))
         except InvalidSignature:
             raise AuditChainBroken(

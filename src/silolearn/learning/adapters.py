@@ -348,7 +348,7 @@ class HeadAdapter(Adapter):
             for rows in _batches(len(y), config.batch_size, generator):
                 optimiser.zero_grad(set_to_none=True)
                 loss = loss_fn(self.head(x[rows]), y[rows])
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 optimiser.step()
                 total += float(loss) * len(rows)
                 steps += 1
@@ -407,7 +407,7 @@ class LoraAdapter(Adapter):
         inject_adapter_in_model(config, self.model)
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_("lora_" in name)
-        self.model.eval()  # no dropout anywhere: training is deterministic
+        self.model.eval()  # type: ignore[no-untyped-call]  # no dropout: deterministic
         self.head = _build_head(self.dim, hidden, len(self.labels))
         _reset(self.head, torch.Generator().manual_seed(seed))
 
@@ -426,7 +426,7 @@ class LoraAdapter(Adapter):
         return {n: p for n, p in self.model.named_parameters() if "lora_" in n}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"head.{k}": v for k, v in self.head.named_parameters()}
+        out: dict[str, torch.Tensor] = {f"head.{k}": v for k, v in self.head.named_parameters()}
         out.update({f"lora.{k}": v for k, v in self.lora_parameters().items()})
         return out
 
@@ -527,7 +527,7 @@ class LoraAdapter(Adapter):
                 optimiser.zero_grad(set_to_none=True)
                 embedded = self._embed([texts[int(i)] for i in rows])
                 loss = loss_fn(self.head(embedded), y[rows])
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 optimiser.step()
                 total += float(loss) * len(rows)
                 steps += 1

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +49,7 @@ def worker_environment() -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
         PYTHONHASHSEED="0",
         PYTHONDONTWRITEBYTECODE="1",
@@ -71,6 +74,18 @@ def run_worker(
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run ``job`` in a fresh worker process and return its result."""
+    with tempfile.TemporaryDirectory(prefix="silolearn-worker-") as tmp:
+        return _run_worker(
+            dataclasses.replace(job, tmp_dir=tmp), timeout=timeout, on_progress=on_progress
+        )
+
+
+def _run_worker(
+    job: WorkerJob,
+    *,
+    timeout: float,
+    on_progress: Progress | None,
+) -> dict[str, Any]:
     parent_sock, child_sock = socket.socketpair()
     stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
     try:
@@ -132,6 +147,8 @@ def run_worker(
                 process.kill()
                 process.wait()
         drain.join(timeout=5)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def _drain(process: subprocess.Popen[bytes], tail: collections.deque[str]) -> None:

@@ -64,6 +64,7 @@ class WorkerJob:
     training: dict[str, Any]
     params: dict[str, Any]
     sandbox: bool = True
+    tmp_dir: str | None = None
 
 
 def records_digest(tenant_id: str, ids: list[str]) -> str:
@@ -136,15 +137,27 @@ def _check_base(job: WorkerJob) -> None:
         )
 
 
+_SANDBOX: dict[str, Any] = {"abi": 0, "reason": "not applied"}
+
+
 def _sandbox(job: WorkerJob) -> dict[str, Any]:
+    """Confine this process before it imports torch or reads anything: the interpreter and
+    the base model read-only; the database files, the tenant's blob directory and a private
+    temporary directory read-write. Nothing else, so not the keyring, the audit head or any
+    other tenant's blobs."""
     from silolearn.security.sandbox import default_read_paths, restrict_filesystem
 
     if not job.sandbox:
         return {"abi": 0, "reason": "disabled"}
     db_file = Path(job.db_file)
     write = [db_file, Path(f"{db_file}-wal"), Path(f"{db_file}-shm"), Path(job.blob_dir)]
+    if job.tmp_dir:
+        os.environ["TMPDIR"] = job.tmp_dir
+        write.append(Path(job.tmp_dir))
     report = restrict_filesystem(read=[*default_read_paths(), Path(job.base_path)], write=write)
-    return report.to_dict()
+    workspace = Path(job.workspace).resolve()
+    exposed = [p for p in report.read if workspace.is_relative_to(p)]
+    return {**report.to_dict(), "workspace_exposed": exposed}
 
 
 # -- training ------------------------------------------------------------------------------
@@ -165,7 +178,7 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
     parent: dict[str, Any] | None = params.get("parent")
     _check_base(job)
     encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
-    sandbox = _sandbox(job)
+    sandbox = _SANDBOX
     timings["load"] = time.perf_counter() - t0
 
     ctx = WorkerContext(job, Purpose.TRAINING)
@@ -293,6 +306,10 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
         ctx.close()
 
 
+class _NothingToTry(Exception):
+    """A probe found nothing to attack: reported as not blocked, never as a pass."""
+
+
 class _NothingToLearn(SiloError):
     exit_code = 6
     http_status = 422
@@ -315,7 +332,6 @@ def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
     cutoff, split = str(params["cutoff"]), params.get("split")
     _check_base(job)
     encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
-    _sandbox(job)
     ctx = WorkerContext(job, Purpose.EVALUATION)
     try:
         scope = ctx.scope
@@ -398,13 +414,16 @@ def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
     from silolearn.storage.scope import Purpose
 
     _check_base(job)
-    sandbox = _sandbox(job)
+    sandbox = _SANDBOX
     ctx = WorkerContext(job, Purpose.TRAINING)
     attempts: list[dict[str, Any]] = []
 
     def attempt(name: str, action: Callable[[], object]) -> None:
         try:
             action()
+        except _NothingToTry as exc:
+            attempts.append({"attempt": name, "blocked": False, "how": f"not tried: {exc}"})
+            return
         except PermissionError as exc:
             how = f"operating system: {exc.strerror}"
         except DecryptionError:
@@ -440,14 +459,17 @@ def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
                     "SELECT rid, box FROM train_records WHERE tenant_id = ? LIMIT 5", (other_id,)
                 ).fetchall()
                 if not rows:
-                    raise KeyError("no records to try")
+                    raise _NothingToTry("the other tenant has no records")
                 for rid, box in rows:
                     key.open(bytes(box), kind="train", object_id=bytes(rid).hex())
 
             def read_blobs(other_dir: str = str(other["blob_dir"])) -> None:
-                files = sorted(Path(other_dir).iterdir())
+                try:
+                    files = sorted(Path(other_dir).iterdir())
+                except FileNotFoundError:
+                    raise _NothingToTry("the other tenant has no blobs") from None
                 if not files:
-                    raise KeyError("no blobs to try")
+                    raise _NothingToTry("the other tenant has no blobs")
                 row = conn.execute(
                     "SELECT object_id FROM blobs WHERE file = ?", (files[0].name,)
                 ).fetchone()
@@ -499,9 +521,8 @@ _HANDLERS: dict[str, Callable[[WorkerJob, Send], dict[str, Any]]] = {
 
 def serve(conn: Connection) -> None:
     """Receive one job, run it, send ``("result", dict)`` or ``("error", ...)``."""
-    from silolearn.learning.adapters import deterministic_torch
-
     job: WorkerJob = conn.recv()
+    from silolearn.learning.adapters import deterministic_torch
 
     def send(event: str, details: dict[str, Any]) -> None:
         conn.send(("progress", event, details))
@@ -509,6 +530,8 @@ def serve(conn: Connection) -> None:
     try:
         if job.action not in _HANDLERS:
             raise ValueError(f"unknown worker action {job.action!r}")
+        _SANDBOX.clear()
+        _SANDBOX.update(_sandbox(job))
         deterministic_torch()
         send("started", {"pid": os.getpid()})
         conn.send(("result", _HANDLERS[job.action](job, send)))
@@ -526,7 +549,8 @@ def serve(conn: Connection) -> None:
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(details, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(details, default=str))
+    return plain
 
 
 def main() -> None:
