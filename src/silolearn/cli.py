@@ -53,7 +53,8 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(contamination_app, name="contamination")
 
-out = Console()
+# piped output (CI logs, files) gets room for the round tables instead of 80 columns
+out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 
 WorkspaceOpt = Annotated[
@@ -819,17 +820,28 @@ def demo(
         Path, typer.Option("--workspace", "-w", help="Demo workspace (recreated).")
     ] = Path(".silolearn-demo"),
     as_json: JsonOpt = False,
-    per_tenant: Annotated[int, typer.Option(help="Records per tenant.")] = 2000,
-    rounds: Annotated[int, typer.Option(help="Rounds of arrivals.")] = 3,
+    per_tenant: Annotated[
+        int | None,
+        typer.Option(help="Records per tenant [default: 600 for articles, 1500 otherwise]."),
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds of arrivals and training.")] = 3,
+    report: Annotated[
+        Path | None, typer.Option(help="HTML report path [default: WORKSPACE/report.html].")
+    ] = None,
 ) -> None:
-    """Run the main job on real data: several tenants, records arriving in rounds."""
+    """Run the main job on real data: four tenants, records arriving in rounds, each round
+    trained in isolated processes, evaluated, promoted or rejected; writes an HTML report."""
     from silolearn.demo import run_demo
 
     result = run_demo(
-        workspace, per_tenant=per_tenant, rounds=rounds, console=None if as_json else out
+        workspace,
+        per_tenant=per_tenant,
+        rounds=rounds,
+        console=None if as_json else out,
+        report=report,
     )
     if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
 def main() -> None:
