@@ -203,13 +203,17 @@ def read_artefact(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
 def load_adapter(data: bytes, *, encoder: FrozenEncoder | None = None) -> Adapter:
     """An adapter from its artefact; ``lora`` needs the frozen encoder it adapts."""
     header, tensors = read_artefact(data)
-    kind = header.get("kind")
-    if kind == "head":
-        return HeadAdapter.from_tensors(header, tensors)
-    if kind == "lora":
-        if encoder is None:
-            raise ValueError("a lora adapter needs the frozen encoder")
-        return LoraAdapter.from_tensors(header, tensors, encoder)
+    kind = header.get("kind") if isinstance(header, dict) else None
+    if kind == "lora" and encoder is None:
+        raise ValueError("a lora adapter needs the frozen encoder")
+    try:
+        if kind == "head":
+            return HeadAdapter.from_tensors(header, tensors)
+        if kind == "lora":
+            assert encoder is not None
+            return LoraAdapter.from_tensors(header, tensors, encoder)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"malformed adapter artefact header: {exc!r}") from None
     raise IntegrityError(f"unknown adapter kind {kind!r}")
 
 
@@ -350,7 +354,7 @@ class HeadAdapter(Adapter):
                 loss = loss_fn(self.head(x[rows]), y[rows])
                 loss.backward()
                 optimiser.step()
-                total += float(loss) * len(rows)
+                total += loss.item() * len(rows)
                 steps += 1
             losses.append(total / max(len(y), 1))
             if progress is not None:
@@ -529,7 +533,7 @@ class LoraAdapter(Adapter):
                 loss = loss_fn(self.head(embedded), y[rows])
                 loss.backward()
                 optimiser.step()
-                total += float(loss) * len(rows)
+                total += loss.item() * len(rows)
                 steps += 1
                 if progress is not None:
                     progress("step", {"epoch": epoch + 1, "step": steps})

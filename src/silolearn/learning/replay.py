@@ -115,7 +115,7 @@ class ReplayBuffer:
         """A stored buffer; with ``capacity`` it is resized (cut down at the next offer)."""
         try:
             document = json.loads(data)
-            if document.get("format") != FORMAT:
+            if not isinstance(document, dict) or document.get("format") != FORMAT:
                 raise ValueError(f"format {document.get('format')!r}")
             buffer = cls(int(document["capacity"]) if capacity is None else capacity)
             buffer._seen = {str(k): int(v) for k, v in document["seen"].items()}
@@ -125,6 +125,6 @@ class ReplayBuffer:
             }
             for label in buffer._seen:
                 buffer._items.setdefault(label, [])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"malformed replay buffer: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"malformed replay buffer: {exc!r}") from None
         return buffer

@@ -53,7 +53,9 @@ def no_worse_than_active(
         )
     if before is None:
         return GateVerdict("quality", True, "first version: nothing to be worse than", metrics)
-    if after + tolerance >= before:
+    # metrics carry 6 decimals: compare the shortfall at that precision, so a candidate
+    # exactly `tolerance` below is within it whatever binary rounding does
+    if round(before - after, 6) <= tolerance:
         return GateVerdict(
             "quality",
             True,
