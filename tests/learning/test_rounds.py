@@ -409,3 +409,26 @@ def test_replay_keeps_first_round_knowledge_when_the_label_mix_shifts(
             assert (result.lineage["replay_records"] > 0) == (name == "replay")
     print(f"\nround-1 eval accuracy after round 2: {accuracy}")
     assert accuracy["replay"] > accuracy["no-replay"] + 0.1
+
+
+# -- lora end to end ---------------------------------------------------------------------------
+
+
+def test_lora_round_trains_in_a_worker_and_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, critics_rows: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("SILOLEARN_TRAINING__MAX_TOKENS", "32")
+    monkeypatch.setenv("SILOLEARN_TRAINING__LORA_MAX_RECORDS", "48")
+    with Workspace.init(tmp_path / "ws", actor="test") as ws:
+        ws.create_tenant("alpha")
+        ws.tenant("alpha").ingest(critics_rows[:200])
+        result = ws.tenant("alpha").train(kind="lora", seed=4)
+        assert result.kind == "lora" and result.status == "active", result.decision
+        assert result.lineage["records"] == 48 and result.lineage["embedded"] == 0
+        assert result.lineage["config"]["lora_rank"] == 8
+        predictions = ws.tenant("alpha").predict(["a bright, sharp comedy", "a plodding mess"])
+        assert [p.version for p in predictions] == [result.version] * 2
+        registry = AdapterRegistry(ws.scope("alpha", purpose=Purpose.REGISTRY))
+        artefact = registry.load_artefact(registry.active())  # type: ignore[arg-type]
+        assert b'"kind":"lora"' in artefact and b"lora.base_model" not in artefact
+        assert artefact.count(b"lora_B") == 12  # query and value in six layers
