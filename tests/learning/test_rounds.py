@@ -280,8 +280,8 @@ def test_I8_rollback_of_one_tenant_leaves_the_other_untouched(
             ws.create_tenant(name)
         ws.tenant("alpha").ingest(critics_rows[:150])
         ws.tenant("beta").ingest(critics_rows[200:350])
-        ws.tenant("alpha").train()
-        ws.tenant("beta").train()
+        assert ws.tenant("alpha").train().status == "active"
+        assert ws.tenant("beta").train().status == "active"
         ws.tenant("alpha").ingest(critics_rows[150:200])
         # a second version of A is promoted whatever its score (generous tolerance)
         monkeypatch.setenv("SILOLEARN_TRAINING__PROMOTION_TOLERANCE", "1.0")
