@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: bench-ingest bench-audit bench-contamination
+bench: bench-ingest bench-audit bench-contamination bench-round
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -39,6 +39,9 @@ bench-audit: $(STAMP)
 
 bench-contamination: $(STAMP)
 	$(BIN)/python benchmarks/contamination.py
+
+bench-round: $(STAMP)
+	$(BIN)/python benchmarks/round.py
 
 clean:
 	rm -rf $(VENV) .silolearn .silolearn-demo

@@ -28,7 +28,7 @@ workers are separate processes, also on one thread):
   mini-batches of 64, inverse-frequency class weights) against ``LogisticRegression
   (max_iter=1000)`` (L-BFGS) and the same with ``class_weight="balanced"``, on the same
   embeddings, a seeded 80/20 split of the first round's records; accuracy and macro-F1 on
-  the held-out 20%.
+  the held-out 20%. Each fit ``--head-repeat`` times, interleaved; median time.
 * **LoRA vs full fine-tuning**: ``LoraAdapter.fit`` on ``--ft-records`` records truncated
   to ``--ft-tokens`` tokens against the same training loop with every encoder weight
   trainable (same batches of 16, pooling, head, loss, AdamW; the encoder at lr 2e-5). Each
@@ -37,8 +37,9 @@ workers are separate processes, also on one thread):
   gradients, optimiser state, activations) above the resident size before it (VmHWM, reset
   through ``/proc/self/clear_refs``).
 * **predict latency**: ``ws.tenant(t).predict([text])`` one text per call, ``--predict-calls``
-  calls on texts the tenant never saw; the first call (which starts the predictor: base
-  model check, encoder and adapter load) is reported apart. For comparison, the bare model
+  calls on texts the tenant never saw, for each tenant with a promoted version; the first
+  call of each path is reported apart (for the head tenant it starts the predictor: base
+  model check, encoder and adapter load). For comparison, the bare model
   work in process (``FrozenEncoder.embed([text])`` + ``HeadAdapter.predict_proba``) and the
   peer path ``SentenceTransformer.encode([text])`` + ``LogisticRegression.predict_proba``.
   The paths take turns text by text (interleaved), so that the machine's slow phases hit
@@ -47,8 +48,11 @@ workers are separate processes, also on one thread):
   transactions); the count per call is reported, and one ``AuditLog.append`` is timed alone
   for reference.
 
-"x ours" is the other path's time divided by silolearn's. Quick run:
-``python benchmarks/round.py --records 300 --predict-calls 50 --no-second-round``.
+"x ours" is the other path's time divided by silolearn's. The train/eval routing is keyed
+by each fresh workspace's secret, so the records trained and the eval scores move a little
+between runs. ``--json PATH`` also writes the raw numbers. Quick run (3 minutes here):
+``python benchmarks/round.py --records 300 --predict-calls 50 --embed-repeat 1
+--no-second-round``.
 """
 
 from __future__ import annotations
@@ -66,7 +70,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -256,9 +259,10 @@ def compare_embedding(
 
 
 def compare_head(
-    embeddings: np.ndarray, labels: list[str], config: TrainingConfig, seed: int
+    embeddings: np.ndarray, labels: list[str], config: TrainingConfig, seed: int, repeat: int
 ) -> tuple[dict[str, Any], HeadAdapter, Any]:
-    """HeadAdapter.fit against scikit-learn's logistic regression on the same split."""
+    """HeadAdapter.fit against scikit-learn's logistic regression on the same split; each
+    fit ``repeat`` times, interleaved, median time (every fit is deterministic)."""
     from sklearn.linear_model import LogisticRegression
 
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -267,38 +271,50 @@ def compare_head(
     x_train, x_test = embeddings[train], embeddings[test]
     y_train = [labels[i] for i in train]
     y_test = [labels[i] for i in test]
-    rows = []
+    names = sorted(set(labels))
 
-    adapter = HeadAdapter(sorted(set(labels)), hidden=config.head_hidden, dim=384, seed=seed)
-    start = time.perf_counter()
-    report = adapter.fit(Features(embeddings=x_train), y_train, config=config, seed=seed)
-    seconds = time.perf_counter() - start
-    proba = adapter.predict_proba(Features(embeddings=x_test))
-    predicted = [adapter.labels[int(i)] for i in proba.argmax(axis=1)]
-    rows.append(
-        {
-            "path": f"silolearn HeadAdapter.fit ({report.epochs} epochs, {report.steps} steps)",
-            "seconds": seconds,
-            **macro_scores(y_test, predicted),
-        }
-    )
-    classifier: Any = None
-    for weight in (None, "balanced"):
-        model = LogisticRegression(max_iter=1000, class_weight=weight)
-        start = time.perf_counter()
-        model.fit(x_train, y_train)
-        seconds = time.perf_counter() - start
-        name = "scikit-learn LogisticRegression(max_iter=1000"
-        name += ")" if weight is None else ', class_weight="balanced")'
-        rows.append(
-            {"path": name, "seconds": seconds, **macro_scores(y_test, model.predict(x_test))}
-        )
-        if weight is None:
-            classifier = model
+    def ours() -> tuple[HeadAdapter, str, Callable[[], list[str]]]:
+        adapter = HeadAdapter(names, hidden=config.head_hidden, dim=384, seed=seed)
+        report = adapter.fit(Features(embeddings=x_train), y_train, config=config, seed=seed)
+
+        def predict() -> list[str]:
+            proba = adapter.predict_proba(Features(embeddings=x_test))
+            return [adapter.labels[int(i)] for i in proba.argmax(axis=1)]
+
+        name = f"silolearn HeadAdapter.fit ({report.epochs} epochs, {report.steps} steps)"
+        return adapter, name, predict
+
+    def peer(weight: str | None) -> Callable[[], tuple[Any, str, Callable[[], list[str]]]]:
+        def fit() -> tuple[Any, str, Callable[[], list[str]]]:
+            model = LogisticRegression(max_iter=1000, class_weight=weight)
+            model.fit(x_train, y_train)
+            name = "scikit-learn LogisticRegression(max_iter=1000"
+            name += ")" if weight is None else ', class_weight="balanced")'
+            return model, name, lambda: list(model.predict(x_test))
+
+        return fit
+
+    fits: list[Callable[[], tuple[Any, str, Callable[[], list[str]]]]] = [
+        ours,
+        peer(None),
+        peer("balanced"),
+    ]
+    seconds: list[list[float]] = [[] for _ in fits]
+    last: list[tuple[Any, str, Callable[[], list[str]]]] = []
+    for _ in range(repeat):
+        last = []
+        for i, fit in enumerate(fits):
+            start = time.perf_counter()
+            last.append(fit())
+            seconds[i].append(time.perf_counter() - start)
+    rows = [
+        {"path": name, "seconds": float(np.median(seconds[i])), **macro_scores(y_test, predict())}
+        for i, (_, name, predict) in enumerate(last)
+    ]
     return (
-        {"train": len(train), "test": len(test), "labels": sorted(set(labels)), "rows": rows},
-        adapter,
-        classifier,
+        {"train": len(train), "test": len(test), "labels": names, "runs": repeat, "rows": rows},
+        last[0][0],
+        last[1][0],
     )
 
 
@@ -408,7 +424,7 @@ def compare_lora(
         "records": len(texts),
         "max_tokens": config.max_tokens,
         "batch_size": min(config.batch_size, 16),
-        "memory_method": "VmHWM",
+        "memory_method": memory.method,
         "rows": [lora, full],
     }
 
@@ -589,6 +605,7 @@ def tables_for(result: dict[str, Any]) -> list[Table]:
         table = Table(
             f"training a head on {head['train']} embeddings, accuracy on {head['test']} held out",
             ["path", "seconds", "x ours", "accuracy", "macro-F1"],
+            note=f"Median of {head['runs']} fits each, interleaved.",
         )
         ours = head["rows"][0]["seconds"]
         for r in head["rows"]:
@@ -701,6 +718,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--embed-repeat", type=int, default=3, help="runs of the embedding comparison (median)"
     )
+    parser.add_argument(
+        "--head-repeat", type=int, default=5, help="fits of each head trainer (median time)"
+    )
     parser.add_argument("--ft-records", type=int, default=64, help="records of LoRA vs full FT")
     parser.add_argument("--ft-tokens", type=int, default=64, help="max tokens of LoRA vs full FT")
     parser.add_argument(
@@ -729,9 +749,6 @@ def main() -> None:
     if args.lora_records is not None:
         os.environ["SILOLEARN_TRAINING__LORA_MAX_RECORDS"] = str(args.lora_records)
     limit_threads()
-    # HeadAdapter.fit calls float() on the loss tensor, which torch 2.13 warns about when
-    # the fit runs in this process (the workers' stderr swallows it)
-    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
     deterministic_torch()  # as in the workers: one thread, deterministic kernels
 
     rows = DATASETS[args.dataset]()
@@ -761,13 +778,11 @@ def main() -> None:
                 result["rounds"].append(
                     run_round(ws, HEAD_TENANT, "head", "head, round 2 (caches warm)")
                 )
-            tenants = [HEAD_TENANT]
             if args.lora_round:
                 ws.create_tenant(LORA_TENANT)
                 result["ingest"].append(ingest(ws, LORA_TENANT, first))
                 label = f"lora, round 1 (at most {config.lora_max_records} records)"
                 result["rounds"].append(run_round(ws, LORA_TENANT, "lora", label))
-                tenants.append(LORA_TENANT)
 
             encoder = FrozenEncoder.load(default_model_dir(), expected_sha256=None)
             head: HeadAdapter | None = None
@@ -786,7 +801,7 @@ def main() -> None:
                     encoder, model, texts, config.max_tokens, args.embed_repeat
                 )
                 result["head"], head, classifier = compare_head(
-                    embeddings, labels, config, args.seed
+                    embeddings, labels, config, args.seed, args.head_repeat
                 )
                 ft_config = config.model_copy(update={"max_tokens": args.ft_tokens})
                 result["lora"] = compare_lora(
@@ -796,6 +811,12 @@ def main() -> None:
                     ft_config,
                     args.seed,
                 )
+            # a tenant can be asked for predictions once one of its rounds was promoted
+            tenants = [
+                t
+                for t in (HEAD_TENANT, LORA_TENANT)
+                if any(r["tenant"] == t and r["status"] == "active" for r in result["rounds"])
+            ]
             if predict_texts:
                 result["predict"] = bench_predict(
                     ws,

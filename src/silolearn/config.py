@@ -64,7 +64,7 @@ class TrainingConfig(_Section):
     lora_learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
     lora_max_records: int = Field(default=256, ge=1, le=1_000_000)
     """A LoRA round back-propagates through the encoder: it trains on at most this many of
-    the round's records (the newest), replay included."""
+    the round's records (a seeded random subset of the new and replayed ones)."""
     replay_size: int = Field(default=2000, ge=0, le=1_000_000)
     """Records a tenant's replay buffer keeps (class-balanced reservoir); 0 turns replay off."""
     replay_mix: float = Field(default=0.3, ge=0.0, lt=1.0)

@@ -16,7 +16,7 @@ from silolearn.errors import InvalidInput, NotFoundError
 from silolearn.learning.adapters import Adapter, Features, load_adapter
 from silolearn.learning.encoder import FrozenEncoder, base_model_record, verify_base_model
 from silolearn.registry.versions import AdapterRegistry
-from silolearn.storage.scope import Purpose
+from silolearn.storage.scope import Purpose, TenantScope
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -43,9 +43,20 @@ class Predictor:
         record = base_model_record(ws)
         self._encoder = FrozenEncoder.load(record.path, expected_sha256=record.sha256)
         self._loaded: dict[str, tuple[int, str, Adapter, int]] = {}
+        self._scopes: dict[str, tuple[str, int, TenantScope]] = {}
+
+    def _scope(self, tenant: str) -> TenantScope:
+        """The tenant's serving scope, opened (and audited) once, and again only after the
+        tenant was recreated or its data key rotated."""
+        info = self.ws.tenants.get(tenant)
+        cached = self._scopes.get(tenant)
+        if cached is None or cached[0] != info.id or cached[1] != info.dek_version:
+            cached = (info.id, info.dek_version, self.ws.scope(tenant, purpose=Purpose.SERVING))
+            self._scopes[tenant] = cached
+        return cached[2]
 
     def _adapter(self, tenant: str) -> tuple[int, Adapter, int]:
-        registry = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.SERVING))
+        registry = AdapterRegistry(self._scope(tenant))
         active = registry.active()
         if active is None:
             raise NotFoundError(
