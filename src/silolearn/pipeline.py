@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from silolearn.audit.log import utcnow
-from silolearn.errors import InvalidInput, SiloError, TenantQuarantined
+from silolearn.errors import ConflictError, InvalidInput, SiloError, TenantQuarantined
 from silolearn.ingest.records import normalise_timestamp
 from silolearn.learning.encoder import base_model_record, verify_base_model
 from silolearn.learning.runner import run_slot, run_worker
@@ -311,15 +311,11 @@ class Trainer:
         registry = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.TRAINING))
         candidate = registry.get(version)
         if candidate.status != "candidate":
-            from silolearn.errors import ConflictError
-
             raise ConflictError(
                 f"adapter v{version} is {candidate.status}, not a candidate", version=version
             )
         result = self._judge(tenant, registry, candidate, registry.active(), None)
         if result.status != "active":
-            from silolearn.errors import ConflictError
-
             raise ConflictError(
                 f"adapter v{version} of {tenant!r} failed its gates and was rejected: "
                 f"{result.decision['gates'][0]['reason']}",
