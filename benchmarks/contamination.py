@@ -45,20 +45,16 @@ Zipfian vocabulary of the real corpora's words, 5% of them planted near-duplicat
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import math
-import re
-import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 from _common import (
+    PeakMemory,
     Table,
     add_output_flags,
     fmt_float,
@@ -201,46 +197,6 @@ def exact_pairs(texts: Sequence[str]) -> dict[tuple[int, int], float]:
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def settle() -> None:
-    """Collect garbage, hand freed memory back to the OS, and freeze the survivors: a run then
-    starts from the same state whichever library ran before, and objects left by earlier
-    steps do not make its garbage collections slower."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: memory stays allocated
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    gc.freeze()
-
-
-class PeakMemory:
-    """Peak RSS above the RSS at entry, in MB (see the module docstring)."""
-
-    def __enter__(self) -> PeakMemory:
-        settle()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.method = "VmHWM"
-            self.base = _status_kb("VmRSS") or 0
-        except OSError:
-            self.method = "ru_maxrss"
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.method == "VmHWM":
-            peak = _status_kb("VmHWM") or self.base
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self.mb = max(peak - self.base, 0) / 1024
 
 
 def percentiles(samples: Sequence[float]) -> tuple[float, float]:

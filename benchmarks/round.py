@@ -60,12 +60,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import gc
 import json
 import os
-import re
-import resource
 import shlex
 import sys
 import tempfile
@@ -76,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    PeakMemory,
     Table,
     fmt_float,
     fmt_int,
@@ -126,38 +124,6 @@ def percentiles_ms(samples: Sequence[float]) -> dict[str, float]:
         "p99_ms": float(np.percentile(values, 99)),
         "mean_ms": float(values.mean()),
     }
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-class PeakMemory:
-    """Peak RSS above the RSS at entry, in MB (VmHWM after a reset; else ``ru_maxrss``)."""
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.method = "VmHWM"
-            self.base = _status_kb("VmRSS") or 0
-        except OSError:
-            self.method = "ru_maxrss"
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.method == "VmHWM":
-            peak = _status_kb("VmHWM") or self.base
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self.mb = max(peak - self.base, 0) / 1024
 
 
 def macro_scores(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
