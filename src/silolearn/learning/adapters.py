@@ -483,7 +483,7 @@ class LoraAdapter(Adapter):
         return self
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
-        import torch
+        from silolearn.learning.encoder import mean_pool_unit
 
         batch = self.encoder.tokenizer(
             list(texts),
@@ -493,9 +493,7 @@ class LoraAdapter(Adapter):
             return_tensors="pt",
         )
         hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2.0, dim=1) * INPUT_SCALE
+        return mean_pool_unit(hidden, batch["attention_mask"]) * INPUT_SCALE
 
     def fit(
         self,

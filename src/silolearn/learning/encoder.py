@@ -33,6 +33,7 @@ from silolearn.audit.log import utcnow
 from silolearn.errors import ConflictError, IntegrityError, NotFoundError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from silolearn.storage.scope import TenantScope
@@ -304,12 +305,18 @@ class FrozenEncoder:
                     return_tensors="pt",
                 )
                 hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                summed = (hidden * mask).sum(dim=1)
-                pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
-                unit = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-                out[rows] = unit.numpy()
+                out[rows] = mean_pool_unit(hidden, batch["attention_mask"]).numpy()
         return out
+
+
+def mean_pool_unit(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the attention mask, scaled to unit length: the
+    sentence embedding of all-MiniLM-L6-v2 (what sentence-transformers computes)."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
 
 # -- the per-tenant embedding cache ------------------------------------------------------------

@@ -36,11 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from silolearn.errors import AccessDenied, DecryptionError, IntegrityError, SiloError
+
+if TYPE_CHECKING:
+    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
 
 Send = Callable[[str, dict[str, Any]], None]
 
@@ -239,17 +243,9 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
         if kind == "head":
             cache = EmbeddingCache(scope, encoder.sha256, max_tokens=config.max_tokens)
             keys = [scope.record_id_hash(s.record) for s in training]
-            cached = cache.get_many(keys)
-            missing = [i for i, k in enumerate(keys) if k not in cached]
-            for start in range(0, len(missing), 256):
-                rows = missing[start : start + 256]
-                vectors = encoder.embed([texts[i] for i in rows], max_length=config.max_tokens)
-                cache.put_many([keys[i] for i in rows], vectors)
-                embedded += len(rows)
-                send("embed", {"done": embedded, "of": len(missing)})
+            matrix, embedded = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
             cache.save()
-            cached = cache.get_many(keys)
-            features = Features(embeddings=np.stack([cached[k] for k in keys]))
+            features = Features(embeddings=matrix)
         else:
             features = Features(texts=texts)
         timings["embed"] = time.perf_counter() - t0
@@ -306,6 +302,27 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
         ctx.close()
 
 
+def _embed_through(
+    cache: EmbeddingCache,
+    keys: list[bytes],
+    texts: list[str],
+    encoder: FrozenEncoder,
+    max_tokens: int,
+    send: Send,
+) -> tuple[npt.NDArray[np.float32], int]:
+    """Embeddings of ``texts`` (one per key, in order), computing and caching only those the
+    cache lacks; returns the matrix and how many were computed. The caller saves the cache."""
+    cached = cache.get_many(keys)
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    for start in range(0, len(missing), 256):
+        rows = missing[start : start + 256]
+        vectors = encoder.embed([texts[i] for i in rows], max_length=max_tokens)
+        cache.put_many([keys[i] for i in rows], vectors)
+        send("embed", {"done": start + len(rows), "of": len(missing)})
+    cached = cache.get_many(keys)
+    return np.stack([cached[k] for k in keys]), len(missing)
+
+
 class _NothingToTry(Exception):
     """A probe found nothing to attack: reported as not blocked, never as a pass."""
 
@@ -346,20 +363,10 @@ def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
                 scope, encoder.sha256, namespace="eval/embeddings", max_tokens=config.max_tokens
             )
             keys = [scope.record_id_hash(s.record) for s in stored]
-            cached = cache.get_many(keys)
-            missing = [i for i, k in enumerate(keys) if k not in cached]
-            for start in range(0, len(missing), 256):
-                rows = missing[start : start + 256]
-                cache.put_many(
-                    [keys[i] for i in rows],
-                    encoder.embed([texts[i] for i in rows], max_length=config.max_tokens),
-                )
-                send("embed", {"done": start + len(rows), "of": len(missing)})
+            embeddings, _ = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
             # a quarantined tenant is evaluated without growing its cache
             with contextlib.suppress(AccessDenied):
                 cache.save()
-            cached = cache.get_many(keys)
-            embeddings = np.stack([cached[k] for k in keys])
         embed_seconds = time.perf_counter() - t0
         windows = {"all": list(range(len(stored)))}
         if split is not None:
