@@ -80,12 +80,54 @@ class TrainingConfig(_Section):
     timeout_seconds: float = Field(default=3600.0, gt=0.0)
 
 
+class PrivacyConfig(_Section):
+    """Differential privacy: defaults for every scope's budget and for DP-SGD runs."""
+
+    epsilon_budget: float = Field(default=8.0, gt=0.0, le=1000.0)
+    """A scope's lifetime budget until ``privacy budget`` sets another."""
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    run_epsilon: float = Field(default=4.0, gt=0.0, le=1000.0)
+    """What one DP run may cost when neither the command nor the tenant's policy says."""
+    accountant: Literal["pld", "prv", "rdp"] = "pld"
+    """The accountant the ledger charges with (pld and prv are tight, rdp an upper bound)."""
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1000.0)
+    """Clipping norm C of each example's gradient."""
+    batch_size: int = Field(default=256, ge=1, le=65536)
+    """Expected batch size: Poisson sampling at rate batch_size / records (at most 1)."""
+    epochs: int = Field(default=15, ge=1, le=1000)
+    """Steps = epochs / sampling rate (each record is seen about this many times)."""
+    learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
+    lora_steps: int = Field(default=16, ge=1, le=100_000)
+    """Steps of a DP LoRA run (each back-propagates through the encoder)."""
+    clipped_high: float = Field(default=0.9, gt=0.0, le=1.0)
+    """Warn when on average more than this share of examples is clipped (C too small)."""
+    clipped_low: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Warn when on average less than this share is clipped (C too large: noise dominates)."""
+
+
+class SharedConfig(_Section):
+    """The shared layer: a projection trained by DP-SGD from the tenants that opt in."""
+
+    hidden: int = Field(default=256, ge=8, le=4096)
+    """Width of the shared projection (features are [embedding, relu(projection)])."""
+    epsilon_budget: float = Field(default=8.0, gt=0.0, le=1000.0)
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    run_epsilon: float = Field(default=2.0, gt=0.0, le=1000.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1000.0)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    """Expected batch size over all participating tenants' records together."""
+    epochs: int = Field(default=10, ge=1, le=1000)
+    learning_rate: float = Field(default=0.02, gt=0.0, le=10.0)
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
     audit: AuditConfig = AuditConfig()
     contamination: ContaminationConfig = ContaminationConfig()
     training: TrainingConfig = TrainingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    shared: SharedConfig = SharedConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:

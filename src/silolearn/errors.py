@@ -19,7 +19,8 @@ The tree, drawn once::
     │   └── AuditChainBroken          the audit chain or a checkpoint does not verify
     ├── KeyManagerError               exit 9   HTTP 500   key store sealed, missing or destroyed
     │   └── KeyDestroyed
-    └── TrainingFailed                exit 10  HTTP 500   a training or evaluation process died
+    ├── TrainingFailed                exit 10  HTTP 500   a training or evaluation process died
+    └── PrivacyBudgetExceeded         exit 11  HTTP 409   a DP run would overspend the budget
 """
 
 from __future__ import annotations
@@ -123,6 +124,14 @@ class TrainingFailed(SiloError):
     exit_code = 10
 
 
+class PrivacyBudgetExceeded(SiloError):
+    """A differentially private run was refused before it started: its planned cost would
+    take the scope's cumulative epsilon past the budget. Nothing was trained or charged."""
+
+    exit_code = 11
+    http_status = 409
+
+
 __all__ = [
     "AccessDenied",
     "AuditChainBroken",
@@ -136,6 +145,7 @@ __all__ = [
     "KeyDestroyed",
     "KeyManagerError",
     "NotFoundError",
+    "PrivacyBudgetExceeded",
     "SiloError",
     "TenantExists",
     "TenantNotFound",

@@ -26,9 +26,12 @@ from typing import Any
 from silolearn.audit.log import utcnow
 from silolearn.errors import ConflictError, InvalidInput, SiloError, TenantQuarantined
 from silolearn.ingest.records import normalise_timestamp
+from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.encoder import base_model_record, verify_base_model
-from silolearn.learning.runner import run_slot, run_worker
+from silolearn.learning.runner import Request, run_slot, run_worker
 from silolearn.learning.worker import WorkerJob
+from silolearn.privacy.accountant import calibrate_noise
+from silolearn.privacy.ledger import tenant_scope
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.storage.scope import Purpose
 from silolearn.validation.gates import no_worse_than_active
@@ -107,7 +110,12 @@ class Trainer:
         )
 
     def _run(
-        self, tenant: str, action: str, params: dict[str, Any], progress: Progress | None
+        self,
+        tenant: str,
+        action: str,
+        params: dict[str, Any],
+        progress: Progress | None,
+        on_request: Request | None = None,
     ) -> dict[str, Any]:
         job = self._job(tenant, action, params)
         relay = None
@@ -116,7 +124,91 @@ class Trainer:
             def relay(pid: int, event: str, details: dict[str, Any]) -> None:
                 progress(tenant, pid, event, details)
 
-        return run_worker(job, timeout=self.config.timeout_seconds, on_progress=relay)
+        return run_worker(
+            job, timeout=self.config.timeout_seconds, on_progress=relay, on_request=on_request
+        )
+
+    # -- differential privacy --------------------------------------------------------------
+
+    def privacy_mode(
+        self, tenant: str, dp: bool | None, epsilon: float | None
+    ) -> tuple[bool, float | None]:
+        """Whether a run of ``tenant`` is DP, and its target epsilon: the tenant's policy
+        (``privacy.mode = dp``) makes DP required; ``--dp`` / ``--epsilon`` ask for it."""
+        info = self.ws.tenants.get(tenant)
+        policy = self.ws.ledger().policy(tenant_scope(info.id))
+        if policy.mode == "dp" and dp is False:
+            raise ConflictError(
+                f"tenant {tenant!r} requires differential privacy (privacy mode dp): a "
+                "non-private run is refused",
+                tenant=tenant,
+            )
+        private = policy.mode == "dp" or bool(dp) or epsilon is not None
+        if not private:
+            return False, None
+        target = policy.run_epsilon if epsilon is None else float(epsilon)
+        if not target > 0:
+            raise InvalidInput(f"epsilon must be positive, not {epsilon}")
+        return True, target
+
+    def shared_trunk(self, tenant: str, kind: str) -> dict[str, Any] | None:
+        """The shared trunk a member's head trains on (its pinned version), or ``None`` for a
+        tenant that has not joined (it never receives anything of the shared model)."""
+        if kind != "head":
+            return None
+        from silolearn.learning.shared import shared_trunk_for
+
+        return shared_trunk_for(self.ws, tenant)
+
+    def plan_dp(self, *, records: int, kind: str, target_epsilon: float, delta: float) -> DpPlan:
+        """The DP-SGD plan of a run on ``records`` records at ``target_epsilon``: Poisson
+        sampling rate and steps from the settings, noise calibrated by the ledger's
+        accountant so that the run alone costs at most ``target_epsilon``."""
+        p = self.ws.settings.privacy
+        if kind == "lora":
+            q = min(1.0, min(self.config.batch_size, 16) / records)
+            steps = p.lora_steps
+        else:
+            q, steps = sampling(records, p.batch_size, p.epochs)
+        sigma = calibrate_noise(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sampling_rate=q,
+            steps=steps,
+            accountant=p.accountant,
+        )
+        return DpPlan(
+            records=records,
+            sampling_rate=q,
+            noise_multiplier=sigma,
+            steps=steps,
+            max_grad_norm=p.max_grad_norm,
+            learning_rate=p.learning_rate,
+            target_epsilon=target_epsilon,
+            delta=delta,
+        )
+
+    def _dp_request(self, tenant: str, run_id: str, purpose: str, target_epsilon: float) -> Request:
+        """Answers a DP worker's ``plan`` question: plan, charge the ledger (or refuse)."""
+        info = self.ws.tenants.get(tenant)
+        scope = tenant_scope(info.id)
+
+        def answer(name: str, details: dict[str, Any]) -> dict[str, Any]:
+            if name != "plan":
+                raise InvalidInput(f"a training worker cannot ask {name!r}")
+            ledger = self.ws.ledger()
+            plan = self.plan_dp(
+                records=int(details["records"]),
+                kind=str(details["kind"]),
+                target_epsilon=target_epsilon,
+                delta=ledger.policy(scope).delta,
+            )
+            charge = ledger.charge(
+                scope, tenant=tenant, run_id=run_id, purpose=purpose, planned=[plan.event]
+            )
+            return {"plan": plan.to_dict(), "charge": charge.to_dict()}
+
+        return answer
 
     # -- one round -------------------------------------------------------------------------
 
@@ -128,6 +220,8 @@ class Trainer:
         seed: int | None = None,
         cutoff: str | None = None,
         progress: Progress | None = None,
+        dp: bool | None = None,
+        epsilon: float | None = None,
     ) -> RoundResult:
         ws = self.ws
         kind = kind or self.config.adapter
@@ -145,6 +239,8 @@ class Trainer:
             raise TenantQuarantined(
                 f"tenant {tenant!r} is {info.status}: no training until released", tenant=tenant
             )
+        private, target = self.privacy_mode(tenant, dp, epsilon)
+        trunk = self.shared_trunk(tenant, kind)
         started = time.perf_counter()
         verify_base_model(ws, when="train.before")
         with run_slot(
@@ -171,10 +267,19 @@ class Trainer:
                     "sha256": active.sha256,
                     "cutoff": active.lineage.get("cutoff"),
                     "max_seq": active.lineage.get("max_seq", 0),
+                    "dp": active.lineage.get("privacy", {}).get("mode") == "dp",
                 },
             }
+            on_request = None
+            if private:
+                assert target is not None
+                p = ws.settings.privacy
+                params["dp"] = {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+                on_request = self._dp_request(tenant, run_id, "train", target)
+            if trunk is not None:
+                params["trunk"] = trunk
             try:
-                trained = self._run(tenant, "train", params, progress)
+                trained = self._run(tenant, "train", params, progress, on_request)
                 verify_base_model(ws, when="train.after")
                 lineage = dict(trained["lineage"])
                 lineage.update(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from silolearn.ingest.contamination import MinHashContamination
     from silolearn.ingest.gateway import IngestReport
     from silolearn.pipeline import RoundResult
+    from silolearn.privacy.ledger import PrivacyLedger
     from silolearn.serving.predictor import Prediction, Predictor
 
 WORKSPACE_ENV = "SILOLEARN_WORKSPACE"
@@ -185,6 +186,16 @@ class Workspace:
         """Seals the workspace-wide benchmark registry (eval sets that apply to every tenant)."""
         return DataKey("registry", 1, self.keys.workspace_secret("registry"))
 
+    def ledger(self) -> PrivacyLedger:
+        """The privacy ledger: per-scope budgets and the DP events that spend them (I9)."""
+        from silolearn.privacy.ledger import PrivacyLedger
+
+        return PrivacyLedger(self.conn, self.audit, self.settings)
+
+    def shared_key(self) -> DataKey:
+        """Seals the shared model's versions (the ``shared`` scope)."""
+        return DataKey("shared", 1, self.keys.workspace_secret("shared-model"))
+
     def predictor(self) -> Predictor:
         """The predictor of this workspace, started (and the base model checked) on first use."""
         if self._predictor is None:
@@ -237,12 +248,21 @@ class Tenant:
         return Gateway(self.workspace).ingest(self.name, source, strict=strict, fmt=fmt)
 
     def train(
-        self, *, kind: str | None = None, seed: int | None = None, cutoff: str | None = None
+        self,
+        *,
+        kind: str | None = None,
+        seed: int | None = None,
+        cutoff: str | None = None,
+        dp: bool | None = None,
+        epsilon: float | None = None,
     ) -> RoundResult:
-        """One learning round: isolated training, evaluation, promotion decision."""
+        """One learning round: isolated training (DP-SGD with ``dp``/``epsilon`` or when the
+        tenant's policy requires it), evaluation, promotion decision."""
         from silolearn.pipeline import Trainer
 
-        return Trainer(self.workspace).train(self.name, kind=kind, seed=seed, cutoff=cutoff)
+        return Trainer(self.workspace).train(
+            self.name, kind=kind, seed=seed, cutoff=cutoff, dp=dp, epsilon=epsilon
+        )
 
     def predict(self, texts: list[str]) -> list[Prediction]:
         """Labels and probabilities from the tenant's active adapter version."""

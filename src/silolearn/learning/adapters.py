@@ -161,19 +161,23 @@ class Adapter(ABC):
         return {"kind": self.kind, "labels": list(self.labels), "hidden": self.hidden}
 
     def to_bytes(self) -> bytes:
-        """The artefact: magic, a JSON header (sorted keys) and raw float32 tensors in name
-        order. Nothing in it depends on time or on the process that wrote it."""
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in self.tensors().items()}
-        layout = []
-        payload = bytearray()
-        for name in sorted(tensors):
-            array = tensors[name].numpy().astype("<f4", copy=False)
-            layout.append({"name": name, "shape": list(array.shape), "offset": len(payload)})
-            payload += array.tobytes(order="C")
-        header = json.dumps(
-            {**self.header(), "tensors": layout}, sort_keys=True, separators=(",", ":")
-        ).encode()
-        return MAGIC + struct.pack("<Q", len(header)) + header + bytes(payload)
+        return pack_artefact(self.header(), self.tensors())
+
+
+def pack_artefact(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
+    """An artefact: magic, a JSON header (sorted keys) and raw float32 tensors in name order.
+    Nothing in it depends on time or on the process that wrote it."""
+    plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    layout = []
+    payload = bytearray()
+    for name in sorted(plain):
+        array = plain[name].numpy().astype("<f4", copy=False)
+        layout.append({"name": name, "shape": list(array.shape), "offset": len(payload)})
+        payload += array.tobytes(order="C")
+    encoded = json.dumps(
+        {**header, "tensors": layout}, sort_keys=True, separators=(",", ":")
+    ).encode()
+    return MAGIC + struct.pack("<Q", len(encoded)) + encoded + bytes(payload)
 
 
 def read_artefact(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -279,43 +283,103 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+@dataclass(frozen=True)
+class Trunk:
+    """A pinned version of the shared layer, frozen inside a tenant's head adapter: the head
+    reads ``[x, relu(W x + b)]`` of the scaled embedding ``x``."""
+
+    version: int
+    sha256: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def hidden(self) -> int:
+        return int(self.weight.shape[0])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.cat([x, torch.relu(torch.addmm(self.bias, x, self.weight.T))], dim=1)
+
+
 class HeadAdapter(Adapter):
     kind = "head"
     needs_text = False
 
     def __init__(
-        self, labels: Sequence[str], *, hidden: int, dim: int = 384, seed: int = 0
+        self,
+        labels: Sequence[str],
+        *,
+        hidden: int,
+        dim: int = 384,
+        seed: int = 0,
+        trunk: Trunk | None = None,
     ) -> None:
         import torch
 
         super().__init__(labels, hidden)
         self.dim = dim
-        self.head = _build_head(dim, hidden, len(self.labels))
+        self.trunk = trunk
+        inputs = dim + (trunk.hidden if trunk is not None else 0)
+        self.head = _build_head(inputs, hidden, len(self.labels))
         _reset(self.head, torch.Generator().manual_seed(seed))
 
     def header(self) -> dict[str, Any]:
-        return {**super().header(), "dim": self.dim}
+        out = {**super().header(), "dim": self.dim}
+        if self.trunk is not None:
+            out["trunk"] = {"version": self.trunk.version, "sha256": self.trunk.sha256}
+        return out
 
     @classmethod
     def from_tensors(cls, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> HeadAdapter:
-        adapter = cls(header["labels"], hidden=int(header["hidden"]), dim=int(header["dim"]))
+        trunk = None
+        if "trunk" in header:
+            trunk = Trunk(
+                int(header["trunk"]["version"]),
+                str(header["trunk"]["sha256"]),
+                tensors["trunk.weight"],
+                tensors["trunk.bias"],
+            )
+        adapter = cls(
+            header["labels"], hidden=int(header["hidden"]), dim=int(header["dim"]), trunk=trunk
+        )
         _load_state(adapter.head, tensors, "head.")
         return adapter
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"head.{k}": v for k, v in self.head.named_parameters()}
+        out: dict[str, torch.Tensor] = {f"head.{k}": v for k, v in self.head.named_parameters()}
+        if self.trunk is not None:
+            out["trunk.weight"] = self.trunk.weight
+            out["trunk.bias"] = self.trunk.bias
+        return out
+
+    def inputs(self, embeddings: FloatArray) -> torch.Tensor:
+        """What the head reads: the scaled embedding, and the trunk's features of it."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)) * INPUT_SCALE
+        if self.trunk is not None:
+            with torch.no_grad():
+                x = self.trunk.features(x)
+        return x
 
     def warm_started(self, parent: Adapter, seed: int) -> HeadAdapter:
-        """This adapter's label space with the parent's weights where they fit."""
+        """This adapter's label space with the parent's weights where they fit (not across
+        a change of shared trunk: the head's inputs would mean something else)."""
         import torch
 
         if not isinstance(parent, HeadAdapter) or parent.hidden != self.hidden:
+            return self
+        mine = None if self.trunk is None else self.trunk.sha256
+        theirs = None if parent.trunk is None else parent.trunk.sha256
+        if mine != theirs:
             return self
         grown = _grow_head(
             parent.head,
             parent.labels,
             self.labels,
-            self.dim,
+            self.dim + (self.trunk.hidden if self.trunk is not None else 0),
             self.hidden,
             torch.Generator().manual_seed(seed),
         )
@@ -335,8 +399,7 @@ class HeadAdapter(Adapter):
 
         if features.embeddings is None:
             raise ValueError("a head adapter trains on embeddings")
-        x = torch.from_numpy(np.ascontiguousarray(features.embeddings, dtype=np.float32))
-        x = x * INPUT_SCALE
+        x = self.inputs(features.embeddings)
         y_np = self.label_index(labels)
         y = torch.from_numpy(y_np)
         generator = torch.Generator().manual_seed(seed + 1)
@@ -367,9 +430,9 @@ class HeadAdapter(Adapter):
 
         if features.embeddings is None:
             raise ValueError("a head adapter predicts from embeddings")
-        x = torch.from_numpy(np.ascontiguousarray(features.embeddings, dtype=np.float32))
+        x = self.inputs(features.embeddings)
         with torch.inference_mode():
-            logits = self.head(x * INPUT_SCALE)
+            logits = self.head(x)
             return torch.softmax(logits, dim=1).numpy().astype(np.float32)
 
 
@@ -562,11 +625,15 @@ def new_adapter(
     seed: int,
     encoder: FrozenEncoder | None,
     parent: Adapter | None,
+    trunk: Trunk | None = None,
 ) -> Adapter:
-    """A fresh adapter of ``kind`` for ``labels``, warm-started from ``parent`` when given."""
+    """A fresh adapter of ``kind`` for ``labels``, warm-started from ``parent`` when given;
+    a ``head`` on the shared ``trunk`` when given."""
     adapter: HeadAdapter | LoraAdapter
+    if trunk is not None and kind != "head":
+        raise InvalidInput("the shared layer feeds head adapters only")
     if kind == "head":
-        adapter = HeadAdapter(labels, hidden=config.head_hidden, dim=384, seed=seed)
+        adapter = HeadAdapter(labels, hidden=config.head_hidden, dim=384, seed=seed, trunk=trunk)
     elif kind == "lora":
         if encoder is None:
             raise ValueError("a lora adapter needs the frozen encoder")

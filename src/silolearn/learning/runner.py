@@ -33,6 +33,9 @@ from silolearn.errors import ConflictError, SiloError, TrainingFailed
 from silolearn.learning.worker import WorkerJob
 
 Progress = Callable[[int, str, dict[str, Any]], None]
+Request = Callable[[str, dict[str, Any]], dict[str, Any]]
+"""Answers a worker's question (``name``, details) mid-job; a ``SiloError`` it raises is
+passed to the worker as a refusal and re-raised here once the worker has stopped."""
 
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR", "TZ")
 """The only variables a worker inherits: nothing named SILOLEARN_*, so no passphrase."""
@@ -58,9 +61,9 @@ def worker_environment() -> dict[str, str]:
 
 
 def _error_class(name: str) -> type[SiloError]:
-    from silolearn.learning import encoder
+    from silolearn.learning import encoder, worker
 
-    for module in (errors, encoder):
+    for module in (errors, encoder, worker):
         found = getattr(module, name, None)
         if isinstance(found, type) and issubclass(found, SiloError):
             return found
@@ -72,11 +75,15 @@ def run_worker(
     *,
     timeout: float,
     on_progress: Progress | None = None,
+    on_request: Request | None = None,
 ) -> dict[str, Any]:
     """Run ``job`` in a fresh worker process and return its result."""
     with tempfile.TemporaryDirectory(prefix="silolearn-worker-") as tmp:
         return _run_worker(
-            dataclasses.replace(job, tmp_dir=tmp), timeout=timeout, on_progress=on_progress
+            dataclasses.replace(job, tmp_dir=tmp),
+            timeout=timeout,
+            on_progress=on_progress,
+            on_request=on_request,
         )
 
 
@@ -85,6 +92,7 @@ def _run_worker(
     *,
     timeout: float,
     on_progress: Progress | None,
+    on_request: Request | None = None,
 ) -> dict[str, Any]:
     parent_sock, child_sock = socket.socketpair()
     stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -107,6 +115,7 @@ def _run_worker(
     conn = Connection(os.dup(parent_sock.fileno()))
     parent_sock.close()
     deadline = time.monotonic() + timeout
+    refusal: SiloError | None = None
     try:
         conn.send(job)
         while True:
@@ -121,13 +130,28 @@ def _run_worker(
                 )
             if not conn.poll(min(remaining, 0.5)):
                 if process.poll() is not None and not conn.poll(0):
+                    if refusal is not None:
+                        raise refusal
                     raise _died(job, process, stderr_tail)
                 continue
             try:
                 message = conn.recv()
             except (EOFError, OSError):
                 process.wait()
+                if refusal is not None:
+                    raise refusal from None
                 raise _died(job, process, stderr_tail) from None
+            if message[0] == "request":
+                try:
+                    if on_request is None:
+                        raise TrainingFailed(f"the {job.action} worker asked {message[1]!r}")
+                    answer = on_request(message[1], message[2])
+                except SiloError as exc:
+                    refusal = exc
+                    conn.send(("refused", exc.code, exc.message))
+                else:
+                    conn.send(("reply", answer))
+                continue
             if message[0] == "progress":
                 if on_progress is not None:
                     on_progress(process.pid, message[1], message[2])
@@ -137,6 +161,8 @@ def _run_worker(
                 result["pid"] = process.pid
                 return result
             _, code, text, details = message
+            if refusal is not None:
+                raise refusal
             raise _error_class(code)(text, **details)
     finally:
         conn.close()

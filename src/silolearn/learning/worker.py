@@ -41,14 +41,44 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from silolearn.errors import AccessDenied, DecryptionError, IntegrityError, SiloError
+from silolearn.errors import (
+    AccessDenied,
+    DecryptionError,
+    IntegrityError,
+    InvalidInput,
+    SiloError,
+)
 
 if TYPE_CHECKING:
     from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
 
-Send = Callable[[str, dict[str, Any]], None]
+ACTIONS = ("train", "evaluate", "probe", "shared")
 
-ACTIONS = ("train", "evaluate", "probe")
+
+class Refused(SiloError):
+    """The coordinator refused what the worker asked (e.g. the privacy ledger said no)."""
+
+
+class Link:
+    """The worker's side of its socket: progress events, and questions to the coordinator
+    (``ask``) that block until it answers."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __call__(self, event: str, details: dict[str, Any]) -> None:
+        self._conn.send(("progress", event, details))
+
+    def ask(self, name: str, details: dict[str, Any]) -> dict[str, Any]:
+        self._conn.send(("request", name, details))
+        message = self._conn.recv()
+        if message[0] == "reply":
+            answer: dict[str, Any] = message[1]
+            return answer
+        raise Refused(f"the coordinator refused {name!r}: {message[2]}", code=message[1])
+
+
+Send = Link
 
 
 @dataclass(frozen=True)
@@ -200,33 +230,48 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
         by_id = {s.record.id: s for s in stored if s.record.label is not None}
 
         rng = np.random.default_rng([seed, int(params["version_hint"])])
+        dp: dict[str, Any] | None = params.get("dp")
         if parent is not None and config.replay_size > 0:
             buffer = ReplayBuffer.from_bytes(
                 scope.blobs.get(f"run/{parent['run_id']}/replay"), capacity=config.replay_size
             )
         else:
             buffer = ReplayBuffer(config.replay_size)
-        want = 0
-        if config.replay_size > 0 and len(buffer):
-            want = round(config.replay_mix / (1.0 - config.replay_mix) * len(new))
-        new_ids = {s.record.id for s in new}
-        replay = [
-            by_id[item.id]
-            for item in buffer.sample(want, rng)
-            if item.id in by_id and item.id not in new_ids
-        ]
-        training = new + replay
-        if kind == "lora" and len(training) > config.lora_max_records:
-            keep = np.sort(rng.choice(len(training), size=config.lora_max_records, replace=False))
-            training = [training[int(i)] for i in keep]
-        if not new:
-            raise _NothingToLearn(
+        if not new and (dp is None or not by_id):
+            raise NothingToLearn(
                 f"tenant {job.tenant_name!r} has no labelled training records new since "
                 f"{'v' + str(parent['version']) if parent else 'the start'} up to {cutoff}"
             )
+        replay: list[Any] = []
+        if dp is not None:
+            # DP-SGD samples every labelled record up to the cutoff by Poisson sampling: a
+            # data-dependent selection (the class-balanced replay sample, a size cap) would
+            # make the accountant's sampling rate a lie
+            training = sorted(by_id.values(), key=lambda s: s.seq)
+        else:
+            want = 0
+            if config.replay_size > 0 and len(buffer):
+                want = round(config.replay_mix / (1.0 - config.replay_mix) * len(new))
+            new_ids = {s.record.id for s in new}
+            replay = [
+                by_id[item.id]
+                for item in buffer.sample(want, rng)
+                if item.id in by_id and item.id not in new_ids
+            ]
+            training = new + replay
+            if kind == "lora" and len(training) > config.lora_max_records:
+                keep = np.sort(
+                    rng.choice(len(training), size=config.lora_max_records, replace=False)
+                )
+                training = [training[int(i)] for i in keep]
+        granted: dict[str, Any] | None = None
+        if dp is not None:
+            # the ledger is asked before any computation on the data: a refused run stops here
+            granted = send.ask("plan", {"records": len(training), "kind": kind})
         labels_seen = {str(s.record.label) for s in training}
         parent_adapter = None
-        if parent is not None:
+        trunk = _trunk(params.get("trunk"))
+        if parent is not None and (dp is None or parent.get("dp")):
             parent_bytes = scope.blobs.get(f"run/{parent['run_id']}/adapter")
             if hashlib.sha256(parent_bytes).hexdigest() != parent["sha256"]:
                 raise IntegrityError("the parent adapter does not match its SHA-256")
@@ -252,15 +297,21 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         adapter = new_adapter(
-            kind, labels, config=config, seed=seed, encoder=encoder, parent=parent_adapter
-        )
-        fit = adapter.fit(
-            features,
-            [str(s.record.label) for s in training],
+            kind,
+            labels,
             config=config,
             seed=seed,
-            progress=send,
+            encoder=encoder,
+            parent=parent_adapter,
+            trunk=trunk,
         )
+        train_labels = [str(s.record.label) for s in training]
+        privacy: dict[str, Any] | None = None
+        if dp is None:
+            fit = adapter.fit(features, train_labels, config=config, seed=seed, progress=send)
+        else:
+            assert granted is not None
+            fit, privacy = _fit_dp(adapter, features, train_labels, granted, dp, config, send)
         artefact = adapter.to_bytes()
         timings["train"] = time.perf_counter() - t0
 
@@ -288,6 +339,9 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             "base_sha256": job.base_sha256,
             "fit": fit.to_dict(),
             "embedded": embedded,
+            "privacy": privacy or {"mode": "off"},
+            "trunk": None if trunk is None else {"version": trunk.version, "sha256": trunk.sha256},
+            "warm_start": parent_adapter is not None,
             "sandbox": sandbox,
             "worker_pid": os.getpid(),
         }
@@ -300,6 +354,80 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
         }
     finally:
         ctx.close()
+
+
+def _trunk(spec: dict[str, Any] | None) -> Any:
+    """The pinned shared trunk a head is trained on, checked against its digest."""
+    from silolearn.learning.adapters import Trunk, read_artefact
+
+    if spec is None:
+        return None
+    data: bytes = spec["artefact"]
+    if hashlib.sha256(data).hexdigest() != spec["sha256"]:
+        raise IntegrityError("the shared trunk does not match its SHA-256")
+    _, tensors = read_artefact(data)
+    return Trunk(
+        int(spec["version"]), str(spec["sha256"]), tensors["trunk.weight"], tensors["trunk.bias"]
+    )
+
+
+def _fit_dp(
+    adapter: Any,
+    features: Any,
+    labels: list[str],
+    answer: dict[str, Any],
+    dp: dict[str, Any],
+    config: Any,
+    send: Send,
+) -> tuple[Any, dict[str, Any]]:
+    """DP-SGD with exactly the plan the coordinator charged to the ledger."""
+    import torch
+
+    from silolearn.learning.adapters import FitReport, HeadAdapter
+    from silolearn.learning.dp import ClipMonitor, DpPlan, dp_fit_head, dp_fit_lora
+
+    plan = DpPlan.from_dict(answer["plan"])
+    y = torch.from_numpy(adapter.label_index(labels))
+    monitor = ClipMonitor(plan.max_grad_norm)
+    t0 = time.perf_counter()
+    if isinstance(adapter, HeadAdapter):
+        engine = "fused"
+        losses = dp_fit_head(
+            adapter.head,
+            adapter.inputs(features.embeddings),
+            y,
+            plan,
+            weight_decay=config.weight_decay,
+            monitor=monitor,
+            progress=send,
+        )
+    else:
+        engine = "opacus"
+        losses = dp_fit_lora(
+            adapter,
+            list(features.texts),
+            y,
+            plan,
+            lora_learning_rate=config.lora_learning_rate,
+            weight_decay=config.weight_decay,
+            monitor=monitor,
+            progress=send,
+        )
+    clipping = monitor.summary(high=float(dp["clipped_high"]), low=float(dp["clipped_low"]))
+    fit = FitReport(plan.steps, 0, len(labels), losses[-1] if losses else 0.0, tuple(losses))
+    privacy = {
+        "mode": "dp",
+        "engine": engine,
+        "plan": plan.to_dict(),
+        "charge": answer.get("charge"),
+        "clipping": clipping,
+        "warnings": clipping["warnings"],
+        "sampling": "Poisson",
+        "noise_source": "operating-system randomness (not the run seed)",
+        "loss": "unweighted cross-entropy (class weights from the data would leak counts)",
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+    return fit, privacy
 
 
 def _embed_through(
@@ -327,9 +455,8 @@ class _NothingToTry(Exception):
     """A probe found nothing to attack: reported as not blocked, never as a pass."""
 
 
-class _NothingToLearn(SiloError):
-    exit_code = 6
-    http_status = 422
+class NothingToLearn(InvalidInput):
+    """A round found no labelled training record new since its parent."""
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -406,6 +533,98 @@ def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
             },
             "embed_seconds": round(embed_seconds, 4),
             "versions": results,
+        }
+    finally:
+        ctx.close()
+
+
+# -- the shared layer ---------------------------------------------------------------------
+
+
+def _shared(job: WorkerJob, send: Send) -> dict[str, Any]:
+    """One member's part of a shared-layer DP-SGD round: read and embed only this tenant's
+    records, then for each step sample them (Poisson), and return the clipped gradient sum
+    of the trunk and this tenant's own output rows. No noise here: the coordinator adds it
+    once to the total."""
+    import torch
+
+    from silolearn.config import TrainingConfig
+    from silolearn.learning.adapters import INPUT_SCALE
+    from silolearn.learning.dp import DpPlan, clip_and_sum, secret_generator, softmax_xent_grad
+    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.storage.scope import Purpose
+
+    config = TrainingConfig.model_validate(job.training)
+    cutoff = str(job.params["cutoff"])
+    _check_base(job)
+    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    ctx = WorkerContext(job, Purpose.TRAINING)
+    try:
+        scope = ctx.scope
+        stored = [s for s in scope.train.read(until=cutoff) if s.record.label is not None]
+        labels = sorted({str(s.record.label) for s in stored})
+        digests = [scope.keyed_hash("shared-label", label).hex() for label in labels]
+        answer = send.ask("ready", {"records": len(stored), "labels": digests})
+        plan = DpPlan.from_dict(answer["plan"])
+        cache = EmbeddingCache(scope, encoder.sha256, max_tokens=config.max_tokens)
+        keys = [scope.record_id_hash(s.record) for s in stored]
+        texts = [s.record.text for s in stored]
+        matrix, embedded = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
+        cache.save()
+        x = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)) * INPUT_SCALE
+        index = {label: i for i, label in enumerate(labels)}
+        y = torch.tensor([index[str(s.record.label)] for s in stored], dtype=torch.int64)
+        params = {k: torch.from_numpy(np.asarray(v)) for k, v in answer["params"].items()}
+        sampler = secret_generator()
+        n = len(stored)
+        C = plan.max_grad_norm
+        dim = x.shape[1]
+        steps = 0
+        for step in range(plan.steps):
+            rows = (torch.rand(n, generator=sampler) < plan.sampling_rate).nonzero().squeeze(1)
+            if len(rows):
+                xb = x[rows]
+                with torch.no_grad():
+                    pre = torch.addmm(params["trunk.bias"], xb, params["trunk.weight"].T)
+                    f = torch.cat([xb, torch.relu(pre)], dim=1)
+                    logits = torch.addmm(params["rows.bias"], f, params["rows.weight"].T)
+                    g = softmax_xent_grad(logits, y[rows])
+                    delta = (g @ params["rows.weight"][:, dim:]) * (pre > 0)
+                    sums, norms = clip_and_sum([("rows", g, f), ("trunk", delta, xb)], C)
+                clipped = int((norms > C).sum())
+            else:
+                sums = {k: torch.zeros_like(v) for k, v in params.items()}
+                clipped = 0
+            reply = send.ask(
+                "step",
+                {
+                    "step": step,
+                    "sums": {k: v.numpy() for k, v in sums.items()},
+                    "sampled": len(rows),
+                    "clipped": clipped,
+                },
+            )
+            steps += 1
+            if reply.get("done"):
+                break
+            params = {k: torch.from_numpy(np.asarray(v)) for k, v in reply["params"].items()}
+        ids = [s.record.id for s in stored]
+        ctx.audit.append(
+            "shared.contribute",
+            tenant=job.tenant_name,
+            obj="shared",
+            details={
+                "records": n,
+                "steps": steps,
+                "records_digest": records_digest(job.tenant_id, ids),
+            },
+        )
+        return {
+            "records_digest": records_digest(job.tenant_id, ids),
+            "worker_pid": os.getpid(),
+            "steps": steps,
+            "embedded": embedded,
+            "sandbox": _SANDBOX,
         }
     finally:
         ctx.close()
@@ -523,6 +742,7 @@ _HANDLERS: dict[str, Callable[[WorkerJob, Send], dict[str, Any]]] = {
     "train": _train,
     "evaluate": _evaluate,
     "probe": _probe,
+    "shared": _shared,
 }
 
 
@@ -531,9 +751,7 @@ def serve(conn: Connection) -> None:
     job: WorkerJob = conn.recv()
     from silolearn.learning.adapters import deterministic_torch
 
-    def send(event: str, details: dict[str, Any]) -> None:
-        conn.send(("progress", event, details))
-
+    send = Link(conn)
     try:
         if job.action not in _HANDLERS:
             raise ValueError(f"unknown worker action {job.action!r}")

@@ -139,6 +139,7 @@ class LocalKeyring(KeyManager):
             "workspace": {
                 "routing": _b64(secrets.token_bytes(32)),
                 "registry": _b64(secrets.token_bytes(32)),
+                "shared-model": _b64(secrets.token_bytes(32)),
                 "signing": _b64(raw),
             },
             "tenants": {},
@@ -319,7 +320,17 @@ class LocalKeyring(KeyManager):
         return result
 
     def workspace_secret(self, purpose: str) -> bytes:
-        return _unb64(self._load()["workspace"][purpose])
+        """A workspace-wide secret; one for a purpose newer than the keyring is made once."""
+        stored = self._load()["workspace"].get(purpose)
+        if stored is not None:
+            return _unb64(stored)
+        if purpose == "signing":
+            raise KeyManagerError("the keyring has no signing key")
+
+        def change(payload: dict[str, Any]) -> str:
+            return str(payload["workspace"].setdefault(purpose, _b64(secrets.token_bytes(32))))
+
+        return _unb64(self._mutate(change))
 
     def signing_key(self) -> Ed25519PrivateKey:
         return Ed25519PrivateKey.from_private_bytes(self.workspace_secret("signing"))

@@ -218,6 +218,7 @@ class TenantRegistry:
                 "blobs",
                 "adapter_versions",
                 "training_runs",
+                "shared_members",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))

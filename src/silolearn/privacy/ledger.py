@@ -1,0 +1,348 @@
+"""The privacy ledger (invariant I9): per-scope budgets and the events that spend them.
+
+A scope is what a privacy guarantee is about: each tenant's adapter (``tenant:<id>``) and
+the shared model (``shared``). Every differentially private run *charges* its planned
+mechanism events before it starts, inside one write transaction that also recomputes the
+scope's cumulative epsilon over **all** its events with the configured accountant: if the
+projected total would exceed the budget the run is refused (``PrivacyBudgetExceeded``,
+audited as ``privacy.refused``) and nothing is charged; otherwise the events are appended
+(audited as ``privacy.charge``) and the run may start. A run executes exactly the steps it
+charged, so it never overshoots mid-way; a run that fails after charging stays charged (it
+may have touched the data), which errs on the safe side.
+
+Events are append-only (database triggers refuse UPDATE and DELETE) and each one records
+the cumulative epsilon after it, so the ledger can be re-derived and checked at any time.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from silolearn.audit.log import AuditLog, utcnow
+from silolearn.config import Settings
+from silolearn.errors import InvalidInput, PrivacyBudgetExceeded
+from silolearn.privacy.accountant import MechanismEvent, epsilon
+
+SHARED = "shared"
+MODES = ("off", "dp")
+SLACK = 1e-9
+"""Rounding slack when comparing a projected epsilon with the budget."""
+
+
+def tenant_scope(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopePolicy:
+    scope: str
+    epsilon_budget: float
+    delta: float
+    mode: str
+    run_epsilon: float
+    explicit: bool
+    """Whether the budget was set for this scope (not a default from the settings)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "mode": self.mode,
+            "run_epsilon": self.run_epsilon,
+            "explicit": self.explicit,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    id: int
+    run_id: str
+    purpose: str
+    event: MechanismEvent
+    delta: float
+    epsilon_after: float
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "purpose": self.purpose,
+            **self.event.to_dict(),
+            "delta": self.delta,
+            "epsilon_after": self.epsilon_after,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    scope: str
+    run_id: str
+    epsilon_before: float
+    epsilon_after: float
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    events: tuple[MechanismEvent, ...]
+
+    @property
+    def run_epsilon(self) -> float:
+        return self.epsilon_after - self.epsilon_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "run_id": self.run_id,
+            "epsilon_before": self.epsilon_before,
+            "epsilon_after": self.epsilon_after,
+            "epsilon_budget": self.epsilon_budget,
+            "epsilon_remaining": max(self.epsilon_budget - self.epsilon_after, 0.0),
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "events": [e.to_dict() for e in self.events],
+        }
+
+
+class PrivacyLedger:
+    """The ledger of one workspace; every scope's budget and events are in its database."""
+
+    def __init__(self, conn: sqlite3.Connection, audit: AuditLog, settings: Settings) -> None:
+        self._conn = conn
+        self._audit = audit
+        self._settings = settings
+        self.accountant = settings.privacy.accountant
+
+    # -- policy ----------------------------------------------------------------------------
+
+    def _defaults(self, scope: str) -> tuple[float, float, float]:
+        if scope == SHARED:
+            s = self._settings.shared
+            return s.epsilon_budget, s.delta, s.run_epsilon
+        p = self._settings.privacy
+        return p.epsilon_budget, p.delta, p.run_epsilon
+
+    def policy(self, scope: str, conn: sqlite3.Connection | None = None) -> ScopePolicy:
+        row = (
+            (conn or self._conn)
+            .execute(
+                "SELECT epsilon_budget, delta, mode, run_epsilon FROM privacy_scopes "
+                "WHERE scope = ?",
+                (scope,),
+            )
+            .fetchone()
+        )
+        budget, delta, run_epsilon = self._defaults(scope)
+        if row is None:
+            return ScopePolicy(scope, budget, delta, "off", run_epsilon, False)
+        return ScopePolicy(
+            scope,
+            float(row[0]),
+            float(row[1]),
+            str(row[2]),
+            run_epsilon if row[3] is None else float(row[3]),
+            True,
+        )
+
+    def set_policy(
+        self,
+        scope: str,
+        *,
+        tenant: str | None,
+        epsilon_budget: float | None = None,
+        delta: float | None = None,
+        mode: str | None = None,
+        run_epsilon: float | None = None,
+    ) -> ScopePolicy:
+        """Set a scope's budget, delta, DP mode or per-run epsilon (what is not given stays).
+
+        Lowering a budget below what is already spent is allowed: every later run of the
+        scope is then refused. Changing delta re-expresses the spent epsilon at the new delta.
+        """
+        for name, value in (("epsilon", epsilon_budget), ("run epsilon", run_epsilon)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise InvalidInput(f"{name} must be a positive number, not {value}")
+        if delta is not None and not 0.0 < delta < 1.0:
+            raise InvalidInput(f"delta must be in (0, 1), not {delta}")
+        if mode is not None and mode not in MODES:
+            raise InvalidInput(f"unknown privacy mode {mode!r}: one of {', '.join(MODES)}")
+        if scope == SHARED and mode == "off":
+            raise InvalidInput("the shared model is always trained with differential privacy")
+        with self._audit.write() as conn:
+            current = self.policy(scope, conn)
+            new = ScopePolicy(
+                scope,
+                current.epsilon_budget if epsilon_budget is None else float(epsilon_budget),
+                current.delta if delta is None else float(delta),
+                current.mode if mode is None else mode,
+                current.run_epsilon if run_epsilon is None else float(run_epsilon),
+                True,
+            )
+            conn.execute(
+                "INSERT INTO privacy_scopes (scope, epsilon_budget, delta, mode, run_epsilon, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
+                "epsilon_budget = excluded.epsilon_budget, delta = excluded.delta, "
+                "mode = excluded.mode, run_epsilon = excluded.run_epsilon, "
+                "updated_at = excluded.updated_at",
+                (scope, new.epsilon_budget, new.delta, new.mode, new.run_epsilon, utcnow()),
+            )
+            self._audit.append_in(
+                conn,
+                "privacy.policy",
+                tenant=tenant,
+                obj=scope,
+                details={"new": new.to_dict(), "previous": current.to_dict()},
+            )
+        return new
+
+    # -- events ----------------------------------------------------------------------------
+
+    def events(self, scope: str, conn: sqlite3.Connection | None = None) -> list[LedgerEvent]:
+        rows = (
+            (conn or self._conn)
+            .execute(
+                "SELECT id, run_id, purpose, sampling_rate, noise_multiplier, steps, delta, "
+                "epsilon_after, created_at FROM privacy_events WHERE scope = ? ORDER BY id",
+                (scope,),
+            )
+            .fetchall()
+        )
+        return [
+            LedgerEvent(
+                int(r[0]),
+                str(r[1]),
+                str(r[2]),
+                MechanismEvent(float(r[3]), float(r[4]), int(r[5])),
+                float(r[6]),
+                float(r[7]),
+                str(r[8]),
+            )
+            for r in rows
+        ]
+
+    def spent(self, scope: str, *, accountant: str | None = None) -> float:
+        policy = self.policy(scope)
+        return epsilon(
+            [e.event for e in self.events(scope)], policy.delta, accountant or self.accountant
+        )
+
+    def summary(self, scope: str) -> dict[str, Any]:
+        policy = self.policy(scope)
+        events = self.events(scope)
+        mechanisms = [e.event for e in events]
+        spent = epsilon(mechanisms, policy.delta, self.accountant)
+        upper = epsilon(mechanisms, policy.delta, "rdp") if mechanisms else 0.0
+        return {
+            **policy.to_dict(),
+            "accountant": self.accountant,
+            "epsilon_spent": spent,
+            "epsilon_spent_rdp_bound": upper,
+            "epsilon_remaining": max(policy.epsilon_budget - spent, 0.0),
+            "runs": len({e.run_id for e in events}),
+            "steps": sum(e.event.steps for e in events),
+            "events": [e.to_dict() for e in events],
+        }
+
+    def charge(
+        self,
+        scope: str,
+        *,
+        tenant: str | None,
+        run_id: str,
+        purpose: str,
+        planned: Sequence[MechanismEvent],
+    ) -> Charge:
+        """Charge a run's planned events, or refuse it before it starts.
+
+        One write transaction: the cumulative epsilon of every event already in the scope plus
+        the planned ones is computed; over the budget, the run is refused and audited and
+        nothing is written; otherwise the events are appended and audited."""
+        if not planned:
+            raise InvalidInput("a DP run charges at least one mechanism event")
+        refused: dict[str, Any] | None = None
+        with self._audit.write() as conn:
+            policy = self.policy(scope, conn)
+            before = [e.event for e in self.events(scope, conn)]
+            eps_before = epsilon(before, policy.delta, self.accountant)
+            eps_after = epsilon([*before, *planned], policy.delta, self.accountant)
+            if eps_after > policy.epsilon_budget + SLACK:
+                refused = {
+                    "run_id": run_id,
+                    "purpose": purpose,
+                    "asked": eps_after - eps_before,
+                    "spent": eps_before,
+                    "projected": eps_after,
+                    "budget": policy.epsilon_budget,
+                    "remaining": max(policy.epsilon_budget - eps_before, 0.0),
+                    "delta": policy.delta,
+                    "accountant": self.accountant,
+                    "planned": [e.to_dict() for e in planned],
+                }
+            else:
+                now = utcnow()
+                running: list[MechanismEvent] = list(before)
+                for event in planned:
+                    running.append(event)
+                    after = (
+                        eps_after
+                        if len(planned) == 1
+                        else epsilon(running, policy.delta, self.accountant)
+                    )
+                    conn.execute(
+                        "INSERT INTO privacy_events (scope, run_id, purpose, sampling_rate, "
+                        "noise_multiplier, steps, delta, epsilon_after, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            scope,
+                            run_id,
+                            purpose,
+                            event.sampling_rate,
+                            event.noise_multiplier,
+                            event.steps,
+                            policy.delta,
+                            after,
+                            now,
+                        ),
+                    )
+                self._audit.append_in(
+                    conn,
+                    "privacy.charge",
+                    tenant=tenant,
+                    obj=scope,
+                    details={
+                        "run_id": run_id,
+                        "purpose": purpose,
+                        "epsilon_before": eps_before,
+                        "epsilon_after": eps_after,
+                        "budget": policy.epsilon_budget,
+                        "delta": policy.delta,
+                        "accountant": self.accountant,
+                        "planned": [e.to_dict() for e in planned],
+                    },
+                )
+        if refused is not None:
+            self._audit.append("privacy.refused", tenant=tenant, obj=scope, details=refused)
+            who = "the shared model" if scope == SHARED else f"tenant {tenant!r}"
+            raise PrivacyBudgetExceeded(
+                f"refused before starting: this {purpose} run of {who} would cost "
+                f"epsilon {refused['asked']:.3f} and take the total to "
+                f"{refused['projected']:.3f}, past the budget of {policy.epsilon_budget:g} "
+                f"(delta {policy.delta:g}); spent {refused['spent']:.3f}, remaining "
+                f"{refused['remaining']:.3f}",
+                **refused,
+            )
+        return Charge(
+            scope,
+            run_id,
+            eps_before,
+            eps_after,
+            policy.epsilon_budget,
+            policy.delta,
+            self.accountant,
+            tuple(planned),
+        )
