@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -409,3 +410,424 @@ def test_many_tenants_grow_the_plot_instead_of_clipping_the_legend() -> None:
     assert len(lines) == 12 and all(len(points) == 1 for points in lines.values())
     # a single round sits in the middle of the plot area
     assert {x for points in lines.values() for x, _ in points} == {302.0}
+
+
+# --------------------------------------------------------------------------- privacy
+
+SWEPT = [1.0, 2.0, 4.0, 8.0]
+SWEEP_ACCURACY = [0.61, 0.70, 0.76, 0.80]
+SWEEP_F1 = [0.55, 0.66, 0.73, 0.78]
+BASELINE = {"accuracy": 0.853, "macro_f1": 0.841}
+CLIP_WARNING = (
+    "most gradients were clipped (on average 72% per step, above 70%): the clipping norm "
+    "C=1 is small against the median gradient norm 2.4, so the update direction is "
+    "distorted; raise privacy.max_grad_norm"
+)
+
+
+def _sweep(tenant: str = "critics", warning: str = CLIP_WARNING) -> dict[str, Any]:
+    sigmas, clipped = [7.9, 4.1, 2.2, 1.25], [0.72, 0.45, 0.41, 0.004]
+    results: list[dict[str, Any]] = [
+        {
+            "epsilon": eps,
+            "version": 4 + i,
+            "accuracy": acc,
+            "macro_f1": f1,
+            "n": 150,
+            "noise_multiplier": sigma,
+            "steps": 94,
+            "sampling_rate": 0.19,
+            "clipped": clip,
+            "warnings": [warning] if i == 0 else [],
+        }
+        for i, (eps, acc, f1, sigma, clip) in enumerate(
+            zip(SWEPT, SWEEP_ACCURACY, SWEEP_F1, sigmas, clipped, strict=True)
+        )
+    ]
+    results.append(
+        {
+            "epsilon": None,
+            "version": 8,
+            **BASELINE,
+            "n": 150,
+            "noise_multiplier": None,
+            "steps": 94,
+            "sampling_rate": None,
+            "clipped": None,
+            "warnings": [],
+        }
+    )
+    return {
+        "sweep_id": "ab12cd34ef567890",
+        "tenant": tenant,
+        "kind": "head",
+        "cutoff": "2026-11-22T09:59:00Z",
+        "records": 1350,
+        "eval_records": 150,
+        "delta": 1e-05,
+        "charged": {
+            "scope": "tenant:t-0001",
+            "run_id": "ab12cd34ef567890",
+            "epsilon_before": 0.0,
+            "epsilon_after": 9.1,
+            "epsilon_budget": 20.0,
+            "epsilon_remaining": 10.9,
+            "delta": 1e-05,
+            "accountant": "pld",
+            "events": [],
+        },
+        "results": results,
+    }
+
+
+def _privacy(tenant: str = "critics") -> dict[str, Any]:
+    return {
+        "ledgers": [
+            {
+                "name": tenant,
+                "scope": "tenant:t-0001",
+                "epsilon_budget": 8.0,
+                "delta": 1e-05,
+                "mode": "dp",
+                "run_epsilon": 4.0,
+                "accountant": "pld",
+                "epsilon_spent": 3.67,
+                "epsilon_spent_rdp_bound": 3.98,
+                "epsilon_remaining": 4.33,
+                "runs": 3,
+                "steps": 93,
+            },
+            {
+                "name": "shared",
+                "scope": "shared",
+                "epsilon_budget": 4.0,
+                "delta": 1e-05,
+                "mode": "dp",
+                "run_epsilon": 2.0,
+                "accountant": "pld",
+                "epsilon_spent": 3.6,
+                "epsilon_spent_rdp_bound": 3.91,
+                "epsilon_remaining": 0.4,
+                "runs": 2,
+                "steps": 1068,
+            },
+        ],
+        "sweeps": [_sweep(tenant)],
+        "dp_rounds": [
+            {
+                "tenant": tenant,
+                "version": 3,
+                "status": "active",
+                "accuracy": 0.66,
+                "macro_f1": 0.6,
+                "epsilon_run": 1.99,
+                "epsilon_total": 3.67,
+                "noise_multiplier": 5.5,
+                "steps": 32,
+                "clipped_mean": 0.43,
+                "median_norm": 0.8,
+                "warnings": [],
+            },
+            {
+                "tenant": tenant,
+                "version": 2,
+                "status": "rejected",
+                "accuracy": 0.58,
+                "macro_f1": 0.51,
+                "epsilon_run": 1.68,
+                "epsilon_total": 1.68,
+                "noise_multiplier": 6.1,
+                "steps": 31,
+                "clipped_mean": 0.02,
+                "median_norm": 0.31,
+                "warnings": ["almost no gradient was clipped (on average 2.0% per step)"],
+            },
+        ],
+        "shared": {
+            "versions": [
+                {
+                    "version": 1,
+                    "trunk_sha256": "e578" * 16,
+                    "members": ["newsroom", "press"],
+                    "records": 861,
+                    "steps": 68,
+                    "noise_multiplier": 2.7,
+                    "epsilon_after": 2.0,
+                    "clipped_mean": 0.73,
+                    "measured_noise_std": 2.698,
+                    "noise_std": 2.699,
+                }
+            ],
+            "comparison": [
+                {
+                    "tenant": "newsroom",
+                    "isolated": {"accuracy": 0.97, "macro_f1": 0.97},
+                    "shared": {"accuracy": 0.98, "macro_f1": 0.985},
+                    "shared_version": 1,
+                },
+                {
+                    "tenant": "press",
+                    "isolated": {"accuracy": 0.91, "macro_f1": 0.9},
+                    "shared": {"accuracy": 0.89, "macro_f1": 0.9},
+                    "shared_version": 1,
+                },
+            ],
+        },
+    }
+
+
+def _with_privacy(privacy: Any) -> dict[str, Any]:
+    result = _result()
+    result["privacy"] = privacy
+    return result
+
+
+def _svg_class(element: ET.Element) -> list[str]:
+    return element.attrib.get("class", "").split()
+
+
+def _sweep_markers(svg: ET.Element) -> dict[str, list[ET.Element]]:
+    """The DP markers per metric series (data-metric of the series group)."""
+    return {
+        group.attrib["data-metric"]: [el for el in group if "marker" in _svg_class(el)]
+        for group in svg.iter(f"{SVG}g")
+        if "series" in _svg_class(group)
+    }
+
+
+def _marker_y(element: ET.Element) -> float:
+    if element.tag == f"{SVG}circle":
+        return float(element.attrib["cy"])
+    return float(element.attrib["y"]) + float(element.attrib["height"]) / 2
+
+
+def _marker_x(element: ET.Element) -> float:
+    if element.tag == f"{SVG}circle":
+        return float(element.attrib["cx"])
+    return float(element.attrib["x"]) + float(element.attrib["width"]) / 2
+
+
+@pytest.fixture(scope="module")
+def private_document() -> str:
+    return render_report(_with_privacy(_privacy()))
+
+
+def test_privacy_section_is_well_formed_and_sits_before_the_footer(
+    private_document: str,
+) -> None:
+    checker = _check(private_document)
+    assert checker.errors == [] and checker.stack == []
+    assert private_document.count("<h2>Differential privacy</h2>") == 1
+    versions = private_document.index("<h2>Model versions</h2>")
+    privacy = private_document.index("<h2>Differential privacy</h2>")
+    assert versions < privacy < private_document.index("<footer>")
+    # two serving plots and one per sweep; every SVG is well-formed XML
+    assert checker.counts["svg"] == 3
+    assert set(_svgs(private_document)) == {"accuracy", "macro_f1", "privacy-sweep-1"}
+    # tenants, rounds, versions; then ledgers, one sweep, DP rounds, shared versions, comparison
+    assert checker.counts["table"] == 1 + 3 + 2 + 1 + 1 + 1 + 2
+    test_no_external_resources(private_document)
+
+
+def test_ledger_table_shows_budget_spent_bound_remaining_and_a_bar(
+    private_document: str,
+) -> None:
+    assert "8.00 at 1e-05" in private_document
+    assert '3.67 <span class="muted">(pld)</span>' in private_document
+    for number in ("3.98", "4.33", ">93<", ">1,068<", "3.91", "0.40"):
+        assert number in private_document
+    assert "<code>tenant:t-0001</code>" in private_document
+    # 3.67 of 8 spent; the shared scope has spent 90% of its budget
+    assert '<span class="bar bar-ok" title="46% of the budget spent">' in private_document
+    assert 'style="width: 45.9%"' in private_document
+    assert '<span class="bar bar-high" title="90% of the budget spent">' in private_document
+    assert 'style="width: 90.0%"' in private_document
+
+
+def test_a_ledger_over_its_budget_gets_a_full_red_bar() -> None:
+    # a budget lowered after the runs that spent it: more spent than the budget allows
+    ledger = {**_privacy()["ledgers"][0], "epsilon_budget": 3.0, "epsilon_remaining": 0.0}
+    document = render_report(_with_privacy({"ledgers": [ledger]}))
+    assert '<span class="bar bar-over" title="122% of the budget spent">' in document
+    assert 'style="width: 100.0%"' in document
+
+
+def test_sweep_plot_has_a_marker_per_epsilon_per_metric_on_a_log2_axis(
+    private_document: str,
+) -> None:
+    svg = _svgs(private_document)["privacy-sweep-1"]
+    markers = _sweep_markers(svg)
+    assert set(markers) == {"accuracy", "macro_f1"}
+    for metric, values in (("accuracy", SWEEP_ACCURACY), ("macro_f1", SWEEP_F1)):
+        assert [float(m.attrib["data-epsilon"]) for m in markers[metric]] == SWEPT
+        assert [float(m.attrib["data-value"]) for m in markers[metric]] == values
+        ys = [_marker_y(m) for m in markers[metric]]
+        assert ys == sorted(ys, reverse=True)  # better scores are drawn higher
+    # the two series are told apart by colour (and shape)
+    fills = {metric: {m.attrib["fill"] for m in found} for metric, found in markers.items()}
+    assert all(len(f) == 1 for f in fills.values()) and fills["accuracy"] != fills["macro_f1"]
+    # log2 axis: 1, 2, 4, 8 are evenly spaced, and each has a tick label
+    xs = [_marker_x(m) for m in markers["accuracy"]]
+    gaps = [b - a for a, b in itertools.pairwise(xs)]
+    assert gaps[0] > 0 and gaps == pytest.approx([gaps[0]] * 3, abs=0.02)
+    ticks = [el for el in svg.iter(f"{SVG}text") if "tick" in _svg_class(el)]
+    assert [t.text for t in ticks] == ["1", "2", "4", "8"]
+    assert [float(t.attrib["x"]) for t in ticks] == pytest.approx(xs, abs=0.01)
+    labels = "".join(svg.itertext())
+    assert "epsilon (log2 scale)" in labels
+
+
+def test_sweep_plot_draws_the_non_private_baseline_dashed_and_labelled(
+    private_document: str,
+) -> None:
+    svg = _svgs(private_document)["privacy-sweep-1"]
+    baselines = {
+        line.attrib["data-metric"]: line
+        for line in svg.iter(f"{SVG}line")
+        if "baseline" in _svg_class(line)
+    }
+    assert set(baselines) == {"accuracy", "macro_f1"}
+    markers = _sweep_markers(svg)
+    for metric, line in baselines.items():
+        assert line.attrib["stroke-dasharray"]
+        assert line.attrib["y1"] == line.attrib["y2"]
+        assert float(line.attrib["data-value"]) == BASELINE[metric]
+        # the colour of its series; above every DP point, as its score is higher
+        assert line.attrib["stroke"] == markers[metric][0].attrib["fill"]
+        assert all(float(line.attrib["y1"]) < _marker_y(m) for m in markers[metric])
+    labels = [el for el in svg.iter(f"{SVG}text") if "baseline-label" in _svg_class(el)]
+    assert sorted(el.text or "" for el in labels) == [
+        "non-private accuracy 0.853",
+        "non-private macro-F1 0.841",
+    ]
+    # 0.853 and 0.841 are a few pixels apart: the labels are pushed apart, not overlapping
+    ys = sorted(float(el.attrib["y"]) for el in labels)
+    assert ys[1] - ys[0] >= 14
+
+
+def test_sweep_table_and_caption(private_document: str) -> None:
+    assert "Accuracy-privacy sweep of critics (head adapter)" in private_document
+    assert "1,350 records, 150 eval records, delta 1e-05" in private_document
+    assert '<td class="num">non-private</td>' in private_document
+    for text in ("7.900", "1.250", "0.610", "0.550", "0.853", "0.841", "72%", "0.4%"):
+        assert text in private_document
+    assert "epsilon 0.00 \N{RIGHTWARDS ARROW} 9.10 of 20.00 at delta 1e-05" in private_document
+    assert "sweep candidates are never promoted" in private_document
+
+
+def test_warnings_render_escaped_in_sweeps_and_dp_rounds(private_document: str) -> None:
+    assert f'<div class="warn">{CLIP_WARNING}</div>' in private_document
+    assert '<div class="warn">almost no gradient was clipped' in private_document
+    # a sweep warning that carries markup is escaped
+    result = _with_privacy({"sweeps": [_sweep(warning="C <b>small</b> & 'odd'")]})
+    document = render_report(result)
+    assert "<b>small</b>" not in document
+    assert "C &lt;b&gt;small&lt;/b&gt; &amp; &#x27;odd&#x27;" in document
+
+
+def test_dp_rounds_and_shared_layer_tables(private_document: str) -> None:
+    assert "<h3>DP training rounds</h3>" in private_document
+    assert "1.99" in private_document and "5.500" in private_document
+    assert 'class="status status-rejected"' in private_document
+    assert "<h3>Shared layer</h3>" in private_document
+    assert "<code>e578e578e578e578</code>" in private_document
+    assert "e578" * 5 not in private_document
+    assert "newsroom, press" in private_document
+    assert '<td class="num">2.699</td><td class="num">2.698</td>' in private_document
+    assert "adds the Gaussian noise once per step" in private_document
+    arrow = "\N{RIGHTWARDS ARROW}"
+    assert f'0.970 {arrow} 0.980 <span class="up">(+0.010)</span>' in private_document
+    assert f'0.910 {arrow} 0.890 <span class="down">(-0.020)</span>' in private_document
+    assert f'0.900 {arrow} 0.900 <span class="muted">(+0.000)</span>' in private_document
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        "missing",
+        None,
+        {},
+        {"ledgers": [], "sweeps": [], "dp_rounds": [], "shared": {}},
+        {"shared": {"versions": [], "comparison": []}},
+        "junk",
+    ],
+)
+def test_no_privacy_data_renders_no_privacy_section(privacy: Any) -> None:
+    result = _result()
+    if privacy == "missing":
+        del result["privacy"]
+    else:
+        result["privacy"] = privacy
+    document = render_report(result)
+    assert "Differential privacy" not in document
+    assert "sweep" not in document.lower()
+    assert set(_svgs(document)) == {"accuracy", "macro_f1"}
+
+
+def test_malicious_tenant_names_are_escaped_in_the_privacy_section() -> None:
+    privacy = _privacy(EVIL)
+    privacy["sweeps"][0]["kind"] = EVIL
+    privacy["sweeps"][0]["sweep_id"] = EVIL
+    privacy["ledgers"][0]["scope"] = EVIL
+    privacy["ledgers"][0]["mode"] = EVIL
+    privacy["ledgers"][0]["accountant"] = EVIL
+    privacy["shared"]["versions"][0]["members"] = [EVIL, "press"]
+    privacy["shared"]["comparison"][0]["tenant"] = EVIL
+    result = _with_privacy(privacy)
+    result["rounds"] = result["versions"] = result["tenants"] = []  # EVIL only in privacy
+    document = render_report(result)
+    checker = _check(document)
+    assert checker.errors == [] and checker.stack == []
+    assert "<script" not in document
+    assert "script" not in checker.counts
+    escaped = "ev&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;il"
+    assert document.count(escaped) >= 10
+    assert EVIL in "".join(checker.text)
+    svg = _svgs(document)["privacy-sweep-1"]  # the tenant in its title is escaped XML too
+    assert EVIL in (svg.findtext(f"{SVG}title") or "")
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        {"sweeps": [{"tenant": "solo", "results": [{"epsilon": None, "accuracy": 0.5}]}]},
+        {"sweeps": [{"results": [{"epsilon": 4, "accuracy": 0.5, "macro_f1": "nan"}]}]},
+        {"sweeps": [{"results": [{"epsilon": "2", "accuracy": 0.5}, {"epsilon": -1}, "junk"]}]},
+        {"sweeps": [{"results": "junk", "charged": "junk"}], "dp_rounds": ["junk", {}]},
+        {"ledgers": [{"name": "x", "epsilon_budget": 0, "epsilon_spent": 1}]},
+        {"shared": {"versions": [{"members": "not-a-list"}], "comparison": [{}]}},
+    ],
+)
+def test_sparse_or_odd_privacy_data_still_renders(privacy: dict[str, Any]) -> None:
+    document = render_report(_with_privacy(privacy))
+    checker = _check(document)
+    assert checker.errors == [] and checker.stack == []
+    assert "<h2>Differential privacy</h2>" in document
+    _svgs(document)  # still well-formed XML
+
+
+def test_a_sweep_without_dp_candidates_says_so() -> None:
+    sweep = _sweep()
+    sweep["results"] = sweep["results"][-1:]  # only the non-private candidate
+    sweep["charged"] = None
+    document = render_report(_with_privacy({"sweeps": [sweep]}))
+    svg = _svgs(document)["privacy-sweep-1"]
+    assert "no DP candidates in this sweep" in "".join(svg.itertext())
+    assert _sweep_markers(svg) == {}
+    assert len([ln for ln in svg.iter(f"{SVG}line") if "baseline" in _svg_class(ln)]) == 2
+    assert "Nothing was charged to the ledger." in document
+
+
+def test_close_epsilons_keep_every_marker_but_not_overlapping_tick_labels() -> None:
+    sweep = _sweep()
+    for point, eps in zip(sweep["results"], [1.0, 1.05, 4.0, 8.0], strict=False):
+        point["epsilon"] = eps
+    svg = _svgs(render_report(_with_privacy({"sweeps": [sweep]})))["privacy-sweep-1"]
+    assert [m.attrib["data-epsilon"] for m in _sweep_markers(svg)["accuracy"]] == [
+        "1",
+        "1.05",
+        "4",
+        "8",
+    ]
+    ticks = [el.text for el in svg.iter(f"{SVG}text") if "tick" in _svg_class(el)]
+    assert ticks == ["1", "4", "8"]

@@ -13,6 +13,7 @@ parent's cutoff.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import threading
@@ -24,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from silolearn.audit.log import utcnow
-from silolearn.errors import ConflictError, InvalidInput, SiloError, TenantQuarantined
+from silolearn.errors import (
+    ConflictError,
+    InvalidInput,
+    NotFoundError,
+    SiloError,
+    TenantQuarantined,
+)
 from silolearn.ingest.records import normalise_timestamp
 from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.encoder import base_model_record, verify_base_model
@@ -268,6 +275,8 @@ class Trainer:
                     "cutoff": active.lineage.get("cutoff"),
                     "max_seq": active.lineage.get("max_seq", 0),
                     "dp": active.lineage.get("privacy", {}).get("mode") == "dp",
+                    "kind": active.kind,
+                    "trunk": active.lineage.get("trunk"),
                 },
             }
             on_request = None
@@ -410,6 +419,313 @@ class Trainer:
         result["seconds"] = round(time.perf_counter() - t0, 4)
         return result
 
+    # -- the accuracy-privacy sweep --------------------------------------------------------
+
+    def sweep(
+        self,
+        tenant: str,
+        epsilons: Sequence[float],
+        *,
+        kind: str | None = None,
+        seed: int | None = None,
+        cutoff: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Train one DP candidate per target epsilon (plus a non-private one unless the
+        tenant requires DP), all from scratch on the same records, and evaluate them on the
+        same eval window. Candidates are never promoted. The cost of *all* DP points is
+        charged to the tenant's ledger together when the first worker has counted the
+        records, before any of them trains; a sweep the budget cannot pay is refused whole.
+        """
+        ws = self.ws
+        kind = kind or self.config.adapter
+        if kind not in ("head", "lora"):
+            raise InvalidInput(f"unknown adapter kind {kind!r}: use head or lora")
+        targets = sorted({float(e) for e in epsilons})
+        if not targets or any(not (e > 0 and e < 1e6) for e in targets):
+            raise InvalidInput("give one or more positive target epsilons, e.g. 1,2,4,8")
+        seed = self.config.seed if seed is None else seed
+        info = ws.tenants.get(tenant)
+        if info.status != "active":
+            raise TenantQuarantined(f"tenant {tenant!r} is {info.status}", tenant=tenant)
+        scope_key = tenant_scope(info.id)
+        ledger = ws.ledger()
+        policy = ledger.policy(scope_key)
+        sweep_id = secrets.token_hex(8)
+        verify_base_model(ws, when="train.before")
+        points: list[dict[str, Any]] = []
+        state: dict[str, Any] = {"records": None, "plans": None, "charge": None}
+
+        def answer_for(index: int) -> Request:
+            def answer(name: str, details: dict[str, Any]) -> dict[str, Any]:
+                records = int(details["records"])
+                if state["plans"] is None:
+                    plans = [
+                        self.plan_dp(
+                            records=records, kind=kind, target_epsilon=e, delta=policy.delta
+                        )
+                        for e in targets
+                    ]
+                    charge = ledger.charge(
+                        scope_key,
+                        tenant=tenant,
+                        run_id=sweep_id,
+                        purpose="sweep",
+                        planned=[p.event for p in plans],
+                    )
+                    state.update(records=records, plans=plans, charge=charge)
+                elif records != state["records"]:
+                    raise ConflictError("the tenant's records changed during the sweep")
+                return {
+                    "plan": state["plans"][index].to_dict(),
+                    "charge": state["charge"].to_dict(),
+                }
+
+            return answer
+
+        with run_slot(
+            ws.path / "locks" / "train", info.id, tenant, self.config.max_runs_per_tenant
+        ):
+            scope = ws.scope(tenant, purpose=Purpose.TRAINING)
+            registry = AdapterRegistry(scope)
+            cutoff = self._cutoff(tenant, cutoff, None)
+            ws.audit.append(
+                "privacy.sweep.start",
+                tenant=tenant,
+                obj=sweep_id,
+                details={"epsilons": targets, "kind": kind, "cutoff": cutoff},
+            )
+            runs: list[tuple[float | None, int]] = [(e, i) for i, e in enumerate(targets)]
+            if policy.mode != "dp":
+                runs.append((None, -1))
+            for target, index in runs:
+                candidate = self._side_run(
+                    tenant,
+                    registry,
+                    kind=kind,
+                    seed=seed,
+                    cutoff=cutoff,
+                    on_request=None if target is None else answer_for(index),
+                    tag={"sweep": {"id": sweep_id, "target_epsilon": target}},
+                    progress=progress,
+                )
+                points.append({"epsilon": target, "version": candidate.version, "v": candidate})
+            evaluation = self._evaluate_side_runs(
+                tenant,
+                registry,
+                cutoff,
+                [pt["v"] for pt in points],
+                reason="privacy sweep candidate: never promoted",
+                progress=progress,
+            )
+        results = []
+        for pt in points:
+            version: AdapterVersion = pt["v"]
+            metrics = evaluation["versions"][str(version.version)]
+            privacy = version.lineage.get("privacy", {})
+            plan = privacy.get("plan", {})
+            results.append(
+                {
+                    "epsilon": pt["epsilon"],
+                    "version": version.version,
+                    "accuracy": metrics["accuracy"],
+                    "macro_f1": metrics["macro_f1"],
+                    "n": metrics.get("n"),
+                    "noise_multiplier": plan.get("noise_multiplier"),
+                    "steps": plan.get("steps") if plan else version.lineage["fit"]["steps"],
+                    "sampling_rate": plan.get("sampling_rate"),
+                    "clipped": (privacy.get("clipping") or {})
+                    .get("fraction_clipped", {})
+                    .get("mean"),
+                    "warnings": privacy.get("warnings", []),
+                }
+            )
+        charge = state["charge"]
+        report = {
+            "sweep_id": sweep_id,
+            "tenant": tenant,
+            "kind": kind,
+            "cutoff": cutoff,
+            "records": state["records"],
+            "eval_records": evaluation["eval_records"],
+            "delta": policy.delta,
+            "charged": None if charge is None else charge.to_dict(),
+            "results": results,
+            "created_at": utcnow(),
+        }
+        with ws.audit.write() as conn:
+            conn.execute(
+                "INSERT INTO privacy_sweeps (sweep_id, tenant_id, scope, results, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (sweep_id, info.id, scope_key, json.dumps(report, sort_keys=True), utcnow()),
+            )
+            ws.audit.append_in(
+                conn,
+                "privacy.sweep",
+                tenant=tenant,
+                obj=sweep_id,
+                details={
+                    "points": [
+                        {k: r[k] for k in ("epsilon", "version", "accuracy", "macro_f1")}
+                        for r in results
+                    ],
+                    "epsilon_after": None if charge is None else charge.epsilon_after,
+                },
+            )
+        return report
+
+    def _side_run(
+        self,
+        tenant: str,
+        registry: AdapterRegistry,
+        *,
+        kind: str,
+        seed: int,
+        cutoff: str,
+        on_request: Request | None,
+        tag: dict[str, Any],
+        progress: Progress | None,
+    ) -> AdapterVersion:
+        """Train a candidate from scratch that is registered with its lineage (the evidence)
+        and, once evaluated, rejected by ``_settle``: it never serves. DP when ``on_request``
+        plans it."""
+        scope = registry._scope
+        run_id = secrets.token_hex(8)
+        next_version = 1 + max((v.version for v in registry.list()), default=0)
+        self._run_started(scope, run_id, kind, seed, cutoff)
+        params: dict[str, Any] = {
+            "kind": kind,
+            "seed": seed,
+            "cutoff": cutoff,
+            "version_hint": next_version,
+            "parent": None,
+        }
+        if on_request is not None:
+            p = self.ws.settings.privacy
+            params["dp"] = {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+        try:
+            trained = self._run(tenant, "train", params, progress, on_request)
+            lineage = {
+                **trained["lineage"],
+                **tag,
+                "run_id": run_id,
+                "timings": trained["timings"],
+                "started_at": self._started_at,
+            }
+            candidate = registry.register_candidate(
+                trained["artefact"],
+                kind=kind,
+                lineage=lineage,
+                metrics={},
+                run_id=run_id,
+                extra={"replay": trained["replay"], "records": trained["records"]},
+            )
+        except SiloError as exc:
+            self._run_finished(scope, run_id, "failed", None, exc.message)
+            raise
+        self._run_finished(scope, run_id, "succeeded", candidate.version, None)
+        return candidate
+
+    def _evaluate_side_runs(
+        self,
+        tenant: str,
+        registry: AdapterRegistry,
+        cutoff: str,
+        side: Sequence[AdapterVersion],
+        *,
+        also: Sequence[AdapterVersion] = (),
+        reason: str,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        """Evaluate side-run candidates (and ``also``) on one eval window, record their
+        metrics, and reject them, whatever happens: a side run never stays a candidate."""
+        try:
+            evaluation = self._run(
+                tenant,
+                "evaluate",
+                {
+                    "cutoff": cutoff,
+                    "split": None,
+                    "versions": [
+                        {
+                            "version": v.version,
+                            "run_id": v.run_id,
+                            "sha256": v.sha256,
+                            "kind": v.kind,
+                        }
+                        for v in [*also, *side]
+                    ],
+                },
+                progress,
+            )
+            for v in side:
+                registry.set_metrics(v.version, evaluation["versions"][str(v.version)])
+        finally:
+            for v in side:
+                if registry.get(v.version).status == "candidate":
+                    registry.reject(v.version, decision={"reason": reason, "gates": []})
+        return evaluation
+
+    def shadow(self, tenant: str, *, progress: Progress | None = None) -> dict[str, Any]:
+        """The active version against an isolated shadow: a non-private head trained from
+        scratch on the same records up to the active version's cutoff, without the shared
+        layer, evaluated on the same eval records. Shows what the shared layer adds."""
+        ws = self.ws
+        info = ws.tenants.get(tenant)
+        if info.status != "active":
+            raise TenantQuarantined(f"tenant {tenant!r} is {info.status}", tenant=tenant)
+        if ws.ledger().policy(tenant_scope(info.id)).mode == "dp":
+            raise ConflictError(
+                f"tenant {tenant!r} requires differential privacy: no non-private shadow"
+            )
+        with run_slot(
+            ws.path / "locks" / "train", info.id, tenant, self.config.max_runs_per_tenant
+        ):
+            registry = AdapterRegistry(ws.scope(tenant, purpose=Purpose.TRAINING))
+            active = registry.active()
+            if active is None:
+                raise NotFoundError(f"tenant {tenant!r} has no active version to compare")
+            cutoff = str(active.lineage["cutoff"])
+            candidate = self._side_run(
+                tenant,
+                registry,
+                kind="head",
+                seed=int(active.lineage.get("seed", self.config.seed)),
+                cutoff=cutoff,
+                on_request=None,
+                tag={"shadow": {"of": active.version, "trunk": active.lineage.get("trunk")}},
+                progress=progress,
+            )
+            evaluation = self._evaluate_side_runs(
+                tenant,
+                registry,
+                cutoff,
+                [candidate],
+                also=[active],
+                reason="isolated shadow of the serving version: never promoted",
+                progress=progress,
+            )
+        active_m = evaluation["versions"][str(active.version)]
+        shadow_m = evaluation["versions"][str(candidate.version)]
+        report = {
+            "tenant": tenant,
+            "serving": {"version": active.version, **_headline(active_m)},
+            "isolated": {"version": candidate.version, **_headline(shadow_m)},
+            "shared_version": (active.lineage.get("trunk") or {}).get("version"),
+            "eval_records": evaluation["eval_records"],
+        }
+        ws.audit.append(
+            "shadow.compare",
+            tenant=tenant,
+            obj=f"v{active.version}",
+            details={
+                "shadow": candidate.version,
+                "accuracy": [active_m["accuracy"], shadow_m["accuracy"]],
+                "macro_f1": [active_m["macro_f1"], shadow_m["macro_f1"]],
+            },
+        )
+        return report
+
     def promote(self, tenant: str, version: int, *, reason: str = "manual") -> RoundResult:
         """Promote a candidate by hand: only through the same gates a round applies."""
         verify_base_model(self.ws, when="promote")
@@ -497,6 +813,19 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "windows") if k in metrics}
 
 
+def list_sweeps(ws: Workspace, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Accuracy-privacy sweeps, oldest first (of one tenant, or of all)."""
+    if tenant is None:
+        rows = ws.conn.execute("SELECT results FROM privacy_sweeps ORDER BY created_at").fetchall()
+    else:
+        info = ws.tenants.get(tenant)
+        rows = ws.conn.execute(
+            "SELECT results FROM privacy_sweeps WHERE tenant_id = ? ORDER BY created_at",
+            (info.id,),
+        ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
 def list_runs(ws: Workspace, tenant: str) -> list[dict[str, Any]]:
     info = ws.tenants.get(tenant)
     rows = ws.conn.execute(
@@ -518,6 +847,8 @@ def train_many(
     progress: Progress | None = None,
     on_result: Callable[[RoundResult], None] | None = None,
     actor: str | None = None,
+    dp: bool | None = None,
+    epsilon: float | None = None,
 ) -> list[RoundResult]:
     """One round for each tenant, several at once: each tenant's round runs in its own
     worker processes; each coordinating thread opens its own workspace connection."""
@@ -528,7 +859,9 @@ def train_many(
     def one(tenant: str) -> RoundResult:
         with Workspace.open(path, actor=actor) as ws:
             try:
-                result = Trainer(ws).train(tenant, kind=kind, seed=seed, progress=progress)
+                result = Trainer(ws).train(
+                    tenant, kind=kind, seed=seed, progress=progress, dp=dp, epsilon=epsilon
+                )
             except SiloError as exc:
                 result = RoundResult(tenant=tenant, status="failed", error=exc.to_dict())
         if on_result is not None:

@@ -13,6 +13,11 @@ other external resources):
 * one table per round: records arrived and where they went, the training mix (new and
   replayed records), accuracy and macro-F1 before and after, the decision and time taken;
 * one table of model versions per tenant;
+* when the result has privacy data, a differential-privacy section: each scope's ledger
+  (budget, spent by the accountant and its Rényi-DP bound, remaining, with a bar), each
+  accuracy-privacy sweep (a table and a plot of accuracy and macro-F1 against epsilon on a
+  log2 axis, the non-private candidate as dashed lines), the DP training rounds, and the
+  shared layer's versions and each member's isolated-against-shared scores;
 * a footer stating what the metrics are measured on: each tenant's own append-only eval
   store, records up to the round's cutoff, which the trainer never reads.
 
@@ -64,6 +69,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 h1 { font-size: 24px; margin: 0 0 8px; }
 h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
+h4 { font-size: 13px; margin: 12px 0 4px; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
 dl.meta dt { color: #57606a; }
 dl.meta dd { margin: 0; overflow-wrap: anywhere; }
@@ -86,6 +92,15 @@ td.decision { overflow-wrap: anywhere; max-width: 28em; }
 .up { color: #116329; }
 .down { color: #a40e26; }
 .muted { color: #57606a; }
+.warn { color: #7d4e00; }
+.warn + .warn { margin-top: 4px; }
+td.used { white-space: nowrap; }
+.bar { display: inline-block; width: 80px; height: 8px; border-radius: 4px;
+  background: #eaeef2; vertical-align: middle; overflow: hidden; }
+.bar-fill { display: block; height: 100%; }
+.bar-ok .bar-fill { background: #2da44e; }
+.bar-high .bar-fill { background: #d4a72c; }
+.bar-over .bar-fill { background: #cf222e; }
 figure { margin: 8px 0 16px; }
 figure svg { max-width: 100%; height: auto; display: block; }
 figcaption { color: #57606a; font-size: 12px; }
@@ -239,7 +254,8 @@ def _series(result: Mapping[str, Any], metric: str) -> list[_Series]:
 
 @dataclass(frozen=True)
 class _Frame:
-    """Pixel geometry of a plot: the data area and the round range on the x axis."""
+    """Pixel geometry of a plot: the data area and the range of x values (a round number,
+    or log2 of epsilon); y always spans 0..1."""
 
     width: int
     height: int
@@ -247,15 +263,15 @@ class _Frame:
     right: float
     top: float
     bottom: float
-    first: int
-    last: int
+    first: float
+    last: float
 
-    def x(self, round_number: int) -> float:
+    def x(self, value: float) -> float:
         if self.last == self.first:
             return (self.left + self.right) / 2
         pad = 18.0
         span = self.right - self.left - 2 * pad
-        return self.left + pad + (round_number - self.first) / (self.last - self.first) * span
+        return self.left + pad + (value - self.first) / (self.last - self.first) * span
 
     def y(self, value: float) -> float:
         value = min(1.0, max(0.0, value))
@@ -266,7 +282,21 @@ def _xy(value: float) -> str:
     return f"{value:.2f}"
 
 
-def _grid(frame: _Frame, label: str) -> list[str]:
+def _round_ticks(first: int, last: int) -> list[tuple[float, str]]:
+    """At most about twelve round numbers for the x axis."""
+    stride = max(1, math.ceil((last - first + 1) / 12))
+    return [(number, str(number)) for number in range(first, last + 1, stride)]
+
+
+def _grid(
+    frame: _Frame,
+    label: str,
+    ticks: Iterable[tuple[float, str]],
+    x_label: str = "round",
+) -> list[str]:
+    """Gridlines at 0.0..1.0 with the y ``label``; x ``ticks`` as (x value, text) with the
+    x label. A tick label closer than 28 px to the previous one is left out (not its mark).
+    """
     parts = []
     for step in range(6):
         value = step / 5
@@ -279,16 +309,20 @@ def _grid(frame: _Frame, label: str) -> list[str]:
             f'<text x="{_xy(frame.left - 8)}" y="{y}" text-anchor="end" '
             f'dominant-baseline="middle">{value:.1f}</text>'
         )
-    stride = max(1, math.ceil((frame.last - frame.first + 1) / 12))
-    for number in range(frame.first, frame.last + 1, stride):
-        x = _xy(frame.x(number))
+    previous = -math.inf
+    for value, text in ticks:
+        pixel = frame.x(value)
+        x = _xy(pixel)
         parts.append(
             f'<line x1="{x}" y1="{_xy(frame.bottom)}" x2="{x}" y2="{_xy(frame.bottom + 5)}" '
             'stroke="#57606a" stroke-width="1"/>'
         )
-        parts.append(
-            f'<text x="{x}" y="{_xy(frame.bottom + 18)}" text-anchor="middle">{number}</text>'
-        )
+        if pixel - previous >= 28:
+            previous = pixel
+            parts.append(
+                f'<text class="tick" x="{x}" y="{_xy(frame.bottom + 18)}" '
+                f'text-anchor="middle">{_e(text)}</text>'
+            )
     parts.append(
         f'<rect x="{_xy(frame.left)}" y="{_xy(frame.top)}" width="{_xy(frame.right - frame.left)}"'
         f' height="{_xy(frame.bottom - frame.top)}" fill="none" stroke="#57606a" '
@@ -297,7 +331,7 @@ def _grid(frame: _Frame, label: str) -> list[str]:
     middle = _xy((frame.left + frame.right) / 2)
     parts.append(
         f'<text class="axis-label" x="{middle}" y="{frame.height - 6}" '
-        'text-anchor="middle">round</text>'
+        f'text-anchor="middle">{_e(x_label)}</text>'
     )
     centre = _xy((frame.top + frame.bottom) / 2)
     parts.append(
@@ -305,6 +339,50 @@ def _grid(frame: _Frame, label: str) -> list[str]:
         f'transform="rotate(-90 14 {centre})">{_e(label)}</text>'
     )
     return parts
+
+
+def _polyline(points: Iterable[tuple[float, float]], colour: str) -> str:
+    coords = " ".join(f"{_xy(x)},{_xy(y)}" for x, y in points)
+    return (
+        f'<polyline points="{coords}" fill="none" stroke="{colour}" '
+        'stroke-width="2.2" stroke-linejoin="round" stroke-linecap="round"/>'
+    )
+
+
+def _shape(
+    shape: str, x: float, y: float, size: float, fill: str, attrs: str = "", title: str = ""
+) -> str:
+    """A marker centred on (x, y): a square of side ``size`` or a circle of that diameter;
+    ``attrs`` (ready-made, leading space) and ``title`` (ready-made markup) are optional."""
+    if shape == "square":
+        tag = "rect"
+        geometry = (
+            f'x="{_xy(x - size / 2)}" y="{_xy(y - size / 2)}" width="{size:g}" height="{size:g}"'
+        )
+    else:
+        tag = "circle"
+        geometry = f'cx="{_xy(x)}" cy="{_xy(y)}" r="{size / 2:g}"'
+    opening = f'<{tag} {geometry} fill="{fill}"{attrs}'
+    return f"{opening}>{title}</{tag}>" if title else f"{opening}/>"
+
+
+def _key(
+    x: float, y: float, colour: str, text: str, *, shape: str = "circle", dashed: bool = False
+) -> str:
+    """One legend entry at (x, y): a line sample with a marker on it (or a dashed line
+    without one) and the text, shortened, with the full text as its tooltip."""
+    line = (
+        f'<line x1="{_xy(x)}" y1="{_xy(y)}" x2="{_xy(x + 22)}" y2="{_xy(y)}" '
+        f'stroke="{colour}" stroke-width="2.2"'
+    )
+    if dashed:
+        sample = f'{line} stroke-dasharray="6 4"/>'
+    else:
+        sample = f"{line}/>{_shape(shape, x + 11, y, 8, colour)}"
+    return (
+        f'{sample}<text x="{_xy(x + 30)}" y="{_xy(y)}" dominant-baseline="middle">'
+        f"<title>{_e(text)}</title>{_e(_short(text))}</text>"
+    )
 
 
 _KIND_NOTE = {
@@ -316,40 +394,29 @@ _KIND_NOTE = {
 
 
 def _marker(series: _Series, point: _Point, frame: _Frame, label: str) -> str:
-    x, y = _xy(frame.x(point.round)), _xy(frame.y(point.value))
+    x, y = frame.x(point.round), frame.y(point.value)
     title = (
         f"<title>{_e(series.tenant)}, round {point.round}: {label} {point.value:.3f} "
         f"({_KIND_NOTE[point.kind]})</title>"
     )
-    data = f'data-round="{point.round}" data-value="{point.value:.4f}"'
+    data = f' data-round="{point.round}" data-value="{point.value:.4f}"'
     if point.kind == "active":
-        return (
-            f'<circle class="marker active" cx="{x}" cy="{y}" r="4.5" '
-            f'fill="{series.colour}" {data}>{title}</circle>'
-        )
+        return _shape("circle", x, y, 9, series.colour, f' class="marker active"{data}', title)
+    hollow = f' stroke="{series.colour}" stroke-width="2"{data}'
     if point.kind == "failed":
-        size = 8.0
-        return (
-            f'<rect class="marker failed" x="{_xy(frame.x(point.round) - size / 2)}" '
-            f'y="{_xy(frame.y(point.value) - size / 2)}" width="{size}" height="{size}" '
-            f'fill="#fff" stroke="{series.colour}" stroke-width="2" {data}>{title}</rect>'
-        )
-    return (
-        f'<circle class="marker {point.kind}" cx="{x}" cy="{y}" r="5" fill="#fff" '
-        f'stroke="{series.colour}" stroke-width="2" {data}>{title}</circle>'
-    )
+        return _shape("square", x, y, 8, "#fff", f' class="marker failed"{hollow}', title)
+    return _shape("circle", x, y, 10, "#fff", f' class="marker {point.kind}"{hollow}', title)
 
 
 def _line(series: _Series, frame: _Frame, label: str) -> list[str]:
     if not series.points:
         return []
-    points = " ".join(
-        f"{_xy(frame.x(point.round))},{_xy(frame.y(point.value))}" for point in series.points
-    )
     parts = [
         f'<g class="series" data-tenant="{_e(series.tenant)}">',
-        f'<polyline points="{points}" fill="none" stroke="{series.colour}" '
-        'stroke-width="2.2" stroke-linejoin="round" stroke-linecap="round"/>',
+        _polyline(
+            ((frame.x(point.round), frame.y(point.value)) for point in series.points),
+            series.colour,
+        ),
     ]
     parts.extend(_marker(series, point, frame, label) for point in series.points)
     parts.append("</g>")
@@ -369,13 +436,7 @@ def _legend(series: list[_Series], x: float, top: float) -> list[str]:
     parts = ['<g class="legend">']
     y = top + 6
     for item in series:
-        parts.append(
-            f'<line x1="{_xy(x)}" y1="{_xy(y)}" x2="{_xy(x + 22)}" y2="{_xy(y)}" '
-            f'stroke="{item.colour}" stroke-width="2.2"/>'
-            f'<circle cx="{_xy(x + 11)}" cy="{_xy(y)}" r="4" fill="{item.colour}"/>'
-            f'<text x="{_xy(x + 30)}" y="{_xy(y)}" dominant-baseline="middle">'
-            f"<title>{_e(item.tenant)}</title>{_e(_short(item.tenant))}</text>"
-        )
+        parts.append(_key(x, y, item.colour, item.tenant))
         y += 20
     y += 8
     grey = 'fill="#fff" stroke="#57606a" stroke-width="2"'
@@ -402,6 +463,7 @@ def _plot(result: Mapping[str, Any], metric: str, label: str, height: int) -> st
     numbers = [number for number, _ in _rounds(result)]
     width = 760
     height = max(height, _legend_height(len(series)) + 30)  # many tenants: grow, never clip
+    first, last = min(numbers, default=1), max(numbers, default=1)
     frame = _Frame(
         width=width,
         height=height,
@@ -409,8 +471,8 @@ def _plot(result: Mapping[str, Any], metric: str, label: str, height: int) -> st
         right=552.0,
         top=14.0,
         bottom=float(height - 40),
-        first=min(numbers, default=1),
-        last=max(numbers, default=1),
+        first=first,
+        last=last,
     )
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" data-metric="{_e(metric)}" '
@@ -418,7 +480,7 @@ def _plot(result: Mapping[str, Any], metric: str, label: str, height: int) -> st
         f'aria-label="serving {_e(label)} per tenant after each round" '
         'font-family="system-ui, sans-serif" font-size="12" fill="#1f2328">',
         f"<title>Serving {_e(label)} per tenant after each round</title>",
-        *_grid(frame, label),
+        *_grid(frame, label, _round_ticks(first, last)),
     ]
     if not numbers:
         parts.append(
@@ -496,8 +558,8 @@ def _tenants_section(result: Mapping[str, Any]) -> str:
     return f"<section>\n<h2>Tenants</h2>\n{_table(headers, rows)}\n</section>"
 
 
-def _change(entry: Mapping[str, Any], metric: str) -> str:
-    before, after = entry.get(f"{metric}_before"), entry.get(f"{metric}_after")
+def _compare(before: object, after: object) -> str:
+    """``before → after`` with the change coloured up or down."""
     text = f"{_fmt_metric(before)} {ARROW} {_fmt_metric(after)}"
     b, a = _num(before), _num(after)
     if a is None or b is None:
@@ -505,6 +567,10 @@ def _change(entry: Mapping[str, Any], metric: str) -> str:
     delta = a - b
     css = "up" if delta > 0 else "down" if delta < 0 else "muted"
     return f'{text} <span class="{css}">({delta:+.3f})</span>'
+
+
+def _change(entry: Mapping[str, Any], metric: str) -> str:
+    return _compare(entry.get(f"{metric}_before"), entry.get(f"{metric}_after"))
 
 
 def _decision(entry: Mapping[str, Any]) -> str:
@@ -617,6 +683,386 @@ def _plots_section(result: Mapping[str, Any]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- privacy
+
+PRIVACY_INTRO = (
+    "Each scope's budget is epsilon at delta over all its DP runs. Spent is what the ledger's "
+    "accountant computes for the scope's events; the Rényi-DP figure is an upper bound on "
+    "the same events."
+)
+SHARED_NOTE = (
+    "The coordinator adds the Gaussian noise once per step, to the sum of the members' "
+    "clipped gradients: expected std is sigma times the clipping norm, measured is the "
+    "standard deviation of the noise it actually drew."
+)
+_SWEEP_METRICS = (
+    ("accuracy", "accuracy", PALETTE[0], "circle"),
+    ("macro_f1", "macro-F1", PALETTE[1], "square"),
+)
+
+
+def _fmt_epsilon(value: object) -> str:
+    number = _num(value)
+    return DASH if number is None else f"{number:,.2f}"
+
+
+def _fmt_delta(value: object) -> str:
+    number = _num(value)
+    return DASH if number is None else f"{number:g}"
+
+
+def _fmt_share(value: object) -> str:
+    """A fraction as a percentage, with a decimal below 10% (0.4% is not 0%)."""
+    number = _num(value)
+    if number is None:
+        return DASH
+    return f"{number:.1%}" if abs(number) < 0.1 else f"{number:.0%}"
+
+
+def _fmt_sigma(value: object) -> str:
+    number = _num(value)
+    return DASH if number is None else f"{number:.3f}"
+
+
+def _target(value: object) -> float | None:
+    """A swept epsilon that can sit on a log axis: finite and positive."""
+    number = _num(value)
+    return number if number is not None and number > 0 else None
+
+
+def _fmt_target(value: object) -> str:
+    if value is None:
+        return "non-private"
+    number = _num(value)
+    return DASH if number is None else f"{number:g}"
+
+
+def _warnings(value: object) -> str:
+    items = [str(w) for w in value if w not in (None, "")] if isinstance(value, list) else []
+    if not items:
+        return DASH
+    return "".join(f'<div class="warn">{_e(item)}</div>' for item in items)
+
+
+def _bar(spent: object, budget: object) -> str:
+    """A small bar of spent/budget; the width is a computed number, never input."""
+    s, b = _num(spent), _num(budget)
+    if s is None or b is None or b <= 0:
+        return DASH
+    share = max(0.0, s / b)
+    css = "bar-over" if share > 1 else "bar-high" if share >= 0.8 else "bar-ok"
+    return (
+        f'<span class="bar {css}" title="{share:.0%} of the budget spent">'
+        f'<span class="bar-fill" style="width: {min(share, 1.0) * 100:.1f}%"></span></span> '
+        f"{share:.0%}"
+    )
+
+
+def _ledger_table(ledgers: list[Mapping[str, Any]]) -> str:
+    headers = (
+        ("ledger", False),
+        ("scope", False),
+        ("mode", False),
+        ("budget (epsilon at delta)", True),
+        ("per run", True),
+        ("spent", True),
+        ("RDP bound", True),
+        ("remaining", True),
+        ("runs", True),
+        ("steps", True),
+        ("used", False),
+    )
+    rows = []
+    for ledger in ledgers:
+        accountant = ledger.get("accountant")
+        spent = _fmt_epsilon(ledger.get("epsilon_spent"))
+        if accountant not in (None, ""):
+            spent += f' <span class="muted">({_e(accountant)})</span>'
+        rows.append(
+            f"<td>{_fmt_text(ledger.get('name'))}</td>"
+            f"<td><code>{_fmt_text(ledger.get('scope'))}</code></td>"
+            f"<td>{_fmt_text(ledger.get('mode'))}</td>"
+            + _num_td(
+                f"{_fmt_epsilon(ledger.get('epsilon_budget'))} at {_fmt_delta(ledger.get('delta'))}"
+            )
+            + _num_td(_fmt_epsilon(ledger.get("run_epsilon")))
+            + _num_td(spent)
+            + _num_td(_fmt_epsilon(ledger.get("epsilon_spent_rdp_bound")))
+            + _num_td(_fmt_epsilon(ledger.get("epsilon_remaining")))
+            + _num_td(_fmt_count(ledger.get("runs")))
+            + _num_td(_fmt_count(ledger.get("steps")))
+            + f'<td class="used">{_bar(ledger.get("epsilon_spent"), ledger.get("epsilon_budget"))}'
+            "</td>"
+        )
+    return _table(headers, rows)
+
+
+def _baseline_labels(values: list[tuple[float, str, str]], frame: _Frame) -> list[str]:
+    """Labels right of the plot for the dashed baselines, pushed apart to stay readable."""
+    parts = []
+    previous = -math.inf
+    for wanted, text, colour in sorted(values):
+        y = previous = max(wanted, previous + 14)
+        parts.append(
+            f'<text class="baseline-label" x="{_xy(frame.right + 6)}" y="{_xy(y)}" '
+            f'dominant-baseline="middle" fill="{colour}">{_e(text)}</text>'
+        )
+    return parts
+
+
+def _sweep_plot(sweep: Mapping[str, Any], index: int) -> str:
+    """Accuracy and macro-F1 of the DP candidates against epsilon (log2 axis), with the
+    non-private candidate's scores as dashed lines."""
+    results = _dicts(sweep.get("results"))
+    points = sorted(
+        ((eps, r) for r in results if (eps := _target(r.get("epsilon"))) is not None),
+        key=lambda item: item[0],
+    )
+    baseline = next((r for r in results if r.get("epsilon") is None), None)
+    epsilons = sorted({eps for eps, _ in points})
+    width, height = 760, 300
+    frame = _Frame(
+        width=width,
+        height=height,
+        left=52.0,
+        right=552.0,
+        top=34.0,
+        bottom=float(height - 40),
+        first=math.log2(epsilons[0]) if epsilons else 0.0,
+        last=math.log2(epsilons[-1]) if epsilons else 0.0,
+    )
+    tenant = _e(sweep.get("tenant"))
+    ticks = [(math.log2(eps), f"{eps:g}") for eps in epsilons]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="plot sweep" '
+        f'data-metric="privacy-sweep-{index}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="accuracy and macro-F1 against epsilon, sweep of {tenant}" '
+        'font-family="system-ui, sans-serif" font-size="12" fill="#1f2328">',
+        f"<title>Accuracy and macro-F1 against epsilon: sweep of {tenant}</title>",
+        *_grid(frame, "score", ticks, "epsilon (log2 scale)"),
+    ]
+    if not points:
+        parts.append(
+            f'<text x="{_xy((frame.left + frame.right) / 2)}" '
+            f'y="{_xy((frame.top + frame.bottom) / 2)}" text-anchor="middle" '
+            'class="muted">no DP candidates in this sweep</text>'
+        )
+    labels: list[tuple[float, str, str]] = []
+    for metric, label, colour, shape in _SWEEP_METRICS:
+        base = None if baseline is None else _num(baseline.get(metric))
+        if base is not None:
+            y = frame.y(base)
+            parts.append(
+                f'<line class="baseline" data-metric="{metric}" data-value="{base:.4f}" '
+                f'x1="{_xy(frame.left)}" y1="{_xy(y)}" x2="{_xy(frame.right)}" y2="{_xy(y)}" '
+                f'stroke="{colour}" stroke-width="1.6" stroke-dasharray="6 4">'
+                f"<title>non-private {label} {base:.3f}</title></line>"
+            )
+            labels.append((y, f"non-private {label} {base:.3f}", colour))
+        drawn = [(eps, value, r) for eps, r in points if (value := _num(r.get(metric))) is not None]
+        if not drawn:
+            continue
+        parts.append(f'<g class="series" data-metric="{metric}">')
+        parts.append(_polyline(((frame.x(math.log2(e)), frame.y(v)) for e, v, _ in drawn), colour))
+        for eps, value, r in drawn:
+            title = (
+                f"<title>{label} at epsilon {eps:g}: {value:.3f} "
+                f"({_e(_version(r.get('version')))})</title>"
+            )
+            attrs = f' class="marker dp" data-epsilon="{eps:g}" data-value="{value:.4f}"'
+            x, y = frame.x(math.log2(eps)), frame.y(value)
+            parts.append(_shape(shape, x, y, 9, colour, attrs, title))
+        parts.append("</g>")
+    parts.extend(_baseline_labels(labels, frame))
+    parts.append('<g class="legend">')
+    x = frame.left
+    for _, label, colour, shape in _SWEEP_METRICS:
+        parts.append(_key(x, 16, colour, label, shape=shape))
+        x += 120
+    parts.append(_key(x, 16, "#57606a", "non-private", dashed=True))
+    parts.append("</g>")
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _sweep_caption(sweep: Mapping[str, Any]) -> str:
+    charged = _mapping(sweep.get("charged"))
+    if charged:
+        paid = (
+            f"Charged to the tenant's ledger for all DP candidates together, before any "
+            f"trained: epsilon {_fmt_epsilon(charged.get('epsilon_before'))} {ARROW} "
+            f"{_fmt_epsilon(charged.get('epsilon_after'))} of "
+            f"{_fmt_epsilon(charged.get('epsilon_budget'))} at delta "
+            f"{_fmt_delta(charged.get('delta', sweep.get('delta')))}."
+        )
+    else:
+        paid = "Nothing was charged to the ledger."
+    return (
+        f"{paid} All candidates are trained from scratch on the same records and evaluated on "
+        "the same eval records; sweep candidates are never promoted."
+    )
+
+
+def _sweep_section(sweep: Mapping[str, Any], index: int) -> str:
+    headers = (
+        ("epsilon", True),
+        ("version", False),
+        ("sigma", True),
+        ("steps", True),
+        ("accuracy", True),
+        ("macro-F1", True),
+        ("clipped", True),
+        ("warnings", False),
+    )
+    rows = (
+        _num_td(_fmt_target(r.get("epsilon")))
+        + f"<td>{_version(r.get('version'))}</td>"
+        + _num_td(_fmt_sigma(r.get("noise_multiplier")))
+        + _num_td(_fmt_count(r.get("steps")))
+        + _num_td(_fmt_metric(r.get("accuracy")))
+        + _num_td(_fmt_metric(r.get("macro_f1")))
+        + _num_td(_fmt_share(r.get("clipped")))
+        + f'<td class="decision">{_warnings(r.get("warnings"))}</td>'
+        for r in _dicts(sweep.get("results"))
+    )
+    kind = sweep.get("kind")
+    title = f"Accuracy-privacy sweep of {_fmt_text(sweep.get('tenant'))}"
+    if kind not in (None, ""):
+        title += f" ({_e(kind)} adapter)"
+    meta = (
+        f"{_fmt_count(sweep.get('records'))} records, "
+        f"{_fmt_count(sweep.get('eval_records'))} eval records, delta "
+        f"{_fmt_delta(sweep.get('delta'))}, cutoff {_fmt_text(sweep.get('cutoff'))}, "
+        f"sweep <code>{_fmt_text(sweep.get('sweep_id'))}</code>"
+    )
+    return (
+        f'<h3>{title}</h3>\n<p class="muted">{meta}</p>\n{_table(headers, rows)}\n'
+        f"<figure>\n{_sweep_plot(sweep, index)}\n"
+        f"<figcaption>{_e(_sweep_caption(sweep))}</figcaption>\n</figure>"
+    )
+
+
+def _dp_rounds_table(rounds: list[Mapping[str, Any]]) -> str:
+    headers = (
+        ("tenant", False),
+        ("version", False),
+        ("status", False),
+        ("accuracy", True),
+        ("macro-F1", True),
+        ("epsilon (run)", True),
+        ("epsilon (total)", True),
+        ("sigma", True),
+        ("steps", True),
+        ("clipped", True),
+        ("median norm", True),
+        ("warnings", False),
+    )
+    rows = (
+        f"<td>{_fmt_text(r.get('tenant'))}</td>"
+        f"<td>{_version(r.get('version'))}</td>"
+        f"<td>{_badge(r.get('status'), _ROUND_STATUSES)}</td>"
+        + _num_td(_fmt_metric(r.get("accuracy")))
+        + _num_td(_fmt_metric(r.get("macro_f1")))
+        + _num_td(_fmt_epsilon(r.get("epsilon_run")))
+        + _num_td(_fmt_epsilon(r.get("epsilon_total")))
+        + _num_td(_fmt_sigma(r.get("noise_multiplier")))
+        + _num_td(_fmt_count(r.get("steps")))
+        + _num_td(_fmt_share(r.get("clipped_mean")))
+        + _num_td(_fmt_sigma(r.get("median_norm")))
+        + f'<td class="decision">{_warnings(r.get("warnings"))}</td>'
+        for r in rounds
+    )
+    return _table(headers, rows)
+
+
+def _members(value: object) -> str:
+    if not isinstance(value, list | tuple) or not value:
+        return DASH
+    return ", ".join(_e(member) for member in value)
+
+
+def _shared_versions_table(versions: list[Mapping[str, Any]]) -> str:
+    headers = (
+        ("version", False),
+        ("trunk sha256", False),
+        ("members", False),
+        ("records", True),
+        ("steps", True),
+        ("sigma", True),
+        ("epsilon after", True),
+        ("clipped", True),
+        ("noise std expected", True),
+        ("noise std measured", True),
+    )
+    rows = (
+        f"<td>{_version(v.get('version'))}</td>"
+        f"<td><code>{_fmt_text(str(v.get('trunk_sha256') or '')[:16])}</code></td>"
+        f'<td class="decision">{_members(v.get("members"))}</td>'
+        + _num_td(_fmt_count(v.get("records")))
+        + _num_td(_fmt_count(v.get("steps")))
+        + _num_td(_fmt_sigma(v.get("noise_multiplier")))
+        + _num_td(_fmt_epsilon(v.get("epsilon_after")))
+        + _num_td(_fmt_share(v.get("clipped_mean")))
+        + _num_td(_fmt_sigma(v.get("noise_std")))
+        + _num_td(_fmt_sigma(v.get("measured_noise_std")))
+        for v in versions
+    )
+    note = html.escape(SHARED_NOTE, quote=False)
+    return f'{_table(headers, rows)}\n<p class="muted">{note}</p>'
+
+
+def _shared_comparison_table(comparison: list[Mapping[str, Any]]) -> str:
+    headers = (
+        ("tenant", False),
+        ("shared version", False),
+        (f"accuracy isolated {ARROW} shared", True),
+        (f"macro-F1 isolated {ARROW} shared", True),
+    )
+    rows = []
+    for c in comparison:
+        isolated, joint = _mapping(c.get("isolated")), _mapping(c.get("shared"))
+        rows.append(
+            f"<td>{_fmt_text(c.get('tenant'))}</td>"
+            f"<td>{_version(c.get('shared_version'))}</td>"
+            + _num_td(_compare(isolated.get("accuracy"), joint.get("accuracy")))
+            + _num_td(_compare(isolated.get("macro_f1"), joint.get("macro_f1")))
+        )
+    return f"<h4>Isolated head against head on the shared layer</h4>\n{_table(headers, rows)}"
+
+
+def _shared_section(shared: Mapping[str, Any]) -> str:
+    versions, comparison = _dicts(shared.get("versions")), _dicts(shared.get("comparison"))
+    parts = [
+        *([_shared_versions_table(versions)] if versions else []),
+        *([_shared_comparison_table(comparison)] if comparison else []),
+    ]
+    return "<h3>Shared layer</h3>\n" + "\n".join(parts) if parts else ""
+
+
+def _privacy_section(result: Mapping[str, Any]) -> str:
+    """The differential-privacy section; empty (no section) when there is nothing to show."""
+    privacy = _mapping(result.get("privacy"))
+    parts = []
+    ledgers = _dicts(privacy.get("ledgers"))
+    if ledgers:
+        intro = html.escape(PRIVACY_INTRO, quote=False)
+        parts.append(
+            f'<h3>Privacy ledgers</h3>\n<p class="muted">{intro}</p>\n{_ledger_table(ledgers)}'
+        )
+    for index, sweep in enumerate(_dicts(privacy.get("sweeps")), start=1):
+        parts.append(_sweep_section(sweep, index))
+    dp_rounds = _dicts(privacy.get("dp_rounds"))
+    if dp_rounds:
+        parts.append(f"<h3>DP training rounds</h3>\n{_dp_rounds_table(dp_rounds)}")
+    shared = _shared_section(_mapping(privacy.get("shared")))
+    if shared:
+        parts.append(shared)
+    if not parts:
+        return ""
+    return "<section>\n<h2>Differential privacy</h2>\n" + "\n".join(parts) + "\n</section>"
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -631,6 +1077,7 @@ def render_report(result: dict[str, Any]) -> str:
             _plots_section(result),
             _rounds_section(result),
             _versions_section(result),
+            _privacy_section(result),
             f"<footer>\n<p>{html.escape(FOOTER, quote=False)}</p>\n</footer>",
         )
         if part

@@ -243,11 +243,20 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
                 f"{'v' + str(parent['version']) if parent else 'the start'} up to {cutoff}"
             )
         replay: list[Any] = []
-        if dp is not None:
+        trunk = _trunk(params.get("trunk"))
+        warm = parent is not None and _can_warm_start(parent, kind, dp, trunk)
+        if dp is not None or (parent is not None and not warm):
             # DP-SGD samples every labelled record up to the cutoff by Poisson sampling: a
             # data-dependent selection (the class-balanced replay sample, a size cap) would
-            # make the accountant's sampling rate a lie
+            # make the accountant's sampling rate a lie. A round that cannot start from its
+            # parent's weights (another kind, another shared trunk, a non-private parent of a
+            # DP run) retrains on everything instead of forgetting what the parent knew.
             training = sorted(by_id.values(), key=lambda s: s.seq)
+            if kind == "lora" and dp is None and len(training) > config.lora_max_records:
+                keep = np.sort(
+                    rng.choice(len(training), size=config.lora_max_records, replace=False)
+                )
+                training = [training[int(i)] for i in keep]
         else:
             want = 0
             if config.replay_size > 0 and len(buffer):
@@ -270,8 +279,7 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             granted = send.ask("plan", {"records": len(training), "kind": kind})
         labels_seen = {str(s.record.label) for s in training}
         parent_adapter = None
-        trunk = _trunk(params.get("trunk"))
-        if parent is not None and (dp is None or parent.get("dp")):
+        if parent is not None and warm:
             parent_bytes = scope.blobs.get(f"run/{parent['run_id']}/adapter")
             if hashlib.sha256(parent_bytes).hexdigest() != parent["sha256"]:
                 raise IntegrityError("the parent adapter does not match its SHA-256")
@@ -354,6 +362,17 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
         }
     finally:
         ctx.close()
+
+
+def _can_warm_start(parent: dict[str, Any], kind: str, dp: Any, trunk: Any) -> bool:
+    """Whether a round may start from its parent's weights: same adapter kind, same shared
+    trunk (or none), and under DP only from a parent that was itself trained under DP."""
+    if parent.get("kind", kind) != kind:
+        return False
+    if dp is not None and not parent.get("dp"):
+        return False
+    parent_trunk = parent.get("trunk") or {}
+    return parent_trunk.get("sha256") == (None if trunk is None else trunk.sha256)
 
 
 def _trunk(spec: dict[str, Any] | None) -> Any:

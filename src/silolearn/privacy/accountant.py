@@ -17,8 +17,10 @@ here never costs more than it was planned to.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +79,23 @@ def epsilon(events: Iterable[MechanismEvent], delta: float, accountant: str = "p
         acc = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETISATION)
     else:
         acc = rdp.RdpAccountant()
-    for event in merged:
-        acc.compose(_dp_event(event), event.steps)
-    return float(acc.get_epsilon(delta))
+    with _quiet_absl():
+        for event in merged:
+            acc.compose(_dp_event(event), event.steps)
+        return float(acc.get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """dp-accounting's RDP logs a warning for every order whose series does not converge
+    (those orders are skipped, which keeps the bound valid); keep them off the console."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dp_event(event: MechanismEvent) -> Any:

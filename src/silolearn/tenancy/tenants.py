@@ -219,6 +219,7 @@ class TenantRegistry:
                 "adapter_versions",
                 "training_runs",
                 "shared_members",
+                "privacy_sweeps",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))

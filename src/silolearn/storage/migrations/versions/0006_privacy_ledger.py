@@ -54,6 +54,16 @@ _STATEMENTS = [
         SELECT RAISE(ABORT, 'privacy ledger is append-only: DELETE refused');
     END
     """,
+    # accuracy-privacy sweeps: the figures of each point (metrics only, no record content)
+    """
+    CREATE TABLE privacy_sweeps (
+        sweep_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        scope TEXT NOT NULL,
+        results TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
     # the shared model: versions of its parameters, sealed with the workspace's shared key
     """
     CREATE TABLE shared_versions (
