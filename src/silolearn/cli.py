@@ -705,7 +705,8 @@ def _round_table(results: list[Any]) -> Table:
         if privacy.get("mode") == "dp":
             charge = privacy.get("charge") or {}
             after, before = charge.get("epsilon_after", 0.0), charge.get("epsilon_before", 0.0)
-            data = f"{r.lineage.get('records', 0)} dp ε {after - before:.2f} (total {after:.2f})"
+            target = (privacy.get("plan") or {}).get("target_epsilon", 0.0)
+            data = f"{r.lineage.get('records', 0)} DP ε{target:g}: {before:.2f} → {after:.2f}"
         else:
             data = f"{r.lineage.get('new_records', 0)}+{r.lineage.get('replay_records', 0)}"
         rows.append(

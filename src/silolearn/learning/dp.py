@@ -161,19 +161,20 @@ class ClipMonitor:
             "per_step": [round(float(f), 4) for f in _thin(fractions, 1000)],
         }
         mean = out["fraction_clipped"]["mean"]
+        median = "not measured here" if out["median_norm"] is None else f"{out['median_norm']:.3g}"
         warnings = []
         if mean is not None and mean > high:
             warnings.append(
                 f"most gradients were clipped (on average {mean:.0%} per step, above "
                 f"{high:.0%}): the clipping norm C={self.max_grad_norm:g} is small against the "
-                f"median gradient norm {out['median_norm']:.3g}, so the update direction is "
+                f"median gradient norm ({median}), so the update direction is "
                 "distorted; raise privacy.max_grad_norm"
             )
         if mean is not None and mean < low:
             warnings.append(
                 f"almost no gradient was clipped (on average {mean:.1%} per step, below "
                 f"{low:.0%}): C={self.max_grad_norm:g} is large against the median gradient "
-                f"norm {out['median_norm']:.3g}, so the noise (scaled by C) drowns the signal; "
+                f"norm ({median}), so the noise (scaled by C) drowns the signal; "
                 "lower privacy.max_grad_norm"
             )
         out["warnings"] = warnings

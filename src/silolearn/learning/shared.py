@@ -369,6 +369,7 @@ class SharedTrainer:
             raise InvalidInput(f"epsilon must be positive, not {epsilon}")
         seed = ws.settings.training.seed if seed is None else seed
         run_id = secrets.token_hex(8)
+        ledger.precheck(SHARED, tenant=None, run_id=run_id, purpose="shared", at_least=target)
         parent = self.store.latest()
         verify_base_model(ws, when="shared.before")
         started = time.perf_counter()

@@ -350,6 +350,7 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             "privacy": privacy or {"mode": "off"},
             "trunk": None if trunk is None else {"version": trunk.version, "sha256": trunk.sha256},
             "warm_start": parent_adapter is not None,
+            "all_records": dp is not None or (parent is not None and not warm),
             "sandbox": sandbox,
             "worker_pid": os.getpid(),
         }

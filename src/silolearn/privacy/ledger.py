@@ -248,6 +248,50 @@ class PrivacyLedger:
             "events": [e.to_dict() for e in events],
         }
 
+    def precheck(
+        self, scope: str, *, tenant: str | None, run_id: str, purpose: str, at_least: float
+    ) -> None:
+        """Refuse at once a run that costs ``at_least`` epsilon on its own: however the
+        composition falls, the total is at least that (and at least what is spent), so a run
+        the budget cannot pay is refused before any worker starts."""
+        policy = self.policy(scope)
+        spent = self.spent(scope)
+        projected = max(spent, at_least)
+        if projected <= policy.epsilon_budget + SLACK:
+            return
+        refused = {
+            "run_id": run_id,
+            "purpose": purpose,
+            "asked": at_least,
+            "spent": spent,
+            "projected": projected,
+            "budget": policy.epsilon_budget,
+            "remaining": max(policy.epsilon_budget - spent, 0.0),
+            "delta": policy.delta,
+            "accountant": self.accountant,
+            "planned": [],
+        }
+        self._refuse(scope, tenant, purpose, refused, policy)
+
+    def _refuse(
+        self,
+        scope: str,
+        tenant: str | None,
+        purpose: str,
+        refused: dict[str, Any],
+        policy: ScopePolicy,
+    ) -> None:
+        self._audit.append("privacy.refused", tenant=tenant, obj=scope, details=refused)
+        who = "the shared model" if scope == SHARED else f"tenant {tenant!r}"
+        raise PrivacyBudgetExceeded(
+            f"refused before starting: this {purpose} run of {who} would cost "
+            f"epsilon {refused['asked']:.3f} and take the total to at least "
+            f"{refused['projected']:.3f}, past the budget of {policy.epsilon_budget:g} "
+            f"(delta {policy.delta:g}); spent {refused['spent']:.3f}, remaining "
+            f"{refused['remaining']:.3f}",
+            **refused,
+        )
+
     def charge(
         self,
         scope: str,
@@ -326,16 +370,7 @@ class PrivacyLedger:
                     },
                 )
         if refused is not None:
-            self._audit.append("privacy.refused", tenant=tenant, obj=scope, details=refused)
-            who = "the shared model" if scope == SHARED else f"tenant {tenant!r}"
-            raise PrivacyBudgetExceeded(
-                f"refused before starting: this {purpose} run of {who} would cost "
-                f"epsilon {refused['asked']:.3f} and take the total to "
-                f"{refused['projected']:.3f}, past the budget of {policy.epsilon_budget:g} "
-                f"(delta {policy.delta:g}); spent {refused['spent']:.3f}, remaining "
-                f"{refused['remaining']:.3f}",
-                **refused,
-            )
+            self._refuse(scope, tenant, purpose, refused, policy)
         return Charge(
             scope,
             run_id,
