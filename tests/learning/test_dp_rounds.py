@@ -139,7 +139,7 @@ def test_a_tiny_clipping_norm_is_flagged_on_the_version(
     clipping = privacy["clipping"]
     print("fraction clipped:", clipping["fraction_clipped"], "median norm", clipping["median_norm"])
     assert clipping["max_grad_norm"] == 0.0001
-    assert clipping["fraction_clipped"]["mean"] == 1.0
+    assert clipping["fraction_clipped"]["mean"] > 0.9
     assert any("most gradients were clipped" in w for w in privacy["warnings"])
     stored = AdapterRegistry(dp_ws.scope("tiny-c", purpose=Purpose.REGISTRY)).get(result.version)
     assert stored.lineage["privacy"]["warnings"] == privacy["warnings"]

@@ -72,16 +72,18 @@ def test_I9_ledger_epsilon_matches_independent_pld(
         )
         before = prefix[done - 1] if done else 0.0
         done += len(planned)
-        print(f"\nrun {i}: ledger epsilon {charge.epsilon_after:.4f}, independent {prefix[done - 1]:.4f}")
-        assert charge.epsilon_after == pytest.approx(prefix[done - 1], rel=0.01)
+        expected = prefix[done - 1]
+        print(f"\nrun {i}: ledger epsilon {charge.epsilon_after:.4f}, independent {expected:.4f}")
+        assert charge.epsilon_after == pytest.approx(expected, rel=0.01)
         assert charge.epsilon_before == pytest.approx(before, rel=0.01)
         assert charge.events == tuple(planned)
 
     events = ledger.events(scope)
     assert [e.event for e in events] == charged
     assert [e.run_id for e in events] == ["run-0", "run-1", "run-1", "run-2"]
-    # each event records the cumulative epsilon after it, inside the two-event run too
-    for e, expected in zip(events, prefix, strict=True):
+    # each event records the cumulative epsilon after its run (a run is charged whole)
+    after_run = [prefix[0], prefix[2], prefix[2], prefix[3]]
+    for e, expected in zip(events, after_run, strict=True):
         assert e.delta == DELTA
         assert e.epsilon_after == pytest.approx(expected, rel=0.01)
     total = prefix[-1]
@@ -101,7 +103,7 @@ def test_I9_ledger_epsilon_matches_independent_pld(
 def test_I9_budget_refuses_before_charging(ws: Workspace, acme: tuple[PrivacyLedger, str]) -> None:
     ledger, scope = acme
     ledger.set_policy(scope, tenant="acme", epsilon_budget=2.0, mode="dp")
-    plan = MechanismEvent(0.05, 2.0, 120)
+    plan = MechanismEvent(0.05, 2.0, 60)
     accepted = 0
     refused: PrivacyBudgetExceeded | None = None
     for i in range(50):
@@ -115,7 +117,7 @@ def test_I9_budget_refuses_before_charging(ws: Workspace, acme: tuple[PrivacyLed
         accepted += 1
         assert charge.epsilon_after <= 2.0
         assert ledger.spent(scope) <= 2.0
-    assert refused is not None and accepted >= 2, accepted
+    assert refused is not None and accepted >= 3, accepted
     print(f"\n{accepted} runs accepted under a budget of 2; refused: {refused.message}")
 
     spent = ledger.spent(scope)

@@ -28,9 +28,11 @@ and would leak its label counts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -354,6 +356,26 @@ def dp_fit_head(
 # -- the Opacus engine ---------------------------------------------------------------------
 
 
+def _trainable_in_training_mode(module: torch.nn.Module) -> None:
+    """Opacus records activations only of modules in training mode. The frozen encoder stays
+    in eval mode (no dropout, deterministic); only the modules that own trainable parameters
+    (LoRA matrices, the head: linear layers, unaffected by the mode) are switched."""
+    for sub in module.modules():
+        if any(p.requires_grad for p in sub.parameters(recurse=False)):
+            sub.train()
+
+
+@contextlib.contextmanager
+def _opacus_hooks_quiet() -> Iterator[None]:
+    """Opacus' full backward hooks fire on outputs when no input requires a gradient (token
+    ids never do); torch warns about it every time, harmlessly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Full backward hook is firing when gradients are computed"
+        )
+        yield
+
+
 def opacus_clipped_sum(
     module: torch.nn.Module,
     inputs: Sequence[torch.Tensor] | dict[str, torch.Tensor],
@@ -369,6 +391,7 @@ def opacus_clipped_sum(
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
+    _trainable_in_training_mode(module)
     gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum")
     try:
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -380,9 +403,10 @@ def opacus_clipped_sum(
             loss_reduction="sum",
         )
         optimiser.zero_grad(set_to_none=True)
-        out = gsm(**inputs) if isinstance(inputs, dict) else gsm(*inputs)
-        loss = torch.nn.functional.cross_entropy(out, y, reduction="sum")
-        loss.backward()  # type: ignore[no-untyped-call]
+        with _opacus_hooks_quiet():
+            out = gsm(**inputs) if isinstance(inputs, dict) else gsm(*inputs)
+            loss = torch.nn.functional.cross_entropy(out, y, reduction="sum")
+            loss.backward()  # type: ignore[no-untyped-call]
         per_param = [p.grad_sample.reshape(len(y), -1) for _, p in named]  # type: ignore[attr-defined]
         norms = torch.stack([g.norm(2, dim=1) for g in per_param], dim=1).norm(2, dim=1)
         optimiser.clip_and_accumulate()
@@ -445,6 +469,7 @@ def dp_fit_lora(
     sample_generator = sample_generator or secret_generator()
     noise_generator = noise_generator or secret_generator()
     module = LoraClassifier(adapter)
+    _trainable_in_training_mode(module)
     gsm = GradSampleModule(module, batch_first=True, loss_reduction="sum")
     lora = [p for name, p in module.named_parameters() if p.requires_grad and "lora_" in name]
     head = list(module.head.parameters())
@@ -479,15 +504,18 @@ def dp_fit_lora(
                     max_length=adapter.max_tokens,
                     return_tensors="pt",
                 )
-                logits = gsm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                loss = torch.nn.functional.cross_entropy(logits, y[rows], reduction="sum")
-                loss.backward()  # type: ignore[no-untyped-call]
+                with _opacus_hooks_quiet():
+                    logits = gsm(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    )
+                    loss = torch.nn.functional.cross_entropy(logits, y[rows], reduction="sum")
+                    loss.backward()  # type: ignore[no-untyped-call]
                 per_param = [p.grad_sample.reshape(len(rows), -1) for p in optimiser.params]
                 monitor.record(
                     torch.stack([g.norm(2, dim=1) for g in per_param], dim=1).norm(2, dim=1)
                 )
                 optimiser.pre_step()  # clip, sum, add noise (into p.grad)
-                losses.append(float(loss) / len(rows))
+                losses.append(float(loss.detach()) / len(rows))
             else:
                 monitor.record(torch.zeros(0))
                 for p in optimiser.params:
@@ -500,4 +528,6 @@ def dp_fit_lora(
                 progress("step", {"step": step + 1, "of": plan.steps})
     finally:
         gsm._close()
+        for sub in module.modules():
+            sub.eval()
     return losses

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from silolearn.errors import InvalidInput
 
 ACCOUNTANTS = ("pld", "prv", "rdp")
@@ -76,13 +78,23 @@ def epsilon(events: Iterable[MechanismEvent], delta: float, accountant: str = "p
 
     acc: dp_accounting.PrivacyAccountant
     if accountant == "pld":
-        acc = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETISATION)
+        # the PLD's size grows with the largest privacy loss over the interval: a very weak
+        # mechanism (epsilon in the hundreds) gets a coarser grid, bounded by what RDP says
+        rough = epsilon(merged, delta, "rdp")
+        interval = max(PLD_DISCRETISATION, rough * 1e-5) if math.isfinite(rough) else 1e-2
+        acc = pld.PLDAccountant(value_discretization_interval=interval)
     else:
         acc = rdp.RdpAccountant()
-    with _quiet_absl():
-        for event in merged:
-            acc.compose(_dp_event(event), event.steps)
-        return float(acc.get_epsilon(delta))
+    try:
+        with _quiet_absl():
+            for event in merged:
+                acc.compose(_dp_event(event), event.steps)
+            return float(acc.get_epsilon(delta))
+    except (ValueError, OverflowError, MemoryError) as exc:
+        raise InvalidInput(
+            f"the {accountant} accountant cannot bound these events ({exc}); "
+            "the noise is far too small for a meaningful guarantee"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -112,7 +124,8 @@ def _prv(events: Sequence[MechanismEvent], delta: float) -> float:
 
     acc = PRVAccountant()
     acc.history = [(e.noise_multiplier, e.sampling_rate, e.steps) for e in events]
-    return float(acc.get_epsilon(delta))
+    with np.errstate(divide="ignore"):  # log(1 - q) at q = 1; the result is still right
+        return float(acc.get_epsilon(delta))
 
 
 def _merge(events: Iterable[MechanismEvent]) -> list[MechanismEvent]:

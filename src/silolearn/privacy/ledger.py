@@ -271,7 +271,7 @@ class PrivacyLedger:
             "accountant": self.accountant,
             "planned": [],
         }
-        self._refuse(scope, tenant, purpose, refused, policy)
+        self._refuse(scope, tenant, purpose, refused, policy, bound="at least ")
 
     def _refuse(
         self,
@@ -280,12 +280,14 @@ class PrivacyLedger:
         purpose: str,
         refused: dict[str, Any],
         policy: ScopePolicy,
+        *,
+        bound: str = "",
     ) -> None:
         self._audit.append("privacy.refused", tenant=tenant, obj=scope, details=refused)
         who = "the shared model" if scope == SHARED else f"tenant {tenant!r}"
         raise PrivacyBudgetExceeded(
             f"refused before starting: this {purpose} run of {who} would cost "
-            f"epsilon {refused['asked']:.3f} and take the total to at least "
+            f"epsilon {refused['asked']:.3f} and take the total to {bound}"
             f"{refused['projected']:.3f}, past the budget of {policy.epsilon_budget:g} "
             f"(delta {policy.delta:g}); spent {refused['spent']:.3f}, remaining "
             f"{refused['remaining']:.3f}",
@@ -311,8 +313,12 @@ class PrivacyLedger:
         refused: dict[str, Any] | None = None
         with self._audit.write() as conn:
             policy = self.policy(scope, conn)
-            before = [e.event for e in self.events(scope, conn)]
-            eps_before = epsilon(before, policy.delta, self.accountant)
+            history = self.events(scope, conn)
+            before = [e.event for e in history]
+            if history and history[-1].delta == policy.delta:
+                eps_before = history[-1].epsilon_after  # recorded by the last charge
+            else:
+                eps_before = epsilon(before, policy.delta, self.accountant)
             eps_after = epsilon([*before, *planned], policy.delta, self.accountant)
             if eps_after > policy.epsilon_budget + SLACK:
                 refused = {
@@ -329,14 +335,8 @@ class PrivacyLedger:
                 }
             else:
                 now = utcnow()
-                running: list[MechanismEvent] = list(before)
+                # the events of one run are charged together: each records the total after it
                 for event in planned:
-                    running.append(event)
-                    after = (
-                        eps_after
-                        if len(planned) == 1
-                        else epsilon(running, policy.delta, self.accountant)
-                    )
                     conn.execute(
                         "INSERT INTO privacy_events (scope, run_id, purpose, sampling_rate, "
                         "noise_multiplier, steps, delta, epsilon_after, created_at) "
@@ -349,7 +349,7 @@ class PrivacyLedger:
                             event.noise_multiplier,
                             event.steps,
                             policy.delta,
-                            after,
+                            eps_after,
                             now,
                         ),
                     )
