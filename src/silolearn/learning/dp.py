@@ -124,17 +124,17 @@ class ClipMonitor:
     fractions: list[float] = field(default_factory=list)
     sampled: list[int] = field(default_factory=list)
     medians: list[float] = field(default_factory=list)
-    _norms: list[np.ndarray] = field(default_factory=list)
+    _norms: list[Any] = field(default_factory=list)
+    """Per-step norm tensors, turned into statistics only by ``summary``."""
 
     def record(self, norms: torch.Tensor) -> float:
         n = int(norms.shape[0])
         self.sampled.append(n)
         if n == 0:
             return float("nan")
-        values = norms.detach().to("cpu").numpy().astype(np.float64)
-        fraction = float(np.mean(values > self.max_grad_norm))
+        values = norms.detach()
+        fraction = float((values > self.max_grad_norm).sum()) / n
         self.fractions.append(fraction)
-        self.medians.append(float(np.median(values)))
         self._norms.append(values)
         return fraction
 
@@ -148,7 +148,12 @@ class ClipMonitor:
 
     def summary(self, *, high: float, low: float) -> dict[str, Any]:
         fractions = np.array(self.fractions, dtype=np.float64)
-        norms = np.concatenate(self._norms) if self._norms else np.array(self.medians)
+        if self._norms:
+            import torch
+
+            norms = torch.cat(self._norms).to(torch.float64).numpy()
+        else:
+            norms = np.array(self.medians, dtype=np.float64)
         out: dict[str, Any] = {
             "max_grad_norm": self.max_grad_norm,
             "steps": len(self.sampled),
@@ -269,6 +274,14 @@ def head_clipped_sum(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Clipped, summed per-example gradients of a Linear / Linear-ReLU-...-Linear head under
     softmax cross-entropy; keys are the head's own parameter names."""
+    sums, norms, _ = _head_clipped_sum(head, x, y, max_grad_norm)
+    return sums, norms
+
+
+def _head_clipped_sum(
+    head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``head_clipped_sum`` and the logits it computed on the way."""
     import torch
 
     layers = head_layers(head)
@@ -280,7 +293,8 @@ def head_clipped_sum(
             z = torch.addmm(layer.bias, a, layer.weight.T)
             pre.append(z)
             a = torch.relu(z) if i < len(layers) - 1 else z
-        g = softmax_xent_grad(a, y)
+        logits = a
+        g = softmax_xent_grad(logits, y)
         factors: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         for i in range(len(layers) - 1, -1, -1):
             name, layer = layers[i]
@@ -288,7 +302,7 @@ def head_clipped_sum(
             if i:
                 g = (g @ layer.weight) * (pre[i - 1] > 0)
         sums, norms = clip_and_sum(factors, max_grad_norm)
-    return {k.lstrip("."): v for k, v in sums.items()}, norms
+    return {k.lstrip("."): v for k, v in sums.items()}, norms, logits
 
 
 def gaussian_noise(like: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -330,14 +344,13 @@ def dp_fit_head(
         mask = torch.rand(n, generator=sample_generator) < plan.sampling_rate
         rows = mask.nonzero().squeeze(1)
         if len(rows):
-            sums, norms = head_clipped_sum(head, x[rows], y[rows], plan.max_grad_norm)
+            yb = y[rows]
+            sums, norms, logits = _head_clipped_sum(head, x[rows], yb, plan.max_grad_norm)
             monitor.record(norms)
-            with torch.no_grad():
-                logits = head(x[rows])
-                epoch_loss += float(
-                    torch.nn.functional.cross_entropy(logits, y[rows], reduction="sum")
-                )
-                epoch_count += len(rows)
+            # the loss of the sampled batch from the logits already computed: a diagnostic
+            picked = torch.log_softmax(logits, dim=1).gather(1, yb[:, None])
+            epoch_loss -= float(picked.sum())
+            epoch_count += len(rows)
         else:
             sums = {name: torch.zeros_like(p) for name, p in params.items()}
             monitor.record(torch.zeros(0))
