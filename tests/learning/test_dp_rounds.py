@@ -57,8 +57,8 @@ def test_I9_dp_runs_are_accepted_until_the_next_would_exceed_the_budget(dp_ws: W
     accepted = []
     with pytest.raises(PrivacyBudgetExceeded) as refused:
         for _ in range(6):
-            accepted.append(trainer.train("critics", epsilon=1.0, seed=2))
-    assert len(accepted) == 3, [r.lineage["privacy"]["charge"] for r in accepted]
+            accepted.append(trainer.train("critics", epsilon=1.2, seed=2))
+    assert len(accepted) == 2, [r.lineage["privacy"]["charge"] for r in accepted]
     details = refused.value.details
     assert details["spent"] <= 2.0 < details["projected"]
     assert details["remaining"] == pytest.approx(2.0 - details["spent"])
@@ -74,7 +74,7 @@ def test_I9_dp_runs_are_accepted_until_the_next_would_exceed_the_budget(dp_ws: W
     for result in accepted:
         privacy = result.lineage["privacy"]
         assert privacy["mode"] == "dp" and privacy["engine"] == "fused"
-        assert privacy["plan"]["target_epsilon"] == 1.0
+        assert privacy["plan"]["target_epsilon"] == 1.2
         assert privacy["plan"]["steps"] > 0 and privacy["plan"]["noise_multiplier"] > 0
         assert privacy["charge"]["run_id"] == result.lineage["run_id"]
 
@@ -89,14 +89,15 @@ def test_I9_dp_runs_are_accepted_until_the_next_would_exceed_the_budget(dp_ws: W
     ledger = run_cli("privacy", "ledger", "critics", "--json", "--workspace", path)
     assert ledger.returncode == 0, ledger.stderr
     summary = json.loads(ledger.stdout)
-    assert len(summary["events"]) == 3 and summary["runs"] == 3
+    assert len(summary["events"]) == 2 and summary["runs"] == 2
     assert summary["epsilon_spent"] <= 2.0
     independent = _independent_pld(summary["events"], 1e-5)
     assert summary["epsilon_spent"] == pytest.approx(independent, rel=0.01)
     assert summary["epsilon_spent_rdp_bound"] >= summary["epsilon_spent"]
 
-    # the same refusal through the command line: exit 11, the reason on stderr
-    again = run_cli("train", "critics", "--epsilon", "1", "--workspace", path)
+    # through the command line (a run whose own cost exceeds what remains is refused before
+    # its worker starts): exit 11, the reason on stderr
+    again = run_cli("train", "critics", "--epsilon", "2.5", "--workspace", path)
     assert again.returncode == 11
     assert "PrivacyBudgetExceeded" in again.stderr and "remaining" in again.stderr
     after = json.loads(
