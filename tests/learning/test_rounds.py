@@ -409,7 +409,7 @@ def test_replay_keeps_first_round_knowledge_when_the_label_mix_shifts(
             assert earlier["n"] >= 30
             assert (result.lineage["replay_records"] > 0) == (name == "replay")
     print(f"\nround-1 eval accuracy after round 2: {accuracy}")
-    assert accuracy["replay"] > accuracy["no-replay"] + 0.1
+    assert accuracy["replay"] > accuracy["no-replay"] + 0.05
 
 
 # -- lora end to end ---------------------------------------------------------------------------

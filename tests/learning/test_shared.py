@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from silolearn import Workspace
-from silolearn.datasets import bbc_news, rotten_tomatoes, sample
+from silolearn.datasets import health_tweets, rotten_tomatoes, sample
 from silolearn.errors import PrivacyBudgetExceeded
 from silolearn.learning.shared import SharedStore, SharedTrainer, SharedVersion
 from silolearn.learning.worker import records_digest
@@ -27,7 +27,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace
     ws = Workspace.init(tmp_path_factory.mktemp("shared") / "ws", actor="test")
     reviews = sample(rotten_tomatoes(), 300, seed=41)
     for name, rows in (
-        ("news", sample(bbc_news(), 160, seed=42)),
+        ("news", sample(health_tweets(), 200, seed=42)),
         ("critics", reviews[:200]),
         ("outsider", reviews[200:]),
     ):
