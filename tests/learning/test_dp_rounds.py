@@ -146,15 +146,19 @@ def test_a_tiny_clipping_norm_is_flagged_on_the_version(
     assert stored.lineage["privacy"]["warnings"] == privacy["warnings"]
 
 
-def test_sweep_trains_never_promoted_candidates_charged_together(dp_ws: Workspace) -> None:
+def test_sweep_trains_never_promoted_candidates_charged_together(
+    dp_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws = dp_ws
     path = str(ws.path)
-    registry = AdapterRegistry(ws.scope("tiny-c", purpose=Purpose.REGISTRY))
+    # smaller expected batches: more steps on a few hundred records, so epsilon shows
+    monkeypatch.setenv("SILOLEARN_PRIVACY__BATCH_SIZE", "64")
+    registry = AdapterRegistry(ws.scope("critics", purpose=Purpose.REGISTRY))
     active_before = registry.active()
-    spent_before = ws.ledger().spent(_scope(ws, "tiny-c"))
-    ws.ledger().set_policy(_scope(ws, "tiny-c"), tenant="tiny-c", epsilon_budget=40)
+    spent_before = ws.ledger().spent(_scope(ws, "critics"))
+    ws.ledger().set_policy(_scope(ws, "critics"), tenant="critics", epsilon_budget=40)
     swept = run_cli(
-        "privacy", "sweep", "tiny-c", "--epsilons", "8,0.1", "--json", "--workspace", path
+        "privacy", "sweep", "critics", "--epsilons", "8,0.1", "--json", "--workspace", path
     )
     assert swept.returncode == 0, swept.stderr
     report = json.loads(swept.stdout)
@@ -169,10 +173,11 @@ def test_sweep_trains_never_promoted_candidates_charged_together(dp_ws: Workspac
     active_after = registry.active()
     assert (active_after and active_after.version) == (active_before and active_before.version)
     # both DP points were charged in one go, before either trained
-    events = [e for e in ws.ledger().events(_scope(ws, "tiny-c")) if e.purpose == "sweep"]
+    events = [e for e in ws.ledger().events(_scope(ws, "critics")) if e.purpose == "sweep"]
     assert len(events) == 2 and len({e.run_id for e in events}) == 1
     assert report["charged"]["epsilon_before"] == pytest.approx(spent_before)
-    assert list_sweeps(ws, "tiny-c")[-1]["sweep_id"] == report["sweep_id"]
+    assert list_sweeps(ws, "critics")[-1]["sweep_id"] == report["sweep_id"]
+    ws.ledger().set_policy(_scope(ws, "critics"), tenant="critics", epsilon_budget=2)
 
 
 @pytest.mark.parametrize(
