@@ -167,6 +167,11 @@ class Trainer:
 
         return shared_trunk_for(self.ws, tenant)
 
+    def _dp_params(self) -> dict[str, Any]:
+        """What a DP worker needs beyond its plan: the clipping-warning thresholds."""
+        p = self.ws.settings.privacy
+        return {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+
     def plan_dp(self, *, records: int, kind: str, target_epsilon: float, delta: float) -> DpPlan:
         """The DP-SGD plan of a run on ``records`` records at ``target_epsilon``: Poisson
         sampling rate and steps from the settings, noise calibrated by the ledger's
@@ -287,8 +292,7 @@ class Trainer:
             on_request = None
             if private:
                 assert target is not None
-                p = ws.settings.privacy
-                params["dp"] = {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+                params["dp"] = self._dp_params()
                 on_request = self._dp_request(tenant, run_id, "train", target)
             if trunk is not None:
                 params["trunk"] = trunk
@@ -595,8 +599,8 @@ class Trainer:
         progress: Progress | None,
     ) -> AdapterVersion:
         """Train a candidate from scratch that is registered with its lineage (the evidence)
-        and, once evaluated, rejected by ``_settle``: it never serves. DP when ``on_request``
-        plans it."""
+        and, once evaluated, rejected by ``_evaluate_side_runs``: it never serves. DP when
+        ``on_request`` plans it."""
         scope = registry._scope
         run_id = secrets.token_hex(8)
         next_version = 1 + max((v.version for v in registry.list()), default=0)
@@ -609,8 +613,7 @@ class Trainer:
             "parent": None,
         }
         if on_request is not None:
-            p = self.ws.settings.privacy
-            params["dp"] = {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+            params["dp"] = self._dp_params()
         try:
             trained = self._run(tenant, "train", params, progress, on_request)
             lineage = {
