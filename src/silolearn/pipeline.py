@@ -167,10 +167,32 @@ class Trainer:
 
         return shared_trunk_for(self.ws, tenant)
 
-    def _dp_params(self) -> dict[str, Any]:
-        """What a DP worker needs beyond its plan: the clipping-warning thresholds."""
-        p = self.ws.settings.privacy
-        return {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+    def _start_run(
+        self,
+        registry: AdapterRegistry,
+        *,
+        kind: str,
+        seed: int,
+        cutoff: str,
+        parent: dict[str, Any] | None,
+        dp: bool,
+    ) -> tuple[str, dict[str, Any]]:
+        """Record a new training run of the registry's tenant; its id and worker params."""
+        run_id = secrets.token_hex(8)
+        next_version = 1 + max((v.version for v in registry.list()), default=0)
+        self._run_started(registry._scope, run_id, kind, seed, cutoff)
+        params: dict[str, Any] = {
+            "kind": kind,
+            "seed": seed,
+            "cutoff": cutoff,
+            "version_hint": next_version,
+            "parent": parent,
+        }
+        if dp:
+            # what a DP worker needs beyond its plan: the clipping-warning thresholds
+            p = self.ws.settings.privacy
+            params["dp"] = {"clipped_high": p.clipped_high, "clipped_low": p.clipped_low}
+        return run_id, params
 
     def plan_dp(self, *, records: int, kind: str, target_epsilon: float, delta: float) -> DpPlan:
         """The DP-SGD plan of a run on ``records`` records at ``target_epsilon``: Poisson
@@ -268,17 +290,9 @@ class Trainer:
             active = registry.active()
             parent_cutoff = None if active is None else str(active.lineage.get("cutoff"))
             cutoff = self._cutoff(tenant, cutoff, parent_cutoff)
-            run_id = secrets.token_hex(8)
-            next_version = 1 + max((v.version for v in registry.list()), default=0)
-            self._run_started(scope, run_id, kind, seed, cutoff)
-            params: dict[str, Any] = {
-                "kind": kind,
-                "seed": seed,
-                "cutoff": cutoff,
-                "version_hint": next_version,
-                "parent": None
-                if active is None
-                else {
+            parent = None
+            if active is not None:
+                parent = {
                     "version": active.version,
                     "run_id": active.run_id,
                     "sha256": active.sha256,
@@ -287,12 +301,13 @@ class Trainer:
                     "dp": active.lineage.get("privacy", {}).get("mode") == "dp",
                     "kind": active.kind,
                     "trunk": active.lineage.get("trunk"),
-                },
-            }
+                }
+            run_id, params = self._start_run(
+                registry, kind=kind, seed=seed, cutoff=cutoff, parent=parent, dp=private
+            )
             on_request = None
             if private:
                 assert target is not None
-                params["dp"] = self._dp_params()
                 on_request = self._dp_request(tenant, run_id, "train", target)
             if trunk is not None:
                 params["trunk"] = trunk
@@ -602,18 +617,9 @@ class Trainer:
         and, once evaluated, rejected by ``_evaluate_side_runs``: it never serves. DP when
         ``on_request`` plans it."""
         scope = registry._scope
-        run_id = secrets.token_hex(8)
-        next_version = 1 + max((v.version for v in registry.list()), default=0)
-        self._run_started(scope, run_id, kind, seed, cutoff)
-        params: dict[str, Any] = {
-            "kind": kind,
-            "seed": seed,
-            "cutoff": cutoff,
-            "version_hint": next_version,
-            "parent": None,
-        }
-        if on_request is not None:
-            params["dp"] = self._dp_params()
+        run_id, params = self._start_run(
+            registry, kind=kind, seed=seed, cutoff=cutoff, parent=None, dp=on_request is not None
+        )
         try:
             trained = self._run(tenant, "train", params, progress, on_request)
             lineage = {
