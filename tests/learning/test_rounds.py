@@ -399,6 +399,10 @@ def test_replay_keeps_first_round_knowledge_when_the_label_mix_shifts(
         ws.tenant("news").ingest(first)
         assert ws.tenant("news").train(seed=1).status == "active"
     accuracy = {}
+    # a long second round makes forgetting without replay unmistakable: the eval split is
+    # keyed by each workspace's own routing secret, and at the default 40 epochs the gap
+    # ranged 0.03-0.12 over splits; at 150 it was 0.12-0.18
+    monkeypatch.setenv("SILOLEARN_TRAINING__EPOCHS", "150")
     for name, size in (("replay", "2000"), ("no-replay", "0")):
         monkeypatch.setenv("SILOLEARN_TRAINING__REPLAY_SIZE", size)
         with Workspace.open(Path(shutil.copytree(base, tmp_path / name))) as world:
@@ -409,7 +413,7 @@ def test_replay_keeps_first_round_knowledge_when_the_label_mix_shifts(
             assert earlier["n"] >= 30
             assert (result.lineage["replay_records"] > 0) == (name == "replay")
     print(f"\nround-1 eval accuracy after round 2: {accuracy}")
-    assert accuracy["replay"] > accuracy["no-replay"] + 0.05
+    assert accuracy["replay"] > accuracy["no-replay"] + 0.06
 
 
 # -- lora end to end ---------------------------------------------------------------------------
