@@ -831,3 +831,89 @@ def test_close_epsilons_keep_every_marker_but_not_overlapping_tick_labels() -> N
     ]
     ticks = [el.text for el in svg.iter(f"{SVG}text") if "tick" in _svg_class(el)]
     assert ticks == ["1", "4", "8"]
+
+
+def _gates(tenant: str = "critics") -> dict[str, Any]:
+    return {
+        "serving": [
+            {
+                "tenant": tenant,
+                "version": 3,
+                "membership_auc": 0.62,
+                "membership_auc_upper": 0.69,
+                "membership_judged": True,
+                "max_exposure": 7.04,
+                "epsilon_lower_bound": None,
+                "accountant_epsilon": None,
+                "gates": {"quality": True, "membership": True, "canary": True},
+            },
+            {
+                "tenant": "health-desk",
+                "version": 2,
+                "membership_judged": False,
+                "epsilon_lower_bound": 0.21,
+                "accountant_epsilon": 2.0,
+                "gates": {"quality": True, "privacy_audit": True},
+            },
+        ],
+        "divergence": {
+            "isolated_checks": 40,
+            "isolated_identical": 40,
+            "shared_checks": 6,
+            "shared_max_kl": 0.0123,
+        },
+        "drill": {
+            "version": 5,
+            "status": "rejected",
+            "gates": [
+                {"gate": "membership", "passed": False, "severity": "SEV2", "reason": tenant},
+                {"gate": "canary", "passed": False, "severity": "SEV1", "reason": "23.3 bits"},
+            ],
+        },
+        "incidents": [
+            {
+                "id": 1,
+                "tenant": tenant,
+                "severity": "SEV1",
+                "kind": "gates",
+                "version": 5,
+                "summary": f"{tenant} v5 rejected",
+                "actions": ["rejected", "quarantined training"],
+                "status": "resolved",
+            }
+        ],
+    }
+
+
+def test_gates_section_shows_serving_evidence_drill_and_incidents() -> None:
+    result = _result()
+    result["gates"] = _gates()
+    document = render_report(result)
+    checker = _check(document)
+    assert checker.errors == [] and checker.stack == []
+    section = document[document.index("<h2>Release gates</h2>") :]
+    assert section.index("Release gates") < section.index("<footer>")
+    assert "0.620 (0.690)" in section and "7.040" in section and "3/3" in section
+    assert "0.21 (2.000)" in section and "not judged (too few eval records)" in section
+    assert "40 checks of isolated tenants" in section and "0.012" in section
+    assert "Leak drill: candidate v5 rejected" in section
+    assert "rejected; quarantined training" in section and "SEV1" in section
+
+
+@pytest.mark.parametrize("gates", [None, {}, "junk", {"serving": [], "incidents": "junk"}])
+def test_no_gates_data_renders_no_gates_section(gates: Any) -> None:
+    result = _result()
+    result["gates"] = gates
+    assert "Release gates" not in render_report(result)
+
+
+def test_malicious_strings_are_escaped_in_the_gates_section() -> None:
+    result = _result()
+    result["rounds"] = result["versions"] = result["tenants"] = []
+    result["gates"] = _gates(EVIL)
+    result["gates"]["incidents"][0]["actions"] = [EVIL]
+    document = render_report(result)
+    checker = _check(document)
+    assert checker.errors == [] and checker.stack == []
+    assert "<script" not in document and "script" not in checker.counts
+    assert document.count("ev&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;il") >= 4

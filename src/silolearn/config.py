@@ -120,6 +120,73 @@ class SharedConfig(_Section):
     learning_rate: float = Field(default=0.02, gt=0.0, le=10.0)
 
 
+class GatePolicy(_Section):
+    """Which release gates run and their thresholds (one tenant's policy; the ``[gates]``
+    section is the default, ``[gates.tenants.<name>]`` overrides keys for one tenant)."""
+
+    quality: bool = True
+    """Macro-F1 on the eval window against the active version (tolerance and minimum window
+    from ``[training]``), judged by a paired bootstrap interval."""
+    forgetting: bool = True
+    """The same on the eval records of earlier windows (at or before the parent's cutoff)."""
+    golden: bool = True
+    """Every example of the tenant's golden suite predicted correctly."""
+    membership: bool = True
+    membership_auc_upper: float = Field(default=0.60, gt=0.0, le=1.0)
+    """Reject when the upper confidence bound of the strongest attack's AUC exceeds this."""
+    membership_min_nonmembers: int = Field(default=100, ge=2, le=1_000_000)
+    """Below this many non-members the AUC cannot be bounded usefully: the gate is recorded
+    as not applicable (its reason says so) instead of rejecting every small tenant."""
+    membership_members: int = Field(default=1000, ge=10, le=1_000_000)
+    """At most this many of the candidate's training records are attacked as members."""
+    membership_references: int = Field(default=4, ge=0, le=64)
+    """Reference heads (LiRA offline) trained on non-member data; 0: loss attack only."""
+    canaries: int = Field(default=8, ge=0, le=1000)
+    """Secret-Sharer canaries inserted into each run (0: none)."""
+    canary_copies: int = Field(default=1, ge=1, le=1000)
+    canary_alternatives: int = Field(default=256, ge=20, le=100_000)
+    """Same-template alternatives sampled to estimate each canary's rank."""
+    canary_max_exposure: float = Field(default=16.0, ge=0.0)
+    """Reject (SEV1: a canary can be extracted) when a canary's exposure is above this many
+    bits (of 72): its confidence is beyond all but 2^-bound of the same-template sequences.
+    Measured on the logit-scaled confidence with 8 canaries: normal runs at most 7.5 bits
+    on 3-class movie snippets and 13 on 16-class health tweets; the demo's leak drill
+    (32 canaries inserted 20 times) 70-72."""
+    audit_canaries: int = Field(default=200, ge=0, le=100_000)
+    """One-run privacy audit canaries in each DP run, each included with probability 1/2."""
+    audit_guess_fraction: float = Field(default=0.25, gt=0.0, le=0.5)
+    """Guesses of the audit: this share of the canaries as included, as many as excluded."""
+    divergence_probes: int = Field(default=64, ge=1, le=100_000)
+    """The tenant's fixed probe set: its first eval records (the eval store is append-only)."""
+    shared_kl_bound: float = Field(default=0.05, ge=0.0)
+    """Largest mean KL a shared-layer update may cause a member's predictions."""
+    shadow: bool = True
+    """A shared-layer member's first round on each shared version also trains an isolated
+    shadow head (its own records, no shared layer) and compares it with production."""
+    shadow_jump: float = Field(default=0.10, ge=0.0, le=1.0)
+    """Largest rise of the production/shadow disagreement rate from one shared version to
+    the next (SEV2 naming the new version's other contributors; the member is pinned)."""
+    bootstrap: int = Field(default=1000, ge=100, le=100_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class GatesConfig(GatePolicy):
+    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-tenant overrides of any key above, by tenant name."""
+
+    def for_tenant(self, name: str) -> GatePolicy:
+        """The effective policy of one tenant: the defaults with its overrides."""
+        values = self.model_dump(exclude={"tenants"})
+        overrides = self.tenants.get(name, {})
+        try:
+            return GatePolicy.model_validate({**values, **overrides})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"[gates.tenants.{name}]: {problems}") from None
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
@@ -128,6 +195,7 @@ class Settings(_Section):
     training: TrainingConfig = TrainingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     shared: SharedConfig = SharedConfig()
+    gates: GatesConfig = GatesConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:
@@ -151,8 +219,14 @@ class Settings(_Section):
         lines: list[str] = ["# silolearn workspace settings; unknown keys are errors."]
         for section, values in self.model_dump().items():
             lines.append(f"\n[{section}]")
+            tables = {k: v for k, v in values.items() if isinstance(v, dict)}
             for key, value in values.items():
-                lines.append(f"{key} = {_toml_value(value)}")
+                if key not in tables:
+                    lines.append(f"{key} = {_toml_value(value)}")
+            for key, table in tables.items():
+                for name, entries in table.items():
+                    lines.append(f"\n[{section}.{key}.{_toml_value(name)}]")
+                    lines.extend(f"{k} = {_toml_value(v)}" for k, v in entries.items())
         return "\n".join(lines) + "\n"
 
 

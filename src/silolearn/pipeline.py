@@ -13,6 +13,7 @@ parent's cutoff.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -41,7 +42,7 @@ from silolearn.privacy.accountant import calibrate_noise
 from silolearn.privacy.ledger import tenant_scope
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.storage.scope import Purpose
-from silolearn.validation.gates import no_worse_than_active
+from silolearn.validation.gates import GateVerdict, decision_of, judge
 from silolearn.workspace import Workspace
 
 Progress = Callable[[str, int, str, dict[str, Any]], None]
@@ -63,6 +64,11 @@ class RoundResult:
     lineage: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+    divergence: list[dict[str, Any]] = field(default_factory=list)
+    """Every other tenant's probe-set comparison after this round."""
+    shadow: dict[str, Any] | None = None
+    """The isolated-shadow comparison, on a shared-layer member's first round on a shared
+    version (``Trainer.shadow``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +84,8 @@ class RoundResult:
             "lineage": self.lineage,
             "timings": self.timings,
             "error": self.error,
+            "divergence": self.divergence,
+            "shadow": self.shadow,
         }
 
 
@@ -91,7 +99,13 @@ class Trainer:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def _job(self, tenant: str, action: str, params: dict[str, Any]) -> WorkerJob:
+    def _job(
+        self,
+        tenant: str,
+        action: str,
+        params: dict[str, Any],
+        training: dict[str, Any] | None = None,
+    ) -> WorkerJob:
         ws = self.ws
         info = ws.tenants.get(tenant)
         base = base_model_record(ws)
@@ -111,7 +125,7 @@ class Trainer:
             base_path=str(base.path),
             base_sha256=base.sha256,
             actor=f"worker:{action}:{info.name}",
-            training=self.config.model_dump(),
+            training={**self.config.model_dump(), **(training or {})},
             params=params,
             sandbox=self.sandbox,
         )
@@ -123,8 +137,9 @@ class Trainer:
         params: dict[str, Any],
         progress: Progress | None,
         on_request: Request | None = None,
+        training: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        job = self._job(tenant, action, params)
+        job = self._job(tenant, action, params, training)
         relay = None
         if progress is not None:
 
@@ -176,6 +191,7 @@ class Trainer:
         cutoff: str,
         parent: dict[str, Any] | None,
         dp: bool,
+        canaries: dict[str, int] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Record a new training run of the registry's tenant; its id and worker params."""
         run_id = secrets.token_hex(8)
@@ -188,6 +204,8 @@ class Trainer:
             "version_hint": next_version,
             "parent": parent,
         }
+        if canaries:
+            params["canaries"] = canaries
         if dp:
             # what a DP worker needs beyond its plan: the clipping-warning thresholds
             p = self.ws.settings.privacy
@@ -256,7 +274,14 @@ class Trainer:
         progress: Progress | None = None,
         dp: bool | None = None,
         epsilon: float | None = None,
+        canaries: dict[str, int] | None = None,
+        overrides: dict[str, Any] | None = None,
+        divergence: bool = True,
     ) -> RoundResult:
+        """One round. ``canaries`` (``secret``, ``copies``, ``audit``) replaces the policy's
+        canary counts for this run; ``overrides`` replaces training settings for this run
+        (e.g. a leak drill: many epochs, no weight decay). After the round every other
+        tenant's predictions are checked against their snapshots (``divergence``)."""
         ws = self.ws
         kind = kind or self.config.adapter
         if kind not in ("head", "lora"):
@@ -280,6 +305,23 @@ class Trainer:
                 tenant_scope(info.id), tenant=tenant, run_id="-", purpose="train", at_least=target
             )
         trunk = self.shared_trunk(tenant, kind)
+        policy = ws.settings.gates.for_tenant(tenant)
+        planted = {
+            "secret": policy.canaries,
+            "copies": policy.canary_copies,
+            "audit": policy.audit_canaries if private else 0,
+            **(canaries or {}),
+        }
+        training = None
+        if overrides:
+            from silolearn.config import TrainingConfig
+
+            try:
+                training = TrainingConfig.model_validate(
+                    {**self.config.model_dump(), **overrides}
+                ).model_dump()
+            except ValueError as exc:
+                raise InvalidInput(f"bad training overrides: {exc}") from None
         started = time.perf_counter()
         verify_base_model(ws, when="train.before")
         with run_slot(
@@ -303,7 +345,13 @@ class Trainer:
                     "trunk": active.lineage.get("trunk"),
                 }
             run_id, params = self._start_run(
-                registry, kind=kind, seed=seed, cutoff=cutoff, parent=parent, dp=private
+                registry,
+                kind=kind,
+                seed=seed,
+                cutoff=cutoff,
+                parent=parent,
+                dp=private,
+                canaries=planted,
             )
             on_request = None
             if private:
@@ -312,9 +360,11 @@ class Trainer:
             if trunk is not None:
                 params["trunk"] = trunk
             try:
-                trained = self._run(tenant, "train", params, progress, on_request)
+                trained = self._run(tenant, "train", params, progress, on_request, training)
                 verify_base_model(ws, when="train.after")
                 lineage = dict(trained["lineage"])
+                if overrides:
+                    lineage["overrides"] = overrides
                 lineage.update(
                     run_id=run_id,
                     timings=trained["timings"],
@@ -326,7 +376,7 @@ class Trainer:
                     lineage=lineage,
                     metrics={},
                     run_id=run_id,
-                    extra={"replay": trained["replay"], "records": trained["records"]},
+                    extra={k: trained[k] for k in ("replay", "records", "canaries")},
                 )
                 result = self._judge(tenant, registry, candidate, active, progress)
             except SiloError as exc:
@@ -339,6 +389,20 @@ class Trainer:
             **result.timings,
             "total": round(time.perf_counter() - started, 4),
         }
+        if divergence:
+            t0 = time.perf_counter()
+            checks = self.check_divergence(
+                event=f"round {tenant} v{result.version} ({result.status})", source=tenant
+            )
+            result.divergence = [
+                {k: c[k] for k in ("tenant", "identical", "kl", "shared")} for c in checks
+            ]
+            result.timings["divergence"] = round(time.perf_counter() - t0, 4)
+        if result.status == "active" and self.wants_shadow(tenant):
+            # the first round on a shared version: compare it with an isolated shadow
+            t0 = time.perf_counter()
+            result.shadow = self.shadow(tenant, progress=progress)
+            result.timings["shadow"] = round(time.perf_counter() - t0, 4)
         return result
 
     def _cutoff(self, tenant: str, asked: str | None, parent_cutoff: str | None) -> str:
@@ -369,34 +433,36 @@ class Trainer:
         candidate: AdapterVersion,
         active: AdapterVersion | None,
         progress: Progress | None,
+        trigger: str = "round",
     ) -> RoundResult:
-        evaluation = self.evaluate(tenant, candidate, active, progress)
-        after = evaluation["versions"][str(candidate.version)]
-        before = None if active is None else evaluation["versions"][str(active.version)]
+        """Run every gate of the tenant's policy on the candidate (against the active
+        version); promote only when all pass; otherwise reject and open an incident."""
+        t0 = time.perf_counter()
+        verdicts, evidence = self.run_gates(tenant, candidate, active, progress)
+        after = evidence["versions"][str(candidate.version)]
+        before = None if active is None else evidence["versions"][str(active.version)]
         metrics = {
             **after,
-            "eval_window": evaluation["window"],
-            "eval_records": evaluation["eval_records"],
-            "eval_embed_seconds": evaluation["embed_seconds"],
+            "eval_window": evidence["window"],
+            "eval_records": evidence["eval_records"],
+            "gate_seconds": evidence["timings"],
             "compared_with": None
             if before is None
             else {"version": active.version if active else None, **_headline(before)},
         }
         registry.set_metrics(candidate.version, metrics)
-        verdict = no_worse_than_active(
-            after,
-            before,
-            tolerance=self.config.promotion_tolerance,
-            min_eval_records=self.config.min_eval_records,
-        )
-        decision = {
-            "reason": "gates passed" if verdict.passed else f"gate {verdict.gate} failed",
-            "gates": [verdict.to_dict()],
-        }
-        if verdict.passed:
+        decision = decision_of(verdicts)
+        if decision["passed"]:
             final = registry.promote(candidate.version, decision=decision)
         else:
             final = registry.reject(candidate.version, decision=decision)
+        self._record_gates(tenant, candidate.version, trigger, decision)
+        if decision["passed"]:
+            from silolearn.validation.divergence import snapshot
+
+            snapshot(self.ws, tenant)
+        else:
+            self._incident(tenant, candidate.version, verdicts, actions=["rejected"])
         return RoundResult(
             tenant=tenant,
             status=final.status,
@@ -408,8 +474,175 @@ class Trainer:
             before=None if before is None else _headline(before),
             decision=final.decision,
             lineage=final.lineage,
-            timings={"evaluate": evaluation["seconds"]},
+            timings={"evaluate": round(time.perf_counter() - t0, 4)},
         )
+
+    # -- gates ------------------------------------------------------------------------------
+
+    def run_gates(
+        self,
+        tenant: str,
+        version: AdapterVersion,
+        against: AdapterVersion | None,
+        progress: Progress | None = None,
+    ) -> tuple[list[GateVerdict], dict[str, Any]]:
+        """The tenant's gates on ``version`` (quality and forgetting against ``against``),
+        from the evidence of one gate worker."""
+        policy = self.ws.settings.gates.for_tenant(tenant)
+        split = None if against is None else against.lineage.get("cutoff")
+        privacy = version.lineage.get("privacy") or {}
+        plan = privacy.get("plan") or {}
+
+        def meta(v: AdapterVersion) -> dict[str, Any]:
+            return {
+                "version": v.version,
+                "run_id": v.run_id,
+                "sha256": v.sha256,
+                "kind": v.kind,
+                "config": v.lineage.get("config"),
+            }
+
+        params = {
+            "cutoff": version.lineage["cutoff"],
+            "split": split,
+            "candidate": meta(version),
+            "active": None if against is None else meta(against),
+            "policy": policy.model_dump(),
+            # the bootstrap and the canary alternatives are reproducible per version
+            "seed": int(hashlib.sha256(f"{version.run_id}/gates".encode()).hexdigest()[:15], 16),
+            "delta": plan.get("delta") or self.ws.settings.privacy.delta,
+        }
+        evidence = self._run(tenant, "gates", params, progress)
+        accountant = None
+        if privacy.get("mode") == "dp" and plan:
+            accountant = float(plan["target_epsilon"])
+        verdicts = judge(
+            evidence,
+            policy=policy,
+            tolerance=self.config.promotion_tolerance,
+            min_eval_records=self.config.min_eval_records,
+            accountant_epsilon=accountant,
+        )
+        return verdicts, evidence
+
+    def _record_gates(
+        self, tenant: str, version: int, trigger: str, decision: dict[str, Any]
+    ) -> None:
+        info = self.ws.tenants.get(tenant)
+        with self.ws.audit.write() as conn:
+            conn.execute(
+                "INSERT INTO gate_runs (tenant_id, version, trigger, passed, severity, "
+                "verdicts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.id,
+                    version,
+                    trigger,
+                    int(decision["passed"]),
+                    decision["severity"],
+                    json.dumps(decision["gates"], sort_keys=True),
+                    utcnow(),
+                ),
+            )
+            self.ws.audit.append_in(
+                conn,
+                "gates.verdict",
+                tenant=tenant,
+                obj=f"v{version}",
+                details={
+                    "trigger": trigger,
+                    "passed": decision["passed"],
+                    "severity": decision["severity"],
+                    "verdicts": [
+                        {"gate": g["gate"], "passed": g["passed"], "reason": g["reason"]}
+                        for g in decision["gates"]
+                    ],
+                },
+            )
+
+    def _incident(
+        self, tenant: str, version: int, verdicts: Sequence[GateVerdict], *, actions: list[str]
+    ) -> dict[str, Any] | None:
+        from silolearn.monitoring.incidents import Incidents
+        from silolearn.validation.gates import worst
+
+        failed = [v for v in verdicts if not v.passed]
+        severity = worst([sv for v in failed if (sv := v.severity)])
+        if severity is None:
+            return None
+        return Incidents(self.ws).open(
+            tenant,
+            severity=severity,
+            kind=",".join(v.gate for v in failed),
+            version=version,
+            summary=f"v{version}: " + "; ".join(f"{v.gate}: {v.reason}" for v in failed),
+            evidence={v.gate: {"metrics": _compact(v.metrics), **v.threshold} for v in failed},
+            actions=actions,
+        )
+
+    def rerun_gates(self, tenant: str, *, progress: Progress | None = None) -> dict[str, Any]:
+        """Re-audit the active version under the current policy (quality and forgetting
+        against the version it replaced, on today's eval window). If it fails, the newest
+        earlier version that passes its gates is restored, automatically and audited; an
+        incident records what failed and what was done."""
+        ws = self.ws
+        registry = AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY))
+        active = registry.active()
+        if active is None:
+            raise NotFoundError(f"tenant {tenant!r} has no active version to re-audit")
+        versions = {v.version: v for v in registry.list()}
+
+        def parent_of(v: AdapterVersion) -> AdapterVersion | None:
+            p = versions.get(v.parent) if v.parent is not None else None
+            return p if p is not None and p.status in ("retired", "active") else None
+
+        verdicts, _ = self.run_gates(tenant, active, parent_of(active), progress)
+        decision = decision_of(verdicts)
+        self._record_gates(tenant, active.version, "rerun", decision)
+        report: dict[str, Any] = {
+            "tenant": tenant,
+            "version": active.version,
+            "passed": decision["passed"],
+            "severity": decision["severity"],
+            "gates": decision["gates"],
+            "restored": None,
+            "incident": None,
+            "tried": [],
+        }
+        if decision["passed"]:
+            return report
+        restored = None
+        for earlier in sorted(
+            (v for v in versions.values() if v.status == "retired" and v.version < active.version),
+            key=lambda v: -v.version,
+        ):
+            verdicts_e, _ = self.run_gates(tenant, earlier, parent_of(earlier), progress)
+            decision_e = decision_of(verdicts_e)
+            self._record_gates(tenant, earlier.version, "restore", decision_e)
+            report["tried"].append({"version": earlier.version, "passed": decision_e["passed"]})
+            if decision_e["passed"]:
+                restored = registry.rollback(
+                    to=earlier.version, reason=f"gates rerun: v{active.version} failed"
+                )
+                from silolearn.validation.divergence import snapshot
+
+                snapshot(ws, tenant)
+                break
+        actions = [
+            f"rolled back to v{restored.version}"
+            if restored is not None
+            else "no earlier version passes: the failing version still serves"
+        ]
+        incident = self._incident(tenant, active.version, verdicts, actions=actions)
+        report["restored"] = None if restored is None else restored.version
+        report["incident"] = None if incident is None else incident["id"]
+        return report
+
+    def check_divergence(
+        self, *, event: str, source: str | None, exclude: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        from silolearn.validation.divergence import check
+
+        return check(self.ws, event=event, source=source, exclude=exclude)
 
     def evaluate(
         self,
@@ -635,7 +868,7 @@ class Trainer:
                 lineage=lineage,
                 metrics={},
                 run_id=run_id,
-                extra={"replay": trained["replay"], "records": trained["records"]},
+                extra={k: trained[k] for k in ("replay", "records", "canaries")},
             )
         except SiloError as exc:
             self._run_finished(scope, run_id, "failed", None, exc.message)
@@ -724,12 +957,16 @@ class Trainer:
             )
         active_m = evaluation["versions"][str(active.version)]
         shadow_m = evaluation["versions"][str(candidate.version)]
+        from silolearn.validation import shadow as shadows
+
+        check = shadows.check(ws, tenant, active, registry.get(candidate.version))
         report = {
             "tenant": tenant,
             "serving": {"version": active.version, **_headline(active_m)},
             "isolated": {"version": candidate.version, **_headline(shadow_m)},
             "shared_version": (active.lineage.get("trunk") or {}).get("version"),
             "eval_records": evaluation["eval_records"],
+            "check": check,
         }
         ws.audit.append(
             "shadow.compare",
@@ -743,6 +980,25 @@ class Trainer:
         )
         return report
 
+    def wants_shadow(self, tenant: str) -> bool:
+        """Whether ``tenant``'s serving version runs on a shared version that has no shadow
+        comparison yet (and its policy asks for one; a DP-only tenant has no shadow)."""
+        from silolearn.validation import shadow as shadows
+
+        ws = self.ws
+        if not ws.settings.gates.for_tenant(tenant).shadow:
+            return False
+        info = ws.tenants.get(tenant)
+        if info.status != "active" or ws.ledger().policy(tenant_scope(info.id)).mode == "dp":
+            return False
+        active = AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY)).active()
+        if active is None:
+            return False
+        trunk = (active.lineage.get("trunk") or {}).get("version")
+        if trunk is None:
+            return False
+        return all(c["shared_version"] != trunk for c in shadows.history(ws, tenant))
+
     def promote(self, tenant: str, version: int, *, reason: str = "manual") -> RoundResult:
         """Promote a candidate by hand: only through the same gates a round applies."""
         verify_base_model(self.ws, when="promote")
@@ -752,11 +1008,11 @@ class Trainer:
             raise ConflictError(
                 f"adapter v{version} is {candidate.status}, not a candidate", version=version
             )
-        result = self._judge(tenant, registry, candidate, registry.active(), None)
+        result = self._judge(tenant, registry, candidate, registry.active(), None, "promote")
         if result.status != "active":
             raise ConflictError(
                 f"adapter v{version} of {tenant!r} failed its gates and was rejected: "
-                f"{result.decision['gates'][0]['reason']}",
+                f"{result.decision['reason']}",
                 version=version,
                 reason=reason,
             )
@@ -826,6 +1082,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A verdict's metrics without long per-item lists (an incident keeps the headline)."""
+    return {k: v for k, v in metrics.items() if not (isinstance(v, list) and len(v) > 8)}
+
+
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "windows") if k in metrics}
 
@@ -841,6 +1102,31 @@ def list_sweeps(ws: Workspace, tenant: str | None = None) -> list[dict[str, Any]
             (info.id,),
         ).fetchall()
     return [json.loads(r[0]) for r in rows]
+
+
+def list_gate_runs(ws: Workspace, tenant: str, version: int | None = None) -> list[dict[str, Any]]:
+    """Every gate run of a tenant (of one version), oldest first: trigger, verdicts."""
+    info = ws.tenants.get(tenant)
+    query = (
+        "SELECT version, trigger, passed, severity, verdicts, created_at FROM gate_runs "
+        "WHERE tenant_id = ?"
+    )
+    args: list[Any] = [info.id]
+    if version is not None:
+        query += " AND version = ?"
+        args.append(version)
+    rows = ws.conn.execute(query + " ORDER BY id", args).fetchall()
+    return [
+        {
+            "version": r[0],
+            "trigger": r[1],
+            "passed": bool(r[2]),
+            "severity": r[3],
+            "verdicts": json.loads(r[4]),
+            "created_at": r[5],
+        }
+        for r in rows
+    ]
 
 
 def list_runs(ws: Workspace, tenant: str) -> list[dict[str, Any]]:

@@ -1018,6 +1018,8 @@ def _shared_comparison_table(comparison: list[Mapping[str, Any]]) -> str:
         ("shared version", False),
         (f"accuracy isolated {ARROW} shared", True),
         (f"macro-F1 isolated {ARROW} shared", True),
+        ("disagreement on probes", True),
+        ("KL(production || shadow)", True),
     )
     rows = []
     for c in comparison:
@@ -1027,6 +1029,8 @@ def _shared_comparison_table(comparison: list[Mapping[str, Any]]) -> str:
             f"<td>{_version(c.get('shared_version'))}</td>"
             + _num_td(_compare(isolated.get("accuracy"), joint.get("accuracy")))
             + _num_td(_compare(isolated.get("macro_f1"), joint.get("macro_f1")))
+            + _num_td(f"{_fmt_metric(c.get('disagreement'))} of {_fmt_count(c.get('probes'))}")
+            + _num_td(_fmt_metric(c.get("kl")))
         )
     return f"<h4>Isolated head against head on the shared layer</h4>\n{_table(headers, rows)}"
 
@@ -1063,6 +1067,118 @@ def _privacy_section(result: Mapping[str, Any]) -> str:
     return "<section>\n<h2>Differential privacy</h2>\n" + "\n".join(parts) + "\n</section>"
 
 
+GATES_INTRO = (
+    "Every candidate passes all of its tenant's gates before it serves: quality and "
+    "forgetting (paired bootstrap of macro-F1), the golden suite, membership inference (loss "
+    "and LiRA-offline attacks; the AUC's upper 95% bound), canary exposure (bits of 72) and, "
+    "for DP runs, the one-run audit's empirical epsilon lower bound next to the accountant's."
+)
+
+
+def _gates_serving_table(rows: list[Mapping[str, Any]]) -> str:
+    headers = (
+        ("tenant", False),
+        ("version", False),
+        ("membership AUC (upper bound)", True),
+        ("max canary exposure, bits", True),
+        ("one-run epsilon lower bound (accountant)", True),
+        ("gates passed", True),
+    )
+    body = []
+    for r in rows:
+        gates = _mapping(r.get("gates"))
+        passed = sum(1 for v in gates.values() if v is True)
+        if r.get("membership_judged"):
+            upper = _fmt_metric(r.get("membership_auc_upper"))
+            auc = f"{_fmt_metric(r.get('membership_auc'))} ({upper})"
+        else:
+            auc = "not judged (too few eval records)"
+        bound = _num(r.get("epsilon_lower_bound"))
+        audit = (
+            DASH if bound is None else f"{bound:.2f} ({_fmt_metric(r.get('accountant_epsilon'))})"
+        )
+        body.append(
+            f"<td>{_fmt_text(r.get('tenant'))}</td><td>{_version(r.get('version'))}</td>"
+            + _num_td(auc)
+            + _num_td(_fmt_metric(r.get("max_exposure")))
+            + _num_td(audit)
+            + _num_td(f"{passed}/{len(gates)}")
+        )
+    return _table(headers, body)
+
+
+def _drill_table(drill: Mapping[str, Any]) -> str:
+    headers = (("gate", False), ("passed", False), ("severity", False), ("reason", False))
+    body = [
+        f"<td>{_fmt_text(g.get('gate'))}</td>"
+        f"<td>{'yes' if g.get('passed') is True else 'no'}</td>"
+        f"<td>{_fmt_text(g.get('severity'))}</td><td>{_fmt_text(g.get('reason'))}</td>"
+        for g in _dicts(drill.get("gates"))
+    ]
+    title = (
+        f"Leak drill: candidate {_version(drill.get('version'))} {_fmt_text(drill.get('status'))}"
+    )
+    return f"<h3>{title}</h3>\n{_table(headers, body)}"
+
+
+def _incidents_table(rows: list[Mapping[str, Any]]) -> str:
+    headers = (
+        ("id", True),
+        ("tenant", False),
+        ("severity", False),
+        ("kind", False),
+        ("version", False),
+        ("status", False),
+        ("summary", False),
+        ("actions", False),
+    )
+    body = []
+    for i in rows:
+        actions = i.get("actions")
+        acted = "; ".join(str(a) for a in actions) if isinstance(actions, list) else actions
+        body.append(
+            _num_td(_fmt_text(i.get("id")))
+            + f"<td>{_fmt_text(i.get('tenant'))}</td><td>{_fmt_text(i.get('severity'))}</td>"
+            f"<td>{_fmt_text(i.get('kind'))}</td><td>{_version(i.get('version'))}</td>"
+            f"<td>{_fmt_text(i.get('status'))}</td><td>{_fmt_text(i.get('summary'))}</td>"
+            f"<td>{_fmt_text(acted)}</td>"
+        )
+    return f"<h3>Incidents</h3>\n{_table(headers, body)}"
+
+
+def _gates_section(result: Mapping[str, Any]) -> str:
+    """Release gates: the serving versions' evidence, the divergence checks, the leak drill
+    and the incidents; empty when the result has none."""
+    gates = _mapping(result.get("gates"))
+    parts = []
+    serving = _dicts(gates.get("serving"))
+    if serving:
+        intro = html.escape(GATES_INTRO, quote=False)
+        parts.append(
+            f'<h3>Serving versions</h3>\n<p class="muted">{intro}</p>\n'
+            + _gates_serving_table(serving)
+        )
+    divergence = _mapping(gates.get("divergence"))
+    if divergence:
+        parts.append(
+            "<h3>Cross-tenant divergence</h3>\n<p>"
+            f"{_fmt_count(divergence.get('isolated_checks'))} checks of isolated tenants after "
+            f"other tenants' rounds, {_fmt_count(divergence.get('isolated_identical'))} "
+            "bit-identical (KL exactly 0); "
+            f"{_fmt_count(divergence.get('shared_checks'))} checks of shared-layer members, "
+            f"largest KL {_fmt_metric(divergence.get('shared_max_kl'))}.</p>"
+        )
+    drill = _mapping(gates.get("drill"))
+    if drill:
+        parts.append(_drill_table(drill))
+    incidents = _dicts(gates.get("incidents"))
+    if incidents:
+        parts.append(_incidents_table(incidents))
+    if not parts:
+        return ""
+    return "<section>\n<h2>Release gates</h2>\n" + "\n".join(parts) + "\n</section>"
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -1078,6 +1194,7 @@ def render_report(result: dict[str, Any]) -> str:
             _rounds_section(result),
             _versions_section(result),
             _privacy_section(result),
+            _gates_section(result),
             f"<footer>\n<p>{html.escape(FOOTER, quote=False)}</p>\n</footer>",
         )
         if part

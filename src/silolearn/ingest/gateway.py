@@ -9,6 +9,10 @@ an error); the contamination check for training-bound records; then sealing and 
 Good lines are stored batch by batch, each batch in one transaction with its audit event,
 so a bad line never loses a good one and a crash never loses a committed batch.
 ``strict=True`` validates the whole input first and stores all or nothing.
+
+``suite="golden"`` (with ``all_to_eval=True``) registers the tenant's golden suite: labelled
+must-pass examples stored in the eval store apart from the regular eval set, through the
+same contamination path as every eval record.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from silolearn.errors import IngestAborted
+from silolearn.errors import IngestAborted, InvalidInput
 from silolearn.ingest.contamination import ContaminationCheck, audit_quarantine_in
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
 from silolearn.ingest.records import Record
-from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope
+from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope, check_suite
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -113,9 +117,22 @@ class Gateway:
         fmt: str | None = None,
         progress: Any = None,
         all_to_eval: bool = False,
+        suite: str | None = None,
     ) -> IngestReport:
         """Ingest ``source`` into ``tenant``; ``all_to_eval`` registers a whole eval set
-        (every record to the eval store, labelled or not) instead of routing."""
+        (every record to the eval store, labelled or not) instead of routing.
+
+        ``suite="golden"`` (requires ``all_to_eval``) stores the records as the tenant's
+        golden suite: each line must be labelled (an unlabelled one is rejected), and an id
+        already stored outside the golden suite is rejected rather than counted a duplicate.
+        """
+        check_suite(suite)
+        if suite is not None and not all_to_eval:
+            raise InvalidInput(
+                f"an eval suite ({suite!r}) is registered with all_to_eval=True only: "
+                "its records go to the eval store, never through routing",
+                suite=suite,
+            )
         scope = self._ws.scope(tenant, purpose=Purpose.INGEST)
         scope.train.require_append()
         scope.eval.require_append()
@@ -130,6 +147,7 @@ class Gateway:
             report=IngestReport(tenant=tenant),
             all_to_eval=all_to_eval,
             strict=strict,
+            suite=suite,
         )
         lines = parse(source, fmt=fmt)
         if strict:
@@ -173,6 +191,11 @@ class Gateway:
                 f"text is {size} bytes, over the limit of {self._settings.max_text_bytes}",
             )
             return None
+        if run.suite is not None and record.label is None:
+            report.reject(
+                parsed.line, f"no label: every example of the {run.suite} suite must be labelled"
+            )
+            return None
         return _Arrival(
             parsed.line, record, run.scope.record_id_hash(record), run.scope.record_digest(record)
         )
@@ -198,19 +221,14 @@ class Gateway:
         return _Candidate(arrival.line, prepared, to_eval, redactions)
 
     def _split_known(self, run: _Run, arrivals: list[_Arrival]) -> list[_Arrival]:
-        """Count stored ids as duplicates (same content) or reject them (other content)."""
-        rids = [a.rid for a in arrivals]
-        stored = run.scope.train.existing(rids) | run.scope.eval.existing(rids)
-        fresh = []
-        for arrival in arrivals:
-            digest = stored.get(arrival.rid)
-            if digest is None:
-                fresh.append(arrival)
-            elif digest == arrival.digest:
-                run.report.duplicates += 1
-            else:
-                run.report.reject(arrival.line, "id already stored with different content")
-        return fresh
+        """Count stored ids as duplicates (same content) or reject them (other content, or
+        stored outside the run's suite)."""
+        stored, in_suite = _known(run, [a.rid for a in arrivals])
+        return [
+            a
+            for a in arrivals
+            if _is_new(run, a.line, a.digest, stored.get(a.rid), a.rid in in_suite)
+        ]
 
     def _store(
         self, run: _Run, arrivals: list[_Arrival], *, strict: bool = False, errors_before: int = 0
@@ -234,19 +252,19 @@ class Gateway:
         scope, report = run.scope, run.report
         with scope.write() as conn:
             # another writer may have stored some of these ids since the lookup above
-            rids = [c.prepared.rid for c in candidates]
-            raced = scope.train.existing(rids) | scope.eval.existing(rids)
+            raced, in_suite = _known(run, [c.prepared.rid for c in candidates])
             if raced:
-                kept = []
-                for c in candidates:
-                    digest = raced.get(c.prepared.rid)
-                    if digest is None:
-                        kept.append(c)
-                    elif digest == c.prepared.digest:
-                        report.duplicates += 1
-                    else:
-                        report.reject(c.line, "id already stored with different content")
-                candidates = kept
+                candidates = [
+                    c
+                    for c in candidates
+                    if _is_new(
+                        run,
+                        c.line,
+                        c.prepared.digest,
+                        raced.get(c.prepared.rid),
+                        c.prepared.rid in in_suite,
+                    )
+                ]
                 if run.strict and report.rejected:
                     raise IngestAborted(
                         f"--strict: {report.rejected} invalid line(s), nothing stored",
@@ -281,7 +299,7 @@ class Gateway:
                     to_train.append(c)
 
             scope.train.append_in(conn, [c.prepared for c in to_train])
-            scope.eval.append_in(conn, [c.prepared for c in to_eval])
+            scope.eval.append_in(conn, [c.prepared for c in to_eval], suite=run.suite)
             self._contamination.on_train_added(scope, conn, [c.prepared for c in to_train])
             moved = self._contamination.on_eval_added(scope, conn, [c.prepared for c in to_eval])
             self._contamination.forget([c.prepared for c in to_train_all])
@@ -294,17 +312,16 @@ class Gateway:
             report.eval += len(to_eval)
             report.accepted += len(accepted)
             errors = report.errors[errors_before:]
-            scope.audit_in(
-                conn,
-                "ingest.batch",
-                details={
-                    "train": len(to_train),
-                    "eval": len(to_eval),
-                    "duplicates_or_contaminated": len(candidates) - len(accepted),
-                    "rejected_lines": [e["line"] for e in errors][:100],
-                    "rejected_reasons": sorted({e["reason"] for e in errors})[:20],
-                },
-            )
+            details: dict[str, Any] = {
+                "train": len(to_train),
+                "eval": len(to_eval),
+                "duplicates_or_contaminated": len(candidates) - len(accepted),
+                "rejected_lines": [e["line"] for e in errors][:100],
+                "rejected_reasons": sorted({e["reason"] for e in errors})[:20],
+            }
+            if run.suite is not None:
+                details["suite"] = run.suite
+            scope.audit_in(conn, "ingest.batch", details=details)
 
 
 @dataclass
@@ -317,7 +334,37 @@ class _Run:
     report: IngestReport
     all_to_eval: bool = False
     strict: bool = False
+    suite: str | None = None
+    """The eval suite every record of this run goes to (``None``: the regular stores)."""
     seen: dict[str, int] = field(default_factory=dict)
+
+
+def _known(run: _Run, rids: list[bytes]) -> tuple[dict[bytes, bytes], set[bytes]]:
+    """Content digests of these ids stored in either store, and which of them are stored in
+    the run's eval suite (empty when the run has none)."""
+    scope = run.scope
+    stored = scope.train.existing(rids) | scope.eval.existing(rids)
+    in_suite = scope.eval.in_suite(stored, run.suite) if run.suite is not None and stored else set()
+    return stored, in_suite
+
+
+def _is_new(run: _Run, line: int, digest: bytes, stored: bytes | None, in_suite: bool) -> bool:
+    """Whether a record is to be stored; a stored id is counted as a duplicate (same
+    content) or rejected (other content, or, for a suite, stored outside the suite, which
+    would silently leave the example out of it)."""
+    if stored is None:
+        return True
+    if run.suite is not None and not in_suite:
+        run.report.reject(
+            line,
+            f"id already stored outside the {run.suite} suite "
+            "(as a training or regular eval record)",
+        )
+    elif stored == digest:
+        run.report.duplicates += 1
+    else:
+        run.report.reject(line, "id already stored with different content")
+    return False
 
 
 def _batches(lines: Iterator[ParsedLine], size: int) -> Iterator[list[ParsedLine]]:

@@ -467,6 +467,11 @@ class SharedTrainer:
             "timings": {"total": round(time.perf_counter() - started, 4)},
         }
         version = self.store.add(artefact, lineage)
+        # every tenant's predictions against its snapshot: members following the latest
+        # version are previewed on the new trunk (recorded, gated), the rest must not move
+        from silolearn.validation.divergence import check
+
+        check(ws, event=f"shared v{version.version}", source=None, shared_update=True)
         return version
 
     def _relay(self, round_: _Round, name: str, job: Any, progress: Progress | None) -> None:

@@ -52,7 +52,7 @@ from silolearn.errors import (
 if TYPE_CHECKING:
     from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
 
-ACTIONS = ("train", "evaluate", "probe", "shared")
+ACTIONS = ("train", "evaluate", "gates", "probe", "shared")
 
 
 class Refused(SiloError):
@@ -273,11 +273,13 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
                     rng.choice(len(training), size=config.lora_max_records, replace=False)
                 )
                 training = [training[int(i)] for i in keep]
+        labels_seen = {str(s.record.label) for s in training}
+        canaries = _draw_canaries(job, params, sorted(labels_seen), dp is not None)
+        canary_texts, canary_labels = canaries.training_rows()
         granted: dict[str, Any] | None = None
         if dp is not None:
             # the ledger is asked before any computation on the data: a refused run stops here
-            granted = send.ask("plan", {"records": len(training), "kind": kind})
-        labels_seen = {str(s.record.label) for s in training}
+            granted = send.ask("plan", {"records": len(training) + len(canary_texts), "kind": kind})
         parent_adapter = None
         if parent is not None and warm:
             parent_bytes = scope.blobs.get(f"run/{parent['run_id']}/adapter")
@@ -298,9 +300,13 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             keys = [scope.record_id_hash(s.record) for s in training]
             matrix, embedded = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
             cache.save()
+            if canary_texts:
+                # synthetic rows: embedded here, never cached with the tenant's records
+                extra = encoder.embed(canary_texts, max_length=config.max_tokens)
+                matrix = np.concatenate([matrix, extra.astype(matrix.dtype)])
             features = Features(embeddings=matrix)
         else:
-            features = Features(texts=texts)
+            features = Features(texts=texts + canary_texts)
         timings["embed"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -313,7 +319,7 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             parent=parent_adapter,
             trunk=trunk,
         )
-        train_labels = [str(s.record.label) for s in training]
+        train_labels = [str(s.record.label) for s in training] + canary_labels
         privacy: dict[str, Any] | None = None
         if dp is None:
             fit = adapter.fit(features, train_labels, config=config, seed=seed, progress=send)
@@ -348,6 +354,7 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             "fit": fit.to_dict(),
             "embedded": embedded,
             "privacy": privacy or {"mode": "off"},
+            "canaries": canaries.summary(),
             "trunk": None if trunk is None else {"version": trunk.version, "sha256": trunk.sha256},
             "warm_start": parent_adapter is not None,
             "all_records": dp is not None or (parent is not None and not warm),
@@ -358,11 +365,29 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             "artefact": artefact,
             "replay": buffer.to_bytes(),
             "records": json.dumps([[job.tenant_id, i] for i in ids]).encode(),
+            "canaries": canaries.to_bytes(),
             "lineage": lineage,
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
     finally:
         ctx.close()
+
+
+def _draw_canaries(job: WorkerJob, params: dict[str, Any], labels: list[str], dp: bool) -> Any:
+    """The run's canaries, keyed by the tenant's token key, the seed and the version: the
+    same run draws the same ones (I4); nobody without the key can predict them. Under DP a
+    secret canary is inserted once (copies would be a group, not a record)."""
+    from silolearn.validation.canaries import Canaries, keyed_rng
+
+    spec = params.get("canaries") or {}
+    rng = keyed_rng(job.token_key, "canaries", params["seed"], params["version_hint"])
+    return Canaries.draw(
+        rng,
+        labels,
+        secret=int(spec.get("secret", 0)),
+        copies=1 if dp else int(spec.get("copies", 1)),
+        audit=int(spec.get("audit", 0)),
+    )
 
 
 def _can_warm_start(parent: dict[str, Any], kind: str, dp: Any, trunk: Any) -> bool:
@@ -554,6 +579,207 @@ def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
             "embed_seconds": round(embed_seconds, 4),
             "versions": results,
         }
+    finally:
+        ctx.close()
+
+
+# -- the gates --------------------------------------------------------------------------
+
+
+def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
+    """The evidence the gates judge a version by, from an ``AUDIT`` scope of the tenant:
+    quality and forgetting (paired bootstrap against the active version), the golden suite,
+    membership inference, canary exposure and the one-run privacy audit. Numbers only."""
+    from silolearn.config import GatePolicy, TrainingConfig
+    from silolearn.learning.adapters import Features, HeadAdapter, load_adapter
+    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.metrics import classification_metrics
+    from silolearn.storage.scope import Purpose
+    from silolearn.validation import evidence
+    from silolearn.validation.canaries import Canaries
+
+    config = TrainingConfig.model_validate(job.training)
+    params = job.params
+    policy = GatePolicy.model_validate(params["policy"])
+    cutoff, split = str(params["cutoff"]), params.get("split")
+    _check_base(job)
+    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    ctx = WorkerContext(job, Purpose.AUDIT)
+    timings: dict[str, float] = {}
+    try:
+        scope = ctx.scope
+        rng = np.random.default_rng(int(params["seed"]))
+        eval_cache = EmbeddingCache(
+            scope, encoder.sha256, namespace="eval/embeddings", max_tokens=config.max_tokens
+        )
+        train_cache = EmbeddingCache(scope, encoder.sha256, max_tokens=config.max_tokens)
+
+        def load(meta: dict[str, Any]) -> evidence.Model:
+            data = scope.blobs.get(f"run/{meta['run_id']}/adapter")
+            if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                raise IntegrityError(f"adapter v{meta['version']} does not match its SHA-256")
+            return evidence.Model(load_adapter(data, encoder=encoder), int(meta["version"]))
+
+        candidate = load(params["candidate"])
+        active = None if params.get("active") is None else load(params["active"])
+        needs_text = any(m.adapter.needs_text for m in (candidate, active) if m is not None)
+
+        def features(stored: list[Any], cache: EmbeddingCache) -> Features:
+            texts = [s.record.text for s in stored]
+            if needs_text:
+                return Features(texts=texts)
+            if not stored:
+                return Features(embeddings=np.zeros((0, 384), dtype=np.float32))
+            keys = [scope.record_id_hash(s.record) for s in stored]
+            matrix, _ = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
+            return Features(embeddings=matrix)
+
+        def synthetic(texts: list[str]) -> Features:
+            if needs_text:
+                return Features(texts=texts)
+            return Features(embeddings=encoder.embed(texts, max_length=config.max_tokens))
+
+        def subset(feats: Features, rows: npt.NDArray[np.int64]) -> Features:
+            if feats.texts is not None:
+                return Features(texts=[feats.texts[int(i)] for i in rows])
+            assert feats.embeddings is not None
+            return Features(embeddings=feats.embeddings[rows])
+
+        def predict(model: evidence.Model, feats: Features) -> list[str]:
+            if len(feats) == 0:
+                return []
+            return [model.labels[int(i)] for i in model.log_proba(feats).argmax(axis=1)]
+
+        out: dict[str, Any] = {"candidate": candidate.version}
+        t0 = time.perf_counter()
+        stored = [s for s in scope.eval.read(until=cutoff) if s.record.label is not None]
+        eval_feats = features(stored, eval_cache)
+        truth = [str(s.record.label) for s in stored]
+        cand_pred = predict(candidate, eval_feats)
+        act_pred = None if active is None else predict(active, eval_feats)
+        windows = {"all": list(range(len(stored)))}
+        if split is not None:
+            windows["earlier"] = [i for i, s in enumerate(stored) if s.record.timestamp <= split]
+            windows["new"] = [i for i, s in enumerate(stored) if s.record.timestamp > split]
+        versions: dict[str, Any] = {}
+        for model, pred in ((candidate, cand_pred), (active, act_pred)):
+            if model is None or pred is None:
+                continue
+            metrics = {
+                name: classification_metrics([truth[i] for i in rows], [pred[i] for i in rows])
+                for name, rows in windows.items()
+            }
+            versions[str(model.version)] = {
+                **metrics["all"],
+                "windows": {k: v for k, v in metrics.items() if k != "all"},
+            }
+        out["versions"] = versions
+        out["eval_records"] = len(stored)
+        out["window"] = {
+            "cutoff": cutoff,
+            "split": split,
+            "first": min((s.record.timestamp for s in stored), default=None),
+            "last": max((s.record.timestamp for s in stored), default=None),
+        }
+        for name, rows in (("quality", windows["all"]), ("forgetting", windows.get("earlier"))):
+            if rows is None:
+                continue
+            out[name] = evidence.paired_bootstrap(
+                [truth[i] for i in rows],
+                [cand_pred[i] for i in rows],
+                None if act_pred is None else [act_pred[i] for i in rows],
+                replicates=policy.bootstrap,
+                confidence=policy.confidence,
+                rng=rng,
+            )
+        timings["quality"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        golden = [s for s in scope.eval.golden() if s.record.label is not None]
+        golden_pred = predict(candidate, features(golden, eval_cache))
+        wrong = [
+            s.seq for s, p in zip(golden, golden_pred, strict=True) if p != str(s.record.label)
+        ]
+        out["golden"] = {"n": len(golden), "failed": len(wrong), "failed_seqs": wrong[:100]}
+        timings["golden"] = time.perf_counter() - t0
+        with contextlib.suppress(AccessDenied):
+            eval_cache.save()
+
+        if policy.membership and len(stored) < policy.membership_min_nonmembers:
+            out["membership"] = {"members": None, "nonmembers": len(stored), "attacks": {}}
+        elif policy.membership:
+            t0 = time.perf_counter()
+            trained = {
+                str(pair[1])
+                for pair in json.loads(
+                    scope.blobs.get(f"run/{params['candidate']['run_id']}/records")
+                )
+            }
+            pool = [
+                s
+                for s in scope.train.read(until=cutoff)
+                if s.record.id in trained and s.record.label is not None
+            ]
+            cap = (
+                policy.membership_members if not needs_text else min(policy.membership_members, 200)
+            )
+            if len(pool) > cap:
+                pool = [pool[int(i)] for i in np.sort(rng.choice(len(pool), cap, replace=False))]
+            reference = None
+            if isinstance(candidate.adapter, HeadAdapter):
+                head = candidate.adapter
+                ref_config = TrainingConfig.model_validate(
+                    params["candidate"].get("config") or job.training
+                )
+
+                def reference(feats: Features, labels: list[str], seed: int) -> evidence.Model:
+                    ref = HeadAdapter(
+                        sorted(set(labels)),
+                        hidden=ref_config.head_hidden,
+                        dim=head.dim,
+                        seed=seed,
+                        trunk=head.trunk,
+                    )
+                    ref.fit(feats, labels, config=ref_config, seed=seed)
+                    return evidence.Model(ref, -1)
+
+            out["membership"] = evidence.membership(
+                candidate,
+                (features(pool, train_cache), [str(s.record.label) for s in pool]),
+                (eval_feats, truth),
+                train_reference=reference,
+                references=policy.membership_references,
+                replicates=policy.bootstrap,
+                confidence=policy.confidence,
+                rng=rng,
+                subset=subset,
+            )
+            timings["membership"] = time.perf_counter() - t0
+
+        canaries = None
+        with contextlib.suppress(Exception):
+            canaries = Canaries.from_bytes(
+                scope.blobs.get(f"run/{params['candidate']['run_id']}/canaries")
+            )
+        if canaries is not None and canaries.secret_texts:
+            t0 = time.perf_counter()
+            out["canaries"] = evidence.canary_exposure(
+                candidate, synthetic, canaries, alternatives=policy.canary_alternatives, rng=rng
+            )
+            timings["canaries"] = time.perf_counter() - t0
+        if canaries is not None and canaries.audit_texts:
+            t0 = time.perf_counter()
+            out["audit"] = evidence.one_run_audit(
+                candidate,
+                synthetic,
+                canaries,
+                guess_fraction=policy.audit_guess_fraction,
+                delta=float(params.get("delta") or 1e-5),
+                confidence=policy.confidence,
+            )
+            timings["audit"] = time.perf_counter() - t0
+        out["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        return out
     finally:
         ctx.close()
 
@@ -761,6 +987,7 @@ def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
 _HANDLERS: dict[str, Callable[[WorkerJob, Send], dict[str, Any]]] = {
     "train": _train,
     "evaluate": _evaluate,
+    "gates": _gates,
     "probe": _probe,
     "shared": _shared,
 }

@@ -29,6 +29,7 @@ from silolearn.errors import (
     AccessDenied,
     ConflictError,
     IntegrityError,
+    InvalidInput,
     NotFoundError,
     TenantQuarantined,
 )
@@ -61,6 +62,11 @@ class Purpose(enum.StrEnum):
     SERVING = "serving"
     """Reads the active adapter to answer predictions; a quarantined tenant keeps serving its
     active version (quarantine stops learning, not answering)."""
+    AUDIT = "audit"
+    """The gate worker: reads the training records a version learned from (the members of a
+    membership-inference attack), the eval records and golden suite (non-members, quality)
+    and the version's sealed canaries. It never trains a version and writes only the
+    evaluator's embedding cache."""
     REGISTRY = "registry"
     """Promotes, rejects and rolls back adapter versions; rollback stays possible for a
     quarantined tenant (incident response), promotion does not."""
@@ -95,13 +101,32 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
     Purpose.EVALUATION: frozenset(
         {Capability.EVAL_READ, Capability.BLOB_READ, Capability.EVAL_BLOBS}
     ),
+    Purpose.AUDIT: frozenset(
+        {Capability.TRAIN_READ, Capability.EVAL_READ, Capability.BLOB_READ, Capability.EVAL_BLOBS}
+    ),
     Purpose.CONTAMINATION: frozenset({Capability.CONTAMINATION_INDEX}),
     Purpose.SERVING: frozenset({Capability.BLOB_READ}),
     Purpose.REGISTRY: frozenset({Capability.BLOB_READ}),
 }
 
-_ALLOWED_WHEN_QUARANTINED = frozenset({Purpose.CONTAMINATION, Purpose.REGISTRY})
+_ALLOWED_WHEN_QUARANTINED = frozenset({Purpose.CONTAMINATION, Purpose.REGISTRY, Purpose.AUDIT})
 EVAL_BLOB_PREFIX = "eval/"
+
+GOLDEN = "golden"
+"""The eval suite of a tenant's golden examples: must-pass records kept in the eval store
+(sealed, append-only, out of training's reach, indexed for contamination) but apart from the
+regular eval set, so they never count in quality metrics or training cutoffs."""
+EVAL_SUITES = frozenset({GOLDEN})
+"""The named suites an eval record may belong to; ``None`` is the regular eval set."""
+
+
+def check_suite(suite: str | None) -> None:
+    """Refuse an eval suite name that is not known (``None``, the regular set, is fine)."""
+    if suite is not None and suite not in EVAL_SUITES:
+        raise InvalidInput(
+            f"unknown eval suite {suite!r}: expected one of {', '.join(sorted(EVAL_SUITES))}",
+            suite=suite,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +373,12 @@ class _RecordStore:
         return None if row[0] is None else str(row[0])
 
     def _active_clause(self) -> str:
+        """The rows that reads, counts and the latest timestamp see."""
         return ""
+
+    def _lookup_clause(self) -> str:
+        """The rows that duplicate lookups by fingerprint see."""
+        return self._active_clause()
 
     def existing(self, rids: Iterable[bytes]) -> dict[bytes, bytes]:
         """Which of these record-id hashes are stored here, with their content digests."""
@@ -374,7 +404,7 @@ class _RecordStore:
             marks = ",".join("?" * len(chunk))
             for (fp,) in self._scope._conn.execute(
                 f"SELECT fingerprint FROM {self.table} WHERE tenant_id = ? "
-                f"AND fingerprint IN ({marks}){self._active_clause()}",
+                f"AND fingerprint IN ({marks}){self._lookup_clause()}",
                 (self._scope.tenant.id, *chunk),
             ):
                 found.add(bytes(fp))
@@ -389,13 +419,21 @@ class _RecordStore:
         The caller checks ``require_append()`` before opening the transaction, so that a
         refusal is audited in a transaction of its own.
         """
+        self._insert_in(conn, prepared, {})
+
+    def _insert_in(
+        self, conn: sqlite3.Connection, prepared: list[PreparedRecord], extra: dict[str, Any]
+    ) -> None:
+        """Seal and insert, with ``extra`` column values (same for every row)."""
         scope = self._scope
         if self.append_capability not in scope.capabilities:
             raise AccessDenied(f"{scope!r} may not append to the {self.kind} store")
         now = utcnow()
+        columns = "".join(f", {column}" for column in extra)
+        marks = ", ?" * len(extra)
         conn.executemany(
             f"INSERT INTO {self.table} (tenant_id, rid, ts, digest, fingerprint, dek_version, "
-            "box, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"box, created_at{columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?{marks})",
             [
                 (
                     scope.tenant.id,
@@ -406,6 +444,7 @@ class _RecordStore:
                     scope._key.version,
                     scope._key.seal(p.plaintext, kind=self.kind, object_id=p.rid.hex()),
                     now,
+                    *extra.values(),
                 )
                 for p in prepared
             ],
@@ -420,17 +459,23 @@ class _RecordStore:
             self._scope.audit_in(conn, f"{self.kind}.append", details={"records": len(prepared)})
         return len(prepared)
 
-    def _read(self, *, until: str | None, limit: int | None) -> list[StoredRecord]:
+    def _read(
+        self, *, until: str | None, limit: int | None, suite: str | None = None
+    ) -> list[StoredRecord]:
+        """The store's active records in time order or, with ``suite``, the records of
+        that eval suite in insertion order."""
         scope = self._scope
-        query = (
-            f"SELECT seq, rid, dek_version, box FROM {self.table} WHERE tenant_id = ?"
-            f"{self._active_clause()}"
-        )
         params: list[Any] = [scope.tenant.id]
+        if suite is None:
+            where, order = self._active_clause(), "ts, seq"
+        else:
+            where, order = " AND suite = ?", "seq"
+            params.append(suite)
+        query = f"SELECT seq, rid, dek_version, box FROM {self.table} WHERE tenant_id = ?{where}"
         if until is not None:
             query += " AND ts <= ?"
             params.append(until)
-        query += " ORDER BY ts, seq"
+        query += f" ORDER BY {order}"
         if limit is not None:
             query += " LIMIT ?"
             params.append(limit)
@@ -443,11 +488,14 @@ class _RecordStore:
                 )
             plain = scope._open_box(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
             out.append(StoredRecord(int(seq), Record.model_validate(json.loads(plain))))
-        scope.audit(
-            "data.read",
-            obj=f"{self.kind}_store",
-            details={"records": len(out), "until": until, "purpose": scope.purpose.value},
-        )
+        details: dict[str, Any] = {
+            "records": len(out),
+            "until": until,
+            "purpose": scope.purpose.value,
+        }
+        if suite is not None:
+            details["suite"] = suite
+        scope.audit("data.read", obj=f"{self.kind}_store", details=details)
         return out
 
 
@@ -497,16 +545,74 @@ class TrainStore(_RecordStore):
 
 
 class EvalStore(_RecordStore):
-    """The tenant's evaluation records: append-only; reading needs an evaluation scope."""
+    """The tenant's evaluation records: append-only; reading needs an evaluation scope.
+
+    The store holds the regular eval set and the tenant's golden suite (``suite =
+    'golden'``). ``read``, ``count`` and ``latest_timestamp`` see the regular eval set only,
+    so golden examples never count in quality metrics or training cutoffs; ``golden()``
+    reads the golden suite. Id lookups (``existing``) and the contamination index cover
+    both: golden records are eval data in every respect but that one.
+    """
 
     kind = "eval"
     table = "eval_records"
     append_capability = Capability.EVAL_APPEND
     read_capability = Capability.EVAL_READ
 
+    def _active_clause(self) -> str:
+        return " AND suite IS NULL"
+
+    def _lookup_clause(self) -> str:
+        return ""
+
+    def count(self) -> int:
+        """How many records the regular eval set holds (golden records not included)."""
+        return super().count()
+
+    def latest_timestamp(self) -> str | None:
+        """The newest record time of the regular eval set only: it decides training
+        cutoffs, which golden examples (registered whenever) must not move."""
+        return super().latest_timestamp()
+
     def read(self, *, until: str | None = None, limit: int | None = None) -> list[StoredRecord]:
+        """Regular eval records (never golden ones) in time order, optionally up to a
+        cutoff timestamp."""
         self._scope.require(Capability.EVAL_READ, what="eval store read")
         return self._read(until=until, limit=limit)
+
+    def golden(self) -> list[StoredRecord]:
+        """The tenant's golden suite, in the order the examples were stored (seq order)."""
+        self._scope.require(Capability.EVAL_READ, what="eval store golden suite read")
+        return self._read(until=None, limit=None, suite=GOLDEN)
+
+    def append_in(
+        self,
+        conn: sqlite3.Connection,
+        prepared: list[PreparedRecord],
+        *,
+        suite: str | None = None,
+    ) -> None:
+        """Seal and insert inside the caller's guarded write transaction; ``suite="golden"``
+        stores the records in the golden suite instead of the regular eval set."""
+        check_suite(suite)
+        self._insert_in(conn, prepared, {} if suite is None else {"suite": suite})
+
+    def in_suite(self, rids: Iterable[bytes], suite: str) -> set[bytes]:
+        """Which of these record-id hashes are stored in this eval suite (metadata only)."""
+        self._require_any("lookup")
+        check_suite(suite)
+        found: set[bytes] = set()
+        rid_list = list(rids)
+        for start in range(0, len(rid_list), 500):
+            chunk = rid_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for (rid,) in self._scope._conn.execute(
+                f"SELECT rid FROM eval_records WHERE tenant_id = ? AND suite = ? "
+                f"AND rid IN ({marks})",
+                (self._scope.tenant.id, suite, *chunk),
+            ):
+                found.add(bytes(rid))
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,6 +220,9 @@ class TenantRegistry:
                 "training_runs",
                 "shared_members",
                 "privacy_sweeps",
+                "gate_runs",
+                "divergence_checks",
+                "shadow_checks",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
