@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: bench-ingest bench-audit bench-contamination bench-round bench-dp
+bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -45,6 +45,9 @@ bench-round: $(STAMP)
 
 bench-dp: $(STAMP)
 	$(BIN)/python benchmarks/dp.py
+
+bench-gates: $(STAMP)
+	$(BIN)/python benchmarks/gates.py
 
 clean:
 	rm -rf $(VENV) .silolearn .silolearn-demo
