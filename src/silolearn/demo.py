@@ -227,27 +227,38 @@ def run_demo(
         )
         gateway = Gateway(ws)
         for round_no in range(1, rounds + 1):
+            # a SEV1 verdict quarantines a tenant: it keeps serving, takes no records and
+            # sits out the rounds until someone reviews the incident and releases it
+            training = [n for n in streams if ws.tenants.get(n).status == "active"]
+            for name in sorted(set(streams) - set(training)):
+                say(f"{name}: quarantined by an incident (no ingest, no training), serving")
             ingested: dict[str, dict[str, Any]] = {}
-            for name, rows in streams.items():
+            for name in training:
+                rows = streams[name]
                 chunk = rows[(round_no - 1) * len(rows) // rounds : round_no * len(rows) // rounds]
                 report_ = gateway.ingest(name, chunk).to_dict()
                 ingested[name] = {"arrived": len(chunk), **report_}
-            say(f"round {round_no}: ingested, training {len(streams)} tenants…")
-            results = train_many(path, list(streams), actor="demo")
+            say(f"round {round_no}: ingested, training {len(training)} tenants…")
+            results = train_many(path, training, actor="demo")
             entries = [_round_entry(r, ingested[r.tenant]) for r in results]
             say(_round_table(round_no, rounds, entries))
             result["rounds"].append({"round": round_no, "tenants": entries})
             if round_no == 1 and rounds > 1:
-                version = SharedTrainer(ws).train(list(SHARED_TENANTS))
-                say(_shared_line(version))
+                members = [n for n in SHARED_TENANTS if ws.tenants.get(n).status == "active"]
+                if len(members) == len(SHARED_TENANTS):
+                    version = SharedTrainer(ws).train(members)
+                    say(_shared_line(version))
+                else:
+                    say("no shared layer: a member's training is quarantined (see the incidents)")
 
-        replay = gateway.ingest(
-            "newsroom", streams["newsroom"][: len(streams["newsroom"]) // rounds]
-        )
-        say(
-            f"re-ingesting newsroom's first round stores nothing twice: "
-            f"{replay.accepted} stored, {replay.duplicates} duplicates"
-        )
+        if ws.tenants.get("newsroom").status == "active":
+            replay = gateway.ingest(
+                "newsroom", streams["newsroom"][: len(streams["newsroom"]) // rounds]
+            )
+            say(
+                f"re-ingesting newsroom's first round stores nothing twice: "
+                f"{replay.accepted} stored, {replay.duplicates} duplicates"
+            )
 
         result["versions"] = {}
         for name in streams:

@@ -13,7 +13,7 @@ registered as eval data, so that about 430 non-members keep the intervals narrow
 +-0.03): the normal candidate's upper bound then stays near 0.70 or below. The leaky
 candidate (1,000 epochs of a 1,024-unit MLP head at a small learning rate, no weight decay,
 32 canaries inserted 20 times each) reached AUCs of 0.76-0.86 and a top canary exposure of
-70 bits and more in trial runs; normal runs' top canary stayed at 3-7.5 bits (bound 16).
+70 bits and more in trial runs; normal runs' top canary stayed at 3-7.5 bits (bound 32).
 """
 
 from __future__ import annotations
@@ -175,8 +175,19 @@ def test_I8_failing_reaudit_rolls_back_automatically(world: dict[str, Any]) -> N
     _policy(path, 1.0)
     with Workspace.open(path, actor="test") as ws:
         ws.tenant("critics").ingest(world["reviews"][1300:1500])
+        # desk's probe set is not full yet (fewer eval records than divergence_probes):
+        # records arriving after its snapshot must not count as its predictions moving
+        probes_before = len(ws.scope("desk", purpose=Purpose.EVALUATION).eval.first(64))
+        seen = {r["id"] for r in sample(health_tweets(), 400, seed=7)}
+        fresh = [r for r in sample(health_tweets(), 900, seed=8) if r["id"] not in seen]
+        ws.tenant("desk").ingest(fresh[:300])
+        probes_after = len(ws.scope("desk", purpose=Purpose.EVALUATION).eval.first(64))
+        assert probes_before < probes_after
         lax = Trainer(ws).train("critics", overrides=LAX, canaries={"secret": 0})
         assert lax.status == "active", lax.decision["reason"]
+        assert [(d["tenant"], d["identical"], d["kl"]) for d in lax.divergence] == [
+            ("desk", True, 0.0)
+        ]
         registry = AdapterRegistry(ws.scope("critics", purpose=Purpose.REGISTRY))
         good = [v.version for v in registry.list() if v.status == "retired"]
     _policy(path, 0.75)

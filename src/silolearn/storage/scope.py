@@ -460,14 +460,19 @@ class _RecordStore:
         return len(prepared)
 
     def _read(
-        self, *, until: str | None, limit: int | None, suite: str | None = None
+        self,
+        *,
+        until: str | None,
+        limit: int | None,
+        suite: str | None = None,
+        stored_order: bool = False,
     ) -> list[StoredRecord]:
-        """The store's active records in time order or, with ``suite``, the records of
-        that eval suite in insertion order."""
+        """The store's active records in time order (``stored_order``: in the order they
+        were stored) or, with ``suite``, the records of that eval suite in insertion order."""
         scope = self._scope
         params: list[Any] = [scope.tenant.id]
         if suite is None:
-            where, order = self._active_clause(), "ts, seq"
+            where, order = self._active_clause(), "seq" if stored_order else "ts, seq"
         else:
             where, order = " AND suite = ?", "seq"
             params.append(suite)
@@ -579,6 +584,13 @@ class EvalStore(_RecordStore):
         cutoff timestamp."""
         self._scope.require(Capability.EVAL_READ, what="eval store read")
         return self._read(until=until, limit=limit)
+
+    def first(self, limit: int) -> list[StoredRecord]:
+        """The first ``limit`` regular eval records in the order they were stored: the
+        store is append-only, so this prefix never changes, whatever timestamps later
+        records carry (the tenant's divergence probe set)."""
+        self._scope.require(Capability.EVAL_READ, what="eval store read")
+        return self._read(until=None, limit=limit, stored_order=True)
 
     def golden(self) -> list[StoredRecord]:
         """The tenant's golden suite, in the order the examples were stored (seq order)."""

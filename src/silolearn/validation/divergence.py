@@ -1,7 +1,10 @@
 """Cross-tenant divergence: did anything outside a tenant move its predictions?
 
-Each tenant has a fixed probe set: its first ``divergence_probes`` eval records by sequence
-number (the eval store is append-only, so the set never changes once full). When a version
+Each tenant has a fixed probe set: its first ``divergence_probes`` eval records in the order
+they were stored (the eval store is append-only, so the set never changes once full; a late
+record with an earlier timestamp does not enter it). While it is not
+full, a check runs on as many of the first records as the snapshot it compares with holds,
+so records arriving after the snapshot never count as a change. When a version
 becomes active, its probabilities on the probe set are sealed as an eval blob of the tenant
 (``eval/probes/v<version>``: derived from eval data, so no training scope can read it).
 After any training round of any tenant and after any shared-model update, every other
@@ -62,10 +65,16 @@ class ProbeRunner:
         return self._encoder
 
     def run(
-        self, tenant: str, version: AdapterVersion, *, trunk: dict[str, Any] | None = None
+        self,
+        tenant: str,
+        version: AdapterVersion,
+        *,
+        trunk: dict[str, Any] | None = None,
+        probes: int | None = None,
     ) -> FloatArray | None:
         """``version``'s probabilities on ``tenant``'s probe set (``None`` without eval
-        records); ``trunk`` previews a head on another shared trunk."""
+        records); ``trunk`` previews a head on another shared trunk; ``probes`` takes only
+        the first that many records of the set (the size of the snapshot compared with)."""
         from silolearn.learning.adapters import (
             Features,
             HeadAdapter,
@@ -79,8 +88,10 @@ class ProbeRunner:
         deterministic_torch()
         ws = self.ws
         size = ws.settings.gates.for_tenant(tenant).divergence_probes
+        if probes is not None:
+            size = min(size, probes)
         scope = ws.scope(tenant, purpose=Purpose.EVALUATION)
-        stored = scope.eval.read(limit=size)
+        stored = scope.eval.first(size)
         if not stored:
             return None
         registry = AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY))
@@ -204,7 +215,8 @@ def check(
             )
             trunk = {"version": latest.version, "sha256": sha, "artefact": data}
             shared_version = latest.version
-        after = runner.run(name, active, trunk=trunk)
+        # the probe set grows until it is full: compare on the records the snapshot saw
+        after = runner.run(name, active, trunk=trunk, probes=int(before.shape[0]))
         if after is None:
             continue
         identical = bool(np.array_equal(before, after))
