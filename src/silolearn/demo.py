@@ -59,16 +59,18 @@ GATE_POLICY = """
 membership_auc_upper = 0.78
 """
 LEAK_DRILL = {
-    "epochs": 1000,
+    "epochs": 500,
     "weight_decay": 0.0,
     "head_hidden": 1024,
-    "learning_rate": 0.003,
+    "learning_rate": 0.01,
     "batch_size": 32,
 }
-LEAK_CANARIES = {"secret": 32, "copies": 20, "audit": 200}
-"""The deliberately leaky candidate: 1,000 epochs of a wide MLP head at a small learning
-rate, no weight decay (another architecture than the serving head, so it retrains on all
-the tenant's records), 32 canaries each inserted 20 times, 200 audit canaries."""
+LEAK_CANARIES = {"secret": 32, "copies": 40, "audit": 200}
+"""The deliberately leaky candidate: 500 epochs of a wide MLP head, no weight decay (another
+architecture than the serving head, so it retrains on all the tenant's records), 32 canaries
+each inserted 40 times, 200 audit canaries. On the demo's ~1,400 critics records it reached
+a membership AUC of 0.73-0.81 (upper bounds 0.78-0.85; a normal head: 0.59-0.62) and a top
+canary exposure of 26-55 bits (controls 4-9) in trial runs at 20-50 copies."""
 SWEEP_TENANT = "critics"
 SWEEP_EPSILONS = (1.0, 2.0, 4.0, 8.0)
 """Records per tenant in the default demo: long articles embed about 4x slower than
@@ -400,8 +402,8 @@ def _gates_part(
     if ws.tenants.get(SWEEP_TENANT).status == "active" and len(fresh) >= 100:
         Gateway(ws).ingest(SWEEP_TENANT, sample(fresh, 300, seed=5))
         say(
-            f"leak drill: a deliberately leaky candidate of {SWEEP_TENANT} (1,000 epochs of a "
-            "1,024-unit head, no weight decay, 32 canaries x 20 copies, 200 audit canaries)…"
+            f"leak drill: a deliberately leaky candidate of {SWEEP_TENANT} (500 epochs of a "
+            "1,024-unit head, no weight decay, 32 canaries x 40 copies, 200 audit canaries)…"
         )
         leaky = trainer.train(SWEEP_TENANT, overrides=LEAK_DRILL, canaries=LEAK_CANARIES)
         verdicts = {g["gate"]: g for g in leaky.decision["gates"]}

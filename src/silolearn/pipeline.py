@@ -36,7 +36,7 @@ from silolearn.errors import (
 from silolearn.ingest.records import normalise_timestamp
 from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.encoder import base_model_record, verify_base_model
-from silolearn.learning.runner import Request, run_slot, run_worker
+from silolearn.learning.runner import Request, Worker, run_slot, run_worker
 from silolearn.learning.worker import WorkerJob
 from silolearn.privacy.accountant import calibrate_noise
 from silolearn.privacy.ledger import tenant_scope
@@ -138,6 +138,7 @@ class Trainer:
         progress: Progress | None,
         on_request: Request | None = None,
         training: dict[str, Any] | None = None,
+        worker: Worker | None = None,
     ) -> dict[str, Any]:
         job = self._job(tenant, action, params, training)
         relay = None
@@ -147,7 +148,11 @@ class Trainer:
                 progress(tenant, pid, event, details)
 
         return run_worker(
-            job, timeout=self.config.timeout_seconds, on_progress=relay, on_request=on_request
+            job,
+            timeout=self.config.timeout_seconds,
+            on_progress=relay,
+            on_request=on_request,
+            worker=worker,
         )
 
     # -- differential privacy --------------------------------------------------------------
@@ -359,6 +364,10 @@ class Trainer:
                 on_request = self._dp_request(tenant, run_id, "train", target)
             if trunk is not None:
                 params["trunk"] = trunk
+            # the gate worker starts now and loads the base model while the training worker
+            # trains: its start-up no longer adds to the round (it gets its job, and the
+            # tenant's keys, only once the candidate is registered)
+            gate_worker = Worker(warm=base_model_record(ws).path)
             try:
                 trained = self._run(tenant, "train", params, progress, on_request, training)
                 verify_base_model(ws, when="train.after")
@@ -378,11 +387,15 @@ class Trainer:
                     run_id=run_id,
                     extra={k: trained[k] for k in ("replay", "records", "canaries")},
                 )
-                result = self._judge(tenant, registry, candidate, active, progress)
+                result = self._judge(
+                    tenant, registry, candidate, active, progress, worker=gate_worker
+                )
             except SiloError as exc:
                 self._run_finished(scope, run_id, "failed", None, exc.message)
                 scope.audit("train.failed", obj=run_id, details={"error": exc.code})
                 raise
+            finally:
+                gate_worker.close()
             self._run_finished(scope, run_id, "succeeded", candidate.version, None)
         result.timings = {
             **trained["timings"],
@@ -434,11 +447,12 @@ class Trainer:
         active: AdapterVersion | None,
         progress: Progress | None,
         trigger: str = "round",
+        worker: Worker | None = None,
     ) -> RoundResult:
         """Run every gate of the tenant's policy on the candidate (against the active
         version); promote only when all pass; otherwise reject and open an incident."""
         t0 = time.perf_counter()
-        verdicts, evidence = self.run_gates(tenant, candidate, active, progress)
+        verdicts, evidence = self.run_gates(tenant, candidate, active, progress, worker=worker)
         after = evidence["versions"][str(candidate.version)]
         before = None if active is None else evidence["versions"][str(active.version)]
         metrics = {
@@ -446,6 +460,7 @@ class Trainer:
             "eval_window": evidence["window"],
             "eval_records": evidence["eval_records"],
             "gate_seconds": evidence["timings"],
+            "gate_process": evidence.get("process"),
             "compared_with": None
             if before is None
             else {"version": active.version if active else None, **_headline(before)},
@@ -485,9 +500,11 @@ class Trainer:
         version: AdapterVersion,
         against: AdapterVersion | None,
         progress: Progress | None = None,
+        *,
+        worker: Worker | None = None,
     ) -> tuple[list[GateVerdict], dict[str, Any]]:
         """The tenant's gates on ``version`` (quality and forgetting against ``against``),
-        from the evidence of one gate worker."""
+        from the evidence of one gate worker (``worker``: one started ahead, warm)."""
         policy = self.ws.settings.gates.for_tenant(tenant)
         split = None if against is None else against.lineage.get("cutoff")
         privacy = version.lineage.get("privacy") or {}
@@ -512,7 +529,7 @@ class Trainer:
             "seed": int(hashlib.sha256(f"{version.run_id}/gates".encode()).hexdigest()[:15], 16),
             "delta": plan.get("delta") or self.ws.settings.privacy.delta,
         }
-        evidence = self._run(tenant, "gates", params, progress)
+        evidence = self._run(tenant, "gates", params, progress, worker=worker)
         accountant = None
         if privacy.get("mode") == "dp" and plan:
             accountant = float(plan["target_epsilon"])

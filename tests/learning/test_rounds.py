@@ -18,7 +18,7 @@ from silolearn import Workspace
 from silolearn.datasets import bbc_news, health_tweets, rotten_tomatoes, sample
 from silolearn.errors import InvalidInput, NotFoundError, TrainingFailed
 from silolearn.learning.encoder import BaseModelTampered, default_model_dir, record_base_model
-from silolearn.learning.runner import RunLimitReached, run_slot, worker_environment
+from silolearn.learning.runner import RunLimitReached, Worker, run_slot, worker_environment
 from silolearn.learning.worker import records_digest
 from silolearn.pipeline import Trainer, list_runs, train_many
 from silolearn.registry.versions import AdapterRegistry
@@ -160,6 +160,31 @@ def test_I2_worker_process_environment_has_no_secrets(
     assert b"do not leak me" not in seen["environ"]
     assert b"SILOLEARN_PASSPHRASE" not in seen["environ"]
     assert b"silolearn.learning.worker" in seen["cmdline"]
+
+
+def test_I2_gate_worker_started_ahead_is_confined_like_any_other(
+    trained: tuple[Workspace, Any],
+) -> None:
+    """The round's gate worker loads the base model while the training worker trains; it is
+    handed the tenant's job and keys only afterwards, and confines itself before reading
+    anything of the tenant with no second thread running that Landlock would not cover."""
+    _, result = trained
+    process = result.metrics["gate_process"]
+    assert process["warm"] is True, process
+    assert process["warm_seconds"] > 0 and process["load_seconds"] < process["warm_seconds"]
+    if landlock_abi() > 0:
+        assert process["threads_at_sandbox"] == 1
+
+
+def test_a_worker_started_ahead_of_a_job_that_never_comes_is_stopped() -> None:
+    worker = Worker(warm=default_model_dir())
+    pid = worker.process.pid
+    with worker:
+        assert worker.process.poll() is None
+    assert worker.process.returncode is not None
+    assert not Path(f"/proc/{pid}").exists() or b"silolearn" not in Path(
+        f"/proc/{pid}/cmdline"
+    ).read_bytes()
 
 
 # -- I3 -------------------------------------------------------------------------------------

@@ -267,8 +267,9 @@ def test_exposure_of_a_memorised_canary() -> None:
     alternatives = rng.normal(5.0, 1.0, 2000)
     report = exposure([0.0, 5.0], alternatives, 2**40)
     assert report.space_bits == 40.0
-    assert report.empirical[0] == 40.0  # rank 1: log2|R| - log2(1)
-    assert report.max_empirical == 40.0
+    # outranking all 2,000 alternatives shows the top 1/2,001 of R, no more
+    assert report.empirical[0] == pytest.approx(math.log2(2001))
+    assert report.max_empirical == report.empirical[0]
     assert report.extrapolated[0] > 15.0
     assert report.extrapolated[1] < 3.0
     assert report.max == max(report.extrapolated)
@@ -285,7 +286,7 @@ def test_exposure_of_unmemorised_canaries_averages_one_over_ln2() -> None:
     canaries = rng.gamma(3.0, 1.0, 2000)
     report = exposure(canaries, alternatives, 2**30)
     assert np.mean(report.extrapolated) == pytest.approx(1 / math.log(2), abs=0.15)
-    # empirical with |R| = S: log2(S) - log2(1 + #below), about the same on average
+    # empirical with |R| = S: log2((S + 1) / (1 + #below)), about the same on average
     small = exposure(canaries, alternatives, 5000)
     assert np.mean(small.empirical) == pytest.approx(1 / math.log(2), abs=0.15)
 

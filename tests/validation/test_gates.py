@@ -11,9 +11,9 @@ train/test gap (loss-attack AUC about 0.56-0.66 whatever the regularisation, mea
 0.60 every non-private candidate of this tenant would be rejected. 300 more reviews are
 registered as eval data, so that about 430 non-members keep the intervals narrow (about
 +-0.03): the normal candidate's upper bound then stays near 0.70 or below. The leaky
-candidate (1,000 epochs of a 1,024-unit MLP head at a small learning rate, no weight decay,
-32 canaries inserted 20 times each) reached AUCs of 0.76-0.86 and a top canary exposure of
-70 bits and more in trial runs; normal runs' top canary stayed at 3-7.5 bits (bound 32).
+candidate is the demo's leak drill (500 epochs of a 1,024-unit MLP head, no weight decay,
+32 canaries inserted 40 times each); normal runs' top canary stayed at 3-7.5 bits (bound 32).
+The figures of each run are printed (-s).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pytest
 from helpers import run_cli
 from silolearn import Workspace
 from silolearn.datasets import health_tweets, rotten_tomatoes, sample
+from silolearn.demo import LEAK_CANARIES, LEAK_DRILL
 from silolearn.errors import TenantQuarantined
 from silolearn.ingest.gateway import Gateway
 from silolearn.monitoring.incidents import Incidents
@@ -35,14 +36,9 @@ from silolearn.pipeline import Trainer
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.storage.scope import Purpose
 
-LEAKY = {
-    "epochs": 1000,
-    "weight_decay": 0.0,
-    "head_hidden": 1024,
-    "learning_rate": 0.003,
-    "batch_size": 32,
-}
-LEAKY_CANARIES = {"secret": 32, "copies": 20, "audit": 200}
+LEAKY = LEAK_DRILL
+"""The demo's leak drill, so the test proves what the demo shows."""
+LEAKY_CANARIES = LEAK_CANARIES
 LAX = {"epochs": 300, "weight_decay": 0.0, "head_hidden": 256}
 """Overfits less than LEAKY (AUC 0.75-0.80 in trial runs) and keeps the quality gate."""
 POLICY = """

@@ -1,9 +1,9 @@
 """Starting isolated workers (I2) and limiting how many runs a tenant has at once.
 
 ``run_worker`` starts ``python -m silolearn.learning.worker`` as a new interpreter with a
-scrubbed environment, hands it one job over a private socket, relays its progress and
-returns its result. A worker that crashes, is killed or times out raises
-``TrainingFailed``; nothing it computed is kept.
+scrubbed environment (or takes a ``Worker`` started ahead of the job to warm up), hands it
+one job over a private socket, relays its progress and returns its result. A worker that
+crashes, is killed or times out raises ``TrainingFailed``; nothing it computed is kept.
 
 ``run_slot`` takes one of the tenant's run slots (``training.max_runs_per_tenant``) as an
 advisory file lock: the kernel releases it when the holder dies, so a killed run never
@@ -76,47 +76,87 @@ def run_worker(
     timeout: float,
     on_progress: Progress | None = None,
     on_request: Request | None = None,
+    worker: Worker | None = None,
 ) -> dict[str, Any]:
-    """Run ``job`` in a fresh worker process and return its result."""
-    with tempfile.TemporaryDirectory(prefix="silolearn-worker-") as tmp:
-        return _run_worker(
-            dataclasses.replace(job, tmp_dir=tmp),
-            timeout=timeout,
-            on_progress=on_progress,
-            on_request=on_request,
-        )
+    """Run ``job`` in a fresh worker process (``worker``, when one was started ahead of the
+    job) and return its result."""
+    process = Worker() if worker is None else worker
+    with process:
+        return process.run(job, timeout=timeout, on_progress=on_progress, on_request=on_request)
 
 
-def _run_worker(
-    job: WorkerJob,
-    *,
-    timeout: float,
-    on_progress: Progress | None,
-    on_request: Request | None = None,
-) -> dict[str, Any]:
-    parent_sock, child_sock = socket.socketpair()
-    stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "silolearn.learning.worker", "--fd", str(child_sock.fileno())],
-            env=worker_environment(),
-            pass_fds=(child_sock.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            close_fds=True,
+class Worker:
+    """One worker process for one job.
+
+    Started ahead of its job with ``warm`` (the base model's directory), the process imports
+    torch and transformers and loads the encoder while the coordinator does something else:
+    a round's gate worker warms up while the training worker trains. It learns which tenant
+    it works for, and gets that tenant's keys, only with the job, and confines itself
+    (``silolearn.security.sandbox``) before reading anything of it. Use as a context manager:
+    leaving it kills a process that never got its job."""
+
+    def __init__(self, *, warm: Path | None = None) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        argv = [sys.executable, "-m", "silolearn.learning.worker", "--fd", str(child_sock.fileno())]
+        if warm is not None:
+            argv += ["--warm", str(warm)]
+        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                env=worker_environment(),
+                pass_fds=(child_sock.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+            )
+        finally:
+            child_sock.close()
+        self._drain = threading.Thread(
+            target=_drain, args=(self.process, self._tail), name="worker-stderr", daemon=True
         )
-    finally:
-        child_sock.close()
-    drain = threading.Thread(
-        target=_drain, args=(process, stderr_tail), name="worker-stderr", daemon=True
-    )
-    drain.start()
-    conn = Connection(os.dup(parent_sock.fileno()))
-    parent_sock.close()
-    deadline = time.monotonic() + timeout
-    refusal: SiloError | None = None
-    try:
+        self._drain.start()
+        self._conn = Connection(os.dup(parent_sock.fileno()))
+        parent_sock.close()
+        self._used = False
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        job: WorkerJob,
+        *,
+        timeout: float,
+        on_progress: Progress | None = None,
+        on_request: Request | None = None,
+    ) -> dict[str, Any]:
+        """Hand the process ``job``, relay its progress and requests, return its result."""
+        if self._used:
+            raise RuntimeError("a worker process runs one job")
+        self._used = True
+        try:
+            with tempfile.TemporaryDirectory(prefix="silolearn-worker-") as tmp:
+                return self._exchange(
+                    dataclasses.replace(job, tmp_dir=tmp), timeout, on_progress, on_request
+                )
+        finally:
+            self.close()
+
+    def _exchange(
+        self,
+        job: WorkerJob,
+        timeout: float,
+        on_progress: Progress | None,
+        on_request: Request | None,
+    ) -> dict[str, Any]:
+        process, conn = self.process, self._conn
+        deadline = time.monotonic() + timeout
+        refusal: SiloError | None = None
         conn.send(job)
         while True:
             remaining = deadline - time.monotonic()
@@ -132,7 +172,7 @@ def _run_worker(
                 if process.poll() is not None and not conn.poll(0):
                     if refusal is not None:
                         raise refusal
-                    raise _died(job, process, stderr_tail)
+                    raise _died(job, process, self._tail)
                 continue
             try:
                 message = conn.recv()
@@ -140,7 +180,7 @@ def _run_worker(
                 process.wait()
                 if refusal is not None:
                     raise refusal from None
-                raise _died(job, process, stderr_tail) from None
+                raise _died(job, process, self._tail) from None
             if message[0] == "request":
                 try:
                     if on_request is None:
@@ -164,15 +204,23 @@ def _run_worker(
             if refusal is not None:
                 raise refusal
             raise _error_class(code)(text, **details)
-    finally:
-        conn.close()
+
+    def close(self) -> None:
+        """Close the link; a process that never got a job is killed, one that did is given
+        30 s to exit."""
+        if self._conn.closed:
+            return
+        self._conn.close()
+        process = self.process
         if process.poll() is None:
+            if not self._used:
+                process.kill()
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        drain.join(timeout=5)
+        self._drain.join(timeout=5)
         if process.stderr is not None:
             process.stderr.close()
 

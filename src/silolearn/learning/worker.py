@@ -30,6 +30,7 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -158,6 +159,43 @@ class WorkerContext:
         self.conn.close()
 
 
+_WARM: dict[str, Any] = {}
+"""What the process loaded before its job (``--warm``): the encoder, or why it could not."""
+
+
+def _warm(base: Path) -> None:
+    """Before the job arrives: import torch and transformers and load the encoder from
+    ``base``, its digest taken as it is read. The process knows no tenant yet and reads
+    nothing but the interpreter's files and the base model (both readable under the
+    sandbox too); it embeds nothing, so it starts no thread the sandbox would not confine."""
+    from silolearn.learning.encoder import FrozenEncoder
+
+    t0 = time.perf_counter()
+    try:
+        _WARM["encoder"] = FrozenEncoder.load(base, expected_sha256=None)
+    except Exception as exc:  # the job loads the model itself and reports what is wrong
+        _WARM["error"] = f"{type(exc).__name__}: {exc}"
+    _WARM["seconds"] = round(time.perf_counter() - t0, 4)
+
+
+def _encoder(job: WorkerJob) -> FrozenEncoder:
+    """The base model for ``job``, checked against the digest the coordinator recorded: the
+    encoder loaded ahead of the job when it came from the job's path and hashed to that
+    digest, otherwise loaded (and checked) now."""
+    from silolearn.learning.encoder import FrozenEncoder
+
+    warm: FrozenEncoder | None = _WARM.pop("encoder", None)
+    if (
+        warm is not None
+        and str(warm.model_dir) == str(Path(job.base_path))
+        and warm.sha256 == job.base_sha256
+    ):
+        _WARM["used"] = True
+        return warm
+    _check_base(job)
+    return FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+
+
 def _check_base(job: WorkerJob) -> None:
     from silolearn.learning.encoder import BaseModelTampered, model_digest
 
@@ -175,23 +213,27 @@ _SANDBOX: dict[str, Any] = {"abi": 0, "reason": "not applied"}
 
 
 def _sandbox(job: WorkerJob) -> dict[str, Any]:
-    """Confine this process before it imports torch or reads anything: the interpreter and
-    the base model read-only; the database files, the tenant's blob directory and a private
+    """Confine this process before it reads anything of the tenant: the interpreter and the
+    base model read-only; the database files, the tenant's blob directory and a private
     temporary directory read-write. Nothing else, so not the keyring, the audit head or any
-    other tenant's blobs."""
+    other tenant's blobs. Landlock confines the calling thread and what it starts later, so
+    the report counts the process's threads at that moment (1: nothing escapes)."""
     from silolearn.security.sandbox import default_read_paths, restrict_filesystem
 
+    if job.tmp_dir:
+        os.environ["TMPDIR"] = job.tmp_dir
+        tempfile.tempdir = job.tmp_dir  # a warm process already asked for one
     if not job.sandbox:
         return {"abi": 0, "reason": "disabled"}
     db_file = Path(job.db_file)
     write = [db_file, Path(f"{db_file}-wal"), Path(f"{db_file}-shm"), Path(job.blob_dir)]
     if job.tmp_dir:
-        os.environ["TMPDIR"] = job.tmp_dir
         write.append(Path(job.tmp_dir))
+    threads = len(os.listdir("/proc/self/task")) if Path("/proc/self/task").is_dir() else None
     report = restrict_filesystem(read=[*default_read_paths(), Path(job.base_path)], write=write)
     workspace = Path(job.workspace).resolve()
     exposed = [p for p in report.read if workspace.is_relative_to(p)]
-    return {**report.to_dict(), "workspace_exposed": exposed}
+    return {**report.to_dict(), "workspace_exposed": exposed, "threads": threads}
 
 
 # -- training ------------------------------------------------------------------------------
@@ -200,7 +242,7 @@ def _sandbox(job: WorkerJob) -> dict[str, Any]:
 def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
     from silolearn.config import TrainingConfig
     from silolearn.learning.adapters import Features, load_adapter, new_adapter
-    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.encoder import EmbeddingCache
     from silolearn.learning.replay import ReplayBuffer, ReplayItem
     from silolearn.storage.scope import Purpose
 
@@ -210,8 +252,7 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
     params = job.params
     kind, seed, cutoff = str(params["kind"]), int(params["seed"]), str(params["cutoff"])
     parent: dict[str, Any] | None = params.get("parent")
-    _check_base(job)
-    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    encoder = _encoder(job)
     sandbox = _SANDBOX
     timings["load"] = time.perf_counter() - t0
 
@@ -512,15 +553,14 @@ def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
     overall and per window (``earlier``: at or before ``split``; ``new``: after it)."""
     from silolearn.config import TrainingConfig
     from silolearn.learning.adapters import Features, load_adapter
-    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.encoder import EmbeddingCache
     from silolearn.learning.metrics import classification_metrics
     from silolearn.storage.scope import Purpose
 
     config = TrainingConfig.model_validate(job.training)
     params = job.params
     cutoff, split = str(params["cutoff"]), params.get("split")
-    _check_base(job)
-    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    encoder = _encoder(job)
     ctx = WorkerContext(job, Purpose.EVALUATION)
     try:
         scope = ctx.scope
@@ -592,7 +632,7 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
     membership inference, canary exposure and the one-run privacy audit. Numbers only."""
     from silolearn.config import GatePolicy, TrainingConfig
     from silolearn.learning.adapters import Features, HeadAdapter, load_adapter
-    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.encoder import EmbeddingCache
     from silolearn.learning.metrics import classification_metrics
     from silolearn.storage.scope import Purpose
     from silolearn.validation import evidence
@@ -602,8 +642,14 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
     params = job.params
     policy = GatePolicy.model_validate(params["policy"])
     cutoff, split = str(params["cutoff"]), params.get("split")
-    _check_base(job)
-    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    t_load = time.perf_counter()
+    encoder = _encoder(job)
+    process = {
+        "warm": bool(_WARM.get("used")),
+        "warm_seconds": _WARM.get("seconds"),
+        "load_seconds": round(time.perf_counter() - t_load, 4),
+        "threads_at_sandbox": _SANDBOX.get("threads"),
+    }
     ctx = WorkerContext(job, Purpose.AUDIT)
     timings: dict[str, float] = {}
     try:
@@ -650,7 +696,7 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
                 return []
             return [model.labels[int(i)] for i in model.log_proba(feats).argmax(axis=1)]
 
-        out: dict[str, Any] = {"candidate": candidate.version}
+        out: dict[str, Any] = {"candidate": candidate.version, "process": process}
         t0 = time.perf_counter()
         stored = [s for s in scope.eval.read(until=cutoff) if s.record.label is not None]
         eval_feats = features(stored, eval_cache)
@@ -797,13 +843,12 @@ def _shared(job: WorkerJob, send: Send) -> dict[str, Any]:
     from silolearn.config import TrainingConfig
     from silolearn.learning.adapters import INPUT_SCALE
     from silolearn.learning.dp import DpPlan, clip_and_sum, secret_generator, softmax_xent_grad
-    from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
+    from silolearn.learning.encoder import EmbeddingCache
     from silolearn.storage.scope import Purpose
 
     config = TrainingConfig.model_validate(job.training)
     cutoff = str(job.params["cutoff"])
-    _check_base(job)
-    encoder = FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
+    encoder = _encoder(job)
     ctx = WorkerContext(job, Purpose.TRAINING)
     try:
         scope = ctx.scope
@@ -993,9 +1038,15 @@ _HANDLERS: dict[str, Callable[[WorkerJob, Send], dict[str, Any]]] = {
 }
 
 
-def serve(conn: Connection) -> None:
-    """Receive one job, run it, send ``("result", dict)`` or ``("error", ...)``."""
-    job: WorkerJob = conn.recv()
+def serve(conn: Connection, *, warm: Path | None = None) -> None:
+    """Receive one job, run it, send ``("result", dict)`` or ``("error", ...)``; with
+    ``warm`` (the base model's directory), load the encoder while waiting for it."""
+    if warm is not None:
+        _warm(warm)
+    try:
+        job: WorkerJob = conn.recv()
+    except EOFError:  # started ahead of a job that never came (its round failed first)
+        return
     from silolearn.learning.adapters import deterministic_torch
 
     send = Link(conn)
@@ -1005,7 +1056,7 @@ def serve(conn: Connection) -> None:
         _SANDBOX.clear()
         _SANDBOX.update(_sandbox(job))
         deterministic_torch()
-        send("started", {"pid": os.getpid()})
+        send("started", {"pid": os.getpid(), "warm": "encoder" in _WARM})
         conn.send(("result", _HANDLERS[job.action](job, send)))
     except SiloError as exc:
         conn.send(("error", exc.code, exc.message, _plain(exc.details)))
@@ -1028,12 +1079,13 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="silolearn-worker")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--warm", type=Path, default=None, help="base model to load ahead")
     args = parser.parse_args()
     sock = socket.socket(fileno=args.fd)
     conn = Connection(os.dup(sock.fileno()))
     sock.close()
     try:
-        serve(conn)
+        serve(conn, warm=args.warm)
     finally:
         conn.close()
 

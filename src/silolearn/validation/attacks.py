@@ -330,7 +330,9 @@ def exposure(
     """Exposure of each inserted canary among |R| = ``space_size`` same-template candidates.
 
     ``alternative_losses`` are S candidates drawn uniformly from R (inserted ones excluded).
-    Empirical: log2|R| - log2(1 + |R| c / S), c = #alternatives with loss < the canary's.
+    Empirical: log2|R| - log2(|R| (c + 1) / (S + 1)), c = #alternatives with loss < the
+    canary's: the rank's quantile as the sample shows it, so at most log2(S + 1) bits (a canary
+    that outranks all S alternatives is only known to sit in the top 1/(S + 1) of R).
     Extrapolated (the paper's distribution-modelling estimate): -log2 CDF(canary loss) under a
     skew-normal fitted to the alternatives (a normal if S < 20 or the fit fails), clipped to
     [0, log2|R|].
@@ -339,8 +341,7 @@ def exposure(
     alt = np.sort(_scores(alternative_losses, "alternative_losses"))
     bits = _space_bits(space_size)
     below = np.searchsorted(alt, canaries, side="left").astype(np.float64)
-    with np.errstate(divide="ignore"):  # below == 0 gives log2 0 = -inf: rank 1
-        log2_rank = np.logaddexp2(0.0, bits + np.log2(below / alt.size))
+    log2_rank = bits + np.log2((below + 1.0) / (alt.size + 1.0))
     empirical = np.clip(bits - log2_rank, 0.0, bits)
     logcdf, fit = _fit_logcdf(alt, canaries)
     extrapolated = np.clip(-logcdf / math.log(2.0), 0.0, bits)
