@@ -182,9 +182,10 @@ def test_a_worker_started_ahead_of_a_job_that_never_comes_is_stopped() -> None:
     with worker:
         assert worker.process.poll() is None
     assert worker.process.returncode is not None
-    assert not Path(f"/proc/{pid}").exists() or b"silolearn" not in Path(
-        f"/proc/{pid}/cmdline"
-    ).read_bytes()
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or b"silolearn" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
 
 
 # -- I3 -------------------------------------------------------------------------------------
