@@ -8,9 +8,21 @@ import pytest
 
 from silolearn.config import GatePolicy, Settings
 from silolearn.errors import ConfigError
+from silolearn.learning.adapters import Features, HeadAdapter
 from silolearn.learning.metrics import classification_metrics
-from silolearn.validation.canaries import SPACE_SIZE, Canaries, keyed_rng, space_bits
-from silolearn.validation.evidence import macro_f1_replicates, paired_bootstrap
+from silolearn.validation.canaries import (
+    SPACE_SIZE,
+    Canaries,
+    alternatives_pool,
+    keyed_rng,
+    space_bits,
+)
+from silolearn.validation.evidence import (
+    Model,
+    canary_exposure,
+    macro_f1_replicates,
+    paired_bootstrap,
+)
 from silolearn.validation.gates import (
     bootstrap_gate,
     canary_gate,
@@ -118,6 +130,55 @@ def test_canaries_are_keyed_reproducible_and_counted_not_stored_as_text() -> Non
     assert summary["rows"] == len(texts) and summary["space_bits"] == round(space_bits(), 3)
     assert not any(t in str(summary) for t in one.secret_texts)
     assert SPACE_SIZE == 2**72
+
+
+def _featurise(texts: list[str]) -> Features:
+    """Unit vectors seeded by each text: the same text always gets the same features."""
+    rows = [np.random.default_rng(list(text.encode())).standard_normal(384) for text in texts]
+    matrix = np.array(rows, dtype=np.float32).reshape(len(texts), 384)
+    return Features(embeddings=matrix / np.linalg.norm(matrix, axis=1, keepdims=True))
+
+
+def test_canaries_are_ranked_against_a_fixed_pool_per_tenant_featurised_apart() -> None:
+    pool = alternatives_pool("tenant-one", 64)
+    assert pool == alternatives_pool("tenant-one", 64) and len(set(pool)) == 64
+    assert not set(pool) & set(alternatives_pool("tenant-two", 64))
+    model = Model(HeadAdapter(["fresh", "rotten"], hidden=0, seed=3), version=1)
+    canaries = Canaries(
+        secret_texts=[
+            pool[5],
+            *Canaries.draw(keyed_rng(b"k"), ["fresh"], secret=3, copies=1, audit=0).secret_texts,
+        ],
+        secret_labels=["fresh", "rotten", "fresh", "rotten"],
+    )
+    pooled: list[list[str]] = []
+
+    def embed_pool(texts: list[str]) -> Features:
+        pooled.append(list(texts))
+        return _featurise(texts)
+
+    report = canary_exposure(
+        model,
+        _featurise,
+        canaries,
+        alternatives=32,
+        rng=np.random.default_rng(0),
+        pool=pool,
+        embed_pool=embed_pool,
+    )
+    # a canary that happens to be in the pool is not its own alternative
+    assert pooled == [[t for t in pool if t != pool[5]][:32]]
+    assert report["alternatives"] == 32 and report["canaries"] == 4
+    # featurising the pool apart changes nothing: the same scores as in one batch
+    together = canary_exposure(
+        model, _featurise, canaries, alternatives=32, rng=np.random.default_rng(0), pool=pool
+    )
+    assert together["exposure"] == report["exposure"]
+    assert together["control_exposure"] == report["control_exposure"]
+    fresh = canary_exposure(
+        model, _featurise, canaries, alternatives=32, rng=np.random.default_rng(0)
+    )
+    assert fresh["alternatives"] == 32 and len(fresh["exposure"]) == 4
 
 
 def test_a_tenant_override_replaces_defaults_and_bad_keys_are_config_errors() -> None:

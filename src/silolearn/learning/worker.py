@@ -652,7 +652,7 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
     from silolearn.learning.metrics import classification_metrics
     from silolearn.storage.scope import Purpose
     from silolearn.validation import evidence
-    from silolearn.validation.canaries import Canaries
+    from silolearn.validation.canaries import Canaries, alternatives_pool
 
     config = TrainingConfig.model_validate(job.training)
     params = job.params
@@ -700,6 +700,21 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
             if needs_text:
                 return Features(texts=texts)
             return Features(embeddings=encoder.embed(texts, max_length=config.max_tokens))
+
+        # the canary alternatives are a fixed sample per tenant: embedded once, kept with
+        # the evaluator's cache (synthetic sequences, none of them the tenant's data)
+        pool_cache = EmbeddingCache(
+            scope,
+            encoder.sha256,
+            namespace="eval/canary-alternatives",
+            max_tokens=config.max_tokens,
+        )
+
+        def pool_features(texts: list[str]) -> Features:
+            keys = [hashlib.sha256(t.encode()).digest() for t in texts]
+            matrix, _ = _embed_through(pool_cache, keys, texts, encoder, config.max_tokens, send)
+            pool_cache.save()
+            return Features(embeddings=matrix)
 
         def subset(feats: Features, rows: npt.NDArray[np.int64]) -> Features:
             if feats.texts is not None:
@@ -825,8 +840,15 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
             )
         if canaries is not None and canaries.secret_texts:
             t0 = time.perf_counter()
+            yardstick = alternatives_pool(job.tenant_id, policy.canary_alternatives)
             out["canaries"] = evidence.canary_exposure(
-                candidate, synthetic, canaries, alternatives=policy.canary_alternatives, rng=rng
+                candidate,
+                synthetic,
+                canaries,
+                alternatives=policy.canary_alternatives,
+                rng=rng,
+                pool=yardstick,
+                embed_pool=None if needs_text else pool_features,
             )
             timings["canaries"] = time.perf_counter() - t0
         if canaries is not None and canaries.audit_texts:

@@ -86,6 +86,18 @@ def sample_texts(rng: np.random.Generator, count: int, *, exclude: set[str]) -> 
     return out
 
 
+def alternatives_pool(tenant_id: str, count: int) -> list[str]:
+    """The tenant's fixed sample of ``count`` sequences of R against which canaries are ranked.
+
+    Fixed per tenant (and public: it is no secret which sequences are the yardstick), so
+    that the gate worker embeds it once and keeps the embeddings with the evaluator's
+    cache. Inserted canaries are secret draws from all of R; one that falls in the pool
+    (chance about count / 2^72) is dropped from the pool for that run."""
+    digest = hashlib.sha256(f"canary-alternatives\x00{tenant_id}\x00{count}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "big"))
+    return sample_texts(rng, count, exclude=set())
+
+
 def keyed_rng(key: bytes, *parts: object) -> np.random.Generator:
     """A generator keyed by a tenant secret: deterministic for the key, unpredictable without."""
     message = "\x00".join(str(p) for p in parts).encode()

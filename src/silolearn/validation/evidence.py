@@ -253,40 +253,62 @@ def canary_exposure(
     *,
     alternatives: int,
     rng: np.random.Generator,
+    pool: Sequence[str] | None = None,
+    embed_pool: Callable[[list[str]], Any] | None = None,
 ) -> dict[str, Any]:
     """Secret Sharer exposure of each inserted canary: its confidence in its label ranked
     among ``alternatives`` sequences sampled uniformly from the same template space (scored
     with the canary's label) and extrapolated to the whole space by a fitted tail; whether it
     outranks every sampled alternative; the same for as many never-inserted control
-    sequences, which show what no memorisation looks like in this very run."""
+    sequences, which show what no memorisation looks like in this very run.
+
+    ``pool``: a fixed uniform sample of the space to use as the alternatives (its first
+    ``alternatives`` sequences that are not among this run's canaries), featurised by
+    ``embed_pool`` (which may cache); otherwise a fresh sample is drawn from ``rng``."""
     from silolearn.validation.attacks import exposure, logit_confidence
     from silolearn.validation.canaries import SPACE_SIZE, sample_texts
 
     t0 = time.perf_counter()
     inserted = list(canaries.secret_texts)
     taken = set(inserted) | set(canaries.audit_texts)
-    controls = sample_texts(rng, len(inserted), exclude=taken)
-    alts = sample_texts(rng, alternatives, exclude=taken | set(controls))
+    if pool is None:
+        controls = sample_texts(rng, len(inserted), exclude=taken)
+        alts = sample_texts(rng, alternatives, exclude=taken | set(controls))
+    else:
+        alts = [t for t in pool if t not in taken][:alternatives]
+        controls = sample_texts(rng, len(inserted), exclude=taken | set(pool))
     control_labels = [
         model.labels[int(i)] for i in rng.integers(0, len(model.labels), len(controls))
     ]
-    lp = model.log_proba(embed(inserted + controls + alts))
     k = len(inserted)
+    if pool is None or embed_pool is None:
+        lp = model.log_proba(embed(inserted + controls + alts))
+    else:
+        lp = np.concatenate(
+            [model.log_proba(embed(inserted + controls)), model.log_proba(embed_pool(alts))]
+        )
     alt_lp = lp[2 * k :]
 
     def exposures(rows: FloatArray, labels: list[str]) -> list[dict[str, Any]]:
         codes = model.label_codes(labels)
-        found = []
-        for row, code in zip(rows, codes, strict=True):
+        found: list[dict[str, Any]] = [{} for _ in codes]
+        # one tail fit per label: the alternatives are scored with the canary's label, so
+        # canaries sharing a label share the fitted distribution
+        for code in np.unique(codes):
+            rows_of = np.flatnonzero(codes == code)
             # ranked and fitted on the logit-scaled confidence phi = log(p / (1 - p)) of the
             # canary's label (LiRA's transform: close to normal across sequences). The rank
             # is the loss rank; the fit is not: on raw losses or their logarithms the fitted
             # tail let never-inserted controls reach 14-21 bits in some runs
-            phi = logit_confidence(row[None, :], np.array([code]))
+            phi = logit_confidence(rows[rows_of], np.full(len(rows_of), code))
             alt_phi = logit_confidence(alt_lp, np.full(len(alt_lp), code))
-            report = exposure(-phi, -alt_phi, SPACE_SIZE).to_dict()
-            report["outranks_all"] = bool(phi[0] > alt_phi.max())
-            found.append(report)
+            report = exposure(-phi, -alt_phi, SPACE_SIZE)
+            for j, i in enumerate(rows_of):
+                found[int(i)] = {
+                    "max": report.extrapolated[j],
+                    "max_empirical": report.empirical[j],
+                    "outranks_all": bool(phi[j] > alt_phi.max()),
+                }
         return found
 
     def top(rows: list[dict[str, Any]], *, outranking: bool = False) -> float:
