@@ -129,6 +129,17 @@ def check_suite(suite: str | None) -> None:
         )
 
 
+def _select_in(
+    conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], values: Iterable[Any]
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``sql`` (whose ``{marks}`` is the ``IN`` list) for ``values``, 500 at a time
+    (SQLite's limit on bound parameters); ``args`` are bound before them."""
+    items = list(values)
+    for start in range(0, len(items), 500):
+        chunk = items[start : start + 500]
+        yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), (*args, *chunk))
+
+
 @dataclass(frozen=True, slots=True)
 class TenantRef:
     """Who a scope belongs to: the opaque id (bound into ciphertexts) and the name."""
@@ -281,16 +292,13 @@ class TenantScope:
         """Sequence numbers of this tenant's stored records, by record-id hash."""
         if table not in ("train_records", "eval_records"):
             raise ValueError(table)
-        found: dict[bytes, int] = {}
-        for start in range(0, len(rids), 500):
-            chunk = rids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for rid, seq in conn.execute(
-                f"SELECT rid, seq FROM {table} WHERE tenant_id = ? AND rid IN ({marks})",
-                (self.tenant.id, *chunk),
-            ):
-                found[bytes(rid)] = int(seq)
-        return found
+        rows = _select_in(
+            conn,
+            f"SELECT rid, seq FROM {table} WHERE tenant_id = ? AND rid IN ({{marks}})",
+            (self.tenant.id,),
+            rids,
+        )
+        return {bytes(rid): int(seq) for rid, seq in rows}
 
 
 class _GuardedWrite:
@@ -383,32 +391,24 @@ class _RecordStore:
     def existing(self, rids: Iterable[bytes]) -> dict[bytes, bytes]:
         """Which of these record-id hashes are stored here, with their content digests."""
         self._require_any("lookup")
-        found: dict[bytes, bytes] = {}
-        rid_list = list(rids)
-        for start in range(0, len(rid_list), 500):
-            chunk = rid_list[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for rid, digest in self._scope._conn.execute(
-                f"SELECT rid, digest FROM {self.table} WHERE tenant_id = ? AND rid IN ({marks})",
-                (self._scope.tenant.id, *chunk),
-            ):
-                found[bytes(rid)] = bytes(digest)
-        return found
+        rows = _select_in(
+            self._scope._conn,
+            f"SELECT rid, digest FROM {self.table} WHERE tenant_id = ? AND rid IN ({{marks}})",
+            (self._scope.tenant.id,),
+            rids,
+        )
+        return {bytes(rid): bytes(digest) for rid, digest in rows}
 
     def fingerprints_present(self, fingerprints: Iterable[bytes]) -> set[bytes]:
         self._require_any("lookup")
-        found: set[bytes] = set()
-        fps = list(fingerprints)
-        for start in range(0, len(fps), 500):
-            chunk = fps[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for (fp,) in self._scope._conn.execute(
-                f"SELECT fingerprint FROM {self.table} WHERE tenant_id = ? "
-                f"AND fingerprint IN ({marks}){self._lookup_clause()}",
-                (self._scope.tenant.id, *chunk),
-            ):
-                found.add(bytes(fp))
-        return found
+        rows = _select_in(
+            self._scope._conn,
+            f"SELECT fingerprint FROM {self.table} WHERE tenant_id = ? "
+            f"AND fingerprint IN ({{marks}}){self._lookup_clause()}",
+            (self._scope.tenant.id,),
+            fingerprints,
+        )
+        return {bytes(fp) for (fp,) in rows}
 
     def require_append(self) -> None:
         self._scope.require(self.append_capability, what=f"{self.kind} store append")
@@ -526,16 +526,14 @@ class TrainStore(_RecordStore):
         records); returns those that were active."""
         if Capability.CONTAMINATION_INDEX not in self._scope.capabilities:
             raise AccessDenied(f"{self._scope!r} may not quarantine training records")
-        moved: list[int] = []
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT seq FROM train_records WHERE tenant_id = ? AND status = 'active' "
-                f"AND seq IN ({marks})",
-                (self._scope.tenant.id, *chunk),
-            ).fetchall()
-            moved.extend(int(r[0]) for r in rows)
+        rows = _select_in(
+            conn,
+            "SELECT seq FROM train_records WHERE tenant_id = ? AND status = 'active' "
+            "AND seq IN ({marks})",
+            (self._scope.tenant.id,),
+            seqs,
+        )
+        moved = [int(seq) for (seq,) in rows]
         conn.executemany(
             "UPDATE train_records SET status = 'quarantined' WHERE seq = ?", [(s,) for s in moved]
         )
@@ -613,18 +611,13 @@ class EvalStore(_RecordStore):
         """Which of these record-id hashes are stored in this eval suite (metadata only)."""
         self._require_any("lookup")
         check_suite(suite)
-        found: set[bytes] = set()
-        rid_list = list(rids)
-        for start in range(0, len(rid_list), 500):
-            chunk = rid_list[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for (rid,) in self._scope._conn.execute(
-                f"SELECT rid FROM eval_records WHERE tenant_id = ? AND suite = ? "
-                f"AND rid IN ({marks})",
-                (self._scope.tenant.id, suite, *chunk),
-            ):
-                found.add(bytes(rid))
-        return found
+        rows = _select_in(
+            self._scope._conn,
+            "SELECT rid FROM eval_records WHERE tenant_id = ? AND suite = ? AND rid IN ({marks})",
+            (self._scope.tenant.id, suite),
+            rids,
+        )
+        return {bytes(rid) for (rid,) in rows}
 
 
 @dataclass(frozen=True, slots=True)
