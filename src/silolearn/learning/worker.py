@@ -208,7 +208,7 @@ def _encoder(job: WorkerJob) -> FrozenEncoder:
     ):
         _WARM["used"] = True
         return warm
-    _check_base(job)
+    # load() hashes the files and refuses a digest other than the recorded one
     return FrozenEncoder.load(Path(job.base_path), expected_sha256=job.base_sha256)
 
 
@@ -663,6 +663,7 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
     process = {
         "warm": bool(_WARM.get("used")),
         "warm_seconds": _WARM.get("seconds"),
+        "warm_error": _WARM.get("error"),
         "load_seconds": round(time.perf_counter() - t_load, 4),
         "threads_at_sandbox": _SANDBOX.get("threads"),
     }

@@ -281,13 +281,8 @@ def canary_exposure(
         model.labels[int(i)] for i in rng.integers(0, len(model.labels), len(controls))
     ]
     k = len(inserted)
-    if pool is None or embed_pool is None:
-        lp = model.log_proba(embed(inserted + controls + alts))
-    else:
-        lp = np.concatenate(
-            [model.log_proba(embed(inserted + controls)), model.log_proba(embed_pool(alts))]
-        )
-    alt_lp = lp[2 * k :]
+    lp = model.log_proba(embed(inserted + controls))
+    alt_lp = model.log_proba((embed_pool or embed)(alts))
 
     def exposures(rows: FloatArray, labels: list[str]) -> list[dict[str, Any]]:
         codes = model.label_codes(labels)
@@ -316,7 +311,7 @@ def canary_exposure(
         return round(max(values, default=0.0), 4)
 
     secret = exposures(lp[:k], list(canaries.secret_labels))
-    control = exposures(lp[k : 2 * k], control_labels)
+    control = exposures(lp[k:], control_labels)
     return {
         "canaries": k,
         "copies": canaries.copies,
