@@ -120,13 +120,24 @@ class SharedConfig(_Section):
     learning_rate: float = Field(default=0.02, gt=0.0, le=10.0)
 
 
+Audience = Literal["own", "mixed"]
+
+
 class GatePolicy(_Section):
     """Which release gates run and their thresholds (one tenant's policy; the ``[gates]``
     section is the default, ``[gates.tenants.<name>]`` overrides keys for one tenant)."""
 
+    audience: Audience = "own"
+    """Who is served by the tenant's adapter, a fact about the tenant rather than a
+    threshold: ``own`` when every user it answers may see all of its data (a failed
+    membership or canary gate rejects the candidate, SEV2, and remediation may retrain
+    it); ``mixed`` when they may not, e.g. a tenant spanning classification levels (the
+    same failure is SEV1: the tenant's training is quarantined)."""
+
     quality: bool = True
-    """Macro-F1 on the eval window against the active version (tolerance and minimum window
-    from ``[training]``), judged by a paired bootstrap interval."""
+    """Macro-F1 on the eval window against the active version, or against the constant
+    answer for a first version (tolerance and minimum window from ``[training]``): promoted
+    only when a paired bootstrap interval shows it not worse (non-inferiority)."""
     forgetting: bool = True
     """The same on the eval records of earlier windows (at or before the parent's cutoff)."""
     golden: bool = True

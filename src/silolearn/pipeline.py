@@ -502,9 +502,11 @@ class Trainer:
         progress: Progress | None = None,
         *,
         worker: Worker | None = None,
+        serving: bool = False,
     ) -> tuple[list[GateVerdict], dict[str, Any]]:
         """The tenant's gates on ``version`` (quality and forgetting against ``against``),
-        from the evidence of one gate worker (``worker``: one started ahead, warm)."""
+        from the evidence of one gate worker (``worker``: one started ahead, warm).
+        ``serving``: a re-audit, where quality fails only when shown worse."""
         policy = self.ws.settings.gates.for_tenant(tenant)
         split = None if against is None else against.lineage.get("cutoff")
         privacy = version.lineage.get("privacy") or {}
@@ -539,6 +541,7 @@ class Trainer:
             tolerance=self.config.promotion_tolerance,
             min_eval_records=self.config.min_eval_records,
             accountant_epsilon=accountant,
+            serving=serving,
         )
         return verdicts, evidence
 
@@ -612,7 +615,7 @@ class Trainer:
             p = versions.get(v.parent) if v.parent is not None else None
             return p if p is not None and p.status in ("retired", "active") else None
 
-        verdicts, _ = self.run_gates(tenant, active, parent_of(active), progress)
+        verdicts, _ = self.run_gates(tenant, active, parent_of(active), progress, serving=True)
         decision = decision_of(verdicts)
         self._record_gates(tenant, active.version, "rerun", decision)
         report: dict[str, Any] = {
@@ -632,7 +635,9 @@ class Trainer:
             (v for v in versions.values() if v.status == "retired" and v.version < active.version),
             key=lambda v: -v.version,
         ):
-            verdicts_e, _ = self.run_gates(tenant, earlier, parent_of(earlier), progress)
+            verdicts_e, _ = self.run_gates(
+                tenant, earlier, parent_of(earlier), progress, serving=True
+            )
             decision_e = decision_of(verdicts_e)
             self._record_gates(tenant, earlier.version, "restore", decision_e)
             report["tried"].append({"version": earlier.version, "passed": decision_e["passed"]})

@@ -3,6 +3,8 @@ evaluator reports, the canary draw, and the per-tenant gate policy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,19 @@ def test_paired_bootstrap_interval_brackets_the_difference() -> None:
     assert not few.passed and "4" in few.reason and "10" in few.reason
 
 
+def _exposures(inserted: list[float], controls: list[float]) -> dict[str, Any]:
+    return {
+        "exposure": inserted,
+        "control_exposure": controls,
+        "max_exposure": max(inserted),
+        "max_control_exposure": max(controls),
+        "outranks_all": [x > 8 for x in inserted],
+        "canaries": len(inserted),
+        "alternatives": 256,
+        "space_bits": 72.0,
+    }
+
+
 def test_membership_canary_golden_and_audit_verdicts() -> None:
     attack = {"auc": 0.7, "auc_ci": [0.65, 0.75], "tpr": {"0.01": 0.1}}
     weak = {"auc": 0.52, "auc_ci": [0.45, 0.58], "tpr": {"0.01": 0.01}}
@@ -75,23 +90,19 @@ def test_membership_canary_golden_and_audit_verdicts() -> None:
     failed = membership_gate(ev, bound=0.6, min_nonmembers=100)
     assert not failed.passed and failed.metrics["strongest"] == "lira_offline"
     assert failed.severity == "SEV2"
+    assert membership_gate(ev, bound=0.6, audience="mixed").severity == "SEV1"
     assert membership_gate({**ev, "attacks": {"loss": weak}}, bound=0.6).passed
     small = membership_gate({**ev, "nonmembers": 40}, bound=0.6, min_nonmembers=100)
     assert small.passed and not small.applicable and "40" in small.reason
 
-    exposures = {
-        "max_exposure": 36.0,
-        "outranks_all": [True, False],
-        "canaries": 2,
-        "alternatives": 256,
-        "space_bits": 72.0,
-        "max_control_exposure": 2.0,
-    }
+    exposures = _exposures([36.0, 30.0, 28.0, 33.0, 40.0, 29.0], [2.0, 3.1, 1.0, 4.0, 2.5, 0.7])
     failed_canary = canary_gate(exposures, bound=24)
-    assert failed_canary.severity == "SEV1" and "1 of 2 canaries outrank all 256" in (
+    assert not failed_canary.passed and failed_canary.severity == "SEV2"
+    assert "6 outrank all 256" in failed_canary.reason and "2^32.0 guesses" in (
         failed_canary.reason
     )
-    assert canary_gate({**exposures, "max_exposure": 5.0}, bound=24).passed
+    assert canary_gate(exposures, bound=24, audience="mixed").severity == "SEV1"
+    assert canary_gate({**exposures, "exposure": [5.0] * 6}, bound=24).passed
     assert not canary_gate(None, bound=24).applicable
 
     assert golden_gate({"n": 5, "failed": 1, "failed_seqs": [3]}).severity == "SEV3"
@@ -105,8 +116,12 @@ def test_membership_canary_golden_and_audit_verdicts() -> None:
     recorded = privacy_audit_gate(audit, accountant_epsilon=None)
     assert recorded.passed and not recorded.applicable
 
+    truth = ["a"] * 30 + ["b"] * 20
+    constant = paired_bootstrap(
+        truth, ["a"] * 50, None, replicates=200, confidence=0.95, rng=np.random.default_rng(0)
+    )
     verdicts = judge(
-        {"quality": {"n": 50}, "canaries": exposures, "audit": audit, "membership": ev},
+        {"quality": constant, "canaries": exposures, "audit": audit, "membership": ev},
         policy=GatePolicy(),
         tolerance=0.01,
         min_eval_records=10,
@@ -114,7 +129,9 @@ def test_membership_canary_golden_and_audit_verdicts() -> None:
     )
     decision = decision_of(verdicts)
     assert not decision["passed"] and decision["severity"] == "SEV1"
-    assert set(decision["failed"]) == {"membership", "canary", "privacy_audit"}
+    assert set(decision["failed"]) == {"quality", "membership", "canary", "privacy_audit"}
+    # a leak beside a refuted DP guarantee: the SEV1 is not a matter of retraining
+    assert decision["leakage"] == ["membership", "canary"] and not decision["remediable"]
 
 
 def test_canaries_are_keyed_reproducible_and_counted_not_stored_as_text() -> None:

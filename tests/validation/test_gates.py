@@ -15,7 +15,9 @@ candidate is the demo's leak drill (500 epochs of a 1,024-unit MLP head, no weig
 32 canaries inserted 40 times each). The tenant's canary bound is 20 bits, as in the demo:
 normal runs' top canary stayed at 3-7.5 bits and never-inserted controls reached 8.7, while
 the drill's top canary reached 27-72 (the default bound of 32 let one drill at 26.9 pass).
-The figures of each run are printed (-s).
+The tenant declares ``audience = "mixed"``, so that its leak is a SEV1 and quarantines it;
+for the re-audit it declares ``own``, and the version failing membership is a SEV2 (rolled
+back, not quarantined). The figures of each run are printed (-s).
 """
 
 from __future__ import annotations
@@ -45,16 +47,17 @@ LAX = {"epochs": 300, "weight_decay": 0.0, "head_hidden": 256}
 """Overfits less than LEAKY (AUC 0.75-0.80 in trial runs) and keeps the quality gate."""
 POLICY = """
 [gates.tenants.critics]
+audience = "{audience}"
 membership_auc_upper = {bound}
 membership_min_nonmembers = 50
 canary_max_exposure = 20
 """
 
 
-def _policy(path: Path, bound: float) -> None:
+def _policy(path: Path, bound: float, audience: str = "mixed") -> None:
     config = path / "silolearn.toml"
     text = config.read_text().split("\n[gates.tenants.critics]")[0].rstrip("\n") + "\n"
-    config.write_text(text + POLICY.format(bound=bound))
+    config.write_text(text + POLICY.format(bound=bound, audience=audience))
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,7 @@ def test_I8_leaky_candidate_rejected_by_membership_and_canaries_normal_passes(
             f"alternatives {canary['metrics']['max_exposure_outranking']:.2f} (controls "
             f"{canary['metrics']['max_control_exposure']:.2f})"
         )
+        print("normal canary gate:", canary["reason"])
         assert mi["applicable"] and mi["passed"], mi["reason"]
         assert canary["applicable"] and canary["passed"], canary["reason"]
         assert normal.status == "active", normal.decision["reason"]
@@ -130,9 +134,12 @@ def test_I8_leaky_candidate_rejected_by_membership_and_canaries_normal_passes(
             f"{canary['metrics']['max_control_exposure']:.2f}), "
             f"one-run epsilon >= {audit['metrics']['epsilon_lower_bound']:.2f}"
         )
+        print("leaky canary gate:", canary["reason"])
         assert leaky.status == "rejected"
-        assert not mi["passed"] and mi["severity"] == "SEV2"
+        assert not mi["passed"] and mi["severity"] == "SEV1"
         assert not canary["passed"] and canary["severity"] == "SEV1"
+        assert canary["metrics"]["memorised"] and canary["metrics"]["p_value"] < 0.05
+        assert leaky.decision["leakage"] == ["membership", "canary"]
         # the one-run audit has power: a non-DP run that memorises is caught
         assert audit["metrics"]["epsilon_lower_bound"] > 1.0
         assert audit["passed"] and not audit["applicable"]  # no DP claim to refute
@@ -171,7 +178,7 @@ def test_I8_failing_reaudit_rolls_back_automatically(world: dict[str, Any]) -> N
     path = world["path"]
     with Workspace.open(path, actor="test") as ws:
         ws.tenants.set_status("critics", "active", reason="incident reviewed")
-    _policy(path, 1.0)
+    _policy(path, 1.0, "own")
     with Workspace.open(path, actor="test") as ws:
         ws.tenant("critics").ingest(world["reviews"][1300:1500])
         # desk's probe set is not full yet (fewer eval records than divergence_probes):
@@ -189,7 +196,7 @@ def test_I8_failing_reaudit_rolls_back_automatically(world: dict[str, Any]) -> N
         ]
         registry = AdapterRegistry(ws.scope("critics", purpose=Purpose.REGISTRY))
         good = [v.version for v in registry.list() if v.status == "retired"]
-    _policy(path, 0.75)
+    _policy(path, 0.75, "own")
     rerun = run_cli("gates", "rerun", "critics", "--json", "--workspace", str(path))
     assert rerun.returncode == 5, rerun.stderr
     report = json.loads(rerun.stdout)

@@ -7,7 +7,8 @@
   Principles").
 - Memorisation: exposure of inserted canaries, Carlini et al. 2019 ("The Secret Sharer:
   Evaluating and Testing Unintended Memorization in Neural Networks"), both from the sampled
-  rank and by the paper's distribution-modelling extrapolation.
+  rank and by the paper's distribution-modelling extrapolation; a one-sided Mann-Whitney
+  test of inserted canaries' exposures against never-inserted controls'.
 - Auditing: the one-run (epsilon, delta)-DP lower bound of Steinke, Nasr, Jagielski 2023
   ("Privacy Auditing with One (1) Training Run", arXiv 2305.08846, main theorem, Sec. 3).
 
@@ -34,6 +35,7 @@ _LIRA_GLOBAL_BELOW = 16  # fewer reference models than this: one pooled variance
 _MIN_SKEWNORM_SAMPLES = 20
 _BOOTSTRAP_CELLS = 4_000_000  # bootstrap replicates are processed in chunks of this many cells
 _GRID = 64  # eps grid points per refinement round of the one-run bound search
+_EXACT_PARTITIONS = 20_000  # up to this many splits (8 + 8 is 12,870) the U test is exact
 
 
 def _scores(x: npt.ArrayLike, name: str) -> FloatArray:
@@ -353,6 +355,52 @@ def exposure(
         space_bits=bits,
         samples=int(alt.size),
         fit=fit,
+    )
+
+
+@dataclass(frozen=True)
+class ShiftTest:
+    """One-sided Mann-Whitney U test that ``inserted`` values exceed ``controls``."""
+
+    p_value: float
+    u: float
+    method: str  # "exact" (every split enumerated) or "asymptotic" (normal, tie-corrected)
+    smallest_p: float
+    """The smallest p-value these sample sizes can give (1 / C(n + m, n) when exact)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p_value": float(f"{self.p_value:.6g}"),
+            "u": _r6(self.u),
+            "method": self.method,
+            "smallest_p": float(f"{self.smallest_p:.6g}"),
+        }
+
+
+def shift_test(inserted: npt.ArrayLike, controls: npt.ArrayLike) -> ShiftTest:
+    """Is a value drawn from ``inserted`` larger than one drawn from ``controls``?
+
+    Exact over every split of the pooled values (ties take midranks) when there are at most
+    20,000 splits; otherwise the normal approximation with the tie correction. Deterministic:
+    no sampling, so a verdict is reproducible from the numbers it stores.
+    """
+    x = _scores(inserted, "inserted")
+    y = _scores(controls, "controls")
+    splits = math.comb(x.size + y.size, x.size)
+    method: Any = "asymptotic"
+    if splits <= _EXACT_PARTITIONS:
+        method = stats.PermutationMethod(n_resamples=_EXACT_PARTITIONS)
+    result = stats.mannwhitneyu(x, y, alternative="greater", method=method)
+    exact = splits <= _EXACT_PARTITIONS
+    if exact:
+        smallest = 1.0 / splits
+    else:  # U at its maximum n m, standardised (no ties)
+        smallest = float(stats.norm.sf(math.sqrt(3.0 * x.size * y.size / (x.size + y.size + 1))))
+    return ShiftTest(
+        p_value=float(result.pvalue),
+        u=float(result.statistic),
+        method="exact" if exact else "asymptotic",
+        smallest_p=smallest,
     )
 
 

@@ -62,8 +62,15 @@ def paired_bootstrap(
     confidence: float,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
-    """Macro-F1 of the candidate (and the active version) with percentile intervals, and of
-    their difference over the same resampled records (paired)."""
+    """Macro-F1 and accuracy of the candidate with percentile intervals, and their paired
+    differences (the same resampled records) against a yardstick: the active version, or,
+    when there is none, the constant answer (``against``).
+
+    The constant answers the most frequent label of these records (ties: the first name).
+    It is the strongest constant on them for both metrics, so a candidate shown better
+    than it is better than any constant; it needs no training record. ``*_sd`` is the
+    bootstrap standard deviation of a difference, from which the gate estimates how many
+    records would settle an interval that does not."""
     n = len(truth)
     if n == 0:
         return {"n": 0}
@@ -71,26 +78,36 @@ def paired_bootstrap(
     code = {name: i for i, name in enumerate(names)}
     t = np.array([code[x] for x in truth], dtype=np.int64)
     c = np.array([code[x] for x in candidate], dtype=np.int64)
+    against = "active"
+    if active is not None:
+        y = np.array([code[x] for x in active], dtype=np.int64)
+    else:
+        against = "constant"
+        y = np.full(n, int(np.bincount(t).argmax()), dtype=np.int64)
     full = np.arange(n, dtype=np.int64)[None, :]
     idx = rng.integers(0, n, size=(replicates, n), dtype=np.int64)
     tail = (1 - confidence) / 2
     cand_point = float(macro_f1_replicates(t, c, full)[0])
+    other_point = float(macro_f1_replicates(t, y, full)[0])
     cand_reps = macro_f1_replicates(t, c, idx)
-    out: dict[str, Any] = {
+    diff = cand_reps - macro_f1_replicates(t, y, idx)
+    hit_c, hit_y = (t == c).astype(np.float64), (t == y).astype(np.float64)
+    acc_diff = (hit_c - hit_y)[idx].mean(axis=1)
+    return {
         "n": n,
+        "against": against,
         "macro_f1": round(cand_point, 6),
         "macro_f1_ci": _interval(cand_reps, tail),
+        "accuracy": round(float(hit_c.mean()), 6),
+        f"{against}_macro_f1": round(other_point, 6),
+        f"{against}_accuracy": round(float(hit_y.mean()), 6),
+        "difference": round(cand_point - other_point, 6),
+        "difference_ci": _interval(diff, tail),
+        "difference_sd": round(float(diff.std()), 6),
+        "accuracy_difference": round(float(hit_c.mean() - hit_y.mean()), 6),
+        "accuracy_difference_ci": _interval(acc_diff, tail),
+        "accuracy_difference_sd": round(float(acc_diff.std()), 6),
     }
-    if active is not None:
-        a = np.array([code[x] for x in active], dtype=np.int64)
-        act_point = float(macro_f1_replicates(t, a, full)[0])
-        diff = cand_reps - macro_f1_replicates(t, a, idx)
-        out.update(
-            active_macro_f1=round(act_point, 6),
-            difference=round(cand_point - act_point, 6),
-            difference_ci=_interval(diff, tail),
-        )
-    return out
 
 
 def _interval(values: FloatArray, tail: float) -> list[float]:
@@ -260,7 +277,8 @@ def canary_exposure(
     among ``alternatives`` sequences sampled uniformly from the same template space (scored
     with the canary's label) and extrapolated to the whole space by a fitted tail; whether it
     outranks every sampled alternative; the same for as many never-inserted control
-    sequences, which show what no memorisation looks like in this very run.
+    sequences with the same labels, which show what no memorisation looks like in this very
+    run (the gate tests the inserted canaries against them).
 
     ``pool``: a fixed uniform sample of the space to use as the alternatives (its first
     ``alternatives`` sequences that are not among this run's canaries), featurised by
@@ -277,9 +295,10 @@ def canary_exposure(
     else:
         alts = [t for t in pool if t not in taken][:alternatives]
         controls = sample_texts(rng, len(inserted), exclude=taken | set(pool))
-    control_labels = [
-        model.labels[int(i)] for i in rng.integers(0, len(model.labels), len(controls))
-    ]
+    # each control carries the label of one inserted canary: both are scored against the
+    # same label's alternatives, so what the label space does to a random sequence (one
+    # label's region may hold most of the template's sequences) is the same on both sides
+    control_labels = list(canaries.secret_labels)
     k = len(inserted)
     lp = model.log_proba(embed(inserted + controls))
     alt_lp = model.log_proba((embed_pool or embed)(alts))

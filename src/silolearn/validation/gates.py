@@ -6,34 +6,53 @@ Which gates run and their thresholds come from the tenant's gate policy
 (``[gates]``/``[gates.tenants.<name>]`` in the workspace settings). Verdicts are numbers,
 never record text; they are stored with the version and audited with the decision.
 
-Severities and what they trigger (``pipeline``): SEV1 (a canary can be extracted, the one-
-run audit refutes the accountant, an isolated tenant's predictions moved) rejects and
-quarantines the tenant's training; SEV2 (membership inference above its bound) rejects;
-SEV3 (quality, forgetting, golden suite) rejects.
+Severity follows the blast radius, and what it triggers is ``pipeline``'s: SEV1 rejects and
+quarantines the tenant's training, SEV2 and SEV3 reject. Whatever crosses tenants is SEV1:
+an isolated tenant's predictions moved, the one-run audit refutes the accountant (the DP
+code every private model relies on is broken). A leakage gate (membership, canary) of an
+adapter that serves only its own tenant's users is SEV2: the leak stays inside the audience
+that may see the data, so the candidate is rejected and remediation may retrain it; for a
+tenant whose policy declares ``audience = "mixed"`` (users who do not all share its data,
+e.g. several classification levels) it is SEV1. Quality, forgetting and the golden suite
+are SEV3.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from silolearn.config import GatePolicy
+import numpy as np
+from scipy import stats  # type: ignore[import-untyped]
+
+from silolearn.config import Audience, GatePolicy
+from silolearn.validation.attacks import shift_test
 
 SEVERITY = {
     "quality": "SEV3",
     "forgetting": "SEV3",
     "golden": "SEV3",
     "membership": "SEV2",
-    "canary": "SEV1",
+    "canary": "SEV2",
     "privacy_audit": "SEV1",
     "divergence": "SEV1",
     "shared_divergence": "SEV2",
     "shadow": "SEV2",
 }
-"""The severity of a failed gate or check."""
+"""The severity of a failed gate or check for a tenant whose audience is its own."""
+
+LEAKAGE_GATES = ("membership", "canary")
+"""Gates that find the tenant's own data in the adapter: SEV1 when its audience is mixed."""
 
 _RANK = {"SEV1": 1, "SEV2": 2, "SEV3": 3}
+
+
+def severity_of(gate: str, audience: Audience = "own") -> str:
+    if gate in LEAKAGE_GATES and audience == "mixed":
+        return "SEV1"
+    return SEVERITY[gate]
 
 
 def worst(severities: Sequence[str]) -> str | None:
@@ -50,10 +69,12 @@ class GateVerdict:
     threshold: dict[str, Any] = field(default_factory=dict)
     applicable: bool = True
     """False when the gate had nothing to judge (no golden suite, no canaries, not DP)."""
+    audience: Audience = "own"
+    """The tenant's declared audience, which sets a leakage gate's severity."""
 
     @property
     def severity(self) -> str | None:
-        return None if self.passed else SEVERITY[self.gate]
+        return None if self.passed else severity_of(self.gate, self.audience)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +86,12 @@ class GateVerdict:
             "metrics": self.metrics,
             "threshold": self.threshold,
         }
+
+
+def leakage_failures(verdicts: Sequence[GateVerdict]) -> list[str]:
+    """The leakage gates (membership, canary) that failed: what remediation (stronger
+    regularisation, then DP) answers, unlike a quality rejection."""
+    return [v.gate for v in verdicts if not v.passed and v.gate in LEAKAGE_GATES]
 
 
 def no_worse_than_active(
@@ -110,6 +137,20 @@ def no_worse_than_active(
     )
 
 
+def records_needed(
+    evidence: dict[str, Any], margin: float, confidence: float, key: str = "difference_sd"
+) -> int | None:
+    """Eval records that would bring the interval's bound ``margin`` closer, if the paired
+    difference stayed where it was measured: its per-record standard deviation is the
+    bootstrap's times sqrt(n), and the interval's half-width z sd1 / sqrt(n') must fit in
+    ``margin``. None when no number of records would do (``margin`` <= 0)."""
+    n, sd = int(evidence["n"]), float(evidence.get(key) or 0.0)
+    if margin <= 0 or sd <= 0:
+        return None
+    z = float(stats.norm.ppf((1 + confidence) / 2))
+    return max(n + 1, math.ceil((z * sd * math.sqrt(n) / margin) ** 2))
+
+
 def bootstrap_gate(
     gate: str,
     evidence: dict[str, Any] | None,
@@ -117,15 +158,28 @@ def bootstrap_gate(
     tolerance: float,
     min_eval_records: int,
     confidence: float,
+    serving: bool = False,
 ) -> GateVerdict:
-    """Quality (or forgetting, on the earlier window): the candidate fails when the paired
-    bootstrap interval of (candidate - active) macro-F1 lies wholly below ``-tolerance``,
-    i.e. it is worse by more than the tolerance at the given confidence. An interval that
-    reaches the bound is not evidence of harm and passes, with the interval recorded."""
+    """Quality (or forgetting, on the earlier window) from the paired bootstrap of the
+    candidate against the active version, or against the constant answer for a first
+    version (``evidence["against"]``).
+
+    The burden of proof lies on the change. Quality of a candidate: promoted only when shown
+    not worse than what serves (the interval's lower end of the macro-F1 difference at or
+    above ``-tolerance``: non-inferiority); a first version only when shown better than the
+    constant answer on macro-F1 (lower end above 0) and not shown worse on accuracy by more
+    than the tolerance (upper end at or above ``-tolerance``). An interval that shows
+    neither rejects the candidate, and the tenant keeps what it serves; the verdict says how
+    many eval records would settle it.
+
+    Forgetting is a secondary check on the earlier windows' few records, and a version that
+    already serves (``serving``: a re-audit) keeps serving unless shown harmful: both fail
+    only when the interval lies wholly below ``-tolerance``."""
     threshold = {
         "tolerance": tolerance,
         "min_eval_records": min_eval_records,
         "confidence": confidence,
+        "rule": "shown worse" if serving or gate == "forgetting" else "shown not worse",
     }
     what = "eval window" if gate == "quality" else "earlier windows"
     if evidence is None or not evidence.get("n"):
@@ -133,40 +187,108 @@ def bootstrap_gate(
             return GateVerdict(gate, True, "no earlier window to forget", {}, threshold, False)
         evidence = {"n": 0}
     n = int(evidence["n"])
-    metrics = {k: v for k, v in evidence.items()}
-    if gate == "quality" and n < min_eval_records:
+    metrics = dict(evidence)
+    if n < min_eval_records:
+        if gate == "forgetting":
+            return GateVerdict(
+                gate, True, f"only {n} records of earlier windows", metrics, threshold, False
+            )
         return GateVerdict(
             gate,
             False,
-            f"only {n} labelled eval records in the window, {min_eval_records} needed to judge",
+            f"only {n} labelled eval records in the window, {min_eval_records} needed to "
+            "judge: the tenant keeps what it serves",
             metrics,
             threshold,
         )
-    if "difference_ci" not in evidence:
-        return GateVerdict(
-            gate, True, "first version: nothing to be worse than", metrics, threshold
-        )
+    if evidence.get("against", "active") == "constant":
+        return _against_constant(gate, metrics, threshold, tolerance, confidence, serving)
     lo, hi = (float(x) for x in evidence["difference_ci"])
     diff = float(evidence["difference"])
-    span = f"{diff:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-    if gate == "forgetting" and n < min_eval_records:
-        return GateVerdict(
-            gate, True, f"only {n} records of earlier windows: {span}", metrics, threshold, False
-        )
+    span = f"{diff:+.4f} [{lo:+.4f}, {hi:+.4f}] ({confidence:.0%} interval)"
+    text = f"macro-F1 on the {what} minus the active version's: {span}"
     if hi < -tolerance:
+        metrics["outcome"] = "worse"
         return GateVerdict(
             gate,
             False,
-            f"macro-F1 on the {what} is worse than the active version's by {span} "
-            f"({confidence:.0%} interval), beyond the tolerance {tolerance}",
+            f"{text}: shown worse by more than the tolerance {tolerance}",
             metrics,
             threshold,
         )
+    if serving or gate == "forgetting" or lo >= -tolerance:
+        metrics["outcome"] = "non-inferior" if lo >= -tolerance else "not shown worse"
+        return GateVerdict(
+            gate,
+            True,
+            f"{text}: {'shown not worse' if lo >= -tolerance else 'not shown worse'} "
+            f"(tolerance {tolerance})",
+            metrics,
+            threshold,
+        )
+    needed = records_needed(evidence, diff + tolerance, confidence)
+    metrics.update(outcome="inconclusive", records_needed=needed)
+    more = (
+        f"about {needed} eval records would show it if the difference stayed at {diff:+.4f}"
+        if needed is not None
+        else "more eval records would not show it: the measured difference is beyond it"
+    )
     return GateVerdict(
         gate,
-        True,
-        f"macro-F1 difference on the {what} {span} ({confidence:.0%} interval), "
-        f"tolerance {tolerance}",
+        False,
+        f"{text}: not shown to be within the tolerance {tolerance} of the active version "
+        f"({n} eval records; {more}); the tenant keeps what it serves",
+        metrics,
+        threshold,
+    )
+
+
+def _against_constant(
+    gate: str,
+    metrics: dict[str, Any],
+    threshold: dict[str, Any],
+    tolerance: float,
+    confidence: float,
+    serving: bool,
+) -> GateVerdict:
+    """A version with nothing before it against always answering the most frequent label."""
+    n = int(metrics["n"])
+    lo, hi = (float(x) for x in metrics["difference_ci"])
+    a_lo, a_hi = (float(x) for x in metrics["accuracy_difference_ci"])
+    diff, a_diff = float(metrics["difference"]), float(metrics["accuracy_difference"])
+    text = (
+        f"against always answering the most frequent label ({n} eval records, "
+        f"{confidence:.0%} intervals): macro-F1 {metrics['macro_f1']:.4f} vs "
+        f"{metrics['constant_macro_f1']:.4f}, {diff:+.4f} [{lo:+.4f}, {hi:+.4f}]; accuracy "
+        f"{metrics['accuracy']:.4f} vs {metrics['constant_accuracy']:.4f}, "
+        f"{a_diff:+.4f} [{a_lo:+.4f}, {a_hi:+.4f}]"
+    )
+    if a_hi < -tolerance or (serving and hi < -tolerance):
+        metrics["outcome"] = "worse"
+        return GateVerdict(
+            gate,
+            False,
+            f"{text}: shown worse than the constant answer by more than {tolerance}",
+            metrics,
+            threshold,
+        )
+    if lo > 0 or serving:
+        metrics["outcome"] = "better" if lo > 0 else "not shown worse"
+        verdict = "better than" if lo > 0 else "not shown worse than"
+        return GateVerdict(gate, True, f"{text}: {verdict} the constant answer", metrics, threshold)
+    needed = records_needed(metrics, diff, confidence)
+    metrics.update(outcome="not better" if needed is None else "inconclusive")
+    metrics["records_needed"] = needed
+    more = (
+        f"not shown better on macro-F1 (about {needed} eval records would show it if the "
+        f"difference stayed at {diff:+.4f})"
+        if needed is not None
+        else "no better on macro-F1"
+    )
+    return GateVerdict(
+        gate,
+        False,
+        f"{text}: {more}; the tenant keeps what it serves",
         metrics,
         threshold,
     )
@@ -189,7 +311,11 @@ def golden_gate(evidence: dict[str, Any] | None) -> GateVerdict:
 
 
 def membership_gate(
-    evidence: dict[str, Any] | None, *, bound: float, min_nonmembers: int = 2
+    evidence: dict[str, Any] | None,
+    *,
+    bound: float,
+    min_nonmembers: int = 2,
+    audience: Audience = "own",
 ) -> GateVerdict:
     threshold = {"auc_upper_bound": bound, "min_nonmembers": min_nonmembers}
     attacks = (evidence or {}).get("attacks") or {}
@@ -221,28 +347,82 @@ def membership_gate(
     tpr = attacks[strongest].get("tpr", {}).get("0.01")
     text = f"{strongest} attack AUC {auc:.3f} (upper bound {upper:.3f}), TPR@1%FPR {tpr}"
     if upper > bound:
-        return GateVerdict("membership", False, f"{text} > {bound}", summary, threshold)
+        return GateVerdict(
+            "membership", False, f"{text} > {bound}", summary, threshold, audience=audience
+        )
     return GateVerdict("membership", True, f"{text} <= {bound}", summary, threshold)
 
 
-def canary_gate(evidence: dict[str, Any] | None, *, bound: float) -> GateVerdict:
-    """SEV1 when an inserted canary's exposure exceeds ``bound`` bits: the model singles it
-    out among the sequences of its template. Whether it also outranks every sampled
-    alternative, and the never-inserted controls, are reported beside it."""
-    threshold = {"max_exposure_bits": bound}
+def canary_gate(
+    evidence: dict[str, Any] | None,
+    *,
+    bound: float,
+    confidence: float = 0.95,
+    audience: Audience = "own",
+) -> GateVerdict:
+    """Fails when the inserted canaries are memorised and the top one can be extracted.
+
+    Memorised: their exposures are higher than those of the never-inserted controls of the
+    same run, which carry the same labels (one-sided Mann-Whitney test, p below
+    1 - ``confidence``), so what the label space does to random sequences cancels out.
+    Extractable: the top canary's exposure is above ``bound`` bits, i.e. an attacker who
+    knows the template and the label, enumerating its sequences in the model's order, finds
+    it within 2^(space bits - bound) guesses. Either alone passes, and is reported."""
+    threshold = {
+        "max_exposure_bits": bound,
+        "significance": round(1 - confidence, 6),
+    }
     if not evidence:
         return GateVerdict("canary", True, "the run inserted no canaries", {}, threshold, False)
-    top = float(evidence["max_exposure"])
+    inserted = [float(x) for x in evidence["exposure"]]
+    controls = [float(x) for x in evidence["control_exposure"]]
+    space = float(evidence["space_bits"])
+    threshold["max_guesses_log2"] = round(space - bound, 3)
+    top, top_control = max(inserted), max(controls)
+    test = shift_test(inserted, controls)
+    alpha = 1 - confidence
+    guesses_log2 = space - top
+    memorised, extractable = test.p_value < alpha, top > bound
+    metrics = {
+        **evidence,
+        "test": test.to_dict(),
+        "p_value": test.to_dict()["p_value"],
+        "median_exposure": round(float(np.median(inserted)), 4),
+        "median_control_exposure": round(float(np.median(controls)), 4),
+        "guesses_log2": round(guesses_log2, 3),
+        "guesses": float(2.0**guesses_log2),
+        "memorised": memorised,
+        "extractable": extractable,
+    }
     ranked = sum(1 for r in evidence.get("outranks_all", []) if r)
     text = (
-        f"max exposure {top:.2f} bits of {evidence['space_bits']} ({ranked} of "
-        f"{evidence.get('canaries', '?')} canaries outrank all {evidence.get('alternatives', '?')} "
-        f"sampled alternatives; never-inserted controls: "
-        f"{float(evidence['max_control_exposure']):.2f})"
+        f"{len(inserted)} canaries vs {len(controls)} never-inserted controls of the same "
+        f"labels: exposure median {metrics['median_exposure']:.2f} / max {top:.2f} bits vs "
+        f"{metrics['median_control_exposure']:.2f} / {top_control:.2f}, one-sided "
+        f"Mann-Whitney p = {test.p_value:.3g}; top canary found within 2^{guesses_log2:.1f} "
+        f"guesses (bound 2^{space - bound:.1f}); {ranked} outrank all "
+        f"{evidence.get('alternatives', '?')} sampled alternatives"
     )
-    if top > bound:
-        return GateVerdict("canary", False, f"{text} > {bound}: extractable", evidence, threshold)
-    return GateVerdict("canary", True, f"{text} <= {bound}", evidence, threshold)
+    if test.smallest_p >= alpha:
+        text += (
+            f" (with {len(inserted)} canaries no p-value falls below {alpha:.2g}: "
+            "memorisation cannot be shown)"
+        )
+    if memorised and extractable:
+        return GateVerdict(
+            "canary",
+            False,
+            f"{text}: memorised and extractable",
+            metrics,
+            threshold,
+            audience=audience,
+        )
+    state = (
+        "memorised, not extractable within the bound"
+        if memorised
+        else "not more exposed than the controls"
+    )
+    return GateVerdict("canary", True, f"{text}: {state}", metrics, threshold)
 
 
 def privacy_audit_gate(
@@ -283,8 +463,10 @@ def judge(
     tolerance: float,
     min_eval_records: int,
     accountant_epsilon: float | None,
+    serving: bool = False,
 ) -> list[GateVerdict]:
-    """Every gate the policy enables, on the evidence of one version."""
+    """Every gate the policy enables, on the evidence of one version (``serving``: a
+    re-audit of a version that serves, judged by what shows harm; see ``bootstrap_gate``)."""
     verdicts: list[GateVerdict] = []
     for gate in ("quality", "forgetting"):
         if getattr(policy, gate):
@@ -295,6 +477,7 @@ def judge(
                     tolerance=tolerance,
                     min_eval_records=min_eval_records,
                     confidence=policy.confidence,
+                    serving=serving,
                 )
             )
     if policy.golden:
@@ -305,9 +488,17 @@ def judge(
                 evidence.get("membership"),
                 bound=policy.membership_auc_upper,
                 min_nonmembers=policy.membership_min_nonmembers,
+                audience=policy.audience,
             )
         )
-    verdicts.append(canary_gate(evidence.get("canaries"), bound=policy.canary_max_exposure))
+    verdicts.append(
+        canary_gate(
+            evidence.get("canaries"),
+            bound=policy.canary_max_exposure,
+            confidence=policy.confidence,
+            audience=policy.audience,
+        )
+    )
     verdicts.append(
         privacy_audit_gate(evidence.get("audit"), accountant_epsilon=accountant_epsilon)
     )
@@ -315,13 +506,30 @@ def judge(
 
 
 def decision_of(verdicts: Sequence[GateVerdict]) -> dict[str, Any]:
+    """The decision on one version: ``leakage`` lists the failed leakage gates, and
+    ``remediable`` says a retrained candidate may pass (a leak without a SEV1);
+    ``records_needed`` is how many eval records would settle a quality verdict that the
+    eval set was too small to decide (None otherwise)."""
     failed = [v for v in verdicts if not v.passed]
+    severity = worst([s for v in failed if (s := v.severity)])
+    leakage = leakage_failures(verdicts)
+    needed = next(
+        (
+            v.metrics["records_needed"]
+            for v in failed
+            if v.gate == "quality" and v.metrics.get("records_needed") is not None
+        ),
+        None,
+    )
     return {
         "reason": "gates passed"
         if not failed
         else "gate " + ", ".join(v.gate for v in failed) + " failed",
         "passed": not failed,
         "failed": [v.gate for v in failed],
-        "severity": worst([s for v in failed if (s := v.severity)]),
+        "severity": severity,
+        "leakage": leakage,
+        "remediable": bool(leakage) and severity != "SEV1",
+        "records_needed": needed,
         "gates": [v.to_dict() for v in verdicts],
     }
