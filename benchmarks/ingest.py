@@ -180,9 +180,9 @@ def stage_breakdown(rows: list[Row], root: Path, repeat: int) -> list[tuple[str,
             ("schema validation (pydantic Record)", lambda: [record_from_mapping(r) for r in rows]),
             ("PII minimisation (detect + redact)", minimise),
             (
-                "eval routing (HMAC of the id)",
+                "eval routing (HMAC of the normalised text)",
                 lambda: [
-                    route_to_eval(routing_key, tenant_id, r.id, fraction)
+                    route_to_eval(routing_key, tenant_id, r.text, fraction)
                     for r in minimised
                     if r.label is not None
                 ],

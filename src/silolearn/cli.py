@@ -235,6 +235,45 @@ def tenant_show(name: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = Fa
     )
 
 
+@tenant_app.command("health")
+@command
+def tenant_health(name: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Per label: train, eval and quarantined records, shares, and labels missing from
+    training."""
+    from silolearn.ingest.health import tenant_health as health
+
+    with opened(workspace) as ws:
+        report = health(ws, name)
+
+    def human() -> None:
+        out.print(_labels_table(f"health {name}", report["labels"]))
+        unlabelled = report["unlabelled"]
+        if unlabelled["train"] or unlabelled["quarantined"]:
+            out.print(
+                f"unlabelled: {unlabelled['train']} train, {unlabelled['quarantined']} quarantined"
+            )
+        _print_label_warnings(report["warnings"])
+
+    emit(as_json, report, human)
+
+
+def _labels_table(title: str, labels: dict[str, dict[str, Any]]) -> Table:
+    """Per-label counts: the columns are whichever counts the rows carry, in their order."""
+    columns = [k for k in next(iter(labels.values()), {}) if k != "warnings"]
+    rows = [
+        [label, *(f"{c[k]:.1%}" if k.endswith("_share") else c[k] for k in columns)]
+        + ([", ".join(c["warnings"]) or "-"] if "warnings" in c else [])
+        for label, c in labels.items()
+    ]
+    extra = ["warnings"] if any("warnings" in c for c in labels.values()) else []
+    return _table(title, ["label", *columns, *extra], rows)
+
+
+def _print_label_warnings(warnings: list[dict[str, Any]]) -> None:
+    for w in warnings:
+        err.print(f"[bold yellow]warning[/] ({w['kind']}): {w['message']}", highlight=False)
+
+
 @tenant_app.command("quarantine")
 @command
 def tenant_quarantine(
@@ -350,8 +389,11 @@ def ingest(
             "redactions",
         ]
         out.print(_table(f"ingest {tenant}", keys, [[payload[k] for k in keys]]))
+        if payload["labels"]:
+            out.print(_labels_table(f"ingest {tenant} by label", payload["labels"]))
         for item in payload["errors"][:50]:
             err.print(f"  line {item['line']}: {item['reason']}", highlight=False)
+        _print_label_warnings(payload["warnings"])
 
     emit(as_json, payload, human)
 

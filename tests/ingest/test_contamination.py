@@ -14,7 +14,7 @@ from helpers import record, run_cli, write_jsonl
 from silolearn import Workspace
 from silolearn.datasets import bbc_news, sample
 from silolearn.errors import ConfigError
-from silolearn.ingest.gateway import Gateway, route_to_eval
+from silolearn.ingest.gateway import Gateway
 from silolearn.ingest.minhash import shingle_hashes
 from silolearn.storage.scope import Purpose
 
@@ -49,21 +49,12 @@ def articles() -> list[dict[str, object]]:
     return [r for r in rows if 250 <= len(str(r["text"]).split()) <= 600][:30]
 
 
-def _eval_id(ws: Workspace, tenant: str, prefix: str) -> str:
-    tenant_id = ws.tenants.get(tenant).id
-    return next(
-        f"{prefix}{i}"
-        for i in range(10_000)
-        if route_to_eval(ws.routing_key(), tenant_id, f"{prefix}{i}", 0.1)
-    )
-
-
 def test_I5_near_copy_of_eval_record_is_not_stored_for_training(
     ws: Workspace, articles: list[dict[str, object]], tmp_path: Path
 ) -> None:
     ws.create_tenant("newsroom")
     target, unrelated, half_source = (str(a["text"]) for a in articles[:3])
-    ws.tenant("newsroom").ingest([record(_eval_id(ws, "newsroom", "ev"), target, label="business")])
+    Gateway(ws).ingest("newsroom", [record("ev", target, label="business")], all_to_eval=True)
     assert ws.scope("newsroom").eval.count() == 1
 
     copy = edited_copy(target)

@@ -12,7 +12,7 @@ from helpers import record, run_cli, write_jsonl
 from silolearn import Workspace
 from silolearn.datasets import bbc_news, rotten_tomatoes, sample
 from silolearn.errors import IngestAborted, InvalidInput
-from silolearn.ingest.gateway import route_to_eval
+from silolearn.ingest.gateway import Gateway, route_to_eval
 from silolearn.storage.scope import Purpose
 
 OVERSIZE = "word " * 7000  # 35,000 bytes > 32 KiB
@@ -125,11 +125,13 @@ def test_routing_sends_about_the_configured_fraction_to_eval_deterministically(
     ws.create_tenant("unlabelled")
     plain = [dict(r, label=None) for r in rows[:500]]
     assert ws.tenant("unlabelled").ingest(plain).eval == 0
-    # the decision is a pure function of the workspace key, the tenant and the id
+    # the decision is a pure function of the workspace key, the tenant and the text (near
+    # duplicates aside, which join the side their cluster is on)
+    assert report.joined_eval == 0
     evals = {s.record.id for s in ws.scope("critics", purpose=Purpose.EVALUATION).eval.read()}
     info = ws.tenants.get("critics")
     assert evals == {
-        r["id"] for r in rows if route_to_eval(ws.routing_key(), info.id, r["id"], 0.1)
+        r["id"] for r in rows if route_to_eval(ws.routing_key(), info.id, r["text"], 0.1)
     }
 
 
@@ -228,14 +230,12 @@ def test_I5_exact_copies_of_eval_records_never_reach_training_in_either_order(
     assert match.object == "copy-1" and match.details["similarity"] == 1.0
     assert target.text[:30] not in json.dumps(match.details)
 
-    # eval after train: a train record is moved out when its copy arrives as eval
+    # eval after train: a train record is moved out when its copy is registered as eval
     ws.create_tenant("fresh")
     ws.tenant("fresh").ingest([record("t1", "Identical review text, word for word.", label=None)])
-    fresh_id = ws.tenants.get("fresh").id
-    eval_id = next(
-        f"e{i}" for i in range(10_000) if route_to_eval(ws.routing_key(), fresh_id, f"e{i}", 0.1)
+    report = Gateway(ws).ingest(
+        "fresh", [record("e1", "identical review text word for word")], all_to_eval=True
     )
-    report = ws.tenant("fresh").ingest([record(eval_id, "identical review text word for word")])
     assert report.eval == 1 and report.quarantined == 1
     assert ws.scope("fresh", purpose=Purpose.TRAINING).train.read() == []
     assert ws.scope("fresh").train.quarantined_count() == 1

@@ -70,6 +70,12 @@ class ContaminationCheck(Protocol):
         """For each training-bound record, the eval record it copies, or None."""
         ...
 
+    def nearest_train(
+        self, scope: TenantScope, conn: sqlite3.Connection, batch: list[PreparedRecord]
+    ) -> list[int | None]:
+        """For each record, the seq of a stored training record it nearly copies, or None."""
+        ...
+
     def on_train_added(
         self, scope: TenantScope, conn: sqlite3.Connection, batch: list[PreparedRecord]
     ) -> None:
@@ -240,6 +246,14 @@ class MinHashContamination:
             else:
                 matches.append(None)
         return matches
+
+    def nearest_train(
+        self, scope: TenantScope, conn: sqlite3.Connection, batch: list[PreparedRecord]
+    ) -> list[int | None]:
+        if not batch:
+            return []
+        indexes = self.store.load(conn, scope.index_key(), scope.tenant.id, "train")
+        return [None if b is None else b[0] for b in _best(indexes, self._shingles_of(batch))]
 
     def registry_indexes(self, conn: sqlite3.Connection) -> list[LSHIndex]:
         return self.store.load(conn, self.registry_key, REGISTRY, REGISTRY)

@@ -1,10 +1,20 @@
 """The ingestion gateway: validate, minimise, route, check contamination, store (I5, I10).
 
 Per record: strict schema validation; size limit; duplicate ids within the input; PII
-minimisation by the tenant's policy; routing of labelled records to the eval store by a
-keyed hash of the record id (deterministic, not guessable without the workspace key);
-idempotency on id (a stored id with the same content is a duplicate, with other content
-an error); the contamination check for training-bound records; then sealing and storing.
+minimisation by the tenant's policy; routing of labelled records by content; idempotency on
+id (a stored id with the same content is a duplicate, with other content an error); the
+contamination check for training-bound records; then sealing and storing.
+
+Routing by content keeps every copy of a text on one side, so the contamination check never
+has to throw away the training copies of a text that is also in eval (which made whole
+labels vanish from training when a few texts were repeated many times). A labelled record
+goes to eval by a keyed hash of its normalised text (deterministic, not guessable without
+the workspace key), so ``eval_fraction`` counts distinct texts; a near-duplicate joins the
+side the contamination index already knows for it: eval when an eval record is a near-copy
+(it would otherwise be dropped as contaminated), else train when a stored training record
+is. Every training-bound record is still checked against the eval records (I5). Each ingest
+reports per label what it did, and warns (and audits ``ingest.label_warning``) when a label
+is missing from training (``silolearn.ingest.health``).
 
 Good lines are stored batch by batch, each batch in one transaction with its audit event,
 so a bad line never loses a good one and a crash never loses a committed batch.
@@ -19,19 +29,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 import struct
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from silolearn.errors import IngestAborted, InvalidInput
 from silolearn.ingest.contamination import ContaminationCheck, audit_quarantine_in
+from silolearn.ingest.health import NO_TRAINING, LabelCounts, LabelWarning, label_warnings
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
 from silolearn.ingest.records import Record
 from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope, check_suite
+from silolearn.text import normalise
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -47,13 +60,32 @@ class IngestReport:
     train: int = 0
     eval: int = 0
     duplicates: int = 0
+    """Ids already stored with the same content, and texts already in training under
+    another id (``repeats``)."""
+    repeats: int = 0
+    joined_eval: int = 0
+    """Training-bound records sent to eval because an eval record is a near-copy of them."""
     contaminated: int = 0
     quarantined: int = 0
     redactions: Counter[str] = field(default_factory=Counter)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, LabelCounts] = field(default_factory=dict)
+    unlabelled: LabelCounts = field(default_factory=LabelCounts)
+    warnings: list[LabelWarning] = field(default_factory=list)
 
-    def reject(self, line: int, reason: str) -> None:
+    def of(self, record: Record) -> LabelCounts:
+        """The per-label counts a record's outcome is added to."""
+        if record.label is None:
+            return self.unlabelled
+        counts = self.labels.get(record.label)
+        if counts is None:
+            counts = self.labels[record.label] = LabelCounts()
+        return counts
+
+    def reject(self, line: int, reason: str, record: Record | None = None) -> None:
         self.rejected += 1
+        if record is not None:
+            self.of(record).rejected += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append({"line": line, "reason": reason})
 
@@ -65,11 +97,16 @@ class IngestReport:
             "train": self.train,
             "eval": self.eval,
             "duplicates": self.duplicates,
+            "repeats": self.repeats,
+            "joined_eval": self.joined_eval,
             "contaminated": self.contaminated,
             "quarantined": self.quarantined,
             "redactions": sum(self.redactions.values()),
             "redactions_by_kind": dict(sorted(self.redactions.items())),
             "errors": self.errors,
+            "labels": {k: v.to_dict() for k, v in sorted(self.labels.items())},
+            "unlabelled": self.unlabelled.to_dict(),
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 
@@ -91,9 +128,12 @@ class _Candidate:
     redactions: Counter[str]
 
 
-def route_to_eval(routing_key: bytes, tenant_id: str, record_id: str, fraction: float) -> bool:
-    """Keyed, deterministic choice of the eval store for a labelled record."""
-    digest = hmac.new(routing_key, f"{tenant_id}\x00{record_id}".encode(), hashlib.sha256).digest()
+def route_to_eval(routing_key: bytes, tenant_id: str, text: str, fraction: float) -> bool:
+    """Keyed, deterministic choice of the eval store for a labelled record, by its text
+    (normalised: every copy of a text, whatever its case, punctuation or spacing, and
+    whatever its id, lands on the same side)."""
+    message = f"{tenant_id}\x00{normalise(text)}".encode()
+    digest = hmac.new(routing_key, message, hashlib.sha256).digest()
     position: int = struct.unpack(">Q", digest[:8])[0]
     return position < fraction * 2**64
 
@@ -170,6 +210,7 @@ class Gateway:
                 self._store(run, arrivals, errors_before=errors_before)
                 if progress is not None:
                     progress(len(batch))
+        self._finish(run)
         return run.report
 
     def _screen(self, run: _Run, parsed: ParsedLine) -> _Arrival | None:
@@ -179,9 +220,10 @@ class Gateway:
             report.reject(parsed.line, parsed.error or "invalid record")
             return None
         record = parsed.record
+        report.of(record).arrived += 1
         first = run.seen.get(record.id)
         if first is not None:
-            report.reject(parsed.line, f"duplicate id (first seen on line {first})")
+            report.reject(parsed.line, f"duplicate id (first seen on line {first})", record)
             return None
         run.seen[record.id] = parsed.line
         size = len(record.text.encode())
@@ -189,11 +231,14 @@ class Gateway:
             report.reject(
                 parsed.line,
                 f"text is {size} bytes, over the limit of {self._settings.max_text_bytes}",
+                record,
             )
             return None
         if run.suite is not None and record.label is None:
             report.reject(
-                parsed.line, f"no label: every example of the {run.suite} suite must be labelled"
+                parsed.line,
+                f"no label: every example of the {run.suite} suite must be labelled",
+                record,
             )
             return None
         return _Arrival(
@@ -206,7 +251,9 @@ class Gateway:
         redactions = Counter({str(kind): n for kind, n in minimised.counts.items()})
         if run.minimiser.policy is MinimisationPolicy.REJECT and minimised.total:
             kinds = ", ".join(f"{k} x{n}" for k, n in sorted(redactions.items()))
-            run.report.reject(arrival.line, f"contains personal data ({kinds}); policy is reject")
+            run.report.reject(
+                arrival.line, f"contains personal data ({kinds}); policy is reject", arrival.record
+            )
             return None
         record = arrival.record
         if minimised.text != record.text:
@@ -214,7 +261,7 @@ class Gateway:
         to_eval = run.all_to_eval or (
             record.label is not None
             and route_to_eval(
-                run.routing_key, run.scope.tenant.id, record.id, self._settings.eval_fraction
+                run.routing_key, run.scope.tenant.id, record.text, self._settings.eval_fraction
             )
         )
         prepared = run.scope.prepare(record, rid=arrival.rid, digest=arrival.digest)
@@ -227,7 +274,7 @@ class Gateway:
         return [
             a
             for a in arrivals
-            if _is_new(run, a.line, a.digest, stored.get(a.rid), a.rid in in_suite)
+            if _is_new(run, a.line, a.record, a.digest, stored.get(a.rid), a.rid in in_suite)
         ]
 
     def _store(
@@ -260,6 +307,7 @@ class Gateway:
                     if _is_new(
                         run,
                         c.line,
+                        c.prepared.record,
                         c.prepared.digest,
                         raced.get(c.prepared.rid),
                         c.prepared.rid in in_suite,
@@ -270,17 +318,94 @@ class Gateway:
                         f"--strict: {report.rejected} invalid line(s), nothing stored",
                         errors=report.errors,
                     )
+            if not run.all_to_eval:
+                candidates = self._join_train_side(run, conn, candidates)
             to_eval = [c for c in candidates if c.to_eval]
-            to_train_all = [c for c in candidates if not c.to_eval]
-
-            matches = self._contamination.check_train(
-                scope, conn, [c.prepared for c in to_train_all]
+            self._add_eval(run, conn, to_eval)
+            to_train, joined = self._check_train(
+                run, conn, [c for c in candidates if not c.to_eval]
             )
-            known = scope.train.fingerprints_present(c.prepared.fingerprint for c in to_train_all)
-            to_train: list[_Candidate] = []
-            for c, match in zip(to_train_all, matches, strict=True):
-                if match is not None:
+            scope.train.append_in(conn, [c.prepared for c in to_train])
+            self._contamination.on_train_added(scope, conn, [c.prepared for c in to_train])
+            self._contamination.forget([c.prepared for c in candidates])
+            to_eval += joined
+            accepted = to_train + to_eval
+            for c in accepted:
+                report.redactions.update(c.redactions)
+            for c in to_train:
+                report.of(c.prepared.record).train += 1
+            for c in to_eval:
+                report.of(c.prepared.record).eval += 1
+                if c.prepared.record.label is not None:
+                    run.eval_texts.setdefault(c.prepared.record.label, set()).add(
+                        c.prepared.fingerprint
+                    )
+            report.train += len(to_train)
+            report.eval += len(to_eval)
+            report.joined_eval += len(joined)
+            report.accepted += len(accepted)
+            errors = report.errors[errors_before:]
+            details: dict[str, Any] = {
+                "train": len(to_train),
+                "eval": len(to_eval),
+                "duplicates_or_contaminated": len(candidates) - len(accepted),
+                "joined_eval": len(joined),
+                "rejected_lines": [e["line"] for e in errors][:100],
+                "rejected_reasons": sorted({e["reason"] for e in errors})[:20],
+            }
+            if run.suite is not None:
+                details["suite"] = run.suite
+            scope.audit_in(conn, "ingest.batch", details=details)
+
+    def _join_train_side(
+        self, run: _Run, conn: sqlite3.Connection, candidates: list[_Candidate]
+    ) -> list[_Candidate]:
+        """Records routed to eval whose near-copy is already stored for training go to
+        training with it (``_check_train`` still sends them to eval if an eval record is a
+        near-copy too): a cluster of near-duplicates stays on the side it started on."""
+        routed = [c for c in candidates if c.to_eval]
+        nearest = self._contamination.nearest_train(run.scope, conn, [c.prepared for c in routed])
+        joining = {id(c) for c, seq in zip(routed, nearest, strict=True) if seq is not None}
+        return [replace(c, to_eval=False) if id(c) in joining else c for c in candidates]
+
+    def _add_eval(self, run: _Run, conn: sqlite3.Connection, batch: list[_Candidate]) -> None:
+        """Store and index eval records; stored training records that copy them move to
+        quarantine (the eval record arrived second)."""
+        if not batch:
+            return
+        scope = run.scope
+        prepared = [c.prepared for c in batch]
+        scope.eval.append_in(conn, prepared, suite=run.suite)
+        moved = self._contamination.on_eval_added(scope, conn, prepared)
+        run.report.quarantined += len(moved)
+        run.quarantined_seqs.update(seq for seq, _, _ in moved)
+        audit_quarantine_in(scope, conn, moved, direction="eval_after_train")
+
+    def _check_train(
+        self, run: _Run, conn: sqlite3.Connection, pending: list[_Candidate]
+    ) -> tuple[list[_Candidate], list[_Candidate]]:
+        """The training-bound records that may be stored for training (I5), and those sent
+        to eval instead, as near-copies of eval records that join their cluster.
+
+        Records joining eval are stored (and indexed) at once, and the rest checked again,
+        since a near-copy of a record that just joined eval is a near-copy of eval data.
+        Unlabelled records cannot be eval records: a near-copy of eval data among them is
+        dropped as contaminated, as is a near-copy of a workspace benchmark item.
+        """
+        scope, report = run.scope, run.report
+        joined: list[_Candidate] = []
+        while True:
+            matches = self._contamination.check_train(scope, conn, [c.prepared for c in pending])
+            joining: list[_Candidate] = []
+            staying: list[_Candidate] = []
+            for c, match in zip(pending, matches, strict=True):
+                if match is None:
+                    staying.append(c)
+                elif match.source == "eval" and c.prepared.record.label is not None:
+                    joining.append(replace(c, to_eval=True))
+                else:
                     report.contaminated += 1
+                    report.of(c.prepared.record).contaminated += 1
                     scope.audit_in(
                         conn,
                         "contamination.match",
@@ -292,36 +417,48 @@ class Gateway:
                             "direction": "train_after_eval",
                         },
                     )
-                elif c.prepared.fingerprint in known:
-                    report.duplicates += 1
-                else:
-                    known.add(c.prepared.fingerprint)
-                    to_train.append(c)
+            if not joining:
+                break
+            self._add_eval(run, conn, joining)
+            joined += joining
+            pending = staying
+        known = scope.train.fingerprints_present(c.prepared.fingerprint for c in staying)
+        to_train: list[_Candidate] = []
+        for c in staying:
+            if c.prepared.fingerprint in known:
+                report.duplicates += 1
+                report.repeats += 1
+                report.of(c.prepared.record).repeats += 1
+            else:
+                known.add(c.prepared.fingerprint)
+                to_train.append(c)
+        return to_train, joined
 
-            scope.train.append_in(conn, [c.prepared for c in to_train])
-            scope.eval.append_in(conn, [c.prepared for c in to_eval], suite=run.suite)
-            self._contamination.on_train_added(scope, conn, [c.prepared for c in to_train])
-            moved = self._contamination.on_eval_added(scope, conn, [c.prepared for c in to_eval])
-            self._contamination.forget([c.prepared for c in to_train_all])
-            report.quarantined += len(moved)
-            audit_quarantine_in(scope, conn, moved, direction="eval_after_train")
-            accepted = to_train + to_eval
-            for c in accepted:
-                report.redactions.update(c.redactions)
-            report.train += len(to_train)
-            report.eval += len(to_eval)
-            report.accepted += len(accepted)
-            errors = report.errors[errors_before:]
-            details: dict[str, Any] = {
-                "train": len(to_train),
-                "eval": len(to_eval),
-                "duplicates_or_contaminated": len(candidates) - len(accepted),
-                "rejected_lines": [e["line"] for e in errors][:100],
-                "rejected_reasons": sorted({e["reason"] for e in errors})[:20],
-            }
-            if run.suite is not None:
-                details["suite"] = run.suite
-            scope.audit_in(conn, "ingest.batch", details=details)
+    def _finish(self, run: _Run) -> None:
+        """Attribute quarantined training records to their labels, and warn about labels
+        missing from training (see ``silolearn.ingest.health``), each warning audited."""
+        report, scope = run.report, run.scope
+        if run.quarantined_seqs:
+            for stored in scope.train.quarantined():
+                if stored.seq in run.quarantined_seqs:
+                    report.of(stored.record).quarantined += 1
+        for label, texts in run.eval_texts.items():
+            report.labels[label].eval_texts = len(texts)
+        warnings = label_warnings(
+            {k: v.train for k, v in report.labels.items()},
+            {k: v.eval_texts for k, v in report.labels.items()},
+        )
+        if run.all_to_eval:
+            # registering an eval set adds no training records by design: only a label that
+            # lost training records to it (quarantined copies) is a reason to warn
+            warnings = [w for w in warnings if report.labels[w.label].quarantined]
+        # a label that got no training record from this ingest may have some from before
+        if any(w.kind == NO_TRAINING for w in warnings):
+            stored_labels = Counter(s.record.label for s in scope.train.read())
+            warnings = [w for w in warnings if w.kind != NO_TRAINING or not stored_labels[w.label]]
+        for w in warnings:
+            scope.audit("ingest.label_warning", details=w.audit_details())
+        report.warnings = warnings
 
 
 @dataclass
@@ -337,6 +474,9 @@ class _Run:
     suite: str | None = None
     """The eval suite every record of this run goes to (``None``: the regular stores)."""
     seen: dict[str, int] = field(default_factory=dict)
+    eval_texts: dict[str, set[bytes]] = field(default_factory=dict)
+    """Text fingerprints sent to eval, by label."""
+    quarantined_seqs: set[int] = field(default_factory=set)
 
 
 def _known(run: _Run, rids: list[bytes]) -> tuple[dict[bytes, bytes], set[bytes]]:
@@ -348,7 +488,9 @@ def _known(run: _Run, rids: list[bytes]) -> tuple[dict[bytes, bytes], set[bytes]
     return stored, in_suite
 
 
-def _is_new(run: _Run, line: int, digest: bytes, stored: bytes | None, in_suite: bool) -> bool:
+def _is_new(
+    run: _Run, line: int, record: Record, digest: bytes, stored: bytes | None, in_suite: bool
+) -> bool:
     """Whether a record is to be stored; a stored id is counted as a duplicate (same
     content) or rejected (other content, or, for a suite, stored outside the suite, which
     would silently leave the example out of it)."""
@@ -359,11 +501,13 @@ def _is_new(run: _Run, line: int, digest: bytes, stored: bytes | None, in_suite:
             line,
             f"id already stored outside the {run.suite} suite "
             "(as a training or regular eval record)",
+            record,
         )
     elif stored == digest:
         run.report.duplicates += 1
+        run.report.of(record).duplicates += 1
     else:
-        run.report.reject(line, "id already stored with different content")
+        run.report.reject(line, "id already stored with different content", record)
     return False
 
 

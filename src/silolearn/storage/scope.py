@@ -466,12 +466,17 @@ class _RecordStore:
         limit: int | None,
         suite: str | None = None,
         stored_order: bool = False,
+        status: str | None = None,
     ) -> list[StoredRecord]:
         """The store's active records in time order (``stored_order``: in the order they
-        were stored) or, with ``suite``, the records of that eval suite in insertion order."""
+        were stored) or, with ``suite``, the records of that eval suite, or with ``status``,
+        the train records of that status, in insertion order."""
         scope = self._scope
         params: list[Any] = [scope.tenant.id]
-        if suite is None:
+        if status is not None:
+            where, order = " AND status = ?", "seq"
+            params.append(status)
+        elif suite is None:
             where, order = self._active_clause(), "seq" if stored_order else "ts, seq"
         else:
             where, order = " AND suite = ?", "seq"
@@ -500,6 +505,8 @@ class _RecordStore:
         }
         if suite is not None:
             details["suite"] = suite
+        if status is not None:
+            details["status"] = status
         scope.audit("data.read", obj=f"{self.kind}_store", details=details)
         return out
 
@@ -520,6 +527,12 @@ class TrainStore(_RecordStore):
         """Active training records in time order, optionally up to a cutoff timestamp."""
         self._scope.require(Capability.TRAIN_READ, what="train store read")
         return self._read(until=until, limit=limit)
+
+    def quarantined(self) -> list[StoredRecord]:
+        """Training records moved out of training as copies of eval records, in stored
+        order: for per-label accounting (training itself never reads them)."""
+        self._scope.require(Capability.TRAIN_READ, what="train store quarantine read")
+        return self._read(until=None, limit=None, status="quarantined")
 
     def quarantine_in(self, conn: sqlite3.Connection, seqs: list[int]) -> list[int]:
         """Move these train records of this tenant out of training (near-copies of eval
