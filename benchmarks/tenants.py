@@ -1,0 +1,561 @@
+"""Tenant zoo: how well silolearn learns, with default settings, on tenants it was never
+tuned for, against two yardsticks on the same split, and what a round costs against the
+yardstick's pipeline.
+
+Tenants: ``silolearn.datasets.ZOO``, real labelled datasets read from installed packages,
+the demo's four and five that are hard in other ways (repeated short texts, 51 labels of a
+few symbols, tabular facts with an 88/12 imbalance, tabular facts with little signal,
+speakers of short statements). Each is cut to ``--max-records`` (a seeded sample kept in
+time order), then split 80/20 by a seeded hash of the normalised text, so that every copy
+of a text is on one side. The held-out 20% is never ingested.
+
+What runs for each tenant (one process; torch, numpy and the tokenizer on one thread; the
+round's workers are separate processes, also on one thread):
+
+* **yardsticks**, in process, trained on the 80% and scored on the held-out 20%:
+  TF-IDF (word 1-2-grams and character 2-4-grams, sublinear) + ``LogisticRegressionCV``;
+  and ``SentenceTransformer(all-MiniLM-L6-v2).encode`` (the installed model files, 128
+  tokens, batches of 64) + ``LogisticRegressionCV`` (scikit-learn's defaults: 10 values of
+  C, 5 folds). The MiniLM pipeline's time, encoding the training texts plus the fit, is the
+  yardstick time of the ratios.
+* **silolearn**, the path of ``silolearn train`` and ``silolearn predict``: a fresh
+  workspace (``Workspace.init``, then ``Workspace.open`` as the CLI does), the tenant
+  created, the 80% ingested through the gateway, ``ws.tenant(t).train()`` with default
+  settings, then ``ws.tenant(t).predict(held_out_texts)``. Reported: what the gateway did,
+  whether the first version was promoted, the gate figures from the version's decision
+  (the membership attack's AUC and the upper end of its interval; the top canary's
+  exposure against the top never-inserted control's), remediation attempts when the round
+  reports them, and the round's time with and without its gate step
+  (``RoundResult.timings``: total, and total less ``evaluate``).
+* ``--stream``: the same 80% on a second tenant in three time-ordered chunks, a round after
+  each, the held-out 20% predicted after each round.
+* ``--lora``: a first round with ``--adapter lora`` on a third tenant (slow).
+
+Nothing here sets a learner or gate setting: every round runs on the workspace's defaults.
+The train/eval routing inside the gateway is keyed by each fresh workspace's secret, so the
+figures move a little between runs. Quick run: ``.venv/bin/python benchmarks/tenants.py
+--tenants debates,mortgages --max-records 400``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from _common import Table, fmt_float, fmt_int, fmt_ratio, limit_threads, machine, render
+
+# isort: split
+# _common pins the thread pools of numpy's BLAS: it must be imported first.
+import numpy as np
+import torch
+
+from silolearn import datasets
+from silolearn.errors import SiloError
+from silolearn.learning.adapters import deterministic_torch
+from silolearn.learning.encoder import default_model_dir
+from silolearn.pipeline import RoundResult
+from silolearn.text import normalise
+from silolearn.workspace import Workspace
+
+Row = dict[str, Any]
+HELD_OUT = 0.2
+STREAM_CHUNKS = 3
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def split(rows: list[Row], seed: int) -> tuple[list[Row], list[Row]]:
+    """80/20 by a seeded hash of the normalised text: copies of a text share a side. A text
+    that normalises to nothing (a string of symbols) is keyed by itself."""
+    train, held = [], []
+    for row in rows:
+        key = normalise(row["text"]) or row["text"]
+        digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+        side = held if int.from_bytes(digest[:8], "big") < HELD_OUT * 2**64 else train
+        side.append(row)
+    return train, held
+
+
+def scores(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+    }
+
+
+# ----------------------------------------------------------------------------- yardsticks
+
+
+def logistic_cv() -> Any:
+    from sklearn.linear_model import LogisticRegressionCV
+
+    return LogisticRegressionCV(max_iter=1000)
+
+
+def fit_quietly(model: Any, x: Any, y: list[str]) -> Any:
+    """Fit; scikit-learn warns when a label has fewer records than folds, which some zoo
+    tenants have by design."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit(x, y)
+
+
+def tfidf_yardstick(train: list[Row], held: list[Row]) -> dict[str, Any]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline, make_union
+
+    start = time.perf_counter()
+    pipeline = make_pipeline(
+        make_union(
+            TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)),
+            TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 4)),
+        ),
+        logistic_cv(),
+    )
+    fit_quietly(pipeline, [r["text"] for r in train], [str(r["label"]) for r in train])
+    seconds = time.perf_counter() - start
+    predicted = list(pipeline.predict([r["text"] for r in held]))
+    return {"seconds": seconds, **scores([str(r["label"]) for r in held], predicted)}
+
+
+def minilm_yardstick(model: Any, train: list[Row], held: list[Row]) -> dict[str, Any]:
+    """Encoding the training texts plus the fit is the yardstick pipeline's time."""
+    start = time.perf_counter()
+    x_train = model.encode([r["text"] for r in train], batch_size=64)
+    encode_seconds = time.perf_counter() - start
+    classifier = fit_quietly(logistic_cv(), x_train, [str(r["label"]) for r in train])
+    seconds = time.perf_counter() - start
+    predicted = list(classifier.predict(model.encode([r["text"] for r in held], batch_size=64)))
+    return {
+        "seconds": seconds,
+        "encode_seconds": encode_seconds,
+        "fit_seconds": seconds - encode_seconds,
+        **scores([str(r["label"]) for r in held], predicted),
+    }
+
+
+# ----------------------------------------------------------------------------- silolearn
+
+
+def open_workspace(path: Path) -> Workspace:
+    """A fresh workspace, opened as every CLI command opens it."""
+    Workspace.init(path, actor="bench").close()
+    return Workspace.open(path, actor="bench")
+
+
+def gate_metrics(decision: dict[str, Any], gate: str) -> dict[str, Any]:
+    for verdict in decision.get("gates", []):
+        if verdict.get("gate") == gate:
+            return dict(verdict.get("metrics") or {})
+    return {}
+
+
+def round_summary(result: RoundResult) -> dict[str, Any]:
+    """What one round did, read from its RoundResult."""
+    raw = result.to_dict()
+    decision = result.decision or {}
+    membership = gate_metrics(decision, "membership")
+    canary = gate_metrics(decision, "canary")
+    timings = dict(result.timings)
+    total = float(timings.get("total", 0.0))
+    gates = float(timings.get("evaluate", 0.0))
+    attempts = raw.get("attempts")
+    return {
+        "status": result.status,
+        "version": result.version,
+        "reason": decision.get("reason") or (result.error or {}).get("message"),
+        "severity": decision.get("severity"),
+        "failed_gates": decision.get("failed", []),
+        "eval_records": result.metrics.get("eval_records"),
+        "eval_accuracy": result.metrics.get("accuracy"),
+        "eval_macro_f1": result.metrics.get("macro_f1"),
+        "trained_records": result.lineage.get("records"),
+        "trained_labels": result.lineage.get("labels"),
+        "membership_auc": membership.get("auc"),
+        "membership_auc_upper": membership.get("auc_upper"),
+        "canary_max_exposure": canary.get("max_exposure"),
+        "control_max_exposure": canary.get("max_control_exposure"),
+        "attempts": attempts,
+        "timings": timings,
+        "seconds": total,
+        "seconds_without_gates": total - gates,
+    }
+
+
+def train_round(ws: Workspace, tenant: str, kind: str | None = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        result = ws.tenant(tenant).train(kind=kind)
+    except SiloError as exc:  # e.g. a quarantined tenant: the round is refused
+        return {
+            "status": "refused",
+            "reason": str(exc),
+            "wall_seconds": time.perf_counter() - start,
+        }
+    return {**round_summary(result), "wall_seconds": time.perf_counter() - start}
+
+
+def predict_held_out(ws: Workspace, tenant: str, held: list[Row]) -> dict[str, Any]:
+    """The held-out texts through ``ws.tenant(t).predict``, the path of ``silolearn predict``;
+    no active version means no model, scored as such."""
+    start = time.perf_counter()
+    try:
+        predictions = ws.tenant(tenant).predict([r["text"] for r in held])
+    except SiloError as exc:
+        return {"model": False, "reason": str(exc), "accuracy": None, "macro_f1": None}
+    seconds = time.perf_counter() - start
+    predicted = [p.label for p in predictions]
+    return {
+        "model": True,
+        "version": predictions[0].version if predictions else None,
+        "seconds": seconds,
+        **scores([str(r["label"]) for r in held], predicted),
+    }
+
+
+def ingest(ws: Workspace, tenant: str, rows: list[Row]) -> dict[str, Any]:
+    start = time.perf_counter()
+    report = ws.tenant(tenant).ingest(rows).to_dict()
+    report.pop("errors", None)
+    return {"seconds": time.perf_counter() - start, **report}
+
+
+def first_round(
+    ws: Workspace, tenant: str, train: list[Row], held: list[Row], kind: str | None = None
+) -> dict[str, Any]:
+    ws.create_tenant(tenant)
+    ingested = ingest(ws, tenant, train)
+    summary = train_round(ws, tenant, kind)
+    return {"ingest": ingested, "round": summary, "held_out": predict_held_out(ws, tenant, held)}
+
+
+def stream(ws: Workspace, tenant: str, train: list[Row], held: list[Row]) -> list[dict[str, Any]]:
+    """The training records in three time-ordered chunks, a round after each."""
+    ws.create_tenant(tenant)
+    ordered = sorted(train, key=lambda r: (r["timestamp"], r["id"]))
+    bounds = np.linspace(0, len(ordered), STREAM_CHUNKS + 1).astype(int)
+    rounds = []
+    for i in range(STREAM_CHUNKS):
+        chunk = ordered[bounds[i] : bounds[i + 1]]
+        ingested = ingest(ws, tenant, chunk)
+        summary = train_round(ws, tenant)
+        held_out = predict_held_out(ws, tenant, held)
+        rounds.append({"chunk": i + 1, "ingest": ingested, "round": summary, "held_out": held_out})
+    return rounds
+
+
+# ----------------------------------------------------------------------------- one tenant
+
+
+def run_tenant(name: str, args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    rows = datasets.sample(datasets.ZOO[name](), args.max_records, seed=args.seed)
+    train, held = split(rows, args.seed)
+    truth = [str(r["label"]) for r in held]
+    majority = Counter(str(r["label"]) for r in train).most_common(1)[0][0]
+    result: dict[str, Any] = {
+        "tenant": name,
+        "records": len(rows),
+        "labels": len({str(r["label"]) for r in rows}),
+        "train_records": len(train),
+        "held_out_records": len(held),
+        "held_out_labels": sorted(set(truth)),
+        "distinct_texts": len({normalise(r["text"]) or r["text"] for r in rows}),
+        "majority": scores(truth, [majority] * len(held)),
+    }
+    print(f"{name}: {len(rows)} records, {result['labels']} labels", file=sys.stderr)
+    result["tfidf"] = tfidf_yardstick(train, held)
+    result["minilm"] = minilm_yardstick(model, train, held)
+    with tempfile.TemporaryDirectory(prefix="silolearn-bench-tenants-") as tmp:
+        ws = open_workspace(Path(tmp) / "ws")
+        try:
+            result["head"] = first_round(ws, name, train, held)
+            if args.stream:
+                result["stream"] = stream(ws, f"{name}-stream", train, held)
+            if args.lora:
+                result["lora"] = first_round(ws, f"{name}-lora", train, held, kind="lora")
+        finally:
+            ws.close()
+    return result
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def score(value: float | None) -> str:
+    return "-" if value is None else fmt_float(value, 3)
+
+
+def bits(value: float | None) -> str:
+    return "-" if value is None else fmt_float(value, 1)
+
+
+def outcome(summary: dict[str, Any]) -> str:
+    status = summary["status"]
+    if summary.get("version") is not None:
+        status = f"v{summary['version']} {status}"
+    failed = summary.get("failed_gates") or []
+    if failed:
+        status += f" ({', '.join(failed)}, {summary.get('severity')})"
+    return status
+
+
+def attempts_cell(summary: dict[str, Any]) -> str:
+    attempts = summary.get("attempts")
+    if attempts is None:
+        return "-"
+    return str(len(attempts))
+
+
+def tables_for(results: list[dict[str, Any]], *, lora: bool, streamed: bool) -> list[Table]:
+    quality = Table(
+        "held-out accuracy / macro-F1 (20% by text hash, never ingested)",
+        ["tenant", "records", "labels", "majority", "TF-IDF + LR", "MiniLM + LR", "silolearn head"]
+        + (["silolearn LoRA"] if lora else [])
+        + (["head, stream of 3"] if streamed else [])
+        + ["head - best yardstick"],
+        note=(
+            "Each cell: accuracy / macro-F1. LR: LogisticRegressionCV (10 C values, 5 folds). "
+            'A tenant with no active version after the round scores "no model". The last '
+            "column is the head's accuracy and macro-F1 less the better yardstick's."
+        ),
+    )
+    gates = Table(
+        "first round: gateway, gates and outcome",
+        [
+            "tenant",
+            "ingested (train / eval / dup / contaminated)",
+            "trained records",
+            "labels trained / in held-out",
+            "eval records",
+            "membership AUC (upper)",
+            "canary top vs control top, bits",
+            "attempts",
+            "outcome",
+        ],
+    )
+    cost = Table(
+        "first round's time against the yardstick pipeline, seconds",
+        [
+            "tenant",
+            "ST encode + LRCV",
+            "round without gates",
+            "x yardstick",
+            "round with gates",
+            "x yardstick",
+            "embed",
+            "train",
+            "gates",
+        ],
+        note=(
+            "ST encode + LRCV: sentence-transformers encoding the training texts plus "
+            "LogisticRegressionCV's fit, in process. Round: RoundResult.timings total (to "
+            "worker start, load, read, embed, train, gate step, registering), without gates: "
+            "less the gate step (evaluate). embed/train: the training worker's own timings."
+        ),
+    )
+    stream_table = Table(
+        "stream: three time-ordered chunks, a round after each",
+        ["tenant", "round 1", "round 2", "round 3", "held-out after each round"],
+        note="Each round cell: outcome, and seconds with gates.",
+    )
+
+    def pair(held_out: dict[str, Any]) -> str:
+        if not held_out.get("model"):
+            return "no model"
+        return f"{score(held_out['accuracy'])} / {score(held_out['macro_f1'])}"
+
+    for r in results:
+        head = r["head"]
+        summary = head["round"]
+        held_out = head["held_out"]
+        best_accuracy = max(r["tfidf"]["accuracy"], r["minilm"]["accuracy"])
+        best_f1 = max(r["tfidf"]["macro_f1"], r["minilm"]["macro_f1"])
+        if held_out.get("model"):
+            gap = (
+                f"{held_out['accuracy'] - best_accuracy:+.3f} / "
+                f"{held_out['macro_f1'] - best_f1:+.3f}"
+            )
+        else:
+            gap = "-"
+        cells = [
+            r["tenant"],
+            fmt_int(r["records"]),
+            str(r["labels"]),
+            pair({"model": True, **r["majority"]}),
+            pair({"model": True, **r["tfidf"]}),
+            pair({"model": True, **r["minilm"]}),
+            pair(held_out),
+        ]
+        if lora:
+            cells.append(pair(r["lora"]["held_out"]) if "lora" in r else "-")
+        if streamed:
+            cells.append(pair(r["stream"][-1]["held_out"]) if "stream" in r else "-")
+        quality.add(*cells, gap)
+
+        ingested = head["ingest"]
+        held_labels = set(r["held_out_labels"])
+        trained_labels = set(summary.get("trained_labels") or [])
+        gates.add(
+            r["tenant"],
+            f"{ingested['train']} / {ingested['eval']} / {ingested['duplicates']} / "
+            f"{ingested['contaminated']}",
+            str(summary.get("trained_records", "-")),
+            f"{len(trained_labels)} / {len(held_labels)} "
+            f"({len(held_labels - trained_labels)} unknown)",
+            str(summary.get("eval_records", "-")),
+            (
+                f"{score(summary.get('membership_auc'))} "
+                f"({score(summary.get('membership_auc_upper'))})"
+            ),
+            f"{bits(summary.get('canary_max_exposure'))} vs "
+            f"{bits(summary.get('control_max_exposure'))}",
+            attempts_cell(summary),
+            outcome(summary),
+        )
+
+        yardstick = r["minilm"]["seconds"]
+        timings = summary.get("timings") or {}
+        if "seconds" in summary:
+            cost.add(
+                r["tenant"],
+                fmt_float(yardstick, 1),
+                fmt_float(summary["seconds_without_gates"], 1),
+                fmt_ratio(summary["seconds_without_gates"] / yardstick),
+                fmt_float(summary["seconds"], 1),
+                fmt_ratio(summary["seconds"] / yardstick),
+                fmt_float(timings.get("embed", 0.0), 1),
+                fmt_float(timings.get("train", 0.0), 1),
+                fmt_float(timings.get("evaluate", 0.0), 1),
+            )
+
+        if streamed and "stream" in r:
+            stream_table.add(
+                r["tenant"],
+                *(
+                    f"{outcome(s['round'])}, {fmt_float(s['round'].get('seconds', 0.0), 1)} s"
+                    for s in r["stream"]
+                ),
+                " → ".join(pair(s["held_out"]) for s in r["stream"]),
+            )
+    tables = [quality, gates, cost]
+    if streamed:
+        tables.append(stream_table)
+    return tables
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tenants",
+        default=",".join(datasets.ZOO),
+        help=f"comma-separated zoo tenants (default: all of {', '.join(datasets.ZOO)})",
+    )
+    parser.add_argument(
+        "--max-records", type=int, default=1000, help="records per tenant (a seeded sample)"
+    )
+    parser.add_argument("--stream", action="store_true", help="also a three-round stream")
+    parser.add_argument("--lora", action="store_true", help="also a LoRA first round (slow)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the split")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results to PATH")
+    args = parser.parse_args()
+    unknown = [t for t in args.tenants.split(",") if t not in datasets.ZOO]
+    if unknown:
+        parser.error(
+            f"unknown tenants {', '.join(unknown)}: choose among {', '.join(datasets.ZOO)}"
+        )
+    return args
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for package in ("torch", "transformers", "sentence-transformers", "scikit-learn"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
+
+
+def commit() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{head}{' + uncommitted changes' if dirty else ''}"
+
+
+def main() -> None:
+    args = parse_args()
+    began = time.perf_counter()
+    # before transformers and huggingface_hub are imported: nothing is downloaded
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    limit_threads()
+    deterministic_torch()  # as in the workers: one thread, deterministic kernels
+
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    model = SentenceTransformer(str(default_model_dir()), device="cpu")
+    model.max_seq_length = 128
+    model.encode(["warm-up"] * 8)
+
+    payload: dict[str, Any] = {
+        "benchmark": "tenants",
+        "command": "python " + shlex.join(["benchmarks/tenants.py", *sys.argv[1:]]),
+        "commit": commit(),
+        "machine": {**machine(), "torch_threads": torch.get_num_threads(), **versions()},
+        "max_records": args.max_records,
+        "tenants": [],
+    }
+    for name in args.tenants.split(","):
+        payload["tenants"].append(run_tenant(name, args, model))
+        if args.json:  # written as it goes: a long run still leaves what it measured
+            Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    payload["seconds"] = time.perf_counter() - began
+
+    print(f"Command: `{payload['command']}` at commit {payload['commit']}\n")
+    info = payload["machine"]
+    print(
+        f"Machine: {info['cpus']} CPUs ({info['processor']}), Python {info['python']}, "
+        f"torch {info.get('torch')} on {info['torch_threads']} thread, sentence-transformers "
+        f"{info.get('sentence-transformers')}, scikit-learn {info.get('scikit-learn')}; "
+        f"whole run {payload['seconds']:.0f} s.\n"
+    )
+    render(tables_for(payload["tenants"], lora=args.lora, streamed=args.stream), markdown=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
