@@ -706,7 +706,12 @@ def eval_register(
             if suite is not None:
                 details["suite"] = suite
             ws.audit.append("benchmark.register", tenant=tenant, obj=name, details=details)
-    emit(as_json, result, lambda: out.print(f"registered eval set {name}: {result}"))
+
+    def human() -> None:
+        out.print(f"registered eval set {name}: {result}")
+        _print_label_warnings(result.get("warnings", []))
+
+    emit(as_json, result, human)
 
 
 @eval_app.command("list")

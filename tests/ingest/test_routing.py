@@ -217,7 +217,9 @@ def test_label_with_eval_records_but_no_training_records_warns_and_is_audited(
     assert quarantined.returncode == 0, quarantined.stderr
 
 
-def test_eval_registration_warns_only_for_labels_it_took_out_of_training(ws: Workspace) -> None:
+def test_eval_registration_warns_only_for_labels_it_took_out_of_training(
+    ws: Workspace, tmp_path: Path
+) -> None:
     ws.create_tenant("clinic")
     rows = sample(bbc_news(), 40, seed=6)
     texts = [str(r["text"]) for r in rows if not _routed(ws, "clinic", str(r["text"]))][:4]
@@ -230,16 +232,48 @@ def test_eval_registration_warns_only_for_labels_it_took_out_of_training(ws: Wor
         "clinic", [record("e-new", "an unrelated new example", "c")], all_to_eval=True
     )
     assert fresh.warnings == []
-    # registering copies of every training record of label "a" takes it out of training
-    report = gateway.ingest(
-        "clinic", [record(f"e{i}", texts[i], label="a") for i in range(2)], all_to_eval=True
+    # a registration that leaves a label some training records quarantines without warning
+    one = write_jsonl(tmp_path / "one.jsonl", [record("e2", texts[2], label="b")])
+    registered = run_cli(
+        "eval",
+        "register",
+        str(one),
+        "--name",
+        "one",
+        "--tenant",
+        "clinic",
+        "--workspace",
+        str(ws.path),
+        "--json",
     )
-    assert report.quarantined == 2 and report.labels["a"].quarantined == 2
-    assert [(w.label, w.kind) for w in report.warnings] == [("a", NO_TRAINING)]
+    assert registered.returncode == 0, registered.stderr
+    report = json.loads(registered.stdout)
+    assert report["quarantined"] == 1 and report["labels"]["b"]["quarantined"] == 1
+    assert report["warnings"] == []
+    # copies of every training record of label "a" take it out of training: a warning
+    copies = write_jsonl(
+        tmp_path / "copies.jsonl", [record(f"e{i}", texts[i], label="a") for i in range(2)]
+    )
+    human = run_cli(
+        "eval",
+        "register",
+        str(copies),
+        "--name",
+        "copies",
+        "--tenant",
+        "clinic",
+        "--workspace",
+        str(ws.path),
+    )
+    assert human.returncode == 0, human.stderr
+    assert "warning (no_training_records)" in human.stderr and "'a'" in human.stderr
+    [event] = ws.audit.events(tenant="clinic", action="ingest.label_warning")
+    assert event.details["label"] == "a" and event.details["train"] == 0
     view = json.loads(
         run_cli("tenant", "health", "clinic", "--workspace", str(ws.path), "--json").stdout
     )
     assert view["labels"]["a"]["quarantined"] == 2 and view["labels"]["a"]["train"] == 0
+    assert view["labels"]["b"]["quarantined"] == 1 and view["labels"]["b"]["train"] == 1
     assert {w["label"] for w in view["warnings"]} == {"a", "c"}
 
 
