@@ -813,9 +813,13 @@ def _round_table(results: list[Any]) -> Table:
         privacy = r.lineage.get("privacy") or {}
         if privacy.get("mode") == "dp":
             charge = privacy.get("charge") or {}
-            after, before = charge.get("epsilon_after", 0.0), charge.get("epsilon_before", 0.0)
+            spent_before = charge.get("epsilon_before", 0.0)
+            spent_after = charge.get("epsilon_after", 0.0)
             target = (privacy.get("plan") or {}).get("target_epsilon", 0.0)
-            data = f"{r.lineage.get('records', 0)} DP ε{target:g}: {before:.2f} → {after:.2f}"
+            data = (
+                f"{r.lineage.get('records', 0)} DP ε{target:g}: "
+                f"{spent_before:.2f} → {spent_after:.2f}"
+            )
         else:
             data = f"{r.lineage.get('new_records', 0)}+{r.lineage.get('replay_records', 0)}"
         rows.append(
