@@ -27,7 +27,7 @@ import numpy.typing as npt
 from silolearn.audit.log import utcnow
 from silolearn.config import ContaminationConfig
 from silolearn.errors import ConfigError
-from silolearn.ingest.minhash import LSHIndex, MinHashConfig, shingle_hashes_many
+from silolearn.ingest.minhash import LSHIndex, MinHashConfig, MinHasher, shingle_hashes_many
 from silolearn.security.envelope import DataKey
 from silolearn.storage.scope import PreparedRecord, TenantScope
 
@@ -70,6 +70,16 @@ class ContaminationCheck(Protocol):
         """For each training-bound record, the eval record it copies, or None."""
         ...
 
+    def check_against(
+        self,
+        scope: TenantScope,
+        conn: sqlite3.Connection,
+        batch: list[PreparedRecord],
+        evals: list[PreparedRecord],
+    ) -> list[Match | None]:
+        """``check_train`` against only these just-stored eval records."""
+        ...
+
     def nearest_train(
         self, scope: TenantScope, conn: sqlite3.Connection, batch: list[PreparedRecord]
     ) -> list[int | None]:
@@ -104,6 +114,8 @@ class SegmentStore:
 
     def __init__(self, config: MinHashConfig) -> None:
         self.config = config
+        self.hasher = MinHasher(config)
+        """Signatures for queries: computed once per batch for all of an owner's segments."""
         self._cache: dict[tuple[str, str], tuple[int, list[LSHIndex]]] = {}
         self.segments_loaded = 0
 
@@ -196,11 +208,17 @@ class SegmentStore:
         return {str(side): {"segments": int(n), "entries": int(e)} for side, n, e in rows}
 
 
-def _best(indexes: list[LSHIndex], shingles: Sequence[Shingles]) -> list[tuple[int, float] | None]:
+def _best(
+    hasher: MinHasher, indexes: list[LSHIndex], shingles: Sequence[Shingles]
+) -> list[tuple[int, float] | None]:
     """For each shingle set, the indexed key with the highest exact Jaccard >= threshold."""
     best: list[tuple[int, float] | None] = [None] * len(shingles)
+    if not indexes or not shingles:
+        return best
+    # signatures once for every segment, rather than once per segment queried
+    signatures = hasher.signatures(shingles)
     for index in indexes:
-        for i, candidates in enumerate(index.query_many(list(shingles))):
+        for i, candidates in enumerate(index.query_many(list(shingles), signatures=signatures)):
             current = best[i]
             if candidates and (current is None or candidates[0].jaccard > current[1]):
                 best[i] = (candidates[0].key, candidates[0].jaccard)
@@ -235,8 +253,10 @@ class MinHashContamination:
             return []
         key = scope.index_key()
         shingles = self._shingles_of(batch)
-        eval_best = _best(self.store.load(conn, key, scope.tenant.id, "eval"), shingles)
-        registry_best = _best(self.registry_indexes(conn), shingles)
+        eval_best = _best(
+            self.store.hasher, self.store.load(conn, key, scope.tenant.id, "eval"), shingles
+        )
+        registry_best = _best(self.store.hasher, self.registry_indexes(conn), shingles)
         matches: list[Match | None] = []
         for p, own, shared in zip(batch, eval_best, registry_best, strict=True):
             if own is not None and (shared is None or own[1] >= shared[1]):
@@ -247,13 +267,37 @@ class MinHashContamination:
                 matches.append(None)
         return matches
 
+    def check_against(
+        self,
+        scope: TenantScope,
+        conn: sqlite3.Connection,
+        batch: list[PreparedRecord],
+        evals: list[PreparedRecord],
+    ) -> list[Match | None]:
+        # a batch already checked against the whole index needs only the new records: an
+        # in-memory index of a few records instead of another pass over every segment
+        if not batch or not evals:
+            return [None] * len(batch)
+        seqs = scope.seqs_of(conn, "eval_records", [p.rid for p in evals])
+        index = LSHIndex(self.store.config)
+        index.add([seqs[p.rid] for p in evals], self._shingles_of(evals))
+        return [
+            None if b is None else Match(p.record.id, b[0], b[1], "eval")
+            for p, b in zip(
+                batch, _best(self.store.hasher, [index], self._shingles_of(batch)), strict=True
+            )
+        ]
+
     def nearest_train(
         self, scope: TenantScope, conn: sqlite3.Connection, batch: list[PreparedRecord]
     ) -> list[int | None]:
         if not batch:
             return []
         indexes = self.store.load(conn, scope.index_key(), scope.tenant.id, "train")
-        return [None if b is None else b[0] for b in _best(indexes, self._shingles_of(batch))]
+        return [
+            None if b is None else b[0]
+            for b in _best(self.store.hasher, indexes, self._shingles_of(batch))
+        ]
 
     def registry_indexes(self, conn: sqlite3.Connection) -> list[LSHIndex]:
         return self.store.load(conn, self.registry_key, REGISTRY, REGISTRY)
@@ -285,9 +329,10 @@ class MinHashContamination:
     ) -> list[tuple[int, int, float]]:
         """Quarantine the tenant's stored train records that copy any of these eval texts."""
         hits: dict[int, tuple[int, float]] = {}
+        signatures = self.store.hasher.signatures(shingles) if shingles else None
         for index in self.store.load(conn, key, scope.tenant.id, "train"):
             for eval_key, candidates in zip(
-                eval_keys, index.query_many(list(shingles)), strict=True
+                eval_keys, index.query_many(list(shingles), signatures=signatures), strict=True
             ):
                 for c in candidates:
                     if c.key not in hits or c.jaccard > hits[c.key][1]:

@@ -387,15 +387,16 @@ class Gateway:
         """The training-bound records that may be stored for training (I5), and those sent
         to eval instead, as near-copies of eval records that join their cluster.
 
-        Records joining eval are stored (and indexed) at once, and the rest checked again,
-        since a near-copy of a record that just joined eval is a near-copy of eval data.
+        Records joining eval are stored (and indexed) at once, and the rest checked again
+        against them, since a near-copy of a record that just joined eval is a near-copy of
+        eval data.
         Unlabelled records cannot be eval records: a near-copy of eval data among them is
         dropped as contaminated, as is a near-copy of a workspace benchmark item.
         """
         scope, report = run.scope, run.report
         joined: list[_Candidate] = []
+        matches = self._contamination.check_train(scope, conn, [c.prepared for c in pending])
         while True:
-            matches = self._contamination.check_train(scope, conn, [c.prepared for c in pending])
             joining: list[_Candidate] = []
             staying: list[_Candidate] = []
             for c, match in zip(pending, matches, strict=True):
@@ -422,6 +423,9 @@ class Gateway:
             self._add_eval(run, conn, joining)
             joined += joining
             pending = staying
+            matches = self._contamination.check_against(
+                scope, conn, [c.prepared for c in pending], [c.prepared for c in joining]
+            )
         known = scope.train.fingerprints_present(c.prepared.fingerprint for c in staying)
         to_train: list[_Candidate] = []
         for c in staying:
