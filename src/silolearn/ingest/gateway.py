@@ -389,8 +389,7 @@ class Gateway:
 
         Records joining eval are stored (and indexed) at once, and the rest checked again
         against them, since a near-copy of a record that just joined eval is a near-copy of
-        eval data.
-        Unlabelled records cannot be eval records: a near-copy of eval data among them is
+        eval data. Unlabelled records cannot be eval records: a near-copy of eval data among them is
         dropped as contaminated, as is a near-copy of a workspace benchmark item.
         """
         scope, report = run.scope, run.report
