@@ -157,16 +157,16 @@ class GatePolicy(_Section):
     canary_copies: int = Field(default=1, ge=1, le=1000)
     canary_alternatives: int = Field(default=256, ge=20, le=100_000)
     """Same-template alternatives sampled to estimate each canary's rank."""
-    canary_max_exposure: float = Field(default=32.0, ge=0.0)
-    """Reject (SEV1: a canary can be extracted) when a canary's exposure is above this many
-    bits (of 72): its confidence is beyond all but 2^-bound of the same-template sequences,
-    so an attacker who knows the template and enumerates in the model's order finds it
-    within about 2^(72 - bound) guesses; at 32 bits that is 2^40, about 10^12 queries,
-    which a determined attacker can afford. Measured on the logit-scaled confidence with 8
-    canaries: normal runs at most 7.5 bits on 3-class movie snippets, 13 on 16-class health
-    tweets and 12-18 on ~170 news articles of many outlets (memorisation a small tenant
-    should meet with regularisation or DP, recorded with every verdict, but not an
-    extraction); the demo's leak drill (32 canaries inserted 20 times) 70-72."""
+    canary_max_exposure: float = Field(default=24.0, ge=0.0)
+    """The extraction bound, in bits of exposure (of 72). At exposure e a canary ranks about
+    2^(72 - e) among the same-template sequences scored with its label, so an attacker who
+    knows the template and the label and enumerates sequences in the model's order finds it
+    within about that many guesses. The gate rejects when the inserted canaries are shown
+    more exposed than never-inserted controls of the same labels (memorised) and the top one
+    is above this bound: at 24 bits that is found within 2^48 (about 3 x 10^14) guesses,
+    some 900 years of queries at 10^4 per second, or 9 years of scoring the weights offline
+    at 10^6 per second. Measured with 8 canaries (docs/gates.md): normal heads' top canary
+    3-18 bits, the demo's leak drill 27-72."""
     audit_canaries: int = Field(default=200, ge=0, le=100_000)
     """One-run privacy audit canaries in each DP run, each included with probability 1/2."""
     audit_guess_fraction: float = Field(default=0.25, gt=0.0, le=0.5)

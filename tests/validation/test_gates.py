@@ -12,9 +12,9 @@ train/test gap (loss-attack AUC about 0.56-0.66 whatever the regularisation, mea
 registered as eval data, so that about 430 non-members keep the intervals narrow (about
 +-0.03): the normal candidate's upper bound then stays near 0.70 or below. The leaky
 candidate is the demo's leak drill (500 epochs of a 1,024-unit MLP head, no weight decay,
-32 canaries inserted 40 times each). The tenant's canary bound is 20 bits, as in the demo:
+32 canaries inserted 40 times each). The canary gate keeps its default bound (24 bits):
 normal runs' top canary stayed at 3-7.5 bits and never-inserted controls reached 8.7, while
-the drill's top canary reached 27-72 (the default bound of 32 let one drill at 26.9 pass).
+the drill's top canary reached 27-72 (the earlier default of 32 let one drill at 26.9 pass).
 The tenant declares ``audience = "mixed"``, so that its leak is a SEV1 and quarantines it;
 for the re-audit it declares ``own``, and the version failing membership is a SEV2 (rolled
 back, not quarantined). The figures of each run are printed (-s).
@@ -50,7 +50,6 @@ POLICY = """
 audience = "{audience}"
 membership_auc_upper = {bound}
 membership_min_nonmembers = 50
-canary_max_exposure = 20
 """
 
 
