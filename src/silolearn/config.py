@@ -52,7 +52,21 @@ class TrainingConfig(_Section):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     head_hidden: int = Field(default=0, ge=0, le=4096)
     """Hidden units of the head; 0 makes it a linear classifier."""
+    tuning: Literal["auto", "fixed"] = "auto"
+    """``auto``: the head is fitted by L-BFGS with its L2 strength chosen by k-fold
+    cross-validation on the run's own training records (``learning.tuning``); ``fixed``:
+    AdamW with the epochs, batch size, learning rate and weight decay below."""
+    objective: Literal["log_loss", "macro_f1"] = "log_loss"
+    """What a fit optimises and cross-validation scores: log loss (unweighted, calibrated
+    probabilities, the most accurate answers) or macro-F1 (inverse-frequency class weights,
+    so that rare labels count as much as common ones)."""
+    cv_folds: int = Field(default=5, ge=2, le=20)
+    """Folds of the cross-validation, grouped so that copies of one text share a fold."""
+    l2_choice: Literal["best", "one_standard_error"] = "best"
+    """Which L2 strength cross-validation keeps: the best held-out score, or the strongest
+    within one standard error of it (what a remediation of a leaking candidate asks for)."""
     epochs: int = Field(default=40, ge=1, le=1000)
+    """Epochs of a ``fixed`` fit."""
     batch_size: int = Field(default=64, ge=1, le=65536)
     learning_rate: float = Field(default=0.02, gt=0.0, le=10.0)
     weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
@@ -60,11 +74,14 @@ class TrainingConfig(_Section):
     """Inputs are truncated to this many tokens before the encoder."""
     lora_rank: int = Field(default=8, ge=1, le=256)
     lora_alpha: int = Field(default=16, ge=1, le=1024)
-    lora_epochs: int = Field(default=1, ge=1, le=100)
+    lora_epochs: int = Field(default=2, ge=1, le=100)
+    """Most epochs of a LoRA fit; fewer when ``lora_budget_examples`` says so."""
     lora_learning_rate: float = Field(default=5e-4, gt=0.0, le=1.0)
-    lora_max_records: int = Field(default=256, ge=1, le=1_000_000)
-    """A LoRA round back-propagates through the encoder: it trains on at most this many of
-    the round's records (a seeded random subset of the new and replayed ones)."""
+    lora_budget_examples: int = Field(default=4096, ge=1, le=100_000_000)
+    """A LoRA round back-propagates through the encoder for every record of the run, at
+    least once; further epochs only while epochs x records stays within this many examples.
+    The budget is counted in examples rather than seconds so that a run stays reproducible
+    (I4); on one core an example costs roughly 10-40 ms."""
     replay_size: int = Field(default=2000, ge=0, le=1_000_000)
     """Records a tenant's replay buffer keeps (class-balanced reservoir); 0 turns replay off."""
     replay_mix: float = Field(default=0.3, ge=0.0, lt=1.0)

@@ -25,6 +25,7 @@ from silolearn.learning.adapters import (
     MAGIC,
     Adapter,
     Features,
+    FitReport,
     HeadAdapter,
     LoraAdapter,
     deterministic_torch,
@@ -33,6 +34,7 @@ from silolearn.learning.adapters import (
 )
 from silolearn.learning.encoder import FrozenEncoder, default_model_dir
 from silolearn.learning.metrics import classification_metrics
+from silolearn.learning.tuning import C_GRID, assign_folds, fold_count
 
 FloatArray = npt.NDArray[np.float32]
 LORA_TOKENS = 32
@@ -141,7 +143,7 @@ def test_head_training_and_artefact_are_deterministic(
     x, y = critics
     labels = sorted(set(y))
     assert labels == ["fresh", "plot", "rotten"]
-    config = TrainingConfig(epochs=20)
+    config = TrainingConfig(tuning="fixed", epochs=20)
 
     def trained(seed: int) -> HeadAdapter:
         adapter = HeadAdapter(labels, hidden=0, seed=seed)
@@ -170,13 +172,80 @@ def test_head_training_and_artefact_are_deterministic(
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-5)
 
 
+def test_tuned_head_is_deterministic_and_reports_what_cross_validation_chose(
+    critics: tuple[FloatArray, list[str]],
+) -> None:
+    x, y = critics
+    labels = sorted(set(y))
+    texts = [f"text {i % 120}" for i in range(len(y))]  # 30 texts appear twice
+
+    def trained(seed: int) -> tuple[HeadAdapter, FitReport]:
+        adapter = HeadAdapter(labels, hidden=0, seed=seed)
+        report = adapter.fit(
+            Features(texts=texts, embeddings=x), y, config=TrainingConfig(), seed=seed
+        )
+        return adapter, report
+
+    (first, report), (again, _) = trained(5), trained(5)
+    assert first.to_bytes() == again.to_bytes()
+    tuning = report.tuning
+    assert tuning is not None
+    assert tuning["c"] in C_GRID and tuning["grid"] == list(C_GRID)
+    assert tuning["folds"] == 5 and tuning["objective"] == "log_loss"
+    assert len(tuning["cv_scores"]) == len(C_GRID) and 0.0 <= tuning["ece"] <= 1.0
+    # the chosen strength has the best held-out log loss on the grid
+    assert tuning["cv_scores"][C_GRID.index(tuning["c"])] == min(tuning["cv_scores"])
+    strong = HeadAdapter(labels, hidden=0, seed=5).fit(
+        Features(texts=texts, embeddings=x),
+        y,
+        config=TrainingConfig(l2_choice="one_standard_error"),
+        seed=5,
+    )
+    assert strong.tuning is not None and strong.tuning["c"] <= tuning["c"]
+    assert report.examples == 150 and report.epochs == 0
+
+
+def test_folds_keep_every_copy_of_a_text_together_and_spread_each_label() -> None:
+    groups = [f"g{i % 40}" for i in range(200)]  # 40 texts, 5 copies each
+    labels = np.array([(i % 40) % 4 for i in range(200)], dtype=np.int64)
+    folds = assign_folds(groups, labels, 5, seed=3)
+    for g in set(groups):
+        assert len({int(folds[i]) for i, h in enumerate(groups) if h == g}) == 1
+    for label in range(4):
+        per_fold = np.bincount(folds[labels == label], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 5  # one group of 5 copies at most apart
+    assert np.array_equal(folds, assign_folds(groups, labels, 5, seed=3))
+    assert fold_count(["a", "a", "b"], labels[:3], 5) == 0  # too few texts to hold out any
+
+
+def test_a_warm_started_tuned_fit_is_pulled_towards_its_parent(news: dict[str, Any]) -> None:
+    x, y = news["x_train"], news["y_train"]
+    labels = sorted(set(y))
+    config = TrainingConfig()
+    parent = HeadAdapter(labels, hidden=0, seed=0)
+    parent.fit(Features(embeddings=x), y, config=config, seed=0)
+    few = slice(0, 12)  # a round with a dozen new records
+    child = new_adapter("head", labels, config=config, seed=1, encoder=None, parent=parent)
+    fresh = new_adapter("head", labels, config=config, seed=1, encoder=None, parent=None)
+    for adapter in (child, fresh):
+        adapter.fit(Features(embeddings=x[few]), y[few], config=config, seed=1)
+    start = parent.tensors()["head.weight"]
+    assert isinstance(child, HeadAdapter) and child.prior is not None
+    assert (child.tensors()["head.weight"] - start).norm() < (
+        fresh.tensors()["head.weight"] - start
+    ).norm()
+    ours = classification_metrics(news["y_test"], _predict(child, news["x_test"]))
+    alone = classification_metrics(news["y_test"], _predict(fresh, news["x_test"]))
+    assert ours["accuracy"] >= alone["accuracy"]
+
+
 def test_head_learns_bbc_topics(news: dict[str, Any]) -> None:
     labels = sorted(set(news["y_train"]))
     adapter = HeadAdapter(labels, hidden=0, seed=0)
     report = adapter.fit(
         Features(embeddings=news["x_train"]), news["y_train"], config=TrainingConfig(), seed=0
     )
-    assert report.losses[-1] < report.losses[0]
+    assert report.final_loss < 0.5 * np.log(len(labels))  # far below a uniform guess
     predicted = _predict(adapter, news["x_test"])
     metrics = classification_metrics(news["y_test"], predicted)
     majority = Counter(news["y_test"]).most_common(1)[0][1] / len(news["y_test"])

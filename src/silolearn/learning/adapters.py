@@ -5,7 +5,9 @@ Both kinds sit behind one interface (``Adapter``): ``fit`` on a tenant's example
 
 - ``head`` (the default) is a linear classifier, or a one-hidden-layer MLP, on the pooled,
   unit-length embedding of the frozen encoder. It trains on embeddings only, so the
-  encoder runs once per record (and the embeddings are cached per tenant).
+  encoder runs once per record (and the embeddings are cached per tenant). By default it
+  tunes itself (``learning.tuning``: L-BFGS with an L2 strength chosen by cross-validation
+  grouped by content); ``tuning = "fixed"`` trains with the configured AdamW schedule.
 - ``lora`` adds PEFT LoRA matrices to the encoder's attention ``query`` and ``value``
   projections plus a head; training back-propagates through the encoder, whose own weights
   stay frozen. It reads texts, not embeddings.
@@ -34,12 +36,14 @@ import numpy as np
 import numpy.typing as npt
 
 from silolearn.errors import IntegrityError, InvalidInput
+from silolearn.learning.tuning import content_key
 
 if TYPE_CHECKING:
     import torch
 
     from silolearn.config import TrainingConfig
     from silolearn.learning.encoder import FrozenEncoder
+    from silolearn.learning.tuning import Tuned
 
 MAGIC = b"SILOLEARN-ADAPTER\x001\n"
 INPUT_SCALE = math.sqrt(384.0)
@@ -70,15 +74,20 @@ class FitReport:
     examples: int
     final_loss: float
     losses: tuple[float, ...]
+    tuning: dict[str, Any] | None = None
+    """What the self-tuning fit chose (``learning.tuning.Tuned``); None for a fixed one."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "steps": self.steps,
             "epochs": self.epochs,
             "examples": self.examples,
             "final_loss": self.final_loss,
             "losses": list(self.losses),
         }
+        if self.tuning is not None:
+            out["tuning"] = self.tuning
+        return out
 
 
 def deterministic_torch() -> None:
@@ -105,6 +114,14 @@ def _output_layer(head: torch.nn.Module) -> torch.nn.Linear:
     layer = head if isinstance(head, torch.nn.Linear) else head[-1]  # type: ignore[index]
     assert isinstance(layer, torch.nn.Linear)
     return layer
+
+
+def _objective_weights(
+    y: npt.NDArray[np.int64], n_labels: int, objective: str
+) -> torch.Tensor | None:
+    """The class weights of a training objective: none for log loss (the probabilities
+    stay calibrated), inverse frequency for macro-F1."""
+    return _class_weights(y, n_labels) if objective == "macro_f1" else None
 
 
 def _class_weights(y: npt.NDArray[np.int64], n_labels: int) -> torch.Tensor:
@@ -321,6 +338,8 @@ class HeadAdapter(Adapter):
         super().__init__(labels, hidden)
         self.dim = dim
         self.trunk = trunk
+        self.prior: dict[str, torch.Tensor] | None = None
+        """The parent's weights a warm-started tuned fit is pulled towards (L2-SP)."""
         inputs = dim + (trunk.hidden if trunk is not None else 0)
         self.head = _build_head(inputs, hidden, len(self.labels))
         _reset(self.head, torch.Generator().manual_seed(seed))
@@ -384,6 +403,7 @@ class HeadAdapter(Adapter):
             torch.Generator().manual_seed(seed),
         )
         self.head = grown
+        self.prior = _prior_of(grown, parent.labels, self.labels)
         return self
 
     def fit(
@@ -401,9 +421,18 @@ class HeadAdapter(Adapter):
             raise ValueError("a head adapter trains on embeddings")
         x = self.inputs(features.embeddings)
         y_np = self.label_index(labels)
+        if config.tuning == "auto":
+            groups = (
+                [content_key(t) for t in features.texts]
+                if features.texts is not None
+                else [str(i) for i in range(len(y_np))]
+            )
+            return self._fit_tuned(x, y_np, groups, config=config, seed=seed, progress=progress)
         y = torch.from_numpy(y_np)
         generator = torch.Generator().manual_seed(seed + 1)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(y_np, len(self.labels)))
+        loss_fn = torch.nn.CrossEntropyLoss(
+            weight=_objective_weights(y_np, len(self.labels), config.objective)
+        )
         optimiser = torch.optim.AdamW(
             self.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -424,6 +453,38 @@ class HeadAdapter(Adapter):
                 progress("epoch", {"epoch": epoch + 1, "loss": losses[-1]})
         self.head.eval()
         return FitReport(steps, config.epochs, len(y), losses[-1] if losses else 0.0, tuple(losses))
+
+    def _fit_tuned(
+        self,
+        x: torch.Tensor,
+        y_np: npt.NDArray[np.int64],
+        groups: list[str],
+        *,
+        config: TrainingConfig,
+        seed: int,
+        progress: Progress | None,
+    ) -> FitReport:
+        """Cross-validate the L2 strength on the run's records, then fit on all of them."""
+        tuned, final_loss, calls = fit_tuned_head(
+            self.head,
+            x,
+            y_np,
+            groups,
+            n_labels=len(self.labels),
+            prior=self.prior,
+            config=config,
+            seed=seed,
+        )
+        if progress is not None:
+            progress("tuned", {"c": tuned.c if tuned else None, "loss": final_loss})
+        return FitReport(
+            calls,
+            0,
+            len(y_np),
+            final_loss,
+            (final_loss,),
+            tuning=None if tuned is None else tuned.to_dict(),
+        )
 
     def predict_proba(self, features: Features) -> FloatArray:
         import torch
@@ -574,19 +635,48 @@ class LoraAdapter(Adapter):
         texts = list(features.texts)
         y_np = self.label_index(labels)
         y = torch.from_numpy(y_np)
+        auto = config.tuning == "auto"
+        groups = [content_key(t) for t in texts]
+        tuned: Tuned | None = None
+        if auto:
+            # the head starts from the tuned fit on the frozen embeddings (LoRA's B matrices
+            # start at zero, so those are the adapted model's inputs at step 0): LoRA then
+            # only has to improve on the frozen model's best linear read-out
+            start = (
+                torch.from_numpy(np.ascontiguousarray(features.embeddings, dtype=np.float32))
+                * INPUT_SCALE
+                if features.embeddings is not None
+                else self._embed_all(texts)
+            )
+            tuned, _, _ = fit_tuned_head(
+                self.head,
+                start,
+                y_np,
+                groups,
+                n_labels=len(self.labels),
+                prior=None,
+                config=config,
+                seed=seed,
+            )
         generator = torch.Generator().manual_seed(seed + 1)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=_class_weights(y_np, len(self.labels)))
+        loss_fn = torch.nn.CrossEntropyLoss(
+            weight=_objective_weights(y_np, len(self.labels), config.objective)
+        )
+        head_lr = config.lora_learning_rate if auto else config.learning_rate
         optimiser = torch.optim.AdamW(
             [
                 {"params": list(self.lora_parameters().values()), "lr": config.lora_learning_rate},
-                {"params": list(self.head.parameters()), "lr": config.learning_rate},
+                {"params": list(self.head.parameters()), "lr": head_lr},
             ],
             weight_decay=config.weight_decay,
         )
         losses: list[float] = []
         steps = 0
         batch_size = min(config.batch_size, 16)
-        for epoch in range(config.lora_epochs):
+        epochs = config.lora_epochs
+        if auto:
+            epochs = max(1, min(epochs, config.lora_budget_examples // max(len(texts), 1)))
+        for epoch in range(epochs):
             total = 0.0
             for rows in _batches(len(texts), batch_size, generator):
                 optimiser.zero_grad(set_to_none=True)
@@ -599,9 +689,34 @@ class LoraAdapter(Adapter):
                 if progress is not None:
                     progress("step", {"epoch": epoch + 1, "step": steps})
             losses.append(total / max(len(texts), 1))
+        if auto:
+            # the read-out is tuned again on what the adapted encoder now produces
+            tuned, final, _ = fit_tuned_head(
+                self.head,
+                self._embed_all(texts),
+                y_np,
+                groups,
+                n_labels=len(self.labels),
+                prior=None,
+                config=config,
+                seed=seed,
+            )
+            losses.append(final)
         return FitReport(
-            steps, config.lora_epochs, len(texts), losses[-1] if losses else 0.0, tuple(losses)
+            steps,
+            epochs,
+            len(texts),
+            losses[-1] if losses else 0.0,
+            tuple(losses),
+            tuning=None if tuned is None else tuned.to_dict(),
         )
+
+    def _embed_all(self, texts: Sequence[str]) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            parts = [self._embed(texts[i : i + 32]) for i in range(0, len(texts), 32)]
+        return torch.cat(parts).clone() if parts else torch.zeros((0, self.dim))
 
     def predict_proba(self, features: Features) -> FloatArray:
         import torch
@@ -615,6 +730,95 @@ class LoraAdapter(Adapter):
                 logits = self.head(self._embed(texts[start : start + 32]))
                 out[start : start + 32] = torch.softmax(logits, dim=1).numpy()
         return out
+
+
+def _prior_of(
+    head: torch.nn.Module, old_labels: Sequence[str], new_labels: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The parent's weights as a prior centre: its rows for the labels it knew, zero rows
+    for labels new in this round (the hidden layer of an MLP keeps the parent's)."""
+    import torch
+
+    prior = {n: p.detach().clone().float() for n, p in head.named_parameters()}
+    known = set(old_labels)
+    out_name = next(n for n in reversed(list(prior)) if n.endswith("weight"))
+    with torch.no_grad():
+        for j, label in enumerate(new_labels):
+            if label not in known:
+                prior[out_name][j].zero_()
+    return prior
+
+
+def fit_tuned_head(
+    head: torch.nn.Module,
+    x: torch.Tensor,
+    y_np: npt.NDArray[np.int64],
+    groups: list[str],
+    *,
+    n_labels: int,
+    prior: dict[str, torch.Tensor] | None,
+    config: TrainingConfig,
+    seed: int,
+) -> tuple[Tuned | None, float, int]:
+    """Fit ``head`` in place by L-BFGS with the cross-validated L2 strength; returns what was
+    chosen (None with too few distinct texts to cross-validate: then C = 1), the final
+    unpenalised training loss and the number of loss evaluations."""
+    import torch
+
+    from silolearn.learning.tuning import (
+        C_GRID,
+        MLP_C_GRID,
+        LbfgsProblem,
+        assign_folds,
+        fold_count,
+        select_c,
+        strength_for,
+    )
+
+    linear = isinstance(head, torch.nn.Linear)
+    grid = C_GRID if linear else MLP_C_GRID
+    max_iter = 150 if linear else 300
+    weights = _objective_weights(y_np, n_labels, config.objective)
+    start = copy.deepcopy(head)
+    if linear:
+        # convex: start from the prior (or zero), which the optimum does not depend on but
+        # the number of iterations does
+        with torch.no_grad():
+            for name, p in start.named_parameters():
+                p.copy_(prior[name] if prior is not None else torch.zeros_like(p))
+
+    def make() -> LbfgsProblem:
+        return LbfgsProblem(
+            copy.deepcopy(start), class_weights=weights, prior=prior, max_iter=max_iter
+        )
+
+    xd = x.float()
+    y = torch.from_numpy(y_np)
+    k = fold_count(groups, y_np, config.cv_folds)
+    tuned: Tuned | None = None
+    c = 1.0
+    if k >= 2:
+        folds = assign_folds(groups, y_np, k, seed)
+        tuned = select_c(
+            make,
+            xd,
+            y,
+            folds,
+            grid=grid,
+            objective=config.objective,
+            n_labels=n_labels,
+            input_scale=INPUT_SCALE,
+            one_standard_error=config.l2_choice == "one_standard_error",
+        )
+        c = tuned.c
+    problem = make()
+    calls = problem.fit(xd, y, strength_for(c, len(y), INPUT_SCALE))
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            p.copy_(dict(problem.module.named_parameters())[name].float())
+        final_loss = float(torch.nn.functional.cross_entropy(problem.module(xd), y))
+    head.eval()
+    return tuned, final_loss, calls
 
 
 def new_adapter(

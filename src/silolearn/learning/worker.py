@@ -309,11 +309,6 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             # parent's weights (another kind, another shared trunk, a non-private parent of a
             # DP run) retrains on everything instead of forgetting what the parent knew.
             training = sorted(by_id.values(), key=lambda s: s.seq)
-            if kind == "lora" and dp is None and len(training) > config.lora_max_records:
-                keep = np.sort(
-                    rng.choice(len(training), size=config.lora_max_records, replace=False)
-                )
-                training = [training[int(i)] for i in keep]
         else:
             want = 0
             if config.replay_size > 0 and len(buffer):
@@ -325,11 +320,6 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
                 if item.id in by_id and item.id not in new_ids
             ]
             training = new + replay
-            if kind == "lora" and len(training) > config.lora_max_records:
-                keep = np.sort(
-                    rng.choice(len(training), size=config.lora_max_records, replace=False)
-                )
-                training = [training[int(i)] for i in keep]
         labels_seen = {str(s.record.label) for s in training}
         canaries = _draw_canaries(job, params, sorted(labels_seen), dp is not None)
         canary_texts, canary_labels = canaries.training_rows()
@@ -350,20 +340,17 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         texts = [s.record.text for s in training]
-        features: Features
-        embedded = 0
-        if kind == "head":
-            cache = EmbeddingCache(scope, encoder.sha256, max_tokens=config.max_tokens)
-            keys = [scope.record_id_hash(s.record) for s in training]
-            matrix, embedded = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
-            cache.save()
-            if canary_texts:
-                # synthetic rows: embedded here, never cached with the tenant's records
-                extra = encoder.embed(canary_texts, max_length=config.max_tokens)
-                matrix = np.concatenate([matrix, extra.astype(matrix.dtype)])
-            features = Features(embeddings=matrix)
-        else:
-            features = Features(texts=texts + canary_texts)
+        # the frozen embeddings serve both kinds: a head trains on them, a LoRA fit starts
+        # its head from a tuned fit on them; texts group copies for cross-validation
+        cache = EmbeddingCache(scope, encoder.sha256, max_tokens=config.max_tokens)
+        keys = [scope.record_id_hash(s.record) for s in training]
+        matrix, embedded = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
+        cache.save()
+        if canary_texts:
+            # synthetic rows: embedded here, never cached with the tenant's records
+            extra = encoder.embed(canary_texts, max_length=config.max_tokens)
+            matrix = np.concatenate([matrix, extra.astype(matrix.dtype)])
+        features = Features(texts=texts + canary_texts, embeddings=matrix)
         timings["embed"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -644,8 +631,10 @@ def _evaluate(job: WorkerJob, send: Send) -> dict[str, Any]:
 
 def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
     """The evidence the gates judge a version by, from an ``AUDIT`` scope of the tenant:
-    quality and forgetting (paired bootstrap against the active version), the golden suite,
-    membership inference, canary exposure and the one-run privacy audit. Numbers only."""
+    quality and forgetting (paired bootstrap against the active version, or the constant
+    answer when there is none), the golden suite, membership inference, canary exposure
+    (inserted canaries and never-inserted controls of the same labels) and the one-run
+    privacy audit. Numbers only."""
     from silolearn.config import GatePolicy, TrainingConfig
     from silolearn.learning.adapters import Features, HeadAdapter, load_adapter
     from silolearn.learning.encoder import EmbeddingCache
