@@ -903,10 +903,40 @@ def train(
     emit(
         as_json,
         [r.to_dict() for r in results] if all_tenants else results[0].to_dict(),
-        lambda: out.print(_round_table(results)),
+        lambda: _print_rounds(results),
     )
     if any(r.status == "failed" for r in results):
         raise typer.Exit(10)
+
+
+def _print_rounds(results: list[Any]) -> None:
+    """The round table, then per tenant its remediation attempts, label warnings and, when
+    nothing was promoted, the explanation."""
+    out.print(_round_table(results))
+    for r in results:
+        if len(r.attempts) > 1:
+            rows = [
+                [
+                    str(i + 1),
+                    a["what"],
+                    "" if a.get("version") is None else f"v{a['version']}",
+                    a["status"],
+                    ", ".join(a.get("failed") or []),
+                    "" if a.get("macro_f1") is None else f"{a['macro_f1']:.3f}",
+                ]
+                for i, a in enumerate(r.attempts)
+            ]
+            out.print(
+                _table(
+                    f"attempts for {r.tenant}",
+                    ["#", "what", "version", "status", "failed gates", "macro-F1"],
+                    rows,
+                )
+            )
+        for w in r.warnings:
+            err.print(f"[yellow]warning[/]: {r.tenant}: {w['message']}")
+        if r.explanation:
+            out.print(r.explanation)
 
 
 def _default_workspace() -> Path:

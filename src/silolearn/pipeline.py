@@ -69,6 +69,15 @@ class RoundResult:
     shadow: dict[str, Any] | None = None
     """The isolated-shadow comparison, on a shared-layer member's first round on a shared
     version (``Trainer.shadow``)."""
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per label: records the run trained on (``train``), of which new (``new``), and
+    labelled eval records it was judged on (``eval``)."""
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    """Labels that vanished from the run's training set or whose share collapsed."""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Every candidate this ``train`` call made: the run as asked, then any remediation."""
+    explanation: str | None = None
+    """Why no candidate was promoted, and which policy change would allow one."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +95,10 @@ class RoundResult:
             "error": self.error,
             "divergence": self.divergence,
             "shadow": self.shadow,
+            "labels": self.labels,
+            "warnings": self.warnings,
+            "attempts": self.attempts,
+            "explanation": self.explanation,
         }
 
 
@@ -282,11 +295,113 @@ class Trainer:
         canaries: dict[str, int] | None = None,
         overrides: dict[str, Any] | None = None,
         divergence: bool = True,
+        remediate: bool = True,
     ) -> RoundResult:
-        """One round. ``canaries`` (``secret``, ``copies``, ``audit``) replaces the policy's
-        canary counts for this run; ``overrides`` replaces training settings for this run
-        (e.g. a leak drill: many epochs, no weight decay). After the round every other
-        tenant's predictions are checked against their snapshots (``divergence``)."""
+        """One round, remediated when its candidate leaks. ``canaries`` (``secret``,
+        ``copies``, ``audit``) replaces the policy's canary counts for this run;
+        ``overrides`` replaces training settings for this run (e.g. a leak drill: many
+        epochs, no weight decay). After the round every other tenant's predictions are
+        checked against their snapshots (``divergence``).
+
+        A non-private candidate rejected by a leakage gate only (membership inference,
+        canary exposure) at a severity that leaves the tenant active is remediated in the
+        same call (``remediate``): each attempt a real isolated run with its own gates,
+        audited as ``train.remediation``: first the default learner with the strongest L2
+        penalty cross-validation allows (the run's hand-set overrides, which produced the
+        leak, are dropped), then DP-SGD at the largest epsilon the tenant's remaining budget
+        pays (charged to its ledger), then at a quarter of it. The first attempt that passes
+        is promoted; if none does, the tenant keeps what it served, and ``explanation`` says
+        why and which policy change would allow a model."""
+        asked: dict[str, Any] = {
+            "kind": kind,
+            "seed": seed,
+            "cutoff": cutoff,
+            "progress": progress,
+            "canaries": canaries,
+        }
+        result = self._round(
+            tenant, dp=dp, epsilon=epsilon, overrides=overrides, divergence=divergence, **asked
+        )
+        result.attempts = [_attempt("as asked", result, overrides=overrides)]
+        if not (remediate and _leaked(result)):
+            return result
+        for what, plan in self._remediations(tenant):
+            if plan is None:
+                result.attempts.append({"what": what, "status": "skipped", "reason": what})
+                continue
+            try:
+                retry = self._round(tenant, divergence=divergence, **plan, **asked)
+            except SiloError as exc:
+                result.attempts.append(
+                    {"what": what, "status": "failed", "error": exc.code, "reason": exc.message}
+                )
+                self.ws.audit.append(
+                    "train.remediation",
+                    tenant=tenant,
+                    obj=what,
+                    details={"status": "failed", "error": exc.code},
+                )
+                continue
+            attempts = [*result.attempts, _attempt(what, retry, overrides=plan.get("overrides"))]
+            self.ws.audit.append(
+                "train.remediation",
+                tenant=tenant,
+                obj=f"v{retry.version}",
+                details={k: v for k, v in attempts[-1].items() if k != "reasons"},
+            )
+            result, result.attempts = retry, attempts
+            if retry.status == "active" or not _leaked(retry):
+                break
+        if result.status != "active":
+            result.explanation = _explain(tenant, result.attempts, self._serving(tenant))
+            self.ws.audit.append(
+                "train.remediation",
+                tenant=tenant,
+                obj="exhausted",
+                details={"attempts": len(result.attempts), "serving": self._serving(tenant)},
+            )
+        return result
+
+    def _remediations(self, tenant: str) -> list[tuple[str, dict[str, Any] | None]]:
+        """The remediation attempts in order; a DP attempt the budget cannot pay is None."""
+        info = self.ws.tenants.get(tenant)
+        ledger = self.ws.ledger()
+        scope = tenant_scope(info.id)
+        remaining = ledger.policy(scope).epsilon_budget - ledger.spent(scope)
+        largest = min(remaining, ledger.policy(scope).run_epsilon)
+        steps: list[tuple[str, dict[str, Any] | None]] = [
+            (
+                "stronger regularisation",
+                {"overrides": {"tuning": "auto", "l2_choice": "one_standard_error"}},
+            )
+        ]
+        for share in (1.0, 0.25):
+            eps = round(largest * share, 4)
+            if eps >= MIN_REMEDIATION_EPSILON:
+                steps.append((f"dp epsilon {eps:g}", {"dp": True, "epsilon": eps}))
+            else:
+                steps.append((f"dp: remaining budget {max(remaining, 0.0):.3g} too small", None))
+        return steps
+
+    def _serving(self, tenant: str) -> int | None:
+        active = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.TRAINING)).active()
+        return None if active is None else active.version
+
+    def _round(
+        self,
+        tenant: str,
+        *,
+        kind: str | None = None,
+        seed: int | None = None,
+        cutoff: str | None = None,
+        progress: Progress | None = None,
+        dp: bool | None = None,
+        epsilon: float | None = None,
+        canaries: dict[str, int] | None = None,
+        overrides: dict[str, Any] | None = None,
+        divergence: bool = True,
+    ) -> RoundResult:
+        """One round: one isolated run, its gates, promotion or rejection."""
         ws = self.ws
         kind = kind or self.config.adapter
         if kind not in ("head", "lora"):
@@ -402,6 +517,7 @@ class Trainer:
             **result.timings,
             "total": round(time.perf_counter() - started, 4),
         }
+        self._label_report(tenant, result)
         if divergence:
             t0 = time.perf_counter()
             checks = self.check_divergence(
@@ -417,6 +533,35 @@ class Trainer:
             result.shadow = self.shadow(tenant, progress=progress)
             result.timings["shadow"] = round(time.perf_counter() - t0, 4)
         return result
+
+    def _label_report(self, tenant: str, result: RoundResult) -> None:
+        """Per label, what the run trained on and was judged on; labels that vanished from
+        training or whose share collapsed are warnings on the result and audited events."""
+        from silolearn.ingest.health import label_warnings
+
+        trained = result.lineage.get("label_counts") or {}
+        new = result.lineage.get("new_label_counts") or {}
+        judged = {
+            label: int(c.get("support", 0))
+            for label, c in (result.metrics.get("per_class") or {}).items()
+        }
+        result.labels = {
+            label: {
+                "train": int(trained.get(label, 0)),
+                "new": int(new.get(label, 0)),
+                "eval": judged.get(label, 0),
+            }
+            for label in sorted(set(trained) | set(judged))
+        }
+        warnings = label_warnings(trained, {k: v for k, v in judged.items() if v})
+        result.warnings = [w.to_dict() for w in warnings]
+        for w in warnings:
+            self.ws.audit.append(
+                "train.label_warning",
+                tenant=tenant,
+                obj=f"v{result.version}",
+                details=w.audit_details(),
+            )
 
     def _cutoff(self, tenant: str, asked: str | None, parent_cutoff: str | None) -> str:
         if asked is not None:
@@ -1079,6 +1224,69 @@ class Trainer:
                 "WHERE run_id = ?",
                 (status, version, error, utcnow(), run_id),
             )
+
+
+MIN_REMEDIATION_EPSILON = 0.05
+"""Below this a DP remediation is not tried: the noise would swamp any head."""
+LEAKAGE_GATES = frozenset({"membership", "canary"})
+
+
+def _leaked(result: RoundResult) -> bool:
+    """A non-private candidate rejected by leakage gates only, the tenant still active."""
+    decision = result.decision or {}
+    failed = set(decision.get("failed") or ())
+    private = (result.lineage.get("privacy") or {}).get("mode") == "dp"
+    return (
+        result.status == "rejected"
+        and bool(failed)
+        and failed <= LEAKAGE_GATES
+        and decision.get("severity") != "SEV1"
+        and not private
+    )
+
+
+def _attempt(what: str, result: RoundResult, *, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    decision = result.decision or {}
+    privacy = result.lineage.get("privacy") or {}
+    tuning = (result.lineage.get("fit") or {}).get("tuning") or {}
+    return {
+        "what": what,
+        "version": result.version,
+        "status": result.status,
+        "failed": decision.get("failed", []),
+        "severity": decision.get("severity"),
+        "reasons": {g["gate"]: g["reason"] for g in decision.get("gates", []) if not g["passed"]},
+        "epsilon": (privacy.get("plan") or {}).get("target_epsilon"),
+        "c": tuning.get("c"),
+        "overrides": overrides,
+        "accuracy": result.metrics.get("accuracy"),
+        "macro_f1": result.metrics.get("macro_f1"),
+    }
+
+
+def _explain(tenant: str, attempts: list[dict[str, Any]], serving: int | None) -> str:
+    """Why no attempt was promoted, and what policy change would allow a model."""
+    failed = {g for a in attempts for g in a.get("failed") or ()}
+    keeps = f"keeps serving v{serving}" if serving is not None else "has no model"
+    tried = "; ".join(
+        f"{a['what']}: {a['status']}"
+        + (f" ({', '.join(a['failed'])})" if a.get("failed") else "")
+        + (f" {a['reason']}" if a.get("reason") and a["status"] != "skipped" else "")
+        for a in attempts
+    )
+    advice = []
+    if failed & LEAKAGE_GATES:
+        advice.append(
+            f"a larger privacy budget for DP-SGD (`silolearn privacy budget {tenant} "
+            "--epsilon E`) or more training records per label"
+        )
+    if failed - LEAKAGE_GATES:
+        advice.append("more labelled eval records, so that the quality gate can decide")
+    if any(a["status"] == "skipped" for a in attempts):
+        advice.append("budget left for a DP remediation")
+    return f"no candidate passed its gates; tenant {tenant!r} {keeps}. Tried: {tried}. " + (
+        "A model needs " + " or ".join(advice) + "." if advice else ""
+    )
 
 
 def _abandon_dead_runs(conn: Any, tenant_id: str) -> None:

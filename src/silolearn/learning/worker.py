@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -391,6 +392,8 @@ def _train(job: WorkerJob, send: Send) -> dict[str, Any]:
             "max_record_timestamp": max(s.record.timestamp for s in training),
             "min_record_timestamp": min(s.record.timestamp for s in training),
             "labels": labels,
+            "label_counts": dict(sorted(Counter(str(s.record.label) for s in training).items())),
+            "new_label_counts": dict(sorted(Counter(str(s.record.label) for s in new).items())),
             "replay_buffer": {"size": len(buffer), "per_class": buffer.counts()},
             "config": config.model_dump(),
             "code_version": code_version(),
