@@ -353,12 +353,12 @@ class Trainer:
             if retry.status == "active" or not _leaked(retry):
                 break
         if result.status != "active":
-            result.explanation = _explain(tenant, result.attempts, self._serving(tenant))
+            result.explanation = _explain(tenant, result.attempts, self.serving_version(tenant))
             self.ws.audit.append(
                 "train.remediation",
                 tenant=tenant,
                 obj="exhausted",
-                details={"attempts": len(result.attempts), "serving": self._serving(tenant)},
+                details={"attempts": len(result.attempts), "serving": self.serving_version(tenant)},
             )
         return result
 
@@ -383,8 +383,8 @@ class Trainer:
                 steps.append((f"dp: remaining budget {max(remaining, 0.0):.3g} too small", None))
         return steps
 
-    def _serving(self, tenant: str) -> int | None:
-        active = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.TRAINING)).active()
+    def serving_version(self, tenant: str) -> int | None:
+        active = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.REGISTRY)).active()
         return None if active is None else active.version
 
     def _round(
