@@ -137,14 +137,13 @@ def no_worse_than_active(
     )
 
 
-def records_needed(
-    evidence: dict[str, Any], margin: float, confidence: float, key: str = "difference_sd"
-) -> int | None:
-    """Eval records that would bring the interval's bound ``margin`` closer, if the paired
-    difference stayed where it was measured: its per-record standard deviation is the
-    bootstrap's times sqrt(n), and the interval's half-width z sd1 / sqrt(n') must fit in
-    ``margin``. None when no number of records would do (``margin`` <= 0)."""
-    n, sd = int(evidence["n"]), float(evidence.get(key) or 0.0)
+def records_needed(evidence: dict[str, Any], margin: float, confidence: float) -> int | None:
+    """How many eval records would let the interval clear its bound if the paired
+    difference stayed where it was measured, ``margin`` away from the bound: the
+    per-record standard deviation sd1 is the bootstrap's times sqrt(n), and the interval's
+    half-width z sd1 / sqrt(n') must fit in ``margin``. None when no number of records
+    would do (``margin`` <= 0)."""
+    n, sd = int(evidence["n"]), float(evidence.get("difference_sd") or 0.0)
     if margin <= 0 or sd <= 0:
         return None
     z = float(stats.norm.ppf((1 + confidence) / 2))
