@@ -1,0 +1,397 @@
+"""The README's tour of the CLI, run as written against one real workspace, each command in
+human output and with ``--json`` (issue 14, acceptance 7): every command exits as the README
+says (0 unless the tour documents a refusal), never prints a traceback, and with ``--json``
+prints JSON (a refusal: a JSON error on stderr).
+
+The commands are read from the README's ``sh`` block, never listed here, so a command added
+to the tour is run by this test and fails it when it cannot run. What the tour leaves to the
+reader is filled in by the small tables below:
+
+- Placeholders. Tenant ``acme`` and the files ``records.jsonl``, ``suite.jsonl``,
+  ``spring.jsonl``, ``gold.jsonl``, ``texts.txt`` become real tenants and files of BBC
+  articles (``silolearn.datasets``). Version numbers become the version the command is about
+  in the workspace at that moment: ``adapters show`` the serving one, ``adapters promote``
+  the candidate, ``adapters rollback --to`` the one retired last.
+- Two variants in one workspace. A command that names ``acme`` runs in human form on
+  ``acme`` and with ``--json`` on its twin ``acme-json``, which goes through the same tour,
+  so that each variant meets the state the tour has built (``tenant create``, ``promote``,
+  ``tenant delete --shred``… each happen once per tenant). Workspace-wide commands run in
+  both forms in the same workspace, one after the other; ``init`` creates the tour's
+  workspace in human form and a fresh one with ``--json``, ``init --sealed`` a fresh one in
+  both forms, and a workspace-wide eval set registered with ``--name N`` is named
+  ``N-json`` in its JSON form (the name is unique in a workspace).
+- Arrivals (``SETUP``). A round learns only from records new since the serving version, so
+  before every command that trains, each tenant it trains receives a fresh batch, as in
+  production. ``adapters promote`` needs a candidate, which a round leaves only when its
+  coordinator dies between registering the candidate and the gates' decision: the setup
+  starts a real round and kills it at that moment. ``gates shadow newsroom --run`` needs
+  ``newsroom``, a tenant that joined the shared layer and trained a round on it.
+
+Slow parts: every round spawns real training and gate workers. The LoRA round and the
+privacy sweep are the longest; the tour trains each tenant about seven times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import run_cli, write_jsonl
+from silolearn.datasets import Row, bbc_news
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TOUR_HEADING = "## A tour of the CLI"
+
+TENANT = "acme"
+"""The tour's tenant; its ``--json`` variant runs on ``acme-json``."""
+FILES = ("records.jsonl", "suite.jsonl", "spring.jsonl", "gold.jsonl", "texts.txt")
+PASSPHRASE = "a passphrase for the sealed keyring of the tour"
+
+EXPECTED_EXIT = {"train acme --dp --epsilon 4": 11}
+"""Commands the README documents as refused, with their exit code; every other command of
+the tour must exit 0, but for those in ``GATED``."""
+GATED = {("adapters", "promote"): 5, ("gates", "rerun"): 5}
+"""Commands whose outcome the release gates decide ("through the same gates", "rolls back
+if it fails"): 0 when the version passes, else this exit code and the verdict."""
+
+TOPICS = ("business", "entertainment", "sports")
+FIRST_RECORDS = 150
+BATCH = 25
+SUITE, SPRING, GOLD, TEXTS = 20, 20, 3, 4
+
+
+def tour() -> list[list[str]]:
+    """The commands of the README's tour, in order, without ``silolearn`` and comments."""
+    text = README.read_text(encoding="utf-8")
+    _, heading, after = text.partition(f"\n{TOUR_HEADING}\n")
+    assert heading, f"README.md has no {TOUR_HEADING!r} section"
+    section = re.split(r"\n## ", after, maxsplit=1)[0]
+    block = re.search(r"```sh\n(.*?)\n```", section, re.S)
+    assert block is not None, f"the {TOUR_HEADING!r} section has no sh block"
+    commands = []
+    for line in block.group(1).splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv:
+            assert argv[0] == "silolearn", line
+            commands.append(argv[1:])
+    return commands
+
+
+# -- the workspace, its tenants and their records ----------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One tenant's records, arriving in time order."""
+
+    rows: list[Row]
+    taken: int = 0
+
+    def take(self, n: int) -> list[Row]:
+        batch = self.rows[self.taken : self.taken + n]
+        assert len(batch) == n, "the tour ran out of records"
+        self.taken += n
+        return batch
+
+
+@dataclass(frozen=True)
+class Variant:
+    as_json: bool
+    tenant: str
+    files: dict[str, Path]
+
+    @property
+    def name(self) -> str:
+        return "json" if self.as_json else "human"
+
+
+@dataclass
+class Tour:
+    root: Path
+    ws: Path
+    streams: dict[str, Stream]
+    variants: tuple[Variant, Variant]
+    seconds: list[tuple[str, float]] = field(default_factory=list)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        """A setup step through the real command line; it must succeed."""
+        done = run_cli(*args, "--workspace", str(self.ws), "--json", env=env)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+        return json.loads(done.stdout)
+
+    def arrive(self, tenant: str) -> None:
+        """A fresh batch for ``tenant``, and more until one of them brought an eval record:
+        a round's window ends at the newest eval record."""
+        tries = 4
+        for _ in range(tries):
+            path = write_jsonl(
+                self.root / f"{tenant}-batch-{self.streams[tenant].taken}.jsonl",
+                self.streams[tenant].take(BATCH),
+            )
+            if self.cli("ingest", tenant, str(path))["eval"] > 0:
+                return
+        raise AssertionError(f"{tries} batches of {tenant} brought no eval record")
+
+
+def _bbc_streams() -> tuple[dict[str, Stream], Stream]:
+    """Disjoint, interleaved slices of BBC articles, so each tenant sees every topic and
+    its records keep their time order.
+
+    Each record is the article's headline and lead paragraph: short texts keep the LoRA
+    round, which back-propagates through the encoder, and the gates on its candidate within
+    a minute or two. Three topics that rarely share words (business, entertainment, sport)
+    let rounds be promoted: the quality gate promotes a candidate shown not to be worse on
+    a few dozen eval records, so a tour on harder data would meet rejected rounds where
+    the README expects versions to promote and roll back to."""
+    rows = [
+        {**r, "text": _headline_and_lead(r["text"])} for r in bbc_news() if r["label"] in TOPICS
+    ]
+    # the articles arrive topic by topic in turn: a stride of four gives every slice all three
+    names = (TENANT, f"{TENANT}-json", "newsroom")
+    return {name: Stream(rows[i::4]) for i, name in enumerate(names)}, Stream(rows[3::4])
+
+
+def _headline_and_lead(text: str) -> str:
+    return "\n\n".join([p.strip() for p in text.split("\n") if p.strip()][:2])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Tour:
+    root = tmp_path_factory.mktemp("tour")
+    streams, extra = _bbc_streams()
+    variants = []
+    for as_json, tenant in ((False, TENANT), (True, f"{TENANT}-json")):
+        files = {
+            "records.jsonl": write_jsonl(
+                root / f"{tenant}-records.jsonl", streams[tenant].take(FIRST_RECORDS)
+            ),
+            "suite.jsonl": write_jsonl(root / f"{tenant}-suite.jsonl", extra.take(SUITE)),
+            "spring.jsonl": write_jsonl(root / f"{tenant}-spring.jsonl", extra.take(SPRING)),
+            "gold.jsonl": write_jsonl(root / f"{tenant}-gold.jsonl", extra.take(GOLD)),
+        }
+        texts = root / f"{tenant}-texts.txt"
+        texts.write_text(
+            "".join(r["text"].split("\n")[0] + "\n" for r in extra.take(TEXTS)), encoding="utf-8"
+        )
+        files["texts.txt"] = texts
+        variants.append(Variant(as_json, tenant, files))
+    return Tour(root, root / "ws", streams, (variants[0], variants[1]))
+
+
+# -- per-command setup and substitutions ----------------------------------------------------
+
+
+def _tenants_trained(tour_: Tour, argv: list[str], variant: Variant) -> list[str]:
+    if "--all" in argv:
+        return [t["name"] for t in tour_.cli("tenant", "list") if t["status"] == "active"]
+    return [variant.tenant]
+
+
+def _before_train(tour_: Tour, argv: list[str], variant: Variant) -> None:
+    for tenant in _tenants_trained(tour_, argv, variant):
+        tour_.arrive(tenant)
+
+
+def _before_promote(tour_: Tour, argv: list[str], variant: Variant) -> None:
+    """A real round of the tenant whose coordinator is killed once its candidate is
+    registered, before the gates decide: the candidate stays one (a crash the registry
+    keeps, and ``adapters promote`` is for)."""
+    tour_.arrive(variant.tenant)
+    before = _candidates(tour_.ws, variant.tenant)
+    round_ = subprocess.Popen(
+        [sys.executable, "-m", "silolearn.cli", "train", variant.tenant],
+        env={**os.environ, "SILOLEARN_WORKSPACE": str(tour_.ws)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while _candidates(tour_.ws, variant.tenant) == before and round_.poll() is None:
+            time.sleep(0.01)
+    finally:
+        # the round's workers are in its process group
+        if round_.poll() is None:
+            os.killpg(round_.pid, signal.SIGKILL)
+        round_.wait()
+    assert _candidates(tour_.ws, variant.tenant) != before, "the round ended before its kill"
+
+
+def _candidates(ws: Path, tenant: str) -> list[int]:
+    with sqlite3.connect(f"file:{ws / 'silolearn.db'}?mode=ro", uri=True) as conn:
+        return [
+            version
+            for (version,) in conn.execute(
+                "SELECT v.version FROM adapter_versions v JOIN tenants t ON t.id = v.tenant_id "
+                "WHERE t.name = ? AND v.status = 'candidate'",
+                (tenant,),
+            )
+        ]
+
+
+def _shared_member_with_a_round(tour_: Tour, argv: list[str], variant: Variant) -> None:
+    """``gates shadow T --run`` compares T's serving version, trained on the shared layer,
+    with an isolated shadow: T joins the layer and trains one round on it."""
+    tenant = argv[2]
+    if any(t["name"] == tenant for t in tour_.cli("tenant", "list")):
+        return
+    first = tour_.streams[tenant].take(FIRST_RECORDS)
+    tour_.cli("tenant", "create", tenant)
+    tour_.cli("ingest", tenant, str(write_jsonl(tour_.root / f"{tenant}.jsonl", first)))
+    tour_.cli("shared", "join", tenant)
+    trained = tour_.cli("train", tenant)
+    assert trained["status"] == "active", trained["decision"]
+
+
+SETUP: dict[tuple[str, ...], Callable[[Tour, list[str], Variant], None]] = {
+    ("train",): _before_train,
+    ("adapters", "promote"): _before_promote,
+    ("gates", "shadow"): _shared_member_with_a_round,
+}
+"""Run before each variant of a command that starts with the key."""
+
+
+def _versions(tour_: Tour, tenant: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = tour_.cli("adapters", "list", tenant)
+    return rows
+
+
+def _serving(tour_: Tour, tenant: str) -> int:
+    (active,) = [v["version"] for v in _versions(tour_, tenant) if v["status"] == "active"]
+    return int(active)
+
+
+def _candidate(tour_: Tour, tenant: str) -> int:
+    """The newest candidate: the one the setup's killed round left."""
+    return max(_candidates(tour_.ws, tenant))
+
+
+def _retired_last(tour_: Tour, tenant: str) -> int:
+    retired = [v for v in _versions(tour_, tenant) if v["status"] == "retired"]
+    assert retired, f"{tenant} has no retired version to roll back to"
+    return int(max(retired, key=lambda v: v["updated_at"])["version"])
+
+
+VERSIONS: dict[tuple[str, ...], tuple[str | int, Callable[[Tour, str], int]]] = {
+    ("adapters", "show"): (3, _serving),
+    ("adapters", "promote"): (3, _candidate),
+    ("adapters", "rollback"): ("--to", _retired_last),
+}
+"""Where a command names a version (a position, or the option before it) and which version
+of the variant's tenant it means."""
+
+
+def _matches(argv: list[str], key: tuple[str, ...]) -> bool:
+    return tuple(argv[: len(key)]) == key
+
+
+def _concrete(tour_: Tour, argv: list[str], variant: Variant) -> list[str]:
+    """The README's command with its placeholders filled in for ``variant``."""
+    args = [a for a in argv if a != "--json"]
+    for i, arg in enumerate(args):
+        if arg == TENANT:
+            args[i] = variant.tenant
+        elif arg in FILES:
+            args[i] = str(variant.files[arg])
+        elif re.fullmatch(r"[\w.-]+\.(jsonl|csv|txt)", arg):
+            raise AssertionError(f"no file for the README's placeholder {arg!r}")
+        elif variant.as_json and i > 0 and args[i - 1] == "--name" and "--tenant" not in args:
+            args[i] = f"{arg}-json"
+    for key, (where, which) in VERSIONS.items():
+        if _matches(args, key):
+            at = where if isinstance(where, int) else args.index(where) + 1
+            args[at] = str(which(tour_, variant.tenant))
+    return args + (["--json"] if variant.as_json else [])
+
+
+def _workspace_and_env(
+    tour_: Tour, argv: list[str], variant: Variant
+) -> tuple[Path, dict[str, str]]:
+    if argv[0] != "init":
+        return tour_.ws, {}
+    if "--sealed" in argv:
+        return tour_.root / f"sealed-{variant.name}", {"SILOLEARN_PASSPHRASE": PASSPHRASE}
+    return (tour_.root / "init-json" if variant.as_json else tour_.ws), {}
+
+
+# -- the tour ------------------------------------------------------------------------------
+
+
+def _judge(
+    argv: list[str], variant: Variant, done: subprocess.CompletedProcess[str]
+) -> Iterator[str]:
+    expected = {EXPECTED_EXIT.get(shlex.join(argv), 0)}
+    expected |= {code for key, code in GATED.items() if _matches(argv, key)}
+    if done.returncode not in expected:
+        yield f"exit {done.returncode}, the README says {' or '.join(map(str, sorted(expected)))}"
+    for stream, text in (("stdout", done.stdout), ("stderr", done.stderr)):
+        if "Traceback" in text:
+            yield f"a traceback on {stream}"
+    answered = done.returncode == 0 or bool(done.stdout.strip())
+    if variant.as_json:
+        # a refusal's JSON is the last line on stderr, after any warning logged before it
+        payload = done.stdout if answered else done.stderr.strip().split("\n")[-1]
+        try:
+            json.loads(payload)
+        except json.JSONDecodeError:
+            yield f"--json printed no JSON on {'stdout' if answered else 'stderr'}"
+    elif not answered:
+        if "error (" not in done.stderr:
+            yield "no typed error on stderr"
+    elif not done.stdout.strip():
+        yield "no output"
+
+
+def test_the_tour_is_read_from_the_readme() -> None:
+    commands = [shlex.join(argv) for argv in tour()]
+    assert commands[0] == "init"
+    assert len(commands) >= 30
+    for documented in EXPECTED_EXIT:
+        assert documented in commands, f"{documented!r} is no longer in the tour"
+    for key in [*SETUP, *VERSIONS, *GATED]:
+        assert any(_matches(argv, key) for argv in tour()), f"no {key} command in the tour"
+
+
+@pytest.mark.timeout(1800)
+def test_every_command_of_the_readme_tour_runs_in_human_output_and_json(
+    workspace: Tour,
+) -> None:
+    problems = []
+    for argv in tour():
+        for variant in workspace.variants:
+            try:
+                for key, setup in SETUP.items():
+                    if _matches(argv, key):
+                        setup(workspace, argv, variant)
+                args = _concrete(workspace, argv, variant)
+            except AssertionError as exc:
+                # the tour goes on: the commands after it may still run, and the report
+                # lists everything that went wrong
+                problems.append(f"silolearn {shlex.join(argv)} ({variant.name}): not run: {exc}")
+                continue
+            path, env = _workspace_and_env(workspace, argv, variant)
+            started = time.perf_counter()
+            done = run_cli(*args, "--workspace", str(path), env=env)
+            workspace.seconds.append((shlex.join(args), time.perf_counter() - started))
+            print(f"{workspace.seconds[-1][1]:7.1f} s  exit {done.returncode}  {shlex.join(args)}")
+            for problem in _judge(argv, variant, done):
+                problems.append(
+                    f"silolearn {shlex.join(argv)} ({variant.name}, run as "
+                    f"{shlex.join(args)}): {problem}\n  stdout: {done.stdout[-600:]!r}\n"
+                    f"  stderr: {done.stderr[-1200:]!r}"
+                )
+    slowest = sorted(workspace.seconds, key=lambda s: -s[1])[:8]
+    print("slowest commands:", *(f"{s:7.1f} s  {c}" for c, s in slowest), sep="\n")
+    assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems)
