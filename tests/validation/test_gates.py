@@ -43,7 +43,7 @@ from silolearn.storage.scope import Purpose
 LEAKY = LEAK_DRILL
 """The demo's leak drill, so the test proves what the demo shows."""
 LEAKY_CANARIES = LEAK_CANARIES
-LAX = {"epochs": 300, "weight_decay": 0.0, "head_hidden": 256}
+LAX = {"tuning": "fixed", "epochs": 300, "weight_decay": 0.0, "head_hidden": 256}
 """Overfits less than LEAKY (AUC 0.75-0.80 in trial runs) and keeps the quality gate."""
 POLICY = """
 [gates.tenants.critics]
@@ -79,10 +79,16 @@ def _gates(result: Any) -> dict[str, dict[str, Any]]:
 
 
 def test_one_run_audit_stays_below_the_accountant_on_a_dp_run(world: dict[str, Any]) -> None:
+    """``desk`` first gets a normal version (it serves while ``critics`` trains, for the
+    divergence checks); its DP round at epsilon 1 on ~360 tweets of 16 outlets is judged
+    against it, and may well be rejected by the quality gate: no other gate may fail."""
     with Workspace.open(world["path"], actor="test") as ws:
-        result = Trainer(ws).train(
-            "desk", dp=True, epsilon=1.0, canaries={"secret": 0, "audit": 200}
-        )
+        trainer = Trainer(ws)
+        serving = trainer.train("desk")
+        assert serving.status == "active", serving.decision["reason"]
+        result = trainer.train("desk", dp=True, epsilon=1.0, canaries={"secret": 0, "audit": 200})
+        print("DP epsilon 1 run:", result.status, result.decision["reason"])
+        assert set(result.decision["failed"]) <= {"quality", "forgetting"}
     audit = _gates(result)["privacy_audit"]
     print("DP epsilon 1 run:", audit["reason"])
     assert audit["applicable"] and audit["passed"]
@@ -90,7 +96,6 @@ def test_one_run_audit_stays_below_the_accountant_on_a_dp_run(world: dict[str, A
     assert 0.0 <= lower <= audit["metrics"]["accountant_epsilon"] == 1.0
     assert audit["metrics"]["m"] == 200 and audit["metrics"]["guesses"] == 100
     assert result.lineage["canaries"]["audit"] == 200
-    assert result.status == "active", result.decision["reason"]
 
 
 def test_I8_leaky_candidate_rejected_by_membership_and_canaries_normal_passes(
@@ -166,18 +171,24 @@ def test_I8_leaky_candidate_rejected_by_membership_and_canaries_normal_passes(
     assert {g["gate"]: g["passed"] for g in row["decision"]["gates"]}["membership"] is False
     assert row["gate_runs"][0]["trigger"] == "round" and not row["gate_runs"][0]["passed"]
     listed = run_cli("incidents", "list", "--json", "--workspace", str(path))
-    assert json.loads(listed.stdout)[0]["severity"] == "SEV1"
+    mine = [i for i in json.loads(listed.stdout) if i["tenant"] == "critics"]
+    assert [i["severity"] for i in mine] == ["SEV1"]
     shown = run_cli("incidents", "show", "999", "--workspace", str(path))
     assert shown.returncode != 0 and "no incident 999" in shown.stderr
 
 
-def test_I8_failing_reaudit_rolls_back_automatically(world: dict[str, Any]) -> None:
-    """A leaky version promoted under a lax policy fails its re-audit once the policy is
-    tightened: the last version that passes is restored, audited, with an incident."""
+def test_I8_failing_reaudit_rolls_back_automatically(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leaky version promoted under a lax policy (no membership bound, a promotion
+    tolerance of 1.0) fails its re-audit once the policy is tightened: the last version
+    that passes is restored, audited, with an incident. The re-audit judges quality by harm
+    shown, so the leak is what it fails on."""
     path = world["path"]
     with Workspace.open(path, actor="test") as ws:
         ws.tenants.set_status("critics", "active", reason="incident reviewed")
     _policy(path, 1.0, "own")
+    monkeypatch.setenv("SILOLEARN_TRAINING__PROMOTION_TOLERANCE", "1.0")
     with Workspace.open(path, actor="test") as ws:
         ws.tenant("critics").ingest(world["reviews"][1300:1500])
         # desk's probe set is not full yet (fewer eval records than divergence_probes):
@@ -195,12 +206,14 @@ def test_I8_failing_reaudit_rolls_back_automatically(world: dict[str, Any]) -> N
         ]
         registry = AdapterRegistry(ws.scope("critics", purpose=Purpose.REGISTRY))
         good = [v.version for v in registry.list() if v.status == "retired"]
+    monkeypatch.delenv("SILOLEARN_TRAINING__PROMOTION_TOLERANCE")
     _policy(path, 0.75, "own")
     rerun = run_cli("gates", "rerun", "critics", "--json", "--workspace", str(path))
     assert rerun.returncode == 5, rerun.stderr
     report = json.loads(rerun.stdout)
     print("re-audit:", {k: report[k] for k in ("version", "severity", "restored", "tried")})
     assert report["version"] == lax.version and not report["passed"]
+    assert [g["gate"] for g in report["gates"] if not g["passed"]] == ["membership"]
     assert report["restored"] == good[-1]
     with Workspace.open(path, actor="test") as ws:
         registry = AdapterRegistry(ws.scope("critics", purpose=Purpose.REGISTRY))
