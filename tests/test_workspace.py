@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def test_schema_head_matches_alembic() -> None:
         ("[keys]\nmanager = 'vault-without-config'\n", "keys.manager"),
     ],
 )
-def test_config_is_validated_strictly(ws: Workspace, toml: str, message: str) -> None:
+def test_config_is_validated_strictly(
+    ws: Workspace, toml: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("SILOLEARN_")]:
+        monkeypatch.delenv(name)  # another suite's overrides would mask the file's values
     (ws.path / "silolearn.toml").write_text(toml)
     with pytest.raises(ConfigError, match=message):
         Workspace.open(ws.path)

@@ -161,7 +161,15 @@ class GatePolicy(_Section):
     """Every example of the tenant's golden suite predicted correctly."""
     membership: bool = True
     membership_auc_upper: float = Field(default=0.60, gt=0.0, le=1.0)
-    """Reject when the upper confidence bound of the strongest attack's AUC exceeds this."""
+    """For a ``mixed`` audience: reject when the upper confidence bound of the strongest
+    attack's AUC exceeds this, whatever any other model of the data would show."""
+    membership_excess_auc: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Reject when the loss attack's AUC on the candidate exceeds, by more than this, its
+    AUC on the platform's default learner fitted to the same training records and attacked
+    on the same members and non-members: memorisation beyond the generalisation gap that
+    any well-regularised model of this data shows (a non-private head on 1,600 health
+    tweets of 16 outlets shows 0.69 at its cross-validated optimum, on movie snippets
+    0.57; an over-trained one 0.11-0.17 above that)."""
     membership_min_nonmembers: int = Field(default=100, ge=2, le=1_000_000)
     """Below this many non-members the AUC cannot be bounded usefully: the gate is recorded
     as not applicable (its reason says so) instead of rejecting every small tenant."""

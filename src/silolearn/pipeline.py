@@ -42,7 +42,7 @@ from silolearn.privacy.accountant import calibrate_noise
 from silolearn.privacy.ledger import tenant_scope
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.storage.scope import Purpose
-from silolearn.validation.gates import GateVerdict, decision_of, judge
+from silolearn.validation.gates import LEAKAGE_GATES, GateVerdict, decision_of, judge
 from silolearn.workspace import Workspace
 
 Progress = Callable[[str, int, str, dict[str, Any]], None]
@@ -1228,7 +1228,6 @@ class Trainer:
 
 MIN_REMEDIATION_EPSILON = 0.05
 """Below this a DP remediation is not tried: the noise would swamp any head."""
-LEAKAGE_GATES = frozenset({"membership", "canary"})
 
 
 def _leaked(result: RoundResult) -> bool:
@@ -1239,7 +1238,7 @@ def _leaked(result: RoundResult) -> bool:
     return (
         result.status == "rejected"
         and bool(failed)
-        and failed <= LEAKAGE_GATES
+        and failed <= set(LEAKAGE_GATES)
         and decision.get("severity") != "SEV1"
         and not private
     )
@@ -1275,12 +1274,12 @@ def _explain(tenant: str, attempts: list[dict[str, Any]], serving: int | None) -
         for a in attempts
     )
     advice = []
-    if failed & LEAKAGE_GATES:
+    if failed & set(LEAKAGE_GATES):
         advice.append(
             f"a larger privacy budget for DP-SGD (`silolearn privacy budget {tenant} "
             "--epsilon E`) or more training records per label"
         )
-    if failed - LEAKAGE_GATES:
+    if failed - set(LEAKAGE_GATES):
         advice.append("more labelled eval records, so that the quality gate can decide")
     if any(a["status"] == "skipped" for a in attempts):
         advice.append("budget left for a DP remediation")

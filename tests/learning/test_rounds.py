@@ -277,7 +277,7 @@ def test_I8_sigkill_mid_run_leaves_registry_consistent_and_next_run_succeeds(
         killed: list[int] = []
 
         def kill(tenant: str, pid: int, event: str, details: dict[str, Any]) -> None:
-            if event == "epoch" and not killed:
+            if event == "data" and not killed:  # records read, training about to start
                 killed.append(pid)
                 os.kill(pid, signal.SIGKILL)
 
@@ -451,13 +451,15 @@ def test_lora_round_trains_in_a_worker_and_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, critics_rows: list[dict[str, Any]]
 ) -> None:
     monkeypatch.setenv("SILOLEARN_TRAINING__MAX_TOKENS", "32")
-    monkeypatch.setenv("SILOLEARN_TRAINING__LORA_MAX_RECORDS", "48")
+    monkeypatch.setenv("SILOLEARN_TRAINING__LORA_BUDGET_EXAMPLES", "48")
     with Workspace.init(tmp_path / "ws", actor="test") as ws:
         ws.create_tenant("alpha")
         ws.tenant("alpha").ingest(critics_rows[:200])
         result = ws.tenant("alpha").train(kind="lora", seed=4)
         assert result.kind == "lora" and result.status == "active", result.decision
-        assert result.lineage["records"] == 48 and result.lineage["embedded"] == 0
+        # every record of the run, once: the example budget allows no second epoch
+        assert result.lineage["records"] == result.lineage["new_records"] > 48
+        assert result.lineage["fit"]["epochs"] == 1 and result.lineage["fit"]["tuning"]
         assert result.lineage["config"]["lora_rank"] == 8
         predictions = ws.tenant("alpha").predict(["a bright, sharp comedy", "a plodding mess"])
         assert [p.version for p in predictions] == [result.version] * 2

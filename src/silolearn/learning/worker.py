@@ -437,6 +437,17 @@ def _draw_canaries(job: WorkerJob, params: dict[str, Any], labels: list[str], dp
     )
 
 
+def _is_default_learner(config: Any, adapter: Any) -> bool:
+    """Whether a head was fitted the way the platform's default learner fits one: the
+    membership gate's baseline is then the candidate itself."""
+    return bool(
+        config.tuning == "auto"
+        and adapter.hidden == 0
+        and config.l2_choice == "best"
+        and config.objective == "log_loss"
+    )
+
+
 def _can_warm_start(parent: dict[str, Any], kind: str, dp: Any, trunk: Any) -> bool:
     """Whether a round may start from its parent's weights: same adapter kind, same shared
     trunk (or none), and under DP only from a parent that was itself trained under DP."""
@@ -793,9 +804,11 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
             cap = (
                 policy.membership_members if not needs_text else min(policy.membership_members, 200)
             )
+            trained_pool = pool
             if len(pool) > cap:
                 pool = [pool[int(i)] for i in np.sort(rng.choice(len(pool), cap, replace=False))]
             reference = None
+            baseline = None
             if isinstance(candidate.adapter, HeadAdapter):
                 head = candidate.adapter
                 ref_config = TrainingConfig.model_validate(
@@ -813,6 +826,28 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
                     ref.fit(feats, labels, config=ref_config, seed=seed)
                     return evidence.Model(ref, -1)
 
+                default = TrainingConfig()
+                if _is_default_learner(ref_config, head):
+                    # the candidate is the default learner: its own attack is the baseline
+                    def baseline() -> tuple[evidence.Model, str]:
+                        return candidate, "the candidate itself"
+                else:
+
+                    def baseline() -> tuple[evidence.Model, str]:
+                        labels = [str(s.record.label) for s in trained_pool]
+                        ref = HeadAdapter(
+                            sorted(set(labels)), hidden=0, dim=head.dim, trunk=head.trunk
+                        )
+                        texts = [s.record.text for s in trained_pool]
+                        feats = features(trained_pool, train_cache)
+                        ref.fit(
+                            Features(texts=texts, embeddings=feats.embeddings),
+                            labels,
+                            config=default,
+                            seed=0,
+                        )
+                        return evidence.Model(ref, -1), "tuned linear head refitted"
+
             out["membership"] = evidence.membership(
                 candidate,
                 (features(pool, train_cache), [str(s.record.label) for s in pool]),
@@ -823,6 +858,7 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
                 confidence=policy.confidence,
                 rng=rng,
                 subset=subset,
+                baseline=baseline,
             )
             timings["membership"] = time.perf_counter() - t0
 

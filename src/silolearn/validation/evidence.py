@@ -170,6 +170,7 @@ def membership(
     confidence: float,
     rng: np.random.Generator,
     subset: Callable[[Any, npt.NDArray[np.int64]], Any],
+    baseline: Callable[[], tuple[Model, str]] | None = None,
 ) -> dict[str, Any]:
     """The loss-threshold attack and LiRA offline against ``model``: AUC and TPR at 1% and
     0.1% FPR with bootstrap intervals, for members (a sample of its training records) against
@@ -212,6 +213,20 @@ def membership(
     ).to_dict()
     out["attacks"]["loss"] = loss_attack
     out["mean_loss"] = {"members": float(m_loss.mean()), "nonmembers": float(n_loss.mean())}
+    if baseline is not None:
+        # the same attack on the platform's default learner fitted to the same records: the
+        # generalisation gap any well-regularised model of this data shows
+        from silolearn.validation.attacks import roc_auc
+
+        reference, learner = baseline()
+        b_m = _reference_losses(reference, model, m_feats, m_codes)
+        b_n = _reference_losses(reference, model, n_feats, n_codes)
+        base_auc = roc_auc(loss_threshold_scores(b_m), loss_threshold_scores(b_n))
+        out["baseline"] = {
+            "learner": learner,
+            "auc": round(base_auc, 6),
+            "excess": round(float(loss_attack["auc"]) - base_auc, 6),
+        }
     if train_reference is not None and references >= 2 and len(n_codes) >= 8:
         # two folds of the non-members; each fold's references score the other fold, and
         # every member is scored by all of them (no reference trained on any member)
@@ -243,6 +258,20 @@ def membership(
         lira["references"] = 2 * per_fold
         out["attacks"]["lira_offline"] = lira
     out["seconds"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def _reference_losses(
+    ref: Model, model: Model, feats: Any, codes: npt.NDArray[np.int64]
+) -> FloatArray:
+    """The reference's loss on the target model's labels (a label it never saw: the
+    largest loss, 30 nats)."""
+    lp = ref.log_proba(feats)
+    mapped = ref.label_codes([model.labels[int(i)] for i in codes])
+    out = np.full(len(codes), 30.0)
+    seen = mapped >= 0
+    if seen.any():
+        out[seen] = losses_of(lp[seen], mapped[seen])
     return out
 
 

@@ -315,8 +315,21 @@ def membership_gate(
     bound: float,
     min_nonmembers: int = 2,
     audience: Audience = "own",
+    excess: float | None = None,
 ) -> GateVerdict:
-    threshold = {"auc_upper_bound": bound, "min_nonmembers": min_nonmembers}
+    """Memorisation beyond the data's own generalisation gap: the candidate fails when the
+    loss attack's AUC on it exceeds the AUC on the platform's default learner (fitted by
+    the gate worker to the same training records, attacked on the same members and
+    non-members) by more than ``excess``. A tenant whose audience is ``mixed`` also fails
+    when the strongest attack's upper bound exceeds ``bound``, whatever the learner: its
+    users must not learn who is in the training data. Without a baseline (a LoRA
+    candidate) the absolute ``bound`` applies."""
+    threshold: dict[str, Any] = {
+        "auc_upper_bound": bound,
+        "min_nonmembers": min_nonmembers,
+        "excess_auc": excess,
+        "audience": audience,
+    }
     attacks = (evidence or {}).get("attacks") or {}
     nonmembers = int((evidence or {}).get("nonmembers") or 0)
     if evidence and nonmembers < min_nonmembers:
@@ -345,11 +358,34 @@ def membership_gate(
     }
     tpr = attacks[strongest].get("tpr", {}).get("0.01")
     text = f"{strongest} attack AUC {auc:.3f} (upper bound {upper:.3f}), TPR@1%FPR {tpr}"
-    if upper > bound:
-        return GateVerdict(
-            "membership", False, f"{text} > {bound}", summary, threshold, audience=audience
+    baseline = (evidence or {}).get("baseline") or {}
+    failures = []
+    absolute = audience == "mixed" or excess is None or "auc" not in baseline
+    if absolute and upper > bound:
+        failures.append(f"upper bound {upper:.3f} > {bound}")
+    if excess is not None and "auc" in baseline:
+        summary["baseline_auc"] = float(baseline["auc"])
+        summary["excess_auc"] = float(baseline["excess"])
+        text += (
+            f"; loss attack {float(attacks['loss']['auc']):.3f} vs "
+            f"{float(baseline['auc']):.3f} on the default learner ({baseline['learner']}), "
+            f"excess {float(baseline['excess']):+.3f}"
         )
-    return GateVerdict("membership", True, f"{text} <= {bound}", summary, threshold)
+        if float(baseline["excess"]) > excess:
+            failures.append(f"excess {float(baseline['excess']):+.3f} > {excess}")
+    if failures:
+        return GateVerdict(
+            "membership",
+            False,
+            f"{text}: {'; '.join(failures)}",
+            summary,
+            threshold,
+            audience=audience,
+        )
+    limits = [f"excess <= {excess}"] if excess is not None and "auc" in baseline else []
+    if absolute:
+        limits.append(f"upper bound <= {bound}")
+    return GateVerdict("membership", True, f"{text} ({', '.join(limits)})", summary, threshold)
 
 
 def canary_gate(
@@ -488,6 +524,7 @@ def judge(
                 bound=policy.membership_auc_upper,
                 min_nonmembers=policy.membership_min_nonmembers,
                 audience=policy.audience,
+                excess=policy.membership_excess_auc,
             )
         )
     verdicts.append(
