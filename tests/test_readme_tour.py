@@ -27,8 +27,10 @@ reader is filled in by the small tables below:
   starts a real round and kills it at that moment. ``gates shadow newsroom --run`` needs
   ``newsroom``, a tenant that joined the shared layer and trained a round on it.
 
-Slow parts: every round spawns real training and gate workers. The LoRA round and the
-privacy sweep are the longest; the tour trains each tenant about seven times.
+Slow parts: every round spawns real training and gate workers, and the tour trains each of
+its two tenants about seven times (rounds, the DP run, the shared layer, the shadow). Rounds
+take 25-60 s each and ``predict`` about 8 s (it loads the encoder); the whole test took
+13 minutes on two cores shared with other jobs.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ GATED = {("adapters", "promote"): 5, ("gates", "rerun"): 5}
 """Commands whose outcome the release gates decide ("through the same gates", "rolls back
 if it fails"): 0 when the version passes, else this exit code and the verdict."""
 
-TOPICS = ("business", "entertainment", "sports")
+TOPICS = ("business", "sports")
 FIRST_RECORDS = 150
-BATCH = 25
+BATCH = 20
 SUITE, SPRING, GOLD, TEXTS = 20, 20, 3, 4
 
 
@@ -152,16 +154,20 @@ def _bbc_streams() -> tuple[dict[str, Stream], Stream]:
 
     Each record is the article's headline and lead paragraph: short texts keep the LoRA
     round, which back-propagates through the encoder, and the gates on its candidate within
-    a minute or two. Three topics that rarely share words (business, entertainment, sport)
-    let rounds be promoted: the quality gate promotes a candidate shown not to be worse on
-    a few dozen eval records, so a tour on harder data would meet rejected rounds where
-    the README expects versions to promote and roll back to."""
+    a minute or two. Two topics that rarely share words (business and sport) let later
+    rounds be promoted: the quality gate promotes a candidate shown not to be worse on a
+    few dozen eval records, which a candidate that errs on one more of them is not, so a
+    tour on harder data meets rejected rounds where the README expects versions to promote
+    and roll back to."""
     rows = [
         {**r, "text": _headline_and_lead(r["text"])} for r in bbc_news() if r["label"] in TOPICS
     ]
-    # the articles arrive topic by topic in turn: a stride of four gives every slice all three
-    names = (TENANT, f"{TENANT}-json", "newsroom")
-    return {name: Stream(rows[i::4]) for i, name in enumerate(names)}, Stream(rows[3::4])
+    # the articles arrive topic by topic in turn: slices of an odd period get both topics
+    slices = {TENANT: (0, 1, 2), f"{TENANT}-json": (3, 4, 5), "newsroom": (6, 7), "": (8,)}
+    streams = {
+        name: Stream([r for i, r in enumerate(rows) if i % 9 in at]) for name, at in slices.items()
+    }
+    return streams, streams.pop("")
 
 
 def _headline_and_lead(text: str) -> str:
