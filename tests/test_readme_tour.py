@@ -62,7 +62,7 @@ TENANT = "acme"
 FILES = ("records.jsonl", "suite.jsonl", "spring.jsonl", "gold.jsonl", "texts.txt")
 PASSPHRASE = "a passphrase for the sealed keyring of the tour"
 
-EXPECTED_EXIT = {"train acme --dp --epsilon 4": 11}
+EXPECTED_EXIT = {"privacy sweep acme --epsilons 1,2,4,8": 11}
 """Commands the README documents as refused, with their exit code; every other command of
 the tour must exit 0, but for those in ``GATED``."""
 GATED = {("adapters", "promote"): 5, ("gates", "rerun"): 5}

@@ -690,20 +690,22 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
         active = None if params.get("active") is None else load(params["active"])
         needs_text = any(m.adapter.needs_text for m in (candidate, active) if m is not None)
 
+        # a LoRA candidate reads texts while the head it is compared with reads embeddings:
+        # features carry both whenever either model needs texts
         def features(stored: list[Any], cache: EmbeddingCache) -> Features:
             texts = [s.record.text for s in stored]
-            if needs_text:
-                return Features(texts=texts)
             if not stored:
-                return Features(embeddings=np.zeros((0, 384), dtype=np.float32))
+                empty = np.zeros((0, 384), dtype=np.float32)
+                return Features(texts=texts if needs_text else None, embeddings=empty)
             keys = [scope.record_id_hash(s.record) for s in stored]
             matrix, _ = _embed_through(cache, keys, texts, encoder, config.max_tokens, send)
-            return Features(embeddings=matrix)
+            return Features(texts=texts if needs_text else None, embeddings=matrix)
 
         def synthetic(texts: list[str]) -> Features:
-            if needs_text:
-                return Features(texts=texts)
-            return Features(embeddings=encoder.embed(texts, max_length=config.max_tokens))
+            return Features(
+                texts=texts if needs_text else None,
+                embeddings=encoder.embed(texts, max_length=config.max_tokens),
+            )
 
         # the canary alternatives are a fixed sample per tenant: embedded once, kept with
         # the evaluator's cache (synthetic sequences, none of them the tenant's data)
@@ -721,10 +723,10 @@ def _gates(job: WorkerJob, send: Send) -> dict[str, Any]:
             return Features(embeddings=matrix)
 
         def subset(feats: Features, rows: npt.NDArray[np.int64]) -> Features:
-            if feats.texts is not None:
-                return Features(texts=[feats.texts[int(i)] for i in rows])
-            assert feats.embeddings is not None
-            return Features(embeddings=feats.embeddings[rows])
+            return Features(
+                texts=None if feats.texts is None else [feats.texts[int(i)] for i in rows],
+                embeddings=None if feats.embeddings is None else feats.embeddings[rows],
+            )
 
         def predict(model: evidence.Model, feats: Features) -> list[str]:
             if len(feats) == 0:
