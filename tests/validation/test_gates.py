@@ -49,14 +49,15 @@ POLICY = """
 [gates.tenants.critics]
 audience = "{audience}"
 membership_auc_upper = {bound}
+membership_excess_auc = {excess}
 membership_min_nonmembers = 50
 """
 
 
-def _policy(path: Path, bound: float, audience: str = "mixed") -> None:
+def _policy(path: Path, bound: float, audience: str = "mixed", excess: float = 0.05) -> None:
     config = path / "silolearn.toml"
     text = config.read_text().split("\n[gates.tenants.critics]")[0].rstrip("\n") + "\n"
-    config.write_text(text + POLICY.format(bound=bound, audience=audience))
+    config.write_text(text + POLICY.format(bound=bound, audience=audience, excess=excess))
 
 
 @pytest.fixture(scope="module")
@@ -180,14 +181,15 @@ def test_I8_leaky_candidate_rejected_by_membership_and_canaries_normal_passes(
 def test_I8_failing_reaudit_rolls_back_automatically(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A leaky version promoted under a lax policy (no membership bound, a promotion
-    tolerance of 1.0) fails its re-audit once the policy is tightened: the last version
+    """A leaky version promoted under a lax policy (no membership bound, no bound on its
+    excess over the default learner, a promotion tolerance of 1.0) fails its re-audit once
+    the policy is tightened (the default excess bound): the last version
     that passes is restored, audited, with an incident. The re-audit judges quality by harm
     shown, so the leak is what it fails on."""
     path = world["path"]
     with Workspace.open(path, actor="test") as ws:
         ws.tenants.set_status("critics", "active", reason="incident reviewed")
-    _policy(path, 1.0, "own")
+    _policy(path, 1.0, "own", excess=1.0)
     monkeypatch.setenv("SILOLEARN_TRAINING__PROMOTION_TOLERANCE", "1.0")
     with Workspace.open(path, actor="test") as ws:
         ws.tenant("critics").ingest(world["reviews"][1300:1500])
