@@ -15,9 +15,10 @@ workers are separate processes, also on one thread):
   (``RoundResult.timings``); "to worker start" is from the call to the worker's first
   progress event (base-model check, run slot, process start, imports); "other" is the rest
   of the total (result transfer, second base-model check, sealing and registering the
-  candidate, promotion). ``lora`` back-propagates through the encoder and trains on at most
-  ``training.lora_max_records`` records (``--lora-records``). A **second head round** on
-  the same tenant, after ``--records`` newer records, shows what the embedding caches save:
+  candidate, promotion). ``lora`` back-propagates through the encoder for every record, as
+  many epochs as ``training.lora_budget_examples`` allows (``--lora-budget``). A **second
+  head round** on the same tenant, after ``--records`` newer records, shows what the
+  embedding caches save:
   only new records are embedded, replayed ones and earlier eval records come from the
   caches.
 * **encoder vs sentence-transformers**: ``FrozenEncoder.embed(texts, max_length=128)`` and
@@ -480,7 +481,7 @@ def bench_predict(
 
 def trained(r: dict[str, Any]) -> str:
     offered = r["new_records"] + r["replay_records"]
-    if r["records"] < offered:  # lora: capped at training.lora_max_records
+    if r["records"] < offered:  # a DP run or a retrain on all records reports its own count
         return f"{r['records']} of {offered} ({r['new_records']} + {r['replay_records']})"
     return f"{r['records']} ({r['new_records']} + {r['replay_records']})"
 
@@ -670,10 +671,10 @@ def parse_args() -> argparse.Namespace:
         help="a lora round on its own tenant (default: on)",
     )
     parser.add_argument(
-        "--lora-records",
+        "--lora-budget",
         type=int,
         default=None,
-        help="training.lora_max_records for the lora round (default: the config's, 256)",
+        help="training.lora_budget_examples for the lora round (default: the config's)",
     )
     parser.add_argument(
         "--peers",
@@ -712,8 +713,8 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if args.lora_records is not None:
-        os.environ["SILOLEARN_TRAINING__LORA_MAX_RECORDS"] = str(args.lora_records)
+    if args.lora_budget is not None:
+        os.environ["SILOLEARN_TRAINING__LORA_BUDGET_EXAMPLES"] = str(args.lora_budget)
     limit_threads()
     deterministic_torch()  # as in the workers: one thread, deterministic kernels
 
@@ -747,7 +748,7 @@ def main() -> None:
             if args.lora_round:
                 ws.create_tenant(LORA_TENANT)
                 result["ingest"].append(ingest(ws, LORA_TENANT, first))
-                label = f"lora, round 1 (at most {config.lora_max_records} records)"
+                label = f"lora, round 1 (budget {config.lora_budget_examples} examples)"
                 result["rounds"].append(run_round(ws, LORA_TENANT, "lora", label))
 
             encoder = FrozenEncoder.load(default_model_dir(), expected_sha256=None)

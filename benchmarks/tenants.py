@@ -456,15 +456,19 @@ def tables_for(results: list[dict[str, Any]], *, lora: bool, streamed: bool) -> 
             "x yardstick",
             "round with gates",
             "x yardstick",
+            "load",
             "embed",
             "train",
             "gates",
+            "rest",
         ],
         note=(
             "ST encode + LRCV: sentence-transformers encoding the training texts plus "
             "LogisticRegressionCV's fit, in process. Round: RoundResult.timings total (to "
             "worker start, load, read, embed, train, gate step, registering), without gates: "
-            "less the gate step (evaluate). embed/train: the training worker's own timings."
+            "less the gate step (evaluate). load/embed/train: the training worker's own "
+            "timings (load: the base model); rest: the total less these, the read and the "
+            "gate step (worker start, the run's bookkeeping, registering)."
         ),
     )
     stream_table = Table(
@@ -549,9 +553,18 @@ def tables_for(results: list[dict[str, Any]], *, lora: bool, streamed: bool) -> 
                 fmt_ratio(summary["seconds_without_gates"] / yardstick),
                 fmt_float(summary["seconds"], 1),
                 fmt_ratio(summary["seconds"] / yardstick),
-                fmt_float(timings.get("embed", 0.0), 1),
-                fmt_float(timings.get("train", 0.0), 1),
-                fmt_float(timings.get("evaluate", 0.0), 1),
+                *(
+                    fmt_float(timings.get(step, 0.0), 1)
+                    for step in ("load", "embed", "train", "evaluate")
+                ),
+                fmt_float(
+                    summary["seconds"]
+                    - sum(
+                        timings.get(step, 0.0)
+                        for step in ("load", "read", "embed", "train", "evaluate")
+                    ),
+                    1,
+                ),
             )
 
         if streamed and "stream" in r:
@@ -587,6 +600,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lora", action="store_true", help="also a LoRA first round (slow)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample and the split")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results to PATH")
+    parser.add_argument(
+        "--tables-from",
+        metavar="PATH",
+        help="only print the tables of the raw results a --json run wrote to PATH",
+    )
     args = parser.parse_args()
     unknown = [t for t in args.tenants.split(",") if t not in datasets.ZOO]
     if unknown:
@@ -623,8 +641,29 @@ def commit() -> str:
     return f"{head}{' + uncommitted changes' if dirty else ''}"
 
 
+def report(payload: dict[str, Any], *, lora: bool, streamed: bool) -> None:
+    print(f"Command: `{payload['command']}` at commit {payload['commit']}\n")
+    info = payload["machine"]
+    print(
+        f"Machine: {info['cpus']} CPUs ({info['processor']}), Python {info['python']}, "
+        f"torch {info.get('torch')} on {info['torch_threads']} thread, sentence-transformers "
+        f"{info.get('sentence-transformers')}, scikit-learn {info.get('scikit-learn')}; "
+        f"whole run {payload.get('seconds', float('nan')):.0f} s.\n"
+    )
+    render(tables_for(payload["tenants"], lora=lora, streamed=streamed), markdown=True)
+
+
 def main() -> None:
     args = parse_args()
+    if args.tables_from:
+        payload = json.loads(Path(args.tables_from).read_text())
+        tenants = payload["tenants"]
+        report(
+            payload,
+            lora=any("lora" in t for t in tenants),
+            streamed=any("stream" in t for t in tenants),
+        )
+        return
     began = time.perf_counter()
     # before transformers and huggingface_hub are imported: nothing is downloaded
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -654,16 +693,7 @@ def main() -> None:
         if args.json:  # written as it goes: a long run still leaves what it measured
             Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
     payload["seconds"] = time.perf_counter() - began
-
-    print(f"Command: `{payload['command']}` at commit {payload['commit']}\n")
-    info = payload["machine"]
-    print(
-        f"Machine: {info['cpus']} CPUs ({info['processor']}), Python {info['python']}, "
-        f"torch {info.get('torch')} on {info['torch_threads']} thread, sentence-transformers "
-        f"{info.get('sentence-transformers')}, scikit-learn {info.get('scikit-learn')}; "
-        f"whole run {payload['seconds']:.0f} s.\n"
-    )
-    render(tables_for(payload["tenants"], lora=args.lora, streamed=args.stream), markdown=True)
+    report(payload, lora=args.lora, streamed=args.stream)
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 

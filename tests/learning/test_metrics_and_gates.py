@@ -1,4 +1,5 @@
-"""Classification metrics against scikit-learn, and the quality gate's verdicts."""
+"""Classification metrics against scikit-learn (the quality gate's verdicts are tested in
+tests/validation/test_gate_rules.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from silolearn.learning.metrics import classification_metrics
-from silolearn.validation.gates import GateVerdict, no_worse_than_active
 
 # -- classification_metrics ------------------------------------------------------------------
 
@@ -82,79 +82,3 @@ def test_perfect_predictions() -> None:
     ours = classification_metrics(truth, list(truth))
     assert ours["accuracy"] == 1.0 and ours["macro_f1"] == 1.0
     assert ours["per_class"]["y"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
-
-
-# -- the quality gate -----------------------------------------------------------------------
-
-
-def _metrics(macro_f1: float, n: int = 50) -> dict[str, float | int]:
-    return {"n": n, "macro_f1": macro_f1, "accuracy": macro_f1}
-
-
-def _gate(candidate: float, active: float | None, n: int = 50, **kw: float) -> GateVerdict:
-    return no_worse_than_active(
-        _metrics(candidate, n),
-        None if active is None else _metrics(active, n),
-        tolerance=kw.get("tolerance", 0.01),
-        min_eval_records=int(kw.get("min_eval_records", 10)),
-    )
-
-
-def test_first_version_passes() -> None:
-    verdict = _gate(0.2, None)
-    assert verdict.passed and verdict.gate == "quality"
-    assert "first version" in verdict.reason
-    assert verdict.metrics == {"n": 50, "macro_f1": 0.2, "active_macro_f1": None}
-    assert verdict.to_dict()["passed"] is True
-
-
-def test_too_few_eval_records_fail_naming_the_counts() -> None:
-    for active in (None, 0.5):
-        verdict = _gate(0.9, active, n=7, min_eval_records=10)
-        assert not verdict.passed
-        assert "7" in verdict.reason and "10" in verdict.reason
-        assert verdict.metrics["n"] == 7
-        assert verdict.threshold == {"tolerance": 0.01, "min_eval_records": 10}
-    assert _gate(0.9, None, n=10, min_eval_records=10).passed
-    assert not _gate(0.9, None, n=0, min_eval_records=1).passed
-
-
-def test_within_tolerance_passes_and_worse_fails() -> None:
-    better = _gate(0.85, 0.80)
-    assert better.passed and "0.8500" in better.reason and "0.8000" in better.reason
-    assert _gate(0.80, 0.80).passed
-    assert _gate(0.795, 0.80).passed  # worse, but within 0.01
-    worse = _gate(0.78, 0.80)
-    assert not worse.passed
-    assert "0.7800" in worse.reason and "0.8000" in worse.reason and "0.01" in worse.reason
-    assert worse.metrics == {"n": 50, "macro_f1": 0.78, "active_macro_f1": 0.80}
-    assert worse.threshold == {"tolerance": 0.01, "min_eval_records": 10}
-    assert worse.to_dict()["threshold"] == worse.threshold
-    assert not _gate(0.5, 0.8, tolerance=0.25).passed
-    assert _gate(0.5, 0.8, tolerance=0.3).passed
-
-
-def test_exactly_at_the_boundary_passes() -> None:
-    """Values whose difference is exact in binary floating point."""
-    assert _gate(0.5, 0.75, tolerance=0.25).passed
-    assert _gate(0.625, 0.75, tolerance=0.125).passed
-    assert not _gate(0.5, 0.75, tolerance=0.125).passed
-    assert _gate(0.0, 0.0, tolerance=0.0).passed
-    assert not _gate(0.5, 0.5 + 2**-20, tolerance=0.0).passed
-
-
-def _boundary_cases(tolerance: float) -> list[tuple[float, float]]:
-    """Macro-F1 pairs on the metrics' 6-decimal grid that are exactly ``tolerance`` apart."""
-    step = round(tolerance * 1e6)
-    return [(round((k - step) / 1e6, 6), round(k / 1e6, 6)) for k in range(step, 1_000_001, 997)]
-
-
-def test_exactly_at_a_decimal_boundary_passes() -> None:
-    assert _gate(0.7, 0.8, tolerance=0.1).passed
-    failing = [
-        (after, before)
-        for tolerance in (0.01, 0.02, 0.05)
-        for after, before in _boundary_cases(tolerance)
-        if not _gate(after, before, tolerance=tolerance).passed
-    ]
-    assert failing == []

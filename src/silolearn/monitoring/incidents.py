@@ -1,10 +1,12 @@
 """Incidents: what a failed gate or check found, how severe it is, and what was done.
 
-SEV1 (a canary can be extracted, the one-run audit refutes the accountant, an isolated
+Severity follows the blast radius (``validation.gates.severity_of``). SEV1 (a leak of a
+tenant whose audience is ``mixed``, the one-run audit refuting the accountant, an isolated
 tenant's predictions moved when another tenant trained): reject, quarantine the tenant's
-training, alert. SEV2 (membership inference above its bound, a shared-layer member moved
-beyond its bound, a production/shadow jump): reject. SEV3 (quality, forgetting, golden
-suite): reject. Every incident is audited when opened and when resolved; its evidence is
+training, alert. SEV2 (memorisation by an adapter that serves only its own tenant, a
+shared-layer member moved beyond its bound, a production/shadow jump): reject, and
+``pipeline.Trainer.train`` remediates a leak. SEV3 (quality, forgetting, golden suite):
+reject. Every incident is audited when opened and when resolved; its evidence is
 numbers, never record text. Incidents outlive a shredded tenant: they are the record.
 """
 

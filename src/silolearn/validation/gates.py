@@ -94,49 +94,6 @@ def leakage_failures(verdicts: Sequence[GateVerdict]) -> list[str]:
     return [v.gate for v in verdicts if not v.passed and v.gate in LEAKAGE_GATES]
 
 
-def no_worse_than_active(
-    candidate: dict[str, Any],
-    active: dict[str, Any] | None,
-    *,
-    tolerance: float,
-    min_eval_records: int,
-) -> GateVerdict:
-    """The point-estimate comparison (``candidate`` and ``active`` are metrics on the same
-    eval records): used where no bootstrap evidence exists, e.g. by a side run."""
-    n = int(candidate.get("n", 0))
-    threshold = {"tolerance": tolerance, "min_eval_records": min_eval_records}
-    after = float(candidate.get("macro_f1", 0.0))
-    before = None if active is None else float(active.get("macro_f1", 0.0))
-    metrics = {"n": n, "macro_f1": after, "active_macro_f1": before}
-    if n < min_eval_records:
-        return GateVerdict(
-            "quality",
-            False,
-            f"only {n} labelled eval records in the window, {min_eval_records} needed to judge",
-            metrics,
-            threshold,
-        )
-    if before is None:
-        return GateVerdict("quality", True, "first version: nothing to be worse than", metrics)
-    # metrics carry 6 decimals: compare the shortfall at that precision, so a candidate
-    # exactly `tolerance` below is within it whatever binary rounding does
-    if round(before - after, 6) <= tolerance:
-        return GateVerdict(
-            "quality",
-            True,
-            f"macro-F1 {after:.4f} vs active {before:.4f} (tolerance {tolerance})",
-            metrics,
-            threshold,
-        )
-    return GateVerdict(
-        "quality",
-        False,
-        f"macro-F1 {after:.4f} is below the active version's {before:.4f} by more than {tolerance}",
-        metrics,
-        threshold,
-    )
-
-
 def records_needed(evidence: dict[str, Any], margin: float, confidence: float) -> int | None:
     """How many eval records would let the interval clear its bound if the paired
     difference stayed where it was measured, ``margin`` away from the bound: the
