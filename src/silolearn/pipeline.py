@@ -1231,14 +1231,14 @@ MIN_REMEDIATION_EPSILON = 0.05
 
 
 def _leaked(result: RoundResult) -> bool:
-    """A non-private candidate rejected by leakage gates only, the tenant still active."""
+    """A non-private candidate rejected by a leakage gate (whatever else failed beside it:
+    a remediation may mend that too) at a severity that left the tenant active."""
     decision = result.decision or {}
     failed = set(decision.get("failed") or ())
     private = (result.lineage.get("privacy") or {}).get("mode") == "dp"
     return (
         result.status == "rejected"
-        and bool(failed)
-        and failed <= set(LEAKAGE_GATES)
+        and bool(failed & set(LEAKAGE_GATES))
         and decision.get("severity") != "SEV1"
         and not private
     )
