@@ -797,6 +797,15 @@ def verify_isolation(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -
 # -- learning and serving ----------------------------------------------------------------------
 
 
+def _gate_summary(decision: dict[str, Any]) -> str:
+    """The reason of the first failed gate, or of the quality gate when all passed."""
+    gates = decision.get("gates") or [{}]
+    failed = [g for g in gates if not g.get("passed", True)]
+    shown = failed[0] if failed else gates[0]
+    prefix = f"{shown.get('gate')}: " if failed else ""
+    return f"{prefix}{shown.get('reason', '')}"
+
+
 def _round_table(results: list[Any]) -> Table:
     def pair(before: Any, after: Any) -> str:
         return f"{before:.3f} → {after:.3f}" if before is not None else f"{after:.3f}"
@@ -830,7 +839,7 @@ def _round_table(results: list[Any]) -> Table:
                 data,
                 pair(before.get("accuracy"), r.metrics.get("accuracy", 0.0)),
                 pair(before.get("macro_f1"), r.metrics.get("macro_f1", 0.0)),
-                f"{r.sha256[:16]}  {r.decision.get('gates', [{}])[0].get('reason', '')}",
+                f"{r.sha256[:16]}  {_gate_summary(r.decision)}",
             ]
         )
     return _table(
