@@ -21,10 +21,11 @@ round's workers are separate processes, also on one thread):
   training texts plus the fit, is the yardstick time of acceptance 5's ratios, so it keeps
   scikit-learn's defaults. The TF-IDF grid is narrowed because at C of 1e3 and more L-BFGS
   crawled on the character n-grams of long articles (its fit took 15 minutes of a
-  37-minute run, 6 on press alone) while the chosen C stayed inside 0.1-100; with the
-  narrower grid and the caps, its accuracy moved by -0.01 to +0.02 on the tenants where
-  this was tried. The chosen C is reported (``tfidf.c``): one at an end of the grid would
-  say the grid was too narrow for that tenant.
+  37-minute run, 6 on press alone); with the narrower grid and the caps it took 3.5 of 17,
+  and on the same split its scores moved by -0.005 to +0.012 in accuracy and -0.022 to
+  +0.022 in macro-F1 (BENCHMARKS.md). The chosen C is reported (``tfidf.c``): one at an end
+  of the grid says the grid may be too narrow for that tenant (100 on three tenants, which
+  the full grid scored no better).
 * **silolearn**, the path of ``silolearn train`` and ``silolearn predict``: a fresh
   workspace (``Workspace.init``, then ``Workspace.open`` as the CLI does), the tenant
   created, the 80% ingested through the gateway, ``ws.tenant(t).train()`` with default
@@ -86,7 +87,7 @@ HELD_OUT = 0.2
 STREAM_CHUNKS = 3
 # The TF-IDF yardstick's grid: scikit-learn's default spans C from 1e-4 to 1e4, and at
 # C >= 1e3 L-BFGS crawls on the character n-grams of long articles (15 of a 37-minute run)
-# while the chosen C on these sparse, L2-normalised features lies well inside 0.1-100.
+# while no tenant scored better for it.
 TFIDF_CS = np.logspace(-1, 2, 7).tolist()
 # Each view keeps its most frequent n-grams: the rare tail of long articles' character
 # n-grams adds columns that the cross-validated penalty shrinks away anyway.
@@ -478,7 +479,10 @@ def tables_for(results: list[dict[str, Any]], *, lora: bool, streamed: bool) -> 
     stream_table = Table(
         "stream: three time-ordered chunks, a round after each",
         ["tenant", "round 1", "round 2", "round 3", "held-out after each round"],
-        note="Each round cell: outcome, and seconds with gates.",
+        note=(
+            "Each round cell: the last attempt's version and outcome, the attempts and what "
+            "ended serving, and the seconds of the whole train call."
+        ),
     )
 
     def pair(held_out: dict[str, Any]) -> str:
@@ -578,12 +582,12 @@ def tables_for(results: list[dict[str, Any]], *, lora: bool, streamed: bool) -> 
                 r["tenant"],
                 *(
                     f"{outcome(s['round'])}, attempts {attempts_cell(s['round'])}, "
-                    f"{fmt_float(s['round'].get('seconds', 0.0), 1)} s"
+                    f"{fmt_float(s['round']['wall_seconds'], 1)} s"
                     for s in r["stream"]
                 ),
                 " → ".join(pair(s["held_out"]) for s in r["stream"]),
             )
-    tables = [quality, gates, why, cost]
+    tables = [quality, gates, *([why] if why.rows else []), cost]
     if streamed:
         tables.append(stream_table)
     return tables
