@@ -175,7 +175,17 @@ def _headline_and_lead(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Tour:
+def _default_eval_windows() -> Iterator[None]:
+    """The tour runs on the README's defaults: the learning suite's larger eval share and
+    smaller judging window, when it ran first in the session, are not the README's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SILOLEARN_INGEST__EVAL_FRACTION", raising=False)
+        patch.delenv("SILOLEARN_TRAINING__MIN_EVAL_RECORDS", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, _default_eval_windows: None) -> Tour:
     root = tmp_path_factory.mktemp("tour")
     streams, extra = _bbc_streams()
     variants = []
