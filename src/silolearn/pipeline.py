@@ -1387,6 +1387,10 @@ def train_many(
     with Workspace.open(path, actor=actor) as ws:
         workers = max_workers or ws.settings.training.max_workers
     lock = threading.Lock()
+    # transformers resolves its names lazily, and two threads importing the same name at
+    # once can see a half-initialised module ("cannot import name 'AutoModel'"): resolve
+    # what the coordinator's divergence checks load before any thread starts
+    from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
     def one(tenant: str) -> RoundResult:
         with Workspace.open(path, actor=actor) as ws:
