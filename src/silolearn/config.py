@@ -65,6 +65,10 @@ class TrainingConfig(_Section):
     l2_choice: Literal["best", "one_standard_error"] = "best"
     """Which L2 strength cross-validation keeps: the best held-out score, or the strongest
     within one standard error of it (what a remediation of a leaking candidate asks for)."""
+    max_c: float | None = Field(default=None, gt=0.0, le=1e6)
+    """The weakest L2 penalty cross-validation may choose, as an upper bound on the inverse
+    strength C (None: the grid's own). A remediation of a leaking candidate lowers it step
+    by step; the grid then extends below its usual strongest value."""
     epochs: int = Field(default=40, ge=1, le=1000)
     """Epochs of a ``fixed`` fit."""
     batch_size: int = Field(default=64, ge=1, le=65536)
@@ -267,7 +271,9 @@ class Settings(_Section):
             lines.append(f"\n[{section}]")
             tables = {k: v for k, v in values.items() if isinstance(v, dict)}
             for key, value in values.items():
-                if key not in tables:
+                if value is None:  # TOML has no null: an unset setting stays unwritten
+                    lines.append(f"# {key} is unset")
+                elif key not in tables:
                     lines.append(f"{key} = {_toml_value(value)}")
             for key, table in tables.items():
                 for name, entries in table.items():

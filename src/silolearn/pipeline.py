@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from silolearn.ingest.records import normalise_timestamp
 from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.encoder import base_model_record, verify_base_model
 from silolearn.learning.runner import Request, Worker, run_slot, run_worker
+from silolearn.learning.tuning import STRONGER_C
 from silolearn.learning.worker import WorkerJob
 from silolearn.privacy.accountant import calibrate_noise
 from silolearn.privacy.ledger import tenant_scope
@@ -306,12 +307,14 @@ class Trainer:
         A non-private candidate rejected by a leakage gate only (membership inference,
         canary exposure) at a severity that leaves the tenant active is remediated in the
         same call (``remediate``): each attempt a real isolated run with its own gates,
-        audited as ``train.remediation``: first the default learner with the strongest L2
-        penalty cross-validation allows (the run's hand-set overrides, which produced the
-        leak, are dropped), then DP-SGD at the largest epsilon the tenant's remaining budget
-        pays (charged to its ledger), then at a quarter of it. The first attempt that passes
-        is promoted; if none does, the tenant keeps what it served, and ``explanation`` says
-        why and which policy change would allow a model."""
+        audited as ``train.remediation``. Where a stronger L2 penalty can mend the leak (a
+        membership failure, or hand-set overrides that produced it, which are dropped): the
+        default learner with the strongest penalty within one standard error of the best,
+        then up to ``REGULARISATION_STEPS`` attempts each bounding C at a tenth of what the
+        attempt before chose. Then DP-SGD at the largest epsilon the tenant's remaining
+        budget pays (charged to its ledger), then at a quarter of it. The first attempt that
+        passes is promoted; if none does, the tenant keeps what it served, and
+        ``explanation`` says why and which policy change would allow a model."""
         asked: dict[str, Any] = {
             "kind": kind,
             "seed": seed,
@@ -325,7 +328,8 @@ class Trainer:
         result.attempts = [_attempt("as asked", result, overrides=overrides)]
         if not (remediate and _leaked(result)):
             return result
-        for what, plan in self._remediations(tenant):
+        made = [result]
+        for what, plan in self._remediations(tenant, made):
             if plan is None:
                 result.attempts.append({"what": what, "status": "skipped", "reason": what})
                 continue
@@ -350,6 +354,7 @@ class Trainer:
                 details={k: v for k, v in attempts[-1].items() if k != "reasons"},
             )
             result, result.attempts = retry, attempts
+            made.append(retry)
             if retry.status == "active" or not _leaked(retry):
                 break
         if result.status != "active":
@@ -362,26 +367,38 @@ class Trainer:
             )
         return result
 
-    def _remediations(self, tenant: str) -> list[tuple[str, dict[str, Any] | None]]:
-        """The remediation attempts in order; a DP attempt the budget cannot pay is None."""
+    def _remediations(
+        self, tenant: str, made: Sequence[RoundResult]
+    ) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """The remediation attempts in order, each planned once the one before (the last of
+        ``made``) has leaked: the strongest L2 penalty within one standard error of the best, then
+        up to ``REGULARISATION_STEPS`` more, each bounding C at a tenth of what the attempt
+        before chose; then DP-SGD. A DP attempt the budget cannot pay is None."""
+        regularised = {"tuning": "auto", "l2_choice": "one_standard_error"}
+        if _regularisation_may_help(made[-1]):
+            yield "stronger regularisation", {"overrides": dict(regularised)}
+        for _ in range(REGULARISATION_STEPS):
+            chosen = ((made[-1].lineage.get("fit") or {}).get("tuning") or {}).get("c")
+            if not _regularisation_may_help(made[-1]) or chosen is None:
+                break
+            if chosen / 10 < STRONGER_C[0]:
+                break
+            bound = float(f"{chosen / 10:.3g}")
+            yield (
+                f"stronger regularisation, C at most {bound:g}",
+                {"overrides": {**regularised, "max_c": bound}},
+            )
         info = self.ws.tenants.get(tenant)
         ledger = self.ws.ledger()
         scope = tenant_scope(info.id)
         remaining = ledger.policy(scope).epsilon_budget - ledger.spent(scope)
         largest = min(remaining, ledger.policy(scope).run_epsilon)
-        steps: list[tuple[str, dict[str, Any] | None]] = [
-            (
-                "stronger regularisation",
-                {"overrides": {"tuning": "auto", "l2_choice": "one_standard_error"}},
-            )
-        ]
         for share in (1.0, 0.25):
             eps = round(largest * share, 4)
             if eps >= MIN_REMEDIATION_EPSILON:
-                steps.append((f"dp epsilon {eps:g}", {"dp": True, "epsilon": eps}))
+                yield f"dp epsilon {eps:g}", {"dp": True, "epsilon": eps}
             else:
-                steps.append((f"dp: remaining budget {max(remaining, 0.0):.3g} too small", None))
-        return steps
+                yield f"dp: remaining budget {max(remaining, 0.0):.3g} too small", None
 
     def serving_version(self, tenant: str) -> int | None:
         active = AdapterRegistry(self.ws.scope(tenant, purpose=Purpose.REGISTRY)).active()
@@ -1226,6 +1243,9 @@ class Trainer:
             )
 
 
+REGULARISATION_STEPS = 2
+"""Remediation attempts that bound C below the attempt before's, after the one-standard-
+error attempt and before DP-SGD."""
 MIN_REMEDIATION_EPSILON = 0.05
 """Below this a DP remediation is not tried: the noise would swamp any head."""
 
@@ -1242,6 +1262,19 @@ def _leaked(result: RoundResult) -> bool:
         and decision.get("severity") != "SEV1"
         and not private
     )
+
+
+def _regularisation_may_help(result: RoundResult) -> bool:
+    """Whether a stronger L2 penalty can mend the leak of this candidate: a membership
+    failure, or hand-set overrides (a fixed schedule, the drill's) that the default learner
+    replaces. A canary failure of the default learner alone it cannot: for a linear head
+    on frozen embeddings the weights are, to first order in C, a weighted sum of the
+    training embeddings, so a canary's score against its same-template alternatives is its
+    own embedding's similarity term against the others' at any C, and the rank that
+    exposure measures does not move (measured: docs/gates.md)."""
+    failed = set((result.decision or {}).get("failed") or ())
+    fit = result.lineage.get("fit") or {}
+    return "membership" in failed or not fit.get("tuning")
 
 
 def _attempt(what: str, result: RoundResult, *, overrides: dict[str, Any] | None) -> dict[str, Any]:

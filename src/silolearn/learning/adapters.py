@@ -771,12 +771,13 @@ def fit_tuned_head(
         LbfgsProblem,
         assign_folds,
         fold_count,
+        grid_below,
         select_c,
         strength_for,
     )
 
     linear = isinstance(head, torch.nn.Linear)
-    grid = C_GRID if linear else MLP_C_GRID
+    grid = grid_below(C_GRID if linear else MLP_C_GRID, config.max_c)
     max_iter = 150 if linear else 300
     weights = _objective_weights(y_np, n_labels, config.objective)
     start = copy.deepcopy(head)
@@ -796,7 +797,7 @@ def fit_tuned_head(
     y = torch.from_numpy(y_np)
     k = fold_count(groups, y_np, config.cv_folds)
     tuned: Tuned | None = None
-    c = 1.0
+    c = min(1.0, config.max_c or 1.0)
     if k >= 2:
         folds = assign_folds(groups, y_np, k, seed)
         tuned = select_c(

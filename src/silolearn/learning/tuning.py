@@ -43,6 +43,9 @@ C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 (penalty ``||W||^2 / (2 C)`` on the summed loss); from strongest to weakest, so each fit
 warm-starts from the previous one."""
 MLP_C_GRID = (1.0, 10.0, 100.0)
+STRONGER_C = (0.001, 0.003, 0.01, 0.03, 0.1)
+"""Where a grid extends when an upper bound on C (``TrainingConfig.max_c``) leaves little
+of it: the penalties a remediation may need beyond the usual strongest."""
 ECE_BINS = 15
 
 IntArray = npt.NDArray[np.int64]
@@ -270,6 +273,16 @@ def select_c(
         oof_macro_f1=macro_f1(y_np, predicted, n_labels),
         rule=rule,
     )
+
+
+def grid_below(grid: Sequence[float], max_c: float | None) -> tuple[float, ...]:
+    """The grid's values at or below ``max_c`` (None: the whole grid), extended with
+    stronger penalties so that at least three remain; the bound itself when nothing else
+    does."""
+    if max_c is None:
+        return tuple(grid)
+    kept = sorted(c for c in set(grid) | set(STRONGER_C) if c <= max_c)
+    return tuple(kept[-max(3, sum(c <= max_c for c in grid)) :]) or (float(max_c),)
 
 
 def fold_count(groups: Sequence[str], labels: IntArray, wanted: int) -> int:

@@ -444,6 +444,7 @@ def _is_default_learner(config: Any, adapter: Any) -> bool:
         config.tuning == "auto"
         and adapter.hidden == 0
         and config.l2_choice == "best"
+        and config.max_c is None
         and config.objective == "log_loss"
     )
 
