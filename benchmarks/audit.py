@@ -49,9 +49,9 @@ from _common import (
     render,
     timed,
 )
+from silolearn import db
 from silolearn.audit.log import AuditLog, canonical_details, event_hash, utcnow
 from silolearn.config import AuditConfig
-from silolearn.storage import db
 from silolearn.workspace import Workspace
 
 TENANT = "bench"

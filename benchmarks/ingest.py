@@ -51,13 +51,12 @@ from _common import (
     render,
     timed,
 )
-from silolearn import datasets
+from silolearn import datasets, db
 from silolearn.config import IngestConfig
 from silolearn.ingest.gateway import Gateway, IngestReport, route_to_eval
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
-from silolearn.ingest.records import Record, record_from_mapping
+from silolearn.records import Record, record_from_mapping
 from silolearn.security.envelope import DataKey
-from silolearn.storage import db
 from silolearn.text import normalise
 from silolearn.workspace import Workspace
 

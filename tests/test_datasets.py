@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from silolearn import datasets
-from silolearn.ingest.records import Record
+from silolearn.records import Record
 from silolearn.text import normalise
 
 NEW = [name for name in datasets.ZOO if name not in datasets.DATASETS]

@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import write_jsonl
 from silolearn import Workspace
 from silolearn.datasets import health_tweets, sample
-from silolearn.ingest.records import Record
+from silolearn.records import Record
 from silolearn.storage.scope import Purpose
 
 

@@ -11,10 +11,9 @@ import pytest
 
 import silolearn
 from helpers import run_cli
-from silolearn import Workspace, errors
+from silolearn import Workspace, db, errors
 from silolearn.config import Settings
 from silolearn.errors import ConfigError, SiloError, WorkspaceError
-from silolearn.storage import db
 
 
 def test_public_api_is_deliberate() -> None:

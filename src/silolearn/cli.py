@@ -458,7 +458,7 @@ def audit_show(
 ) -> None:
     """Show audit events."""
     if since is not None:
-        from silolearn.ingest.records import normalise_timestamp
+        from silolearn.records import normalise_timestamp
 
         try:
             since = normalise_timestamp(since)
@@ -893,8 +893,9 @@ def train(
             names = [t.name for t in ws.tenants.list() if t.status == "active"]
         if not names:
             raise NotFoundError("no active tenants to train")
+        where = workspace if workspace is not None else _default_workspace()
         results = train_many(
-            workspace if workspace is not None else _default_workspace(),
+            lambda: Workspace.open(where),
             names,
             kind=adapter,
             seed=seed,

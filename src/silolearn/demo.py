@@ -232,7 +232,7 @@ def run_demo(
                 report_ = gateway.ingest(name, chunk).to_dict()
                 ingested[name] = {"arrived": len(chunk), **report_}
             say(f"round {round_no}: ingested, training {len(training)} tenants…")
-            results = train_many(path, training, actor="demo")
+            results = train_many(lambda: Workspace.open(path, actor="demo"), training)
             entries = [_round_entry(r, ingested[r.tenant]) for r in results]
             say(_round_table(round_no, rounds, entries))
             result["rounds"].append({"round": round_no, "tenants": entries})

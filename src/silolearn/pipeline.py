@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from silolearn.audit.log import utcnow
 from silolearn.errors import (
@@ -33,7 +32,6 @@ from silolearn.errors import (
     SiloError,
     TenantQuarantined,
 )
-from silolearn.ingest.records import normalise_timestamp
 from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.encoder import base_model_record, verify_base_model
 from silolearn.learning.runner import Request, Worker, run_slot, run_worker
@@ -41,10 +39,13 @@ from silolearn.learning.tuning import STRONGER_C
 from silolearn.learning.worker import WorkerJob
 from silolearn.privacy.accountant import calibrate_noise
 from silolearn.privacy.ledger import tenant_scope
+from silolearn.records import normalise_timestamp
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.storage.scope import Purpose
 from silolearn.validation.gates import LEAKAGE_GATES, GateVerdict, decision_of, judge
-from silolearn.workspace import Workspace
+
+if TYPE_CHECKING:
+    from silolearn.workspace import Workspace
 
 Progress = Callable[[str, int, str, dict[str, Any]], None]
 """``(tenant, pid, event, details)`` from a worker."""
@@ -1403,7 +1404,7 @@ def list_runs(ws: Workspace, tenant: str) -> list[dict[str, Any]]:
 
 
 def train_many(
-    path: Path,
+    open_workspace: Callable[[], Workspace],
     tenants: Sequence[str],
     *,
     kind: str | None = None,
@@ -1411,13 +1412,13 @@ def train_many(
     max_workers: int | None = None,
     progress: Progress | None = None,
     on_result: Callable[[RoundResult], None] | None = None,
-    actor: str | None = None,
     dp: bool | None = None,
     epsilon: float | None = None,
 ) -> list[RoundResult]:
     """One round for each tenant, several at once: each tenant's round runs in its own
-    worker processes; each coordinating thread opens its own workspace connection."""
-    with Workspace.open(path, actor=actor) as ws:
+    worker processes; each coordinating thread opens its own workspace connection
+    (``open_workspace``, e.g. ``lambda: Workspace.open(path, actor=...)``)."""
+    with open_workspace() as ws:
         workers = max_workers or ws.settings.training.max_workers
     lock = threading.Lock()
     # transformers resolves its names lazily, and two threads importing the same name at
@@ -1426,7 +1427,7 @@ def train_many(
     from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
     def one(tenant: str) -> RoundResult:
-        with Workspace.open(path, actor=actor) as ws:
+        with open_workspace() as ws:
             try:
                 result = Trainer(ws).train(
                     tenant, kind=kind, seed=seed, progress=progress, dp=dp, epsilon=epsilon

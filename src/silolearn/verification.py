@@ -25,7 +25,7 @@ from silolearn.errors import (
     KeyDestroyed,
     TenantQuarantined,
 )
-from silolearn.ingest.records import Record
+from silolearn.records import Record
 from silolearn.security.envelope import DataKey
 from silolearn.security.keys import WrappedKey
 from silolearn.storage.scope import Purpose

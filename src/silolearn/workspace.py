@@ -18,12 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from silolearn import db
 from silolearn.audit.log import AuditLog
 from silolearn.config import CONFIG_FILE, Settings
 from silolearn.errors import TenantQuarantined, WorkspaceError
 from silolearn.security.envelope import DataKey
 from silolearn.security.keys import KEY_MANAGERS, PASSPHRASE_ENV, KeyManager, LocalKeyring
-from silolearn.storage import db
 from silolearn.storage.scope import Purpose, TenantRef, TenantScope
 from silolearn.tenancy.tenants import TenantInfo, TenantRegistry
 

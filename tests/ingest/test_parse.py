@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from silolearn.errors import InvalidInput
 from silolearn.ingest.parse import parse
-from silolearn.ingest.records import Record, normalise_timestamp
+from silolearn.records import Record, normalise_timestamp
 
 
 def test_timestamps_are_normalised_to_utc() -> None:

@@ -243,7 +243,7 @@ def test_I4_tenant_b_adapter_is_bit_identical_whatever_tenant_a_does(
     for name in ("empty", "shred"):
         with Workspace.open(worlds[name]) as world:
             outcomes[name] = Trainer(world).train("beta", seed=42)
-    both = train_many(worlds["busy"], ["alpha", "beta"], seed=42)
+    both = train_many(lambda: Workspace.open(worlds["busy"]), ["alpha", "beta"], seed=42)
     assert [r.status for r in both] != ["failed", "failed"]
     outcomes["busy"] = both[1]
     assert both[0].lineage["records"] > 500  # A really trained, beside B

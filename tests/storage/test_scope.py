@@ -13,7 +13,7 @@ import silolearn
 from helpers import record
 from silolearn import Workspace
 from silolearn.errors import AccessDenied, ConflictError, DecryptionError, IntegrityError
-from silolearn.ingest.records import Record
+from silolearn.records import Record
 from silolearn.storage.scope import Purpose, TenantScope
 
 

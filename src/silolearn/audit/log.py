@@ -26,9 +26,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from silolearn.db import transaction
 from silolearn.errors import AuditChainBroken
 from silolearn.locks import exclusive_lock
-from silolearn.storage.db import transaction
 
 GENESIS = "0" * 64
 

@@ -42,7 +42,7 @@ from silolearn.ingest.contamination import ContaminationCheck, audit_quarantine_
 from silolearn.ingest.health import NO_TRAINING, LabelCounts, LabelWarning, label_warnings
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
-from silolearn.ingest.records import Record
+from silolearn.records import Record
 from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope, check_suite
 from silolearn.text import normalise
 

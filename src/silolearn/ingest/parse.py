@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 from pydantic import ValidationError
 
 from silolearn.errors import InvalidInput
-from silolearn.ingest.records import Record, describe_validation_error, record_from_mapping
+from silolearn.records import Record, describe_validation_error, record_from_mapping
 
 FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("id", "text", "label", "timestamp", "meta")

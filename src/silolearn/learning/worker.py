@@ -118,9 +118,7 @@ def records_digest(tenant_id: str, ids: list[str]) -> str:
 
 def code_version() -> str:
     """The package version and a digest of its source files."""
-    import silolearn
-
-    root = Path(silolearn.__file__).parent
+    root = Path(__file__).resolve().parents[1]  # the silolearn package
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\x00")
@@ -132,9 +130,9 @@ class WorkerContext:
     """What the worker holds: one tenant's scope for the job's purpose, and nothing else."""
 
     def __init__(self, job: WorkerJob, purpose: Any) -> None:
+        from silolearn import db
         from silolearn.audit.log import AuditLog
         from silolearn.security.envelope import DataKey
-        from silolearn.storage import db
         from silolearn.storage.scope import TenantRef, TenantScope
 
         self.job = job

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from silolearn.audit.log import utcnow
 from silolearn.errors import ConflictError, InvalidInput, NotFoundError
-from silolearn.workspace import Workspace
+
+if TYPE_CHECKING:
+    from silolearn.workspace import Workspace
 
 _alerts = logging.getLogger("silolearn.incidents")
 """The alert channel: every opened incident is logged here at WARNING (wire a handler to

@@ -33,7 +33,7 @@ from silolearn.errors import (
     NotFoundError,
     TenantQuarantined,
 )
-from silolearn.ingest.records import Record
+from silolearn.records import Record
 from silolearn.security.envelope import DataKey
 from silolearn.text import normalise
 

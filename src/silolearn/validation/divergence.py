@@ -26,7 +26,7 @@ import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +35,9 @@ from silolearn.audit.log import utcnow
 from silolearn.errors import AccessDenied, NotFoundError
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.storage.scope import Purpose
-from silolearn.workspace import Workspace
+
+if TYPE_CHECKING:
+    from silolearn.workspace import Workspace
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -19,14 +19,16 @@ previous shared version for its next rounds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from silolearn.audit.log import utcnow
 from silolearn.registry.versions import AdapterVersion
 from silolearn.validation.divergence import FloatArray, ProbeRunner, mean_kl
-from silolearn.workspace import Workspace
+
+if TYPE_CHECKING:
+    from silolearn.workspace import Workspace
 
 KEYS = (
     "tenant",

@@ -17,7 +17,7 @@ from silolearn.errors import WorkspaceError
 SCHEMA_HEAD = "0008"
 """The newest migration; a test checks it equals Alembic's head."""
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
 
 
 def connect(path: Path) -> sqlite3.Connection:
