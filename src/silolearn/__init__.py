@@ -3,7 +3,7 @@ from evaluation into training."""
 
 from silolearn.errors import SiloError
 from silolearn.storage.scope import Purpose, TenantScope
+from silolearn.version import __version__ as __version__
 from silolearn.workspace import Tenant, Workspace
 
 __all__ = ["Purpose", "SiloError", "Tenant", "TenantScope", "Workspace"]
-__version__ = "0.1.0"

@@ -123,7 +123,9 @@ def code_version() -> str:
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\x00")
         digest.update(path.read_bytes())
-    return f"{silolearn.__version__}+{digest.hexdigest()[:12]}"
+    from silolearn.version import __version__
+
+    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 class WorkerContext:

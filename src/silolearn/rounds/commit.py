@@ -1,0 +1,151 @@
+"""The commit stage: a judgement into the registry (promotion or rejection, atomic and per
+tenant, I8), the gate log (``gate_runs`` and a ``gates.verdict`` audit event), the serving
+version's divergence snapshot, and an incident for a failed gate."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from silolearn.audit.log import utcnow
+from silolearn.registry.versions import AdapterRegistry, AdapterVersion
+from silolearn.rounds.context import Coordinator
+from silolearn.rounds.judge import Judgement
+from silolearn.rounds.result import RoundResult
+from silolearn.validation.gates import GateVerdict
+
+
+def commit(
+    ctx: Coordinator,
+    tenant: str,
+    registry: AdapterRegistry,
+    candidate: AdapterVersion,
+    judgement: Judgement,
+    *,
+    trigger: str = "round",
+) -> RoundResult:
+    """Promote the candidate when every gate passed, otherwise reject it and open an
+    incident; either way the verdicts are recorded and audited."""
+    decision = judgement.decision
+    registry.set_metrics(candidate.version, judgement.metrics)
+    if decision["passed"]:
+        final = registry.promote(candidate.version, decision=decision)
+    else:
+        final = registry.reject(candidate.version, decision=decision)
+    record_gates(ctx, tenant, candidate.version, trigger, decision)
+    if decision["passed"]:
+        from silolearn.validation.divergence import snapshot
+
+        snapshot(ctx.ws, tenant)
+    else:
+        open_incident(ctx, tenant, candidate.version, judgement.verdicts, actions=["rejected"])
+    return RoundResult(
+        tenant=tenant,
+        status=final.status,
+        version=final.version,
+        kind=final.kind,
+        sha256=final.sha256,
+        parent=final.parent,
+        metrics=final.metrics,
+        before=judgement.before,
+        decision=final.decision,
+        lineage=final.lineage,
+        timings={"evaluate": judgement.seconds},
+    )
+
+
+def record_gates(
+    ctx: Coordinator, tenant: str, version: int, trigger: str, decision: dict[str, Any]
+) -> None:
+    """One gate run in ``gate_runs`` and its ``gates.verdict`` event, in one transaction."""
+    ws = ctx.ws
+    info = ws.tenants.get(tenant)
+    with ws.audit.write() as conn:
+        conn.execute(
+            "INSERT INTO gate_runs (tenant_id, version, trigger, passed, severity, "
+            "verdicts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.id,
+                version,
+                trigger,
+                int(decision["passed"]),
+                decision["severity"],
+                json.dumps(decision["gates"], sort_keys=True),
+                utcnow(),
+            ),
+        )
+        ws.audit.append_in(
+            conn,
+            "gates.verdict",
+            tenant=tenant,
+            obj=f"v{version}",
+            details={
+                "trigger": trigger,
+                "passed": decision["passed"],
+                "severity": decision["severity"],
+                "verdicts": [
+                    {"gate": g["gate"], "passed": g["passed"], "reason": g["reason"]}
+                    for g in decision["gates"]
+                ],
+            },
+        )
+
+
+def open_incident(
+    ctx: Coordinator,
+    tenant: str,
+    version: int,
+    verdicts: Sequence[GateVerdict],
+    *,
+    actions: list[str],
+) -> dict[str, Any] | None:
+    """An incident at the worst severity of the failed gates (None when none failed)."""
+    from silolearn.monitoring.incidents import Incidents
+    from silolearn.validation.gates import worst
+
+    failed = [v for v in verdicts if not v.passed]
+    severity = worst([sv for v in failed if (sv := v.severity)])
+    if severity is None:
+        return None
+    return Incidents(ctx.ws).open(
+        tenant,
+        severity=severity,
+        kind=",".join(v.gate for v in failed),
+        version=version,
+        summary=f"v{version}: " + "; ".join(f"{v.gate}: {v.reason}" for v in failed),
+        evidence={v.gate: {"metrics": _compact(v.metrics), **v.threshold} for v in failed},
+        actions=actions,
+    )
+
+
+def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A verdict's metrics without long per-item lists (an incident keeps the headline)."""
+    return {k: v for k, v in metrics.items() if not (isinstance(v, list) and len(v) > 8)}
+
+
+def list_gate_runs(
+    ctx: Coordinator, tenant: str, version: int | None = None
+) -> list[dict[str, Any]]:
+    """Every gate run of a tenant (of one version), oldest first: trigger, verdicts."""
+    info = ctx.ws.tenants.get(tenant)
+    query = (
+        "SELECT version, trigger, passed, severity, verdicts, created_at FROM gate_runs "
+        "WHERE tenant_id = ?"
+    )
+    args: list[Any] = [info.id]
+    if version is not None:
+        query += " AND version = ?"
+        args.append(version)
+    rows = ctx.ws.conn.execute(query + " ORDER BY id", args).fetchall()
+    return [
+        {
+            "version": r[0],
+            "trigger": r[1],
+            "passed": bool(r[2]),
+            "severity": r[3],
+            "verdicts": json.loads(r[4]),
+            "created_at": r[5],
+        }
+        for r in rows
+    ]
