@@ -1,0 +1,16 @@
+"""The command line: ``silolearn --help``, one module per command group.
+
+Every command takes ``--workspace DIR`` (default ``$SILOLEARN_WORKSPACE`` or ``./.silolearn``)
+and ``--json`` (the result as JSON on stdout). Errors go to stderr with the exit code of
+their type (see ``silolearn.errors``).
+"""
+
+# ruff: noqa: I001 -- the modules register their commands on import, in the order `--help` lists
+from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates
+from silolearn.cli.base import app
+
+__all__ = ["adapters", "app", "audit", "data", "gates", "learning", "main", "privacy", "tenants"]
+
+
+def main() -> None:
+    app()

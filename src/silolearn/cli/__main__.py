@@ -1,0 +1,5 @@
+"""``python -m silolearn.cli``."""
+
+from silolearn.cli import main
+
+main()
