@@ -28,11 +28,12 @@ from silolearn.config import CONFIG_FILE
 from silolearn.datasets import DATASETS, sample
 from silolearn.errors import WorkspaceError
 from silolearn.ingest.gateway import Gateway
-from silolearn.learning.shared import SharedStore, SharedTrainer, SharedVersion
+from silolearn.learning.shared import SharedStore, SharedVersion
 from silolearn.pipeline import RoundResult, train_many
 from silolearn.privacy.ledger import SHARED, tenant_scope
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.report import write_report
+from silolearn.rounds.shared import SharedTrainer
 from silolearn.storage.scope import Purpose
 from silolearn.validation.shadow import history as shadow_history
 from silolearn.verification import run_isolation_suite

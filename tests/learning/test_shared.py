@@ -16,12 +16,13 @@ from silolearn import Workspace
 from silolearn.audit.log import utcnow
 from silolearn.datasets import health_tweets, rotten_tomatoes, sample
 from silolearn.errors import PrivacyBudgetExceeded
-from silolearn.learning.shared import SharedStore, SharedTrainer, SharedVersion
+from silolearn.learning.shared import SharedStore, SharedVersion
 from silolearn.learning.worker import records_digest
 from silolearn.monitoring.incidents import Incidents
 from silolearn.pipeline import Trainer
 from silolearn.privacy.ledger import SHARED
 from silolearn.registry.versions import AdapterRegistry
+from silolearn.rounds.shared import SharedTrainer
 from silolearn.storage.scope import Purpose
 from silolearn.validation.divergence import history
 from silolearn.validation.shadow import history as shadow_history

@@ -250,7 +250,7 @@ def shared_train(
 ) -> None:
     """One DP-SGD run of the shared layer: each member's gradients in its own process,
     noise added once by the coordinator, charged to the shared ledger first."""
-    from silolearn.learning.shared import SharedTrainer
+    from silolearn.rounds.shared import SharedTrainer
 
     names = None if tenants is None else [t.strip() for t in tenants.split(",") if t.strip()]
     with opened(workspace) as ws:
