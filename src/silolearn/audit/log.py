@@ -4,7 +4,8 @@ Each event's hash is SHA-256 over a canonical encoding of its fields and the pre
 so editing, deleting or reordering a past event breaks the chain at that event. A signed
 checkpoint of the head (Ed25519) is written every ``checkpoint_every`` events and when a
 workspace closes; the newest one is also mirrored to a head file outside the database, so a
-truncated tail is detected down to the last checkpoint.
+truncated tail is detected down to the last checkpoint. Rows of other tables an invariant
+rests on (the privacy ledger, adapter versions) are bound to the chain by ``audit.rows``.
 
 Writers append inside ``BEGIN IMMEDIATE`` transactions: two processes appending at once
 serialise on SQLite's write lock, and each reads the true last hash before linking to it.
@@ -15,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from silolearn.db import transaction
 from silolearn.errors import AuditChainBroken
-from silolearn.locks import exclusive_lock
+from silolearn.locks import exclusive_lock, replace_durably
 
 GENESIS = "0" * 64
 
@@ -41,6 +41,13 @@ def canonical_details(details: dict[str, Any]) -> str:
     return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def canonical_digest(values: Sequence[Any]) -> str:
+    """SHA-256 of the canonical encoding of a list of JSON values: what an event's hash is
+    taken over, and what a bound row's digest is taken over (``audit.rows``)."""
+    encoded = json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
 def event_hash(
     seq: int,
     ts: str,
@@ -51,12 +58,33 @@ def event_hash(
     details: str,
     prev_hash: str,
 ) -> str:
-    encoded = json.dumps(
-        [seq, ts, actor, tenant, action, obj, details, prev_hash],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
-    return hashlib.sha256(encoded).hexdigest()
+    return canonical_digest([seq, ts, actor, tenant, action, obj, details, prev_hash])
+
+
+def append_event(
+    conn: sqlite3.Connection,
+    *,
+    actor: str,
+    action: str,
+    tenant: str | None,
+    obj: str | None,
+    details: dict[str, Any],
+) -> tuple[int, str]:
+    """Link one event to the last one, inside the caller's open write transaction; returns
+    its seq and hash. ``AuditLog.append_in`` is the way in; a schema migration, which has no
+    ``AuditLog``, appends with this."""
+    row = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+    prev_seq, prev_hash = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+    seq = prev_seq + 1
+    ts = utcnow()
+    body = canonical_details(details)
+    digest = event_hash(seq, ts, actor, tenant, action, obj, body, prev_hash)
+    conn.execute(
+        "INSERT INTO audit_events (seq, ts, actor, tenant, action, object, details, "
+        "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, ts, actor, tenant, action, obj, body, prev_hash, digest),
+    )
+    return seq, digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,18 +171,8 @@ class AuditLog:
         details: dict[str, Any] | None = None,
     ) -> int:
         """Append one event inside the caller's open write transaction; returns its seq."""
-        row = conn.execute(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        prev_seq, prev_hash = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
-        seq = prev_seq + 1
-        ts = utcnow()
-        body = canonical_details(details or {})
-        digest = event_hash(seq, ts, self.actor, tenant, action, obj, body, prev_hash)
-        conn.execute(
-            "INSERT INTO audit_events (seq, ts, actor, tenant, action, object, details, "
-            "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, ts, self.actor, tenant, action, obj, body, prev_hash, digest),
+        seq, digest = append_event(
+            conn, actor=self.actor, action=action, tenant=tenant, obj=obj, details=details or {}
         )
         if self._in_write:
             self._head_in_txn = (conn, (seq, digest))
@@ -238,11 +256,8 @@ class AuditLog:
             current = self._read_head()
             if current is not None and int(current["seq"]) >= seq:
                 return
-            tmp = self.head_file.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps({"seq": seq, "hash": digest, "ts": ts, "signature": signature.hex()})
-            )
-            os.replace(tmp, self.head_file)
+            head = {"seq": seq, "hash": digest, "ts": ts, "signature": signature.hex()}
+            replace_durably(self.head_file, json.dumps(head).encode())
 
     def _read_head(self) -> dict[str, Any] | None:
         try:
@@ -350,6 +365,41 @@ class AuditLog:
             head_seq=last_seq,
             head_hash=prev_hash,
         )
+
+    def signed_seq(self) -> int:
+        """The newest event a valid signature covers, in the checkpoints or the head file (0
+        if none): events after it could have been appended by anyone holding the database."""
+        if self._verify_key is None:
+            return 0
+        signed = [
+            (int(r[0]), str(r[1]), str(r[2]), bytes(r[3]))
+            for r in self._conn.execute("SELECT seq, hash, ts, signature FROM audit_checkpoints")
+        ]
+        with contextlib.suppress(AuditChainBroken, KeyError, ValueError, TypeError):
+            head = self._read_head()
+            if head is not None:
+                signed.append(
+                    (
+                        int(head["seq"]),
+                        str(head["hash"]),
+                        str(head["ts"]),
+                        bytes.fromhex(str(head["signature"])),
+                    )
+                )
+        best = 0
+        for seq, digest, ts, signature in signed:
+            if seq <= best:
+                continue
+            try:
+                self._verify_key.verify(signature, _checkpoint_message(seq, digest, ts))
+            except InvalidSignature:
+                continue
+            row = self._conn.execute(
+                "SELECT hash FROM audit_events WHERE seq = ?", (seq,)
+            ).fetchone()
+            if row is not None and row[0] == digest:
+                best = seq
+        return best
 
     def _check_checkpoint(
         self, seq: int, digest: str, ts: str, signature: bytes, hashes: dict[int, str]

@@ -14,12 +14,14 @@ from silolearn.cli.base import (
     audit_app,
     command,
     emit,
+    err,
     opened,
     out,
     verify_app,
 )
 from silolearn.errors import (
     AuditChainBroken,
+    IntegrityError,
     InvalidInput,
 )
 from silolearn.workspace import Workspace
@@ -30,22 +32,54 @@ from silolearn.workspace import Workspace
 @audit_app.command("verify")
 @command
 def audit_verify(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the hash chain, every signed checkpoint and the head (exit 8 names the event)."""
+    """Check the hash chain, every signed checkpoint and the head, and every privacy-ledger
+    and adapter-version row against the digest the chain holds for it (exit 8, one line per
+    finding: which table, which row, what is wrong)."""
+    from silolearn.audit.rows import verify_rows
+    from silolearn.privacy.ledger import BOUND_TABLES
+    from silolearn.registry.versions import VERSIONS_TABLE
+
     ws = Workspace.open(workspace)
     try:
-        report = ws.audit.verify()
-    except AuditChainBroken as exc:
+        report, broken = None, None
+        try:
+            report = ws.audit.verify()
+        except AuditChainBroken as exc:
+            broken = exc
+        rows = verify_rows(
+            ws.conn, (*BOUND_TABLES, VERSIONS_TABLE), signed_seq=ws.audit.signed_seq()
+        )
+    finally:
         ws.conn.close()
+    findings = [f.to_dict() for f in rows.findings]
+    if broken is not None:
+        chain = {"kind": "chain", "table": "audit_events", "row": f"seq={broken.seq}"}
+        findings.insert(0, {**chain, "seq": broken.seq, "message": broken.message})
+    payload = {
+        **(report.to_dict() if report else {"seq": None if broken is None else broken.seq}),
+        "ok": not findings,
+        "rows": rows.rows,
+        "signed_seq": rows.signed_seq,
+        "findings": findings,
+    }
+    if findings:
         if as_json:
-            print(json.dumps({"ok": False, "seq": exc.seq, "message": exc.message}))
-        raise
-    ws.conn.close()
+            print(json.dumps({**payload, "message": findings[0]["message"]}, sort_keys=True))
+        elif len(findings) > 1:
+            for f in findings:
+                err.print(f"[bold red]{f['kind']}[/] {f['message']}", soft_wrap=True)
+        more = f" ({len(findings) - 1} more above)" if len(findings) > 1 else ""
+        error = AuditChainBroken if broken is not None else IntegrityError
+        seq = None if broken is None else broken.seq
+        raise error(findings[0]["message"] + more, seq=seq, findings=findings)
+    assert report is not None
     emit(
         as_json,
-        report.to_dict(),
+        payload,
         lambda: out.print(
             f"audit log OK: {report.events} events, {report.checkpoints} signed checkpoints, "
-            f"head {report.head_hash[:16]}"
+            f"head {report.head_hash[:16]}; bound rows OK: "
+            + ", ".join(f"{n} {table}" for table, n in rows.rows.items())
         ),
     )
 

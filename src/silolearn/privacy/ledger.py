@@ -12,6 +12,10 @@ may have touched the data), which errs on the safe side.
 
 Events are append-only (database triggers refuse UPDATE and DELETE) and each one records
 the cumulative epsilon after it, so the ledger can be re-derived and checked at any time.
+Triggers stop a mistake, not someone holding the database file: every event and every scope
+policy is also bound to the audit chain (``audit.rows``: the audit event of the transaction
+that writes a row records its digest), so ``silolearn audit verify`` reports a ledger row
+deleted, edited or inserted behind silolearn's back.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from silolearn.audit.log import AuditLog, utcnow
+from silolearn.audit.rows import ROW_DIGESTS, BoundTable, row_digests
 from silolearn.config import Settings
 from silolearn.errors import InvalidInput, PrivacyBudgetExceeded
 from silolearn.privacy.accountant import MechanismEvent, epsilon
@@ -31,6 +36,30 @@ SHARED = "shared"
 MODES = ("off", "dp")
 SLACK = 1e-9
 """Rounding slack when comparing a projected epsilon with the budget."""
+
+
+EVENTS_TABLE = BoundTable(
+    "privacy_events",
+    key=("id",),
+    content=(
+        "scope",
+        "run_id",
+        "purpose",
+        "sampling_rate",
+        "noise_multiplier",
+        "steps",
+        "delta",
+        "epsilon_after",
+        "created_at",
+    ),
+)
+SCOPES_TABLE = BoundTable(
+    "privacy_scopes",
+    key=("scope",),
+    content=("epsilon_budget", "delta", "mode", "run_epsilon", "updated_at"),
+)
+BOUND_TABLES = (EVENTS_TABLE, SCOPES_TABLE)
+"""The ledger's tables whose rows the audit chain covers."""
 
 
 def tenant_scope(tenant_id: str) -> str:
@@ -196,7 +225,11 @@ class PrivacyLedger:
                 "privacy.policy",
                 tenant=tenant,
                 obj=scope,
-                details={"new": new.to_dict(), "previous": current.to_dict()},
+                details={
+                    "new": new.to_dict(),
+                    "previous": current.to_dict(),
+                    ROW_DIGESTS: row_digests(conn, SCOPES_TABLE, [(scope,)]),
+                },
             )
         return new
 
@@ -335,9 +368,10 @@ class PrivacyLedger:
                 }
             else:
                 now = utcnow()
+                ids: list[tuple[int]] = []
                 # the events of one run are charged together: each records the total after it
                 for event in planned:
-                    conn.execute(
+                    cursor = conn.execute(
                         "INSERT INTO privacy_events (scope, run_id, purpose, sampling_rate, "
                         "noise_multiplier, steps, delta, epsilon_after, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -353,6 +387,7 @@ class PrivacyLedger:
                             now,
                         ),
                     )
+                    ids.append((int(cursor.lastrowid or 0),))
                 self._audit.append_in(
                     conn,
                     "privacy.charge",
@@ -367,6 +402,7 @@ class PrivacyLedger:
                         "delta": policy.delta,
                         "accountant": self.accountant,
                         "planned": [e.to_dict() for e in planned],
+                        ROW_DIGESTS: row_digests(conn, EVENTS_TABLE, ids),
                     },
                 )
         if refused is not None:

@@ -7,6 +7,11 @@ version, base-model checksum, seed, timings) and its metrics. Statuses move
 active, enforced by a unique index. Promotion and rollback are single transactions, so a
 crash at any point leaves the previous version serving; they touch only the tenant of the
 scope they are given.
+
+Every write of a version row records the row's digest in the audit event of its transaction
+(``audit.rows``), so a status, SHA-256 or lineage edited, or a version deleted, with the
+database file in hand is reported by ``silolearn audit verify``; the audit chain is the
+history of the transitions.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from silolearn.audit.log import utcnow
+from silolearn.audit.rows import ROW_DIGESTS, BoundTable, row_digests
 from silolearn.errors import (
     ConflictError,
     IntegrityError,
@@ -29,6 +35,25 @@ from silolearn.errors import (
 from silolearn.storage.scope import TenantScope
 
 STATUSES = ("candidate", "active", "rejected", "retired")
+
+VERSIONS_TABLE = BoundTable(
+    "adapter_versions",
+    key=("tenant_id", "version"),
+    content=(
+        "status",
+        "kind",
+        "sha256",
+        "parent",
+        "lineage",
+        "metrics",
+        "decision",
+        "created_at",
+        "updated_at",
+        "run_id",
+    ),
+    released_by=("tenant.shred", "tenant_id"),
+)
+"""Version rows are bound to the audit chain; shredding a tenant deletes its rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +208,13 @@ class AdapterRegistry:
                 conn,
                 "adapter.candidate",
                 obj=f"v{version}",
-                details={"kind": kind, "sha256": sha, "parent": parent, "run_id": run_id},
+                details={
+                    "kind": kind,
+                    "sha256": sha,
+                    "parent": parent,
+                    "run_id": run_id,
+                    ROW_DIGESTS: row_digests(conn, VERSIONS_TABLE, [(scope.tenant.id, version)]),
+                },
             )
         return self.get(version)
 
@@ -202,7 +233,10 @@ class AdapterRegistry:
                 conn,
                 "adapter.evaluated",
                 obj=f"v{version}",
-                details={k: metrics[k] for k in ("accuracy", "macro_f1", "n") if k in metrics},
+                details={
+                    **{k: metrics[k] for k in ("accuracy", "macro_f1", "n") if k in metrics},
+                    ROW_DIGESTS: row_digests(conn, VERSIONS_TABLE, [(scope.tenant.id, version)]),
+                },
             )
         return self.get(version)
 
@@ -310,5 +344,14 @@ class AdapterRegistry:
                 conn,
                 action,
                 obj=f"v{version}",
-                details={"from_status": row[0], "retired": previous, **decision},
+                details={
+                    "from_status": row[0],
+                    "retired": previous,
+                    **decision,
+                    ROW_DIGESTS: row_digests(
+                        conn,
+                        VERSIONS_TABLE,
+                        [(scope.tenant.id, v) for v in (previous, version) if v is not None],
+                    ),
+                },
             )

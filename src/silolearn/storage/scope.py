@@ -16,7 +16,6 @@ import enum
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -33,6 +32,7 @@ from silolearn.errors import (
     NotFoundError,
     TenantQuarantined,
 )
+from silolearn.locks import replace_durably
 from silolearn.records import Record
 from silolearn.security.envelope import DataKey
 from silolearn.text import normalise
@@ -680,9 +680,9 @@ class BlobStore:
         file_name = f"{object_id}.v{scope._key.version}"
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / file_name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(scope._key.seal(data, kind=self.kind, object_id=object_id))
-        os.replace(tmp, path)
+        # on disk before the row that names it commits: a crash never leaves a row whose
+        # blob is empty or torn
+        replace_durably(path, scope._key.seal(data, kind=self.kind, object_id=object_id))
         info = BlobInfo(
             name=name,
             object_id=object_id,
