@@ -155,6 +155,7 @@ def test_verify_isolation_reports_every_attack_blocked(ws: Workspace) -> None:
         "quarantined",
         "audit log",
         "shredded",
+        "decrypt its own eval record with the keys it holds",
     ):
         assert needle in names
     attempts = ws.audit.events(action="verify.attack")

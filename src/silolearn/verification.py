@@ -27,7 +27,7 @@ from silolearn.errors import (
 )
 from silolearn.records import Record
 from silolearn.security.envelope import DataKey
-from silolearn.security.keys import WrappedKey
+from silolearn.security.keys import TRAIN_KEY, WrappedKey
 from silolearn.storage.scope import Purpose
 from silolearn.workspace import DB_FILE, HEAD_FILE, Workspace
 
@@ -248,10 +248,11 @@ def _moved_into_other_tenant(ws: Workspace, tenant_a: str, box: bytes, name_a: s
 
 def _unwrap_with_other_kek(ws: Workspace, tenant_a: str, tenant_b: str) -> str:
     row = ws.conn.execute(
-        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (tenant_b,)
+        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ? AND purpose = ?",
+        (tenant_b, TRAIN_KEY),
     ).fetchone()
     kek_a = ws.conn.execute(
-        "SELECT kek_id FROM data_keys WHERE tenant_id = ?", (tenant_a,)
+        "SELECT kek_id FROM data_keys WHERE tenant_id = ? AND purpose = ?", (tenant_a, TRAIN_KEY)
     ).fetchone()[0]
     return _expect(
         (DecryptionError, KeyDestroyed),
@@ -321,7 +322,8 @@ def _seq_of(log: AuditLog) -> str:
 
 def _read_after_shred(ws: Workspace, name: str, tenant_id: str, rid: bytes, box: bytes) -> str:
     wrapped = ws.conn.execute(
-        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (tenant_id,)
+        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ? AND purpose = ?",
+        (tenant_id, TRAIN_KEY),
     ).fetchone()
     ws.tenants.shred(name)
     return _expect(

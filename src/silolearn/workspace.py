@@ -4,7 +4,8 @@ audit log and the stores, and is the one entry point of the Python API.
 Layout of a workspace directory::
 
     silolearn.toml        settings (validated; unknown keys are errors)
-    silolearn.db          SQLite (WAL): tenants, wrapped data keys, stores, audit log
+    silolearn.db          SQLite (WAL): tenants, wrapped data keys (training and evaluation
+                          key per tenant), stores, audit log
     keys/keyring.json     the key manager's keyring (0600), optionally passphrase-sealed
     blobs/<tenant-id>/    encrypted blobs, one folder per tenant
     audit/head.json       the newest signed audit checkpoint, outside the database
@@ -81,6 +82,12 @@ class Workspace:
         self.tenants = TenantRegistry(
             conn=self.conn, keys=self.keys, audit=self.audit, blob_root=path / "blobs"
         )
+        try:
+            # a workspace from before keys had purposes: eval material gets its own key
+            self.tenants.migrate_eval_keys()
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- opening and closing ----------------------------------------------------------------
 
@@ -170,6 +177,8 @@ class Workspace:
             audit=self.audit,
             tenant=TenantRef(info.id, info.name),
             data_key=self.tenants.data_key(info),
+            # unwrapped only for a purpose that touches eval material: never for training
+            eval_key=self.tenants.eval_key(info) if purpose.holds_eval_key else None,
             token_key=self.keys.token_key(info.id),
             blob_dir=self.tenants.blob_dir(info.id),
             purpose=purpose,

@@ -79,6 +79,7 @@ def test_I2_training_worker_cannot_read_other_tenants_keys_or_eval(
         "read blobs of other",
         "open a scope of other",
         "read the keyring",
+        "decrypt its own eval record with the keys it holds",
         "read its own eval store",
         "read its own eval embeddings",
     }
@@ -137,6 +138,7 @@ def test_I2_one_run_holds_one_tenants_records_and_key(
     job = Trainer(ws)._job(CRITICS, "train", {})
     assert job.data_key == ws.tenants.data_key(ws.tenants.get(CRITICS)).material
     assert job.data_key != ws.tenants.data_key(ws.tenants.get("other")).material
+    assert job.eval_key is None
 
 
 def test_I2_worker_process_environment_has_no_secrets(

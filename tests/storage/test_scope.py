@@ -14,6 +14,7 @@ from helpers import record
 from silolearn import Workspace
 from silolearn.errors import AccessDenied, ConflictError, DecryptionError, IntegrityError
 from silolearn.records import Record
+from silolearn.security.envelope import DataKey
 from silolearn.storage.scope import Purpose, TenantScope
 
 
@@ -100,6 +101,59 @@ def test_I5_training_scope_cannot_read_or_write_eval_and_the_attempt_is_audited(
     assert len(evaluation.eval.read()) == 2
     with pytest.raises(AccessDenied):
         evaluation.train.read()
+
+
+def test_I5_a_training_scope_holds_no_evaluation_key(ws: Workspace) -> None:
+    """Not a capability flag: the key itself is absent, and cannot be handed to it."""
+    ws.create_tenant("acme")
+    ws.scope("acme").eval.append(_records(2))
+    info = ws.tenants.get("acme")
+    train_key, eval_key = ws.tenants.data_key(info), ws.tenants.eval_key(info)
+    holders = {p for p in Purpose if p.holds_eval_key}
+    assert holders == {
+        Purpose.INGEST,
+        Purpose.EVALUATION,
+        Purpose.AUDIT,
+        Purpose.CONTAMINATION,
+    }
+    for purpose in Purpose:
+        scope = ws.scope("acme", purpose=purpose)
+        held = [v.material for v in vars(scope).values() if isinstance(v, DataKey)]
+        assert (eval_key.material in held) == (purpose in holders), purpose
+        assert train_key.material in held
+    for purpose in set(Purpose) - holders:
+        with pytest.raises(IntegrityError, match="never holds the evaluation key"):
+            TenantScope(
+                conn=ws.conn,
+                audit=ws.audit,
+                tenant=ws.scope("acme").tenant,
+                data_key=train_key,
+                eval_key=eval_key,
+                token_key=b"k" * 32,
+                blob_dir=ws.path,
+                purpose=purpose,
+            )
+    # an evaluation scope built without the key reads nothing of eval, and says why
+    keyless = TenantScope(
+        conn=ws.conn,
+        audit=ws.audit,
+        tenant=ws.scope("acme").tenant,
+        data_key=train_key,
+        token_key=ws.keys.token_key(info.id),
+        blob_dir=ws.tenants.blob_dir(info.id),
+        purpose=Purpose.EVALUATION,
+    )
+    with pytest.raises(AccessDenied, match="holds no evaluation key"):
+        keyless.eval.read()
+    with pytest.raises(AccessDenied, match="holds no evaluation key"):
+        keyless.blobs.put("eval/embeddings/x", b"cache")
+    denied = ws.audit.events(tenant="acme", action="access.denied")
+    assert [e.object for e in denied] == ["evaluation key", "evaluation key"]
+    # and an eval record's ciphertext does not open under the training key
+    rid, box = ws.conn.execute("SELECT rid, box FROM eval_records LIMIT 1").fetchone()
+    with pytest.raises(DecryptionError):
+        train_key.open(box, kind="eval", object_id=bytes(rid).hex())
+    assert eval_key.open(box, kind="eval", object_id=bytes(rid).hex())
 
 
 def test_I5_eval_tables_refuse_update_and_delete(ws: Workspace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -74,6 +75,8 @@ def _ingest_sample(ws: Workspace, name: str, tmp_path: Path, n: int = 40) -> Non
     evals = [record(f"{name}-e{i}", f"eval record {i} of tenant {name}") for i in range(3)]
     ws.scope(name).eval.append([Record.model_validate(r) for r in evals])
     ws.scope(name).blobs.put("adapter", b"adapter weights " * 10)
+    # eval material beside records: a probe snapshot, sealed under the evaluation key
+    ws.scope(name, purpose=Purpose.EVALUATION).blobs.put("eval/probes/v1", b"probe " * 10)
 
 
 def test_I6_shredded_tenant_is_unrecoverable_from_an_earlier_database_copy(
@@ -102,26 +105,33 @@ def test_I6_shredded_tenant_is_unrecoverable_from_an_earlier_database_copy(
             ).fetchone()[0]
             == 0
         )
-    # the earlier copy still holds the wrapped key and the ciphertexts ...
+    # the earlier copy still holds both wrapped keys and the ciphertexts ...
     old = sqlite3.connect(backup)
-    version, kek_id, wrapped = old.execute(
-        "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (info.id,)
-    ).fetchone()
-    rid, box = old.execute(
-        "SELECT rid, box FROM train_records WHERE tenant_id = ? LIMIT 1", (info.id,)
-    ).fetchone()
+    wrapped_keys = old.execute(
+        "SELECT purpose, version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (info.id,)
+    ).fetchall()
+    boxes = {
+        kind: old.execute(
+            f"SELECT rid, box FROM {kind}_records WHERE tenant_id = ? LIMIT 1", (info.id,)
+        ).fetchone()
+        for kind in ("train", "eval")
+    }
     old.close()
-    # ... but nothing left in the workspace unwraps it: not the tenant's keys, nor another's
-    with pytest.raises(KeyDestroyed):
-        ws.keys.unwrap(info.id, version, WrappedKey(kek_id, wrapped))
+    assert sorted(purpose for purpose, *_ in wrapped_keys) == ["eval", "train"]
+    # ... but nothing left in the workspace unwraps them: not the tenant's keys, nor another's
     keyring_text = (ws.path / "keys" / "keyring.json").read_text()
     assert info.id not in keyring_text
     other = ws.tenants.get("keeper")
-    for tenant_id in ws.keys.tenant_ids():
-        with pytest.raises((DecryptionError, KeyDestroyed)):
-            ws.keys.unwrap(tenant_id, version, WrappedKey(kek_id, wrapped))
-    with pytest.raises(DecryptionError):
-        ws.tenants.data_key(other).open(box, kind="train", object_id=bytes(rid).hex())
+    for purpose, version, kek_id, wrapped in wrapped_keys:
+        with pytest.raises(KeyDestroyed):
+            ws.keys.unwrap(info.id, version, WrappedKey(kek_id, wrapped), purpose=purpose)
+        for tenant_id in ws.keys.tenant_ids():
+            with pytest.raises((DecryptionError, KeyDestroyed)):
+                ws.keys.unwrap(tenant_id, version, WrappedKey(kek_id, wrapped), purpose=purpose)
+    for kind, (rid, box) in boxes.items():
+        for key in (ws.tenants.data_key(other), ws.tenants.eval_key(other)):
+            with pytest.raises(DecryptionError):
+                key.open(box, kind=kind, object_id=bytes(rid).hex())
     assert blob_files  # the blob files existed and were sealed; they are gone now
     # the other tenant is untouched
     assert len(ws.scope("keeper", purpose=Purpose.TRAINING).train.read()) > 0
@@ -137,10 +147,11 @@ def test_shred_needs_explicit_confirmation(ws: Workspace) -> None:
     assert ws.tenant("acme").info().status == "active"
 
 
-def _snapshot(ws: Workspace, name: str) -> tuple[list[str], list[str], bytes]:
+def _snapshot(ws: Workspace, name: str) -> tuple[list[str], list[str], bytes, bytes]:
     train = [s.record.text for s in ws.scope(name, purpose=Purpose.TRAINING).train.read()]
-    evals = [s.record.text for s in ws.scope(name, purpose=Purpose.EVALUATION).eval.read()]
-    return train, evals, ws.scope(name).blobs.get("adapter")
+    evaluation = ws.scope(name, purpose=Purpose.EVALUATION)
+    evals = [s.record.text for s in evaluation.eval.read()]
+    return train, evals, ws.scope(name).blobs.get("adapter"), evaluation.blobs.get("eval/probes/v1")
 
 
 def test_I6_kek_rotation_rewraps_without_reencrypting_and_keeps_records_readable(
@@ -149,15 +160,27 @@ def test_I6_kek_rotation_rewraps_without_reencrypting_and_keeps_records_readable
     _ingest_sample(ws, "acme", tmp_path)
     _ingest_sample(ws, "beta", tmp_path)
     before = {n: _snapshot(ws, n) for n in ("acme", "beta")}
-    boxes = ws.conn.execute("SELECT box FROM train_records ORDER BY seq").fetchall()
-    keks = dict(ws.conn.execute("SELECT tenant_id, kek_id FROM data_keys").fetchall())
+    boxes = [
+        ws.conn.execute(f"SELECT box FROM {table} ORDER BY seq").fetchall()
+        for table in ("train_records", "eval_records")
+    ]
+    query = "SELECT tenant_id, purpose, kek_id FROM data_keys"
+    keks = {(t, p): k for t, p, k in ws.conn.execute(query).fetchall()}
+    assert len(keks) == 4  # a training and an evaluation key per tenant
 
     result = run_cli("keys", "rotate", "--workspace", str(ws.path), "--json")
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rewrapped"] == 4
 
-    assert ws.conn.execute("SELECT box FROM train_records ORDER BY seq").fetchall() == boxes
-    new_keks = dict(ws.conn.execute("SELECT tenant_id, kek_id FROM data_keys").fetchall())
+    assert [
+        ws.conn.execute(f"SELECT box FROM {table} ORDER BY seq").fetchall()
+        for table in ("train_records", "eval_records")
+    ] == boxes
+    new_keks = {(t, p): k for t, p, k in ws.conn.execute(query).fetchall()}
+    assert new_keks.keys() == keks.keys()
     assert all(new_keks[t] != keks[t] for t in keks)
+    # one KEK per tenant wraps both of its keys
+    assert all(new_keks[(t, "eval")] == new_keks[(t, "train")] for t, _ in keks)
     assert {n: _snapshot(ws, n) for n in ("acme", "beta")} == before
     assert len(ws.audit.events(action="keys.rotate_kek")) == 2
 
@@ -168,6 +191,7 @@ def test_I6_data_key_rotation_reencrypts_everything_and_keeps_it_readable(
     _ingest_sample(ws, "acme", tmp_path)
     before = _snapshot(ws, "acme")
     old_key = ws.tenants.data_key(ws.tenants.get("acme"))
+    old_eval_key = ws.tenants.eval_key(ws.tenants.get("acme"))
     old_boxes = ws.conn.execute("SELECT rid, box FROM eval_records").fetchall()
 
     result = run_cli(
@@ -178,15 +202,28 @@ def test_I6_data_key_rotation_reencrypts_everything_and_keeps_it_readable(
     info = ws.tenants.get("acme")
     assert info.dek_version == old_key.version + 1
     assert _snapshot(ws, "acme") == before
-    # the new ciphertexts no longer open under the old key; old versions are gone
-    rid, box = ws.conn.execute("SELECT rid, box FROM eval_records LIMIT 1").fetchone()
-    assert (rid, box) not in old_boxes
-    with pytest.raises(DecryptionError):
-        DataKey(info.id, old_key.version, old_key.material).open(
-            box, kind="eval", object_id=bytes(rid).hex()
-        )
-    assert ws.conn.execute("SELECT COUNT(*) FROM data_keys").fetchone()[0] == 1
-    assert len(list(ws.tenants.blob_dir(info.id).iterdir())) == 1
+    # both keys are fresh: the new ciphertexts open under neither old key, each store's
+    # under its own new key only; old versions are gone
+    new_key, new_eval_key = ws.tenants.data_key(info), ws.tenants.eval_key(info)
+    assert (
+        len({old_key.material, old_eval_key.material, new_key.material, new_eval_key.material}) == 4
+    )
+    for kind, opens in (("train", new_key), ("eval", new_eval_key)):
+        rid, box = ws.conn.execute(f"SELECT rid, box FROM {kind}_records LIMIT 1").fetchone()
+        assert (rid, box) not in old_boxes
+        opens.open(box, kind=kind, object_id=bytes(rid).hex())
+        for key in {old_key, old_eval_key, new_key, new_eval_key} - {opens}:
+            with pytest.raises(DecryptionError):
+                DataKey(info.id, key.version, key.material).open(
+                    box, kind=kind, object_id=bytes(rid).hex()
+                )
+    assert ws.conn.execute(
+        "SELECT purpose, version FROM data_keys ORDER BY purpose"
+    ).fetchall() == [
+        ("eval", info.dek_version),
+        ("train", info.dek_version),
+    ]
+    assert len(list(ws.tenants.blob_dir(info.id).iterdir())) == 2
     assert ws.audit.events(tenant="acme", action="keys.rotate_data_key")
 
 

@@ -5,7 +5,8 @@ interpreter (spawned, never forked: no memory of the coordinator, which holds ev
 tenant's keys, is inherited) with a scrubbed environment (no keyring passphrase), and sends
 the job over the socket ``N``. The job carries only:
 
-- the tenant's id and name, its unwrapped data key and its token key;
+- the tenant's id and name, its unwrapped training key and its token key; its evaluation
+  key only for the actions in ``EVAL_KEY_ACTIONS`` (never for one that trains, I5);
 - the workspace database path and the tenant's own blob directory;
 - the read-only base model path and its recorded digest;
 - the action (``train``, ``evaluate`` or ``probe``) and its parameters.
@@ -36,7 +37,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
     from silolearn.learning.encoder import EmbeddingCache, FrozenEncoder
 
 ACTIONS = ("train", "evaluate", "gates", "probe", "shared")
+EVAL_KEY_ACTIONS = frozenset({"evaluate", "gates"})
+"""The actions whose worker is sent the tenant's evaluation key: evaluation reads eval
+records, the gates read eval records as non-members. ``train``, ``shared`` and ``probe``
+(a training worker's view) never hold it, so their eval reads fail by cryptography too."""
 
 
 class Refused(SiloError):
@@ -102,6 +107,8 @@ class WorkerJob:
     params: dict[str, Any]
     sandbox: bool = True
     tmp_dir: str | None = None
+    eval_key: bytes | None = field(default=None, repr=False)
+    """The tenant's evaluation key: sent only for ``EVAL_KEY_ACTIONS``."""
 
 
 def records_digest(tenant_id: str, ids: list[str]) -> str:
@@ -147,11 +154,15 @@ class WorkerContext:
             checkpoint_every=10**12,
         )
         self.tenant = TenantRef(job.tenant_id, job.tenant_name)
+        eval_key = None
+        if job.eval_key is not None and purpose.holds_eval_key:
+            eval_key = DataKey(job.tenant_id, job.dek_version, job.eval_key)
         self.scope = TenantScope(
             conn=self.conn,
             audit=self.audit,
             tenant=self.tenant,
             data_key=DataKey(job.tenant_id, job.dek_version, job.data_key),
+            eval_key=eval_key,
             token_key=job.token_key,
             blob_dir=Path(job.blob_dir),
             purpose=purpose,
@@ -994,6 +1005,26 @@ def _shared(job: WorkerJob, send: Send) -> dict[str, Any]:
 # -- the isolation probe -------------------------------------------------------------------
 
 
+def open_with_held_keys(job: WorkerJob, box: bytes, *, kind: str, object_id: str) -> bytes:
+    """Try every key ``job`` carries on one of its tenant's ciphertexts, as a worker reading
+    the database behind its scope's back would: the plaintext if one opens it, else
+    ``DecryptionError`` naming the keys tried. The keys are the job's byte fields, so a
+    key added to a job later is tried too."""
+    from silolearn.security.envelope import binding, open_sealed
+
+    held = {f.name: getattr(job, f.name) for f in fields(job)}
+    keys = {name: value for name, value in held.items() if isinstance(value, bytes)}
+    aad = binding(job.tenant_id, kind, object_id)
+    for material in keys.values():
+        if len(material) in (16, 24, 32):  # the AES key sizes
+            with contextlib.suppress(DecryptionError):
+                return open_sealed(material, box, aad, what=object_id)
+    raise DecryptionError(
+        f"none of the keys the worker holds ({', '.join(keys)}) opens its {kind} record",
+        object=object_id,
+    )
+
+
 def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
     """Try, from inside a training worker of tenant A, everything I2 forbids; report and
     audit each attempt. Used by ``silolearn verify isolation`` and the I2 tests."""
@@ -1013,8 +1044,8 @@ def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
             return
         except PermissionError as exc:
             how = f"operating system: {exc.strerror}"
-        except DecryptionError:
-            how = "encryption: the tenant's data key does not open it"
+        except DecryptionError as exc:
+            how = f"cryptography: {exc.message}"
         except AccessDenied as exc:
             how = f"capability: {exc.message}"
         except SiloError as exc:
@@ -1088,7 +1119,23 @@ def _probe(job: WorkerJob, send: Send) -> dict[str, Any]:
             for other in job.params["others"]:
                 ring.token_key(str(other["id"]))
 
+        def decrypt_own_eval_record() -> None:
+            # not through the scope: a connection of its own, as any code in the worker could
+            os.close(os.open(job.db_file, os.O_RDONLY))  # Landlock refuses it once it can
+            raw = sqlite3.connect(job.db_file)
+            try:
+                row = raw.execute(
+                    "SELECT rid, box FROM eval_records WHERE tenant_id = ? LIMIT 1",
+                    (job.tenant_id,),
+                ).fetchone()
+            finally:
+                raw.close()
+            if row is None:
+                raise _NothingToTry("the tenant has no eval records")
+            open_with_held_keys(job, bytes(row[1]), kind="eval", object_id=bytes(row[0]).hex())
+
         attempt("read the keyring", read_keyring)
+        attempt("decrypt its own eval record with the keys it holds", decrypt_own_eval_record)
         attempt("read its own eval store", lambda: ctx.scope.eval.read(limit=1))
         attempt(
             "read its own eval embeddings",

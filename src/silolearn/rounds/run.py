@@ -16,7 +16,7 @@ from silolearn.audit.log import utcnow
 from silolearn.errors import SiloError
 from silolearn.learning.encoder import base_model_record
 from silolearn.learning.runner import Request, Worker, run_worker
-from silolearn.learning.worker import WorkerJob
+from silolearn.learning.worker import EVAL_KEY_ACTIONS, WorkerJob
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.rounds.context import Coordinator, Progress
 
@@ -44,6 +44,7 @@ def job_for(
         tenant_name=info.name,
         dek_version=key.version,
         data_key=key.material,
+        eval_key=ws.tenants.eval_key(info).material if action in EVAL_KEY_ACTIONS else None,
         token_key=ws.keys.token_key(info.id),
         base_path=str(base.path),
         base_sha256=base.sha256,

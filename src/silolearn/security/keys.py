@@ -1,8 +1,10 @@
 """Key managers: hold the key-encryption keys (KEKs) that wrap tenants' data keys (I6).
 
 Each tenant has its own KEK and its own token key, held only by the key manager, never in
-the database. Destroying them is crypto-shredding: a copy of the database taken earlier holds
-only wrapped data keys that nothing can unwrap any more.
+the database. The KEK wraps the tenant's two data keys, one per purpose (I5): the training
+key and the evaluation key; the purpose is bound into the wrapping, so one wrapped key
+cannot be passed off as the other. Destroying the KEK is crypto-shredding: a copy of the
+database taken earlier holds only wrapped data keys that nothing can unwrap any more.
 
 The embedded default is a keyring file (mode 0600), optionally sealed by a passphrase
 through scrypt. Other managers (PKCS#11 HSM, Vault) implement the same ``KeyManager``
@@ -32,8 +34,21 @@ from silolearn.security.envelope import KEY_BYTES, open_sealed, seal_with
 PASSPHRASE_ENV = "SILOLEARN_PASSPHRASE"
 
 
-def _wrap_aad(tenant_id: str, dek_version: int, kek_id: str) -> bytes:
-    return f"silolearn/dek\x00{tenant_id}\x00{dek_version}\x00{kek_id}".encode()
+TRAIN_KEY = "train"
+"""The purpose of the data key that seals training records, adapters and train embeddings."""
+EVAL_KEY = "eval"
+"""The purpose of the data key that seals eval records, golden suites and everything derived
+from them (eval embeddings, probe snapshots, the contamination index): no training process
+ever holds it."""
+KEY_PURPOSES = (TRAIN_KEY, EVAL_KEY)
+
+
+def _wrap_aad(tenant_id: str, dek_version: int, kek_id: str, purpose: str) -> bytes:
+    if purpose not in KEY_PURPOSES:
+        raise ValueError(f"unknown data key purpose {purpose!r}")
+    # the training key keeps the binding it had when it was a tenant's only data key
+    prefix = "silolearn/dek" if purpose == TRAIN_KEY else f"silolearn/dek-{purpose}"
+    return f"{prefix}\x00{tenant_id}\x00{dek_version}\x00{kek_id}".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +68,24 @@ class KeyManager(ABC):
 
     @abstractmethod
     def wrap(
-        self, tenant_id: str, dek_version: int, material: bytes, *, kek_id: str | None = None
+        self,
+        tenant_id: str,
+        dek_version: int,
+        material: bytes,
+        *,
+        kek_id: str | None = None,
+        purpose: str = TRAIN_KEY,
     ) -> WrappedKey:
-        """Wrap under the tenant's active KEK, or under ``kek_id`` when given."""
+        """Wrap the ``purpose`` data key under the tenant's active KEK, or ``kek_id``."""
 
     @abstractmethod
     def rotation_lock(self) -> contextlib.AbstractContextManager[None]:
         """Held across a whole key rotation, so two rotations never interleave."""
 
     @abstractmethod
-    def unwrap(self, tenant_id: str, dek_version: int, key: WrappedKey) -> bytes: ...
+    def unwrap(
+        self, tenant_id: str, dek_version: int, key: WrappedKey, *, purpose: str = TRAIN_KEY
+    ) -> bytes: ...
 
     @abstractmethod
     def token_key(self, tenant_id: str) -> bytes:
@@ -258,7 +281,13 @@ class LocalKeyring(KeyManager):
         self._mutate(change)
 
     def wrap(
-        self, tenant_id: str, dek_version: int, material: bytes, *, kek_id: str | None = None
+        self,
+        tenant_id: str,
+        dek_version: int,
+        material: bytes,
+        *,
+        kek_id: str | None = None,
+        purpose: str = TRAIN_KEY,
     ) -> WrappedKey:
         entry = self._tenant(tenant_id)
         kek_id = kek_id or entry["active"]
@@ -266,10 +295,12 @@ class LocalKeyring(KeyManager):
             raise KeyDestroyed(f"tenant {tenant_id}: no key-encryption key {kek_id}")
         kek = _unb64(entry["keks"][kek_id])
         return WrappedKey(
-            kek_id, seal_with(kek, material, _wrap_aad(tenant_id, dek_version, kek_id))
+            kek_id, seal_with(kek, material, _wrap_aad(tenant_id, dek_version, kek_id, purpose))
         )
 
-    def unwrap(self, tenant_id: str, dek_version: int, key: WrappedKey) -> bytes:
+    def unwrap(
+        self, tenant_id: str, dek_version: int, key: WrappedKey, *, purpose: str = TRAIN_KEY
+    ) -> bytes:
         entry = self._tenant(tenant_id)
         encoded = entry["keks"].get(key.kek_id)
         if encoded is None:
@@ -280,8 +311,8 @@ class LocalKeyring(KeyManager):
         return open_sealed(
             _unb64(encoded),
             key.wrapped,
-            _wrap_aad(tenant_id, dek_version, key.kek_id),
-            what=f"data key v{dek_version} of {tenant_id}",
+            _wrap_aad(tenant_id, dek_version, key.kek_id, purpose),
+            what=f"{purpose} data key v{dek_version} of {tenant_id}",
         )
 
     def token_key(self, tenant_id: str) -> bytes:

@@ -1,13 +1,15 @@
 """TenantScope: the only way to reach one tenant's data (invariant I1).
 
 A scope is obtained from the workspace for one tenant and one purpose. It holds that
-tenant's unwrapped data key and token key and nothing else; every store it hands out
-reads and writes only rows of that tenant, and seals every object with that key, bound to
-the tenant id, the store and the object id.
+tenant's unwrapped keys for its purpose and nothing else; every store it hands out reads
+and writes only rows of that tenant, and seals every object bound to the tenant id, the
+store and the object id: eval records, golden suites, ``eval/...`` blobs and the
+contamination index under the tenant's evaluation key, everything else under its training
+key.
 
 What a scope may do is fixed by its purpose (I5): a training scope can read the train store
-but has no way to read the eval store; only an evaluation scope can, and only that.
-Every read of tenant data and every refused attempt is audited (I7).
+but has no way to read the eval store, by capability and by cryptography: it is never given
+the evaluation key. Every read of tenant data and every refused attempt is audited (I7).
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ class Purpose(enum.StrEnum):
         return _PURPOSE_CAPABILITIES[self]
 
     @property
+    def holds_eval_key(self) -> bool:
+        """Whether a scope of this purpose is given the tenant's evaluation key: only those
+        that touch eval data or what is derived from it (never training, I5)."""
+        return bool(self.capabilities & _EVAL_CAPABILITIES)
+
+    @property
     def writes(self) -> bool:
         return bool(
             self.capabilities
@@ -109,6 +117,14 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
     Purpose.REGISTRY: frozenset({Capability.BLOB_READ}),
 }
 
+_EVAL_CAPABILITIES = frozenset(
+    {
+        Capability.EVAL_APPEND,
+        Capability.EVAL_READ,
+        Capability.EVAL_BLOBS,
+        Capability.CONTAMINATION_INDEX,
+    }
+)
 _ALLOWED_WHEN_QUARANTINED = frozenset({Purpose.CONTAMINATION, Purpose.REGISTRY, Purpose.AUDIT})
 EVAL_BLOB_PREFIX = "eval/"
 
@@ -169,7 +185,11 @@ class PreparedRecord:
 
 
 class TenantScope:
-    """One tenant's data, for one purpose. Obtain it from ``Workspace.scope``."""
+    """One tenant's data, for one purpose. Obtain it from ``Workspace.scope``.
+
+    ``data_key`` is the tenant's training key; ``eval_key`` its evaluation key, which only
+    a purpose that ``holds_eval_key`` may be given (a scope without it cannot open eval
+    material even where its capabilities would allow)."""
 
     def __init__(
         self,
@@ -181,13 +201,20 @@ class TenantScope:
         token_key: bytes,
         blob_dir: Path,
         purpose: Purpose,
+        eval_key: DataKey | None = None,
     ) -> None:
         if data_key.tenant_id != tenant.id:
             raise IntegrityError("a scope holds only its own tenant's data key")
+        if eval_key is not None:
+            if not purpose.holds_eval_key:
+                raise IntegrityError(f"a {purpose.value} scope never holds the evaluation key")
+            if eval_key.tenant_id != tenant.id or eval_key.version != data_key.version:
+                raise IntegrityError("a scope holds only its own tenant's current keys")
         self._conn = conn
         self._audit = audit
         self.tenant = tenant
         self._key = data_key
+        self._eval_key = eval_key
         self._token_key = token_key
         self._blob_dir = blob_dir
         self.purpose = purpose
@@ -278,15 +305,32 @@ class TenantScope:
     def token_key(self) -> bytes:
         return self._token_key
 
-    def _open_box(self, box: bytes, *, kind: str, object_id: str) -> bytes:
-        # private: callers go through the stores, which check the scope's capabilities
-        return self._key.open(box, kind=kind, object_id=object_id)
+    def _key_for(self, *, eval_data: bool) -> DataKey:
+        """The key that seals this tenant's eval material (``eval_data``) or the rest; a
+        scope never given the evaluation key refuses the former. Private: callers go
+        through the stores, which check the scope's capabilities."""
+        if not eval_data:
+            return self._key
+        if self._eval_key is None:
+            self._audit.append(
+                "access.denied",
+                tenant=self.tenant.name,
+                obj="evaluation key",
+                details={"purpose": self.purpose.value, "reason": "no evaluation key"},
+            )
+            raise AccessDenied(
+                f"{self!r} holds no evaluation key",
+                tenant=self.tenant.name,
+                capability="eval:key",
+            )
+        return self._eval_key
 
     def index_key(self) -> DataKey:
-        """The data key, for sealing this tenant's contamination index segments."""
+        """The evaluation key, for sealing this tenant's contamination index segments
+        (derived from its eval records, and from training records only to guard them)."""
         if Capability.CONTAMINATION_INDEX not in self.capabilities:
             raise AccessDenied(f"{self!r} may not use the contamination index")
-        return self._key
+        return self._key_for(eval_data=True)
 
     def seqs_of(self, conn: sqlite3.Connection, table: str, rids: list[bytes]) -> dict[bytes, int]:
         """Sequence numbers of this tenant's stored records, by record-id hash."""
@@ -355,9 +399,15 @@ class _RecordStore:
     table: str
     append_capability: Capability
     read_capability: Capability
+    eval_data: bool
+    """Whether the store's records are sealed under the evaluation key."""
 
     def __init__(self, scope: TenantScope) -> None:
         self._scope = scope
+
+    @property
+    def _key(self) -> DataKey:
+        return self._scope._key_for(eval_data=self.eval_data)
 
     def _require_any(self, what: str) -> None:
         if not {self.append_capability, self.read_capability} & self._scope.capabilities:
@@ -428,6 +478,7 @@ class _RecordStore:
         scope = self._scope
         if self.append_capability not in scope.capabilities:
             raise AccessDenied(f"{scope!r} may not append to the {self.kind} store")
+        key = self._key
         now = utcnow()
         columns = "".join(f", {column}" for column in extra)
         marks = ", ?" * len(extra)
@@ -441,8 +492,8 @@ class _RecordStore:
                     p.record.timestamp,
                     p.digest,
                     p.fingerprint,
-                    scope._key.version,
-                    scope._key.seal(p.plaintext, kind=self.kind, object_id=p.rid.hex()),
+                    key.version,
+                    key.seal(p.plaintext, kind=self.kind, object_id=p.rid.hex()),
                     now,
                     *extra.values(),
                 )
@@ -489,14 +540,15 @@ class _RecordStore:
         if limit is not None:
             query += " LIMIT ?"
             params.append(limit)
+        key = self._key
         out: list[StoredRecord] = []
         for seq, rid, dek_version, box in scope._conn.execute(query, params):
-            if dek_version != scope._key.version:
+            if dek_version != key.version:
                 raise IntegrityError(
                     f"{self.kind} record sealed under data key v{dek_version}, scope holds "
-                    f"v{scope._key.version}: reopen the scope",
+                    f"v{key.version}: reopen the scope",
                 )
-            plain = scope._open_box(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
+            plain = key.open(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
             out.append(StoredRecord(int(seq), Record.model_validate(json.loads(plain))))
         details: dict[str, Any] = {
             "records": len(out),
@@ -518,6 +570,7 @@ class TrainStore(_RecordStore):
     table = "train_records"
     append_capability = Capability.TRAIN_APPEND
     read_capability = Capability.TRAIN_READ
+    eval_data = False
 
     def _active_clause(self) -> str:
         # records quarantined as near-copies of eval records are never read for training
@@ -574,6 +627,7 @@ class EvalStore(_RecordStore):
     table = "eval_records"
     append_capability = Capability.EVAL_APPEND
     read_capability = Capability.EVAL_READ
+    eval_data = True
 
     def _active_clause(self) -> str:
         return " AND suite IS NULL"
@@ -660,7 +714,8 @@ def _blob_capability(name: str, *, write: bool) -> Capability:
 
 
 class BlobStore:
-    """Encrypted files of one tenant (adapters, indexes, caches), addressed by name."""
+    """Encrypted files of one tenant (adapters, indexes, caches), addressed by name; those
+    named ``eval/...`` are eval material, sealed under the evaluation key."""
 
     kind = "blob"
 
@@ -676,19 +731,20 @@ class BlobStore:
         scope.require(_blob_capability(name, write=True), what=f"blob {name} write")
         if not name or len(name) > 200 or "\x00" in name:
             raise ValueError("a blob name is 1-200 characters without NUL")
+        key = scope._key_for(eval_data=name.startswith(EVAL_BLOB_PREFIX))
         object_id = secrets.token_hex(16)
-        file_name = f"{object_id}.v{scope._key.version}"
+        file_name = f"{object_id}.v{key.version}"
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / file_name
         # on disk before the row that names it commits: a crash never leaves a row whose
         # blob is empty or torn
-        replace_durably(path, scope._key.seal(data, kind=self.kind, object_id=object_id))
+        replace_durably(path, key.seal(data, kind=self.kind, object_id=object_id))
         info = BlobInfo(
             name=name,
             object_id=object_id,
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
-            dek_version=scope._key.version,
+            dek_version=key.version,
             created_at=utcnow(),
         )
         old_file: str | None = None
@@ -753,7 +809,8 @@ class BlobStore:
         if row is None:
             raise NotFoundError(f"tenant {scope.tenant.name!r} has no blob {name!r}", blob=name)
         object_id, file_name, sha = str(row[0]), str(row[1]), str(row[2])
-        data = scope._open_box(
+        key = scope._key_for(eval_data=name.startswith(EVAL_BLOB_PREFIX))
+        data = key.open(
             (self.directory / file_name).read_bytes(), kind=self.kind, object_id=object_id
         )
         if hashlib.sha256(data).hexdigest() != sha:

@@ -1,5 +1,11 @@
 """Tenant lifecycle: create, quarantine, release, crypto-shred; data-key and KEK rotation.
 
+Each tenant has two data keys, both wrapped by its KEK and sharing one version: the
+training key and the evaluation key (I5). Eval records, golden suites, ``eval/...`` blobs
+(eval embeddings, probe snapshots) and the contamination index are sealed under the
+evaluation key; training records and every other blob under the training key. Both are
+created, rotated and shredded together.
+
 Shredding destroys the tenant's keys in the key manager *first*: from that moment every
 ciphertext of the tenant, in the database, in blobs, in free pages or in any backup, is
 unreadable, whatever happens to the deletion of rows and files that follows.
@@ -11,6 +17,7 @@ import re
 import secrets
 import shutil
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,8 @@ from silolearn.errors import (
     TenantNotFound,
 )
 from silolearn.security.envelope import DataKey
-from silolearn.security.keys import KeyManager, WrappedKey
+from silolearn.security.keys import EVAL_KEY, TRAIN_KEY, KeyManager, WrappedKey
+from silolearn.storage.scope import EVAL_BLOB_PREFIX
 
 NAME_PATTERN = re.compile(r"[a-z0-9-]{2,40}")
 PII_POLICIES = ("redact", "tokenize", "reject")
@@ -108,17 +116,43 @@ class TenantRegistry:
         return {"train": row[0], "quarantined": row[1], "eval": row[2], "blobs": row[3]}
 
     def data_key(self, info: TenantInfo) -> DataKey:
-        """Unwrap the tenant's current data key through the key manager."""
+        """Unwrap the tenant's current training data key through the key manager."""
+        return self._unwrap(info, TRAIN_KEY)
+
+    def eval_key(self, info: TenantInfo) -> DataKey:
+        """Unwrap the tenant's current evaluation key: never for a process that trains."""
+        return self._unwrap(info, EVAL_KEY)
+
+    def _unwrap(self, info: TenantInfo, purpose: str) -> DataKey:
         row = self._conn.execute(
-            "SELECT kek_id, wrapped FROM data_keys WHERE tenant_id = ? AND version = ?",
-            (info.id, info.dek_version),
+            "SELECT kek_id, wrapped FROM data_keys "
+            "WHERE tenant_id = ? AND purpose = ? AND version = ?",
+            (info.id, purpose, info.dek_version),
         ).fetchone()
         if row is None:
-            raise TenantNotFound(f"tenant {info.name!r} has no data key", tenant=info.name)
+            raise TenantNotFound(
+                f"tenant {info.name!r} has no {purpose} data key v{info.dek_version}",
+                tenant=info.name,
+            )
         material = self._keys.unwrap(
-            info.id, info.dek_version, WrappedKey(str(row[0]), bytes(row[1]))
+            info.id, info.dek_version, WrappedKey(str(row[0]), bytes(row[1])), purpose=purpose
         )
         return DataKey(info.id, info.dek_version, material)
+
+    def _insert_keys(
+        self, conn: sqlite3.Connection, tenant_id: str, keys: dict[str, DataKey]
+    ) -> dict[str, str]:
+        """Wrap and store one data key per purpose; returns the KEK id of each."""
+        wrapped: dict[str, str] = {}
+        for purpose, key in keys.items():
+            sealed = self._keys.wrap(tenant_id, key.version, key.material, purpose=purpose)
+            conn.execute(
+                "INSERT INTO data_keys (tenant_id, purpose, version, kek_id, wrapped, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant_id, purpose, key.version, sealed.kek_id, sealed.wrapped, utcnow()),
+            )
+            wrapped[purpose] = sealed.kek_id
+        return wrapped
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -131,8 +165,6 @@ class TenantRegistry:
         tenant_id = "t-" + secrets.token_hex(8)
         self._keys.create_tenant(tenant_id)
         try:
-            dek = DataKey.generate(tenant_id, 1)
-            wrapped = self._keys.wrap(tenant_id, 1, dek.material)
             info = TenantInfo(tenant_id, name, "active", None, pii_policy, 1, utcnow())
             with self._audit.write() as conn:
                 if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
@@ -149,17 +181,17 @@ class TenantRegistry:
                         info.created_at,
                     ),
                 )
-                conn.execute(
-                    "INSERT INTO data_keys (tenant_id, version, kek_id, wrapped, created_at) "
-                    "VALUES (?, 1, ?, ?, ?)",
-                    (tenant_id, wrapped.kek_id, wrapped.wrapped, info.created_at),
+                keks = self._insert_keys(
+                    conn,
+                    tenant_id,
+                    {p: DataKey.generate(tenant_id, 1) for p in (TRAIN_KEY, EVAL_KEY)},
                 )
                 self._audit.append_in(
                     conn,
                     "tenant.create",
                     tenant=name,
                     obj=tenant_id,
-                    details={"pii_policy": pii_policy, "kek_id": wrapped.kek_id},
+                    details={"pii_policy": pii_policy, "kek_id": keks[TRAIN_KEY]},
                 )
         except BaseException:
             self._keys.destroy_tenant(tenant_id)
@@ -254,20 +286,27 @@ class TenantRegistry:
         with self._audit.write() as conn:
             for tenant in tenants:
                 rows = conn.execute(
-                    "SELECT version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?",
+                    "SELECT purpose, version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?",
                     (tenant.id,),
                 ).fetchall()
-                for version, kek_id, wrapped in rows:
+                for purpose, version, kek_id, wrapped in rows:
                     material = self._keys.unwrap(
-                        tenant.id, int(version), WrappedKey(str(kek_id), bytes(wrapped))
+                        tenant.id,
+                        int(version),
+                        WrappedKey(str(kek_id), bytes(wrapped)),
+                        purpose=str(purpose),
                     )
                     new = self._keys.wrap(
-                        tenant.id, int(version), material, kek_id=fresh[tenant.id]
+                        tenant.id,
+                        int(version),
+                        material,
+                        kek_id=fresh[tenant.id],
+                        purpose=str(purpose),
                     )
                     conn.execute(
                         "UPDATE data_keys SET kek_id = ?, wrapped = ? "
-                        "WHERE tenant_id = ? AND version = ?",
-                        (new.kek_id, new.wrapped, tenant.id, version),
+                        "WHERE tenant_id = ? AND purpose = ? AND version = ?",
+                        (new.kek_id, new.wrapped, tenant.id, purpose, version),
                     )
                     rewrapped += 1
                 self._audit.append_in(
@@ -281,17 +320,48 @@ class TenantRegistry:
         return {"tenants": len(tenants), "rewrapped": rewrapped, "retired_keks": retired}
 
     def rotate_data_key(self, name: str) -> dict[str, Any]:
-        """Re-encrypt every object of the tenant under a fresh data key, atomically."""
+        """Re-encrypt every object of the tenant under fresh training and evaluation keys,
+        atomically."""
         with self._keys.rotation_lock():
-            return self._rotate_data_key(name)
+            info = self.get(name)
+            if info.status == "shredding":
+                raise InvalidInput(f"tenant {name!r} is being shredded", tenant=name)
+            return self._rekey(info, _Keys(self.data_key(info), self.eval_key(info)))
 
-    def _rotate_data_key(self, name: str) -> dict[str, Any]:
-        info = self.get(name)
-        if info.status == "shredding":
-            raise InvalidInput(f"tenant {name!r} is being shredded", tenant=name)
-        old = self.data_key(info)
-        new = DataKey.generate(info.id, old.version + 1)
-        wrapped = self._keys.wrap(info.id, new.version, new.material)
+    def migrate_eval_keys(self) -> Sequence[dict[str, Any]]:
+        """Give each tenant created before data keys had purposes its evaluation key.
+
+        Its eval material was sealed under its one data key, which every training worker
+        held: this is a data-key rotation whose old evaluation key is that data key, so the
+        eval material comes out under a fresh evaluation key no training process has seen.
+        Idempotent; run by ``Workspace.open``."""
+        if not self._missing_eval_keys():
+            return ()
+        done = []
+        with self._keys.rotation_lock():
+            for name in self._missing_eval_keys():
+                info = self.get(name)
+                old = self.data_key(info)
+                done.append(self._rekey(info, _Keys(old, old), action="keys.migrate_eval_key"))
+        return done
+
+    def _missing_eval_keys(self) -> Sequence[str]:
+        rows = self._conn.execute(
+            "SELECT name FROM tenants t WHERE status != 'shredding' AND NOT EXISTS "
+            "(SELECT 1 FROM data_keys k WHERE k.tenant_id = t.id AND k.purpose = ? "
+            "AND k.version = t.dek_version) ORDER BY name",
+            (EVAL_KEY,),
+        ).fetchall()
+        return [str(name) for (name,) in rows]
+
+    def _rekey(
+        self, info: TenantInfo, old: _Keys, *, action: str = "keys.rotate_data_key"
+    ) -> dict[str, Any]:
+        """Seal everything of the tenant under a fresh pair of keys, one version up: new
+        blob files first, then every row and the blob rows in one transaction, then the old
+        keys and files go."""
+        version = old.train.version + 1
+        new = _Keys(DataKey.generate(info.id, version), DataKey.generate(info.id, version))
         blob_dir = self.blob_dir(info.id)
         blob_rows = self._conn.execute(
             "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
@@ -299,95 +369,40 @@ class TenantRegistry:
         new_files: dict[str, str] = {}
         try:
             for blob_name, object_id, file_name in blob_rows:
-                plain = old.open(
+                plain = old.for_blob(blob_name).open(
                     (blob_dir / file_name).read_bytes(), kind="blob", object_id=object_id
                 )
-                fresh_name = f"{object_id}.v{new.version}"
+                fresh_name = f"{object_id}.v{version}"
                 (blob_dir / fresh_name).write_bytes(
-                    new.seal(plain, kind="blob", object_id=object_id)
+                    new.for_blob(blob_name).seal(plain, kind="blob", object_id=object_id)
                 )
                 new_files[str(blob_name)] = fresh_name
-            counts = {"train": 0, "eval": 0, "blobs": len(blob_rows)}
             with self._audit.write() as conn:
-                current = conn.execute(
-                    "SELECT dek_version FROM tenants WHERE id = ?", (info.id,)
-                ).fetchone()
-                blobs_now = conn.execute(
-                    "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
-                ).fetchall()
-                # a concurrent rotation or blob write since the files were staged: start over
-                if (
-                    current is None
-                    or int(current[0]) != old.version
-                    or sorted(blobs_now) != sorted(blob_rows)
-                ):
-                    raise ConflictError(
-                        f"tenant {name!r} changed during data-key rotation; run it again",
-                        tenant=name,
-                    )
+                self._check_unchanged(conn, info, old.train.version, blob_rows)
                 conn.execute(
                     "INSERT INTO maintenance (tenant_id, op) VALUES (?, 'rekey')", (info.id,)
                 )
-                conn.execute(
-                    "INSERT INTO data_keys (tenant_id, version, kek_id, wrapped, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (info.id, new.version, wrapped.kek_id, wrapped.wrapped, utcnow()),
-                )
-                for kind, table in (("train", "train_records"), ("eval", "eval_records")):
-                    rows = conn.execute(
-                        f"SELECT seq, rid, box FROM {table} WHERE tenant_id = ?", (info.id,)
-                    ).fetchall()
-                    updates = []
-                    for seq, rid, box in rows:
-                        object_id = bytes(rid).hex()
-                        plain = old.open(bytes(box), kind=kind, object_id=object_id)
-                        updates.append(
-                            (new.seal(plain, kind=kind, object_id=object_id), new.version, seq)
-                        )
-                    conn.executemany(
-                        f"UPDATE {table} SET box = ?, dek_version = ? WHERE seq = ?", updates
-                    )
-                    counts[kind] = len(updates)
-                segments = conn.execute(
-                    "SELECT id, object_id, box FROM contamination_segments WHERE owner = ?",
-                    (info.id,),
-                ).fetchall()
-                conn.executemany(
-                    "UPDATE contamination_segments SET box = ?, dek_version = ? WHERE id = ?",
-                    [
-                        (
-                            new.seal(
-                                old.open(bytes(box), kind="index", object_id=str(object_id)),
-                                kind="index",
-                                object_id=str(object_id),
-                            ),
-                            new.version,
-                            segment_id,
-                        )
-                        for segment_id, object_id, box in segments
-                    ],
-                )
-                counts["index_segments"] = len(segments)
+                self._insert_keys(conn, info.id, {TRAIN_KEY: new.train, EVAL_KEY: new.eval})
+                counts = _reseal_rows(conn, info.id, old, new)
+                counts["blobs"] = len(blob_rows)
                 for blob_name, fresh_name in new_files.items():
                     conn.execute(
                         "UPDATE blobs SET file = ?, dek_version = ? "
                         "WHERE tenant_id = ? AND name = ?",
-                        (fresh_name, new.version, info.id, blob_name),
+                        (fresh_name, version, info.id, blob_name),
                     )
-                conn.execute(
-                    "UPDATE tenants SET dek_version = ? WHERE id = ?", (new.version, info.id)
-                )
+                conn.execute("UPDATE tenants SET dek_version = ? WHERE id = ?", (version, info.id))
                 conn.execute(
                     "DELETE FROM data_keys WHERE tenant_id = ? AND version = ?",
-                    (info.id, old.version),
+                    (info.id, old.train.version),
                 )
                 conn.execute("DELETE FROM maintenance WHERE tenant_id = ?", (info.id,))
                 self._audit.append_in(
                     conn,
-                    "keys.rotate_data_key",
-                    tenant=name,
+                    action,
+                    tenant=info.name,
                     obj=info.id,
-                    details={"from_version": old.version, "to_version": new.version, **counts},
+                    details={"from_version": old.train.version, "to_version": version, **counts},
                 )
         except BaseException:
             for fresh_name in new_files.values():
@@ -395,4 +410,74 @@ class TenantRegistry:
             raise
         for _, _, file_name in blob_rows:
             (blob_dir / str(file_name)).unlink(missing_ok=True)
-        return {"tenant": name, "version": new.version, **counts}
+        return {"tenant": info.name, "version": version, **counts}
+
+    def _check_unchanged(
+        self, conn: sqlite3.Connection, info: TenantInfo, version: int, blob_rows: Sequence[Any]
+    ) -> None:
+        """A concurrent rotation or blob write since the files were staged: start over."""
+        current = conn.execute(
+            "SELECT dek_version FROM tenants WHERE id = ?", (info.id,)
+        ).fetchone()
+        blobs_now = conn.execute(
+            "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
+        ).fetchall()
+        if current is None or int(current[0]) != version or sorted(blobs_now) != sorted(blob_rows):
+            raise ConflictError(
+                f"tenant {info.name!r} changed during data-key rotation; run it again",
+                tenant=info.name,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """A tenant's training and evaluation keys of one version."""
+
+    train: DataKey
+    eval: DataKey
+
+    def for_blob(self, name: str) -> DataKey:
+        return self.eval if name.startswith(EVAL_BLOB_PREFIX) else self.train
+
+
+def _reseal_rows(
+    conn: sqlite3.Connection, tenant_id: str, old: _Keys, new: _Keys
+) -> dict[str, int]:
+    """Re-seal the tenant's records and contamination index segments from ``old`` to
+    ``new`` inside the caller's rekey transaction; returns how many of each."""
+    counts: dict[str, int] = {}
+    for kind, table, before, after in (
+        ("train", "train_records", old.train, new.train),
+        ("eval", "eval_records", old.eval, new.eval),
+    ):
+        rows = conn.execute(
+            f"SELECT seq, rid, box FROM {table} WHERE tenant_id = ?", (tenant_id,)
+        ).fetchall()
+        updates = []
+        for seq, rid, box in rows:
+            object_id = bytes(rid).hex()
+            plain = before.open(bytes(box), kind=kind, object_id=object_id)
+            updates.append((after.seal(plain, kind=kind, object_id=object_id), after.version, seq))
+        conn.executemany(f"UPDATE {table} SET box = ?, dek_version = ? WHERE seq = ?", updates)
+        counts[kind] = len(updates)
+    # the index is derived from eval records (and guards them): under the evaluation key
+    segments = conn.execute(
+        "SELECT id, object_id, box FROM contamination_segments WHERE owner = ?", (tenant_id,)
+    ).fetchall()
+    conn.executemany(
+        "UPDATE contamination_segments SET box = ?, dek_version = ? WHERE id = ?",
+        [
+            (
+                new.eval.seal(
+                    old.eval.open(bytes(box), kind="index", object_id=str(object_id)),
+                    kind="index",
+                    object_id=str(object_id),
+                ),
+                new.eval.version,
+                segment_id,
+            )
+            for segment_id, object_id, box in segments
+        ],
+    )
+    counts["index_segments"] = len(segments)
+    return counts
