@@ -14,7 +14,7 @@ from pathlib import Path
 
 from silolearn.errors import WorkspaceError
 
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 """The newest migration; a test checks it equals Alembic's head."""
 
 MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
@@ -62,13 +62,15 @@ def migrate(path: Path) -> None:
     command.upgrade(config, "head")
 
 
-def ensure_schema(path: Path, conn: sqlite3.Connection) -> None:
+def ensure_schema(path: Path, conn: sqlite3.Connection) -> bool:
+    """Migrate the database to the newest schema if it is behind; returns whether it was."""
     revision = schema_revision(conn)
     if revision == SCHEMA_HEAD:
-        return
+        return False
     if revision is not None and revision > SCHEMA_HEAD:
         raise WorkspaceError(
             f"the workspace database is at schema {revision}, newer than this silolearn "
             f"({SCHEMA_HEAD}): upgrade silolearn"
         )
     migrate(path)
+    return True

@@ -63,7 +63,7 @@ class Workspace:
         self.actor = actor
         self.conn = db.connect(path / DB_FILE)
         try:
-            db.ensure_schema(path / DB_FILE, self.conn)
+            migrated = db.ensure_schema(path / DB_FILE, self.conn)
             self.keys: KeyManager = KEY_MANAGERS[settings.keys.manager](
                 path / KEYRING_FILE, sealed=settings.keys.sealed
             )
@@ -74,6 +74,9 @@ class Workspace:
                 signing_key=self.keys.signing_key(),
                 checkpoint_every=settings.audit.checkpoint_every,
             )
+            if migrated:
+                # what a migration appended (rows it bound to the chain) is signed at once
+                self.audit.checkpoint_if_moved()
         except BaseException:
             self.conn.close()
             raise

@@ -267,3 +267,43 @@ def test_I7_shredding_a_tenant_deletes_its_versions_without_a_finding(original: 
         bound = [e for e in ws.audit.events(tenant="gone") if ROW_DIGESTS in e.details]
         assert bound, "gone's versions were bound before the shred"
     assert _findings(original) == []
+
+
+def test_I7_rows_written_before_binding_are_backfilled_by_the_migration(tmp_path: Path) -> None:
+    """A workspace whose ledger and versions were written before rows were bound (no digests
+    in their audit events) verifies clean once opened at the new schema; tampering after that
+    is caught like anywhere else."""
+    path = tmp_path / "old"
+    with Workspace.init(path, actor="test") as ws:
+        info = ws.create_tenant("acme")
+        with ws.audit.write() as conn:
+            conn.execute(
+                "INSERT INTO privacy_events (scope, run_id, purpose, sampling_rate, "
+                "noise_multiplier, steps, delta, epsilon_after, created_at) "
+                "VALUES (?, 'old-run', 'adapter', 0.05, 2.0, 100, 1e-5, 0.4, '2026-01-01')",
+                (tenant_scope(info.id),),
+            )
+            ws.audit.append_in(conn, "privacy.charge", tenant="acme", details={"run_id": "old"})
+        with ws.audit.write() as conn:
+            conn.execute(
+                "INSERT INTO adapter_versions (tenant_id, version, status, kind, sha256, parent, "
+                "lineage, metrics, decision, created_at, updated_at, run_id) VALUES "
+                "(?, 1, 'active', 'head', ?, NULL, '{}', '{}', '{}', '2026-01-01', "
+                "'2026-01-01', 'abcdef0123456789')",
+                (info.id, "a" * 64),
+            )
+            ws.audit.append_in(conn, "adapter.promote", tenant="acme", obj="v1")
+        ws.conn.execute("UPDATE alembic_version SET version_num = '0009'")
+
+    code, report = _verify_json(path)
+    assert code == 0, report
+    assert report["rows"] == {"privacy_events": 1, "privacy_scopes": 0, "adapter_versions": 1}
+    with Workspace.open(path) as ws:
+        [backfill] = ws.audit.events(action="audit.rows_bound")
+        assert backfill.details["rows"] == {"privacy_events": 1, "adapter_versions": 1}
+        assert backfill.seq <= ws.audit.signed_seq()
+
+    _attack(path, "DELETE FROM privacy_events")
+    code, report = _verify_json(path)
+    assert code == 8
+    assert [(f["kind"], f["row"]) for f in report["findings"]] == [("deleted", "id=1")]
