@@ -176,8 +176,8 @@ def _headline_and_lead(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def _default_eval_windows() -> Iterator[None]:
-    """The tour runs on the README's defaults: the learning suite's larger eval share and
-    smaller judging window, when it ran first in the session, are not the README's."""
+    """The tour runs on the README's defaults, whatever the environment says: the larger
+    eval share and smaller judging window of the learning tests are not the README's."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SILOLEARN_INGEST__EVAL_FRACTION", raising=False)
         patch.delenv("SILOLEARN_TRAINING__MIN_EVAL_RECORDS", raising=False)

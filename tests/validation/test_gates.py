@@ -63,8 +63,8 @@ def _policy(path: Path, bound: float, audience: str = "mixed", excess: float = 0
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as patch:
-        # the default eval share whichever suite ran before (the learning tests raise it):
-        # desk's probe set must not be full before its second ingest
+        # the default eval share whatever the environment says (the learning tests raise it
+        # for their own modules): desk's probe set must not be full before its second ingest
         patch.setenv("SILOLEARN_INGEST__EVAL_FRACTION", "0.1")
         path = tmp_path_factory.mktemp("gates") / "ws"
         ws = Workspace.init(path, actor="test")
