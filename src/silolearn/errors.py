@@ -20,6 +20,7 @@ The tree, drawn once::
     ├── KeyManagerError               exit 9   HTTP 500   key store sealed, missing or destroyed
     │   └── KeyDestroyed
     ├── TrainingFailed                exit 10  HTTP 500   a training or evaluation process died
+    │   └── ProtocolViolation         a worker sent what is not a message (a pickle, oversized)
     └── PrivacyBudgetExceeded         exit 11  HTTP 409   a DP run would overspend the budget
 """
 
@@ -124,6 +125,12 @@ class TrainingFailed(SiloError):
     exit_code = 10
 
 
+class ProtocolViolation(TrainingFailed):
+    """A worker sent something that is not a well-formed message of the worker protocol (a
+    pickle, an oversized or malformed frame, an unknown type, a result off its schema).
+    Nothing of it was loaded or run; the worker was killed and its run failed."""
+
+
 class PrivacyBudgetExceeded(SiloError):
     """A differentially private run was refused before it started: its planned cost would
     take the scope's cumulative epsilon past the budget. Nothing was trained or charged."""
@@ -146,6 +153,7 @@ __all__ = [
     "KeyManagerError",
     "NotFoundError",
     "PrivacyBudgetExceeded",
+    "ProtocolViolation",
     "SiloError",
     "TenantExists",
     "TenantNotFound",

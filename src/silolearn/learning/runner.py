@@ -5,6 +5,10 @@ scrubbed environment (or takes a ``Worker`` started ahead of the job to warm up)
 one job over a private socket, relays its progress and returns its result. A worker that
 crashes, is killed or times out raises ``TrainingFailed``; nothing it computed is kept.
 
+The socket carries typed messages of data (``silolearn.learning.protocol``), never pickles
+(I11): a worker that sends anything else (a pickle, an oversized or malformed message, a
+result off its schema) is killed and ``ProtocolViolation`` raised, nothing of it loaded.
+
 ``run_slot`` takes one of the tenant's run slots (``training.max_runs_per_tenant``) as an
 advisory file lock: the kernel releases it when the holder dies, so a killed run never
 leaves a lock behind.
@@ -24,12 +28,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from silolearn import errors
-from silolearn.errors import ConflictError, SiloError, TrainingFailed
+from silolearn.errors import ConflictError, ProtocolViolation, SiloError, TrainingFailed
+from silolearn.learning.protocol import (
+    Channel,
+    ErrorMessage,
+    Message,
+    ProgressMessage,
+    RefusalMessage,
+    ReplyMessage,
+    RequestMessage,
+    ResultMessage,
+    check_result,
+    job_message,
+)
 from silolearn.learning.worker import WorkerJob
 
 Progress = Callable[[int, str, dict[str, Any]], None]
@@ -117,9 +132,9 @@ class Worker:
             target=_drain, args=(self.process, self._tail), name="worker-stderr", daemon=True
         )
         self._drain.start()
-        self._conn = Connection(os.dup(parent_sock.fileno()))
-        parent_sock.close()
+        self._channel = Channel(parent_sock)
         self._used = False
+        self._closed = False
 
     def __enter__(self) -> Worker:
         return self
@@ -154,63 +169,118 @@ class Worker:
         on_progress: Progress | None,
         on_request: Request | None,
     ) -> dict[str, Any]:
-        process, conn = self.process, self._conn
+        process = self.process
         deadline = time.monotonic() + timeout
         refusal: SiloError | None = None
-        conn.send(job)
+        self._send(job, job_message(job))
+        while True:
+            message = self._next(job, deadline, timeout)
+            if message is None:
+                if refusal is not None:
+                    raise refusal
+                raise _died(job, process, self._tail)
+            if isinstance(message, ProgressMessage):
+                if on_progress is not None:
+                    on_progress(process.pid, message.event, message.details)
+            elif isinstance(message, RequestMessage):
+                reply: Message
+                try:
+                    if on_request is None:
+                        raise TrainingFailed(f"the {job.action} worker asked {message.name!r}")
+                    reply = ReplyMessage(answer=on_request(message.name, message.details))
+                except SiloError as exc:
+                    refusal = exc
+                    reply = RefusalMessage(code=exc.code, message=exc.message)
+                self._send(job, reply)
+            elif isinstance(message, ResultMessage):
+                return {**self._checked(job, message), "pid": process.pid}
+            elif isinstance(message, ErrorMessage):
+                if refusal is not None:
+                    raise refusal
+                raise _worker_error(message)
+            else:
+                what = ProtocolViolation(
+                    f"the peer sent a {message.type} message, which only the coordinator sends",
+                    reason="unexpected",
+                )
+                raise self._violated(job, what)
+
+    def _next(self, job: WorkerJob, deadline: float, timeout: float) -> Message | None:
+        """The worker's next message, or None once it has exited; a timed-out worker is
+        killed (``TrainingFailed``), so is one that breaks the protocol (``ProtocolViolation``)."""
+        process, channel = self.process, self._channel
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                process.kill()
-                raise TrainingFailed(
-                    f"the {job.action} worker of {job.tenant_name!r} timed out after "
-                    f"{timeout:.0f} s and was killed",
-                    tenant=job.tenant_name,
-                    pid=process.pid,
-                )
-            if not conn.poll(min(remaining, 0.5)):
-                if process.poll() is not None and not conn.poll(0):
-                    if refusal is not None:
-                        raise refusal
-                    raise _died(job, process, self._tail)
-                continue
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                process.wait()
-                if refusal is not None:
-                    raise refusal from None
-                raise _died(job, process, self._tail) from None
-            if message[0] == "request":
+                break
+            if channel.poll(min(remaining, 0.5)):
                 try:
-                    if on_request is None:
-                        raise TrainingFailed(f"the {job.action} worker asked {message[1]!r}")
-                    answer = on_request(message[1], message[2])
-                except SiloError as exc:
-                    refusal = exc
-                    conn.send(("refused", exc.code, exc.message))
-                else:
-                    conn.send(("reply", answer))
-                continue
-            if message[0] == "progress":
-                if on_progress is not None:
-                    on_progress(process.pid, message[1], message[2])
-                continue
-            if message[0] == "result":
-                result: dict[str, Any] = message[1]
-                result["pid"] = process.pid
-                return result
-            _, code, text, details = message
-            if refusal is not None:
-                raise refusal
-            raise _error_class(code)(text, **details)
+                    message = channel.receive(timeout=remaining)
+                except ProtocolViolation as exc:
+                    raise self._violated(job, exc) from None
+                except TimeoutError:
+                    break
+                except (EOFError, OSError):
+                    message = None
+                if message is None:
+                    self._reap(deadline)
+                return message
+            if process.poll() is not None and not channel.poll(0):
+                return None
+        process.kill()
+        raise TrainingFailed(
+            f"the {job.action} worker of {job.tenant_name!r} timed out after "
+            f"{timeout:.0f} s and was killed",
+            tenant=job.tenant_name,
+            pid=process.pid,
+        )
+
+    def _send(self, job: WorkerJob, message: Message) -> None:
+        try:
+            self._channel.send(message)
+        except OSError:  # the worker is gone: say how it ended
+            self._reap(time.monotonic() + 30)
+            raise _died(job, self.process, self._tail) from None
+
+    def _reap(self, deadline: float) -> None:
+        """Wait for a worker that closed its socket to exit, and kill it at ``deadline``."""
+        try:
+            self.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _checked(self, job: WorkerJob, message: ResultMessage) -> dict[str, Any]:
+        try:
+            if message.action != job.action:
+                raise ProtocolViolation(
+                    f"the peer sent a {message.action} result for a {job.action} job",
+                    reason="unexpected",
+                )
+            return check_result(job.action, message.result)
+        except ProtocolViolation as exc:
+            raise self._violated(job, exc) from None
+
+    def _violated(self, job: WorkerJob, exc: ProtocolViolation) -> ProtocolViolation:
+        """Kill the worker that broke the protocol; the error that names it."""
+        process = self.process
+        process.kill()
+        process.wait()
+        self._channel.close()
+        who = f"the {job.action} worker of {job.tenant_name!r} (pid {process.pid})"
+        return ProtocolViolation(
+            exc.message.replace("the peer", who, 1)
+            + "; nothing of it was loaded or run, the worker was killed",
+            **{**exc.details, "tenant": job.tenant_name, "action": job.action, "pid": process.pid},
+        )
 
     def close(self) -> None:
         """Close the link; a process that never got a job is killed, one that did is given
         30 s to exit."""
-        if self._conn.closed:
+        if self._closed:
             return
-        self._conn.close()
+        self._closed = True
+        self._channel.close()
         process = self.process
         if process.poll() is None:
             if not self._used:
@@ -223,6 +293,15 @@ class Worker:
         self._drain.join(timeout=5)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def _worker_error(message: ErrorMessage) -> SiloError:
+    """The typed error a worker reported (``TrainingFailed`` for a class it cannot name)."""
+    cls = _error_class(message.code)
+    try:
+        return cls(message.message, **message.details)
+    except TypeError:  # details that do not fit the class's constructor
+        return TrainingFailed(message.message, error=message.code, details=message.details)
 
 
 def _drain(process: subprocess.Popen[bytes], tail: collections.deque[str]) -> None:

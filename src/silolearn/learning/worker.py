@@ -3,7 +3,8 @@
 ``silolearn.learning.runner`` starts ``python -m silolearn.learning.worker --fd N`` as a new
 interpreter (spawned, never forked: no memory of the coordinator, which holds every
 tenant's keys, is inherited) with a scrubbed environment (no keyring passphrase), and sends
-the job over the socket ``N``. The job carries only:
+the job over the socket ``N`` as typed data (``silolearn.learning.protocol``: JSON and raw
+frames, never a pickle, either way, I11). The job carries only:
 
 - the tenant's id and name, its unwrapped training key and its token key; its evaluation
   key only for the actions in ``EVAL_KEY_ACTIONS`` (never for one that trains, I5);
@@ -38,7 +39,6 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,19 @@ from silolearn.errors import (
     DecryptionError,
     IntegrityError,
     InvalidInput,
+    ProtocolViolation,
     SiloError,
+)
+from silolearn.learning.protocol import (
+    Channel,
+    ErrorMessage,
+    JobMessage,
+    ProgressMessage,
+    RefusalMessage,
+    ReplyMessage,
+    RequestMessage,
+    ResultMessage,
+    read_job,
 )
 
 if TYPE_CHECKING:
@@ -71,19 +83,23 @@ class Link:
     """The worker's side of its socket: progress events, and questions to the coordinator
     (``ask``) that block until it answers."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
 
     def __call__(self, event: str, details: dict[str, Any]) -> None:
-        self._conn.send(("progress", event, details))
+        self._channel.send(ProgressMessage(event=event, details=details))
 
     def ask(self, name: str, details: dict[str, Any]) -> dict[str, Any]:
-        self._conn.send(("request", name, details))
-        message = self._conn.recv()
-        if message[0] == "reply":
-            answer: dict[str, Any] = message[1]
-            return answer
-        raise Refused(f"the coordinator refused {name!r}: {message[2]}", code=message[1])
+        self._channel.send(RequestMessage(name=name, details=details))
+        message = self._channel.receive()
+        if isinstance(message, ReplyMessage):
+            return message.answer
+        if isinstance(message, RefusalMessage):
+            raise Refused(f"the coordinator refused {name!r}: {message.message}", code=message.code)
+        got = "nothing" if message is None else f"a {message.type} message"
+        raise ProtocolViolation(
+            f"the coordinator answered {name!r} with {got}", reason="unexpected"
+        )
 
 
 Send = Link
@@ -1155,40 +1171,49 @@ _HANDLERS: dict[str, Callable[[WorkerJob, Send], dict[str, Any]]] = {
 }
 
 
-def serve(conn: Connection, *, warm: Path | None = None) -> None:
-    """Receive one job, run it, send ``("result", dict)`` or ``("error", ...)``; with
+def serve(channel: Channel, *, warm: Path | None = None) -> None:
+    """Receive one job, run it, send its result (or the error that stopped it); with
     ``warm`` (the base model's directory), load the encoder while waiting for it."""
     if warm is not None:
         _warm(warm)
     try:
-        job: WorkerJob = conn.recv()
-    except EOFError:  # started ahead of a job that never came (its round failed first)
+        message = channel.receive()
+    except EOFError:
+        return
+    except ProtocolViolation as exc:
+        channel.send(ErrorMessage(code=exc.code, message=exc.message, details=_plain(exc.details)))
+        return
+    if message is None:  # started ahead of a job that never came (its round failed first)
         return
     from silolearn.learning.adapters import deterministic_torch
 
-    send = Link(conn)
+    send = Link(channel)
     try:
+        if not isinstance(message, JobMessage):
+            raise ProtocolViolation(f"the coordinator sent a {message.type} message, not a job")
+        job = read_job(message, WorkerJob)
         if job.action not in _HANDLERS:
             raise ValueError(f"unknown worker action {job.action!r}")
         _SANDBOX.clear()
         _SANDBOX.update(_sandbox(job))
         deterministic_torch()
         send("started", {"pid": os.getpid(), "warm": "encoder" in _WARM})
-        conn.send(("result", _HANDLERS[job.action](job, send)))
+        result = _HANDLERS[job.action](job, send)
+        channel.send(ResultMessage(action=job.action, result=result))  # type: ignore[arg-type]
     except SiloError as exc:
-        conn.send(("error", exc.code, exc.message, _plain(exc.details)))
+        channel.send(ErrorMessage(code=exc.code, message=exc.message, details=_plain(exc.details)))
     except BaseException as exc:
-        conn.send(
-            (
-                "error",
-                "TrainingFailed",
-                f"{type(exc).__name__}: {exc}",
-                {"traceback": traceback.format_exc(limit=8)},
+        channel.send(
+            ErrorMessage(
+                code="TrainingFailed",
+                message=f"{type(exc).__name__}: {exc}",
+                details={"traceback": traceback.format_exc(limit=8)},
             )
         )
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    """An error's details as plain data: what JSON cannot hold becomes its ``str``."""
     plain: dict[str, Any] = json.loads(json.dumps(details, default=str))
     return plain
 
@@ -1198,13 +1223,11 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--warm", type=Path, default=None, help="base model to load ahead")
     args = parser.parse_args()
-    sock = socket.socket(fileno=args.fd)
-    conn = Connection(os.dup(sock.fileno()))
-    sock.close()
+    channel = Channel(socket.socket(fileno=args.fd))
     try:
-        serve(conn, warm=args.warm)
+        serve(channel, warm=args.warm)
     finally:
-        conn.close()
+        channel.close()
     # the result (or error) is sent and every store the job wrote is committed and closed:
     # skip the interpreter's teardown of torch and transformers, ~0.8 s the coordinator
     # would wait for

@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from silolearn.audit.log import utcnow
-from silolearn.errors import SiloError
+from silolearn.errors import ProtocolViolation, SiloError
 from silolearn.learning.encoder import base_model_record
 from silolearn.learning.runner import Request, Worker, run_worker
 from silolearn.learning.worker import EVAL_KEY_ACTIONS, WorkerJob
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.rounds.context import Coordinator, Progress
+
+if TYPE_CHECKING:
+    from silolearn.workspace import Workspace
 
 
 def job_for(
@@ -66,7 +69,8 @@ def exchange(
     worker: Worker | None = None,
 ) -> dict[str, Any]:
     """Run ``action`` for ``tenant`` in an isolated worker (``worker``: one started ahead,
-    warm) and return its result; progress is relayed with the tenant's name."""
+    warm) and return its result; progress is relayed with the tenant's name. A worker that
+    breaks the protocol is reported (``report_violation``) before its error is raised."""
     job = job_for(ctx, tenant, action, params, training)
     relay = None
     if progress is not None:
@@ -74,12 +78,33 @@ def exchange(
         def relay(pid: int, event: str, details: dict[str, Any]) -> None:
             progress(tenant, pid, event, details)
 
-    return run_worker(
-        job,
-        timeout=ctx.config.timeout_seconds,
-        on_progress=relay,
-        on_request=on_request,
-        worker=worker,
+    try:
+        return run_worker(
+            job,
+            timeout=ctx.config.timeout_seconds,
+            on_progress=relay,
+            on_request=on_request,
+            worker=worker,
+        )
+    except ProtocolViolation as exc:
+        report_violation(ctx.ws, tenant, exc)
+        raise
+
+
+def report_violation(ws: Workspace, tenant: str, exc: ProtocolViolation) -> None:
+    """An audited incident for a worker that sent what is not a message of the protocol
+    (I11): SEV1 for a pickle, code aimed at the coordinator, which quarantines the tenant's
+    training until someone looks at its data; SEV2 for an oversized or malformed message."""
+    from silolearn.monitoring.incidents import Incidents
+
+    reason = str(exc.details.get("reason", "malformed"))
+    Incidents(ws).open(
+        tenant,
+        severity="SEV1" if reason == "pickle" else "SEV2",
+        kind="worker-protocol",
+        summary=exc.message,
+        evidence={k: exc.details[k] for k in ("reason", "action", "pid") if k in exc.details},
+        actions=["worker killed", "run failed"],
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from silolearn.errors import (
     ConflictError,
     InvalidInput,
+    ProtocolViolation,
     SiloError,
     TenantQuarantined,
     TrainingFailed,
@@ -277,6 +278,7 @@ class SharedTrainer:
 
     def _relay(self, round_: _Round, name: str, job: Any, progress: Progress | None) -> None:
         from silolearn.learning.runner import run_worker
+        from silolearn.rounds.run import report_violation
 
         member = round_.members[name]
         relay = None
@@ -292,6 +294,9 @@ class SharedTrainer:
                 on_progress=relay,
                 on_request=round_.answer(name),
             )
+        except ProtocolViolation as exc:
+            report_violation(self.ws, name, exc)
+            round_.fail(exc)
         except SiloError as exc:
             round_.fail(exc)
         except BaseException as exc:  # a relay thread must never die silently
