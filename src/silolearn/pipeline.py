@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from silolearn.errors import SiloError
 from silolearn.learning.dp import DpPlan
-from silolearn.learning.runner import Worker
-from silolearn.learning.worker import WorkerJob
 from silolearn.registry.versions import AdapterVersion
 from silolearn.rounds import commit, judge, plan, privacy, reaudit, remediation, round, run, sweep
 from silolearn.rounds import watch as watching
@@ -23,6 +21,8 @@ from silolearn.rounds.context import Coordinator, Progress
 from silolearn.rounds.remediation import MIN_REMEDIATION_EPSILON, REGULARISATION_STEPS
 from silolearn.rounds.result import RoundResult
 from silolearn.validation.gates import GateVerdict
+from silolearn.worker.job import WorkerJob
+from silolearn.worker.runner import Worker
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace

@@ -1,7 +1,7 @@
 """I11: what crosses a worker socket is data, never code.
 
 The channel's format is checked over real sockets; the refusals from real worker processes
-(the real ``python -m silolearn.learning.worker`` command, subverted at start-up through a
+(the real ``python -m silolearn.worker`` command, subverted at start-up through a
 ``sitecustomize`` module on its ``PYTHONPATH``, as code a crafted input made it run could
 be) and from a real coordinator's side of the socket."""
 
@@ -29,8 +29,12 @@ from hypothesis import strategies as st
 from helpers import record
 from silolearn import Workspace
 from silolearn.errors import ProtocolViolation, TrainingFailed
-from silolearn.learning import protocol
-from silolearn.learning.protocol import (
+from silolearn.monitoring.incidents import Incidents
+from silolearn.pipeline import Trainer, list_runs
+from silolearn.records import Record
+from silolearn.worker import protocol
+from silolearn.worker.job import Access, WorkerJob
+from silolearn.worker.protocol import (
     Channel,
     ErrorMessage,
     JobMessage,
@@ -41,11 +45,7 @@ from silolearn.learning.protocol import (
     job_message,
     read_job,
 )
-from silolearn.learning.runner import Worker, run_worker
-from silolearn.learning.worker import WorkerJob
-from silolearn.monitoring.incidents import Incidents
-from silolearn.pipeline import Trainer, list_runs
-from silolearn.records import Record
+from silolearn.worker.runner import Worker, run_worker
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "silolearn"
 
@@ -182,41 +182,52 @@ def test_what_cannot_be_data_is_refused_when_sending() -> None:
             b.recv(1)
 
 
-def test_a_job_crosses_with_its_keys_as_frames_and_every_field_checked() -> None:
-    job = WorkerJob(
-        action="train",
-        workspace="/ws",
-        db_file="/ws/silolearn.db",
-        blob_dir="/ws/blobs/t",
+def test_a_job_crosses_without_the_coordinators_access_and_every_field_checked() -> None:
+    access = Access(
+        workspace=Path("/ws"),
+        db_file=Path("/ws/silolearn.db"),
+        blob_dir=Path("/ws/blobs/t"),
         tenant_id="t1",
         tenant_name="acme",
         dek_version=3,
         data_key=b"\x80" * 32,
         token_key=b"k" * 32,
+        eval_key=b"e" * 32,
+    )
+    job = WorkerJob(
+        action="train",
+        tenant_id="t1",
+        tenant_name="acme",
         base_path="/model",
         base_sha256="ab" * 32,
-        actor="worker:train:acme",
         training={"epochs": 40, "max_c": None},
         params={"seed": 1, "trunk": {"artefact": b"weights", "sha256": "x"}},
+        workspace="/ws",
+        access=access,
     )
     a, b = socket.socketpair()
     with a, b:
         Channel(a).send(job_message(job))
         received = Channel(b).receive(timeout=10)
         assert isinstance(received, JobMessage)
-        assert len(received.frames) == 3  # data_key, token_key, the trunk's artefact
-        assert read_job(received, WorkerJob) == job
+        assert "access" not in received.job
+        assert len(received.frames) == 1  # the trunk's artefact: no key crosses
+        for secret in (access.data_key, access.token_key, access.eval_key, b"/ws/silolearn.db"):
+            assert secret not in json.dumps(received.job, default=str).encode()
+        arrived = read_job(received, WorkerJob)
+        assert arrived == job and arrived.access is None
     for wrong in (
-        {"dek_version": "3"},
-        {"data_key": "a key as text"},
+        {"sandbox": "yes"},
+        {"tenant_id": 1},
         {"training": ["not", "a", "dict"]},
         {"unknown_field": 1},
+        {"access": {"data_key": "smuggled"}},
     ):
         tampered = JobMessage(job={**received.job, **wrong})
         with pytest.raises(ProtocolViolation, match="a job that fails its schema"):
             read_job(tampered, WorkerJob)
-    missing = {k: v for k, v in received.job.items() if k != "token_key"}
-    with pytest.raises(ProtocolViolation, match="token_key"):
+    missing = {k: v for k, v in received.job.items() if k != "base_sha256"}
+    with pytest.raises(ProtocolViolation, match="base_sha256"):
         read_job(JobMessage(job=missing), WorkerJob)
 
 
@@ -359,12 +370,18 @@ def test_a_message_that_never_arrives_whole_times_out(
 
 
 def test_neither_side_of_the_channel_can_unpickle_or_evaluate() -> None:
-    """The coordinator's and the worker's code of the exchange import nothing that loads
+    """The coordinator's and the worker's code of the exchange (every module of the worker
+    package) import nothing that loads
     code from bytes and call no evaluator; ``np.load`` only with ``allow_pickle=False``,
     ``torch.load`` only with ``weights_only=True``."""
     banned_modules = {"pickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "joblib"}
-    for name in ("protocol.py", "runner.py", "worker.py"):
-        tree = ast.parse((SRC / "learning" / name).read_text())
+    modules = sorted((SRC / "worker").glob("*.py"))
+    assert {"protocol.py", "runner.py", "service.py", "remote.py", "main.py"} <= {
+        p.name for p in modules
+    }
+    for path in modules:
+        name = path.name
+        tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 imported = {alias.name.split(".")[0] for alias in node.names}
@@ -411,19 +428,13 @@ def subverted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wire: bytes) -> N
 def _job(tmp_path: Path) -> WorkerJob:
     return WorkerJob(
         action="train",
-        workspace=str(tmp_path),
-        db_file=str(tmp_path / "silolearn.db"),
-        blob_dir=str(tmp_path / "blobs"),
         tenant_id="t1",
         tenant_name="acme",
-        dek_version=1,
-        data_key=b"d" * 32,
-        token_key=b"t" * 32,
         base_path=str(tmp_path / "model"),
         base_sha256="0" * 64,
-        actor="worker:train:acme",
         training={},
         params={},
+        workspace=str(tmp_path),
     )
 
 
@@ -489,7 +500,7 @@ def test_a_worker_refuses_a_pickled_job_and_runs_none_of_it(tmp_path: Path) -> N
     marker = tmp_path / "worker-ran-coordinator-code"
     ours, theirs = socket.socketpair()
     process = subprocess.Popen(
-        [sys.executable, "-m", "silolearn.learning.worker", "--fd", str(theirs.fileno())],
+        [sys.executable, "-m", "silolearn.worker", "--fd", str(theirs.fileno())],
         pass_fds=(theirs.fileno(),),
     )
     theirs.close()
@@ -509,7 +520,7 @@ def test_requests_and_replies_carry_arrays_both_ways(tmp_path: Path) -> None:
         """
         import socket, sys
         import numpy as np
-        from silolearn.learning.protocol import (
+        from silolearn.worker.protocol import (
             Channel, ReplyMessage, RequestMessage, ResultMessage, JobMessage,
         )
         channel = Channel(socket.socket(fileno=int(sys.argv[1])))

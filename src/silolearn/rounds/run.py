@@ -7,6 +7,7 @@ worker never writes a version: the coordinator registers what it returns)."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from silolearn.audit.log import utcnow
 from silolearn.errors import ProtocolViolation, SiloError
 from silolearn.learning.encoder import base_model_record
-from silolearn.learning.runner import Request, Worker, run_worker
-from silolearn.learning.worker import EVAL_KEY_ACTIONS, WorkerJob
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.rounds.context import Coordinator, Progress
+from silolearn.worker.job import EVAL_KEY_ACTIONS, Access, WorkerJob
+from silolearn.worker.runner import Request, Worker, run_worker
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -38,23 +39,35 @@ def job_for(
     blob_dir = ws.tenants.blob_dir(info.id)
     blob_dir.mkdir(parents=True, exist_ok=True)
     key = ws.tenants.data_key(info)
-    return WorkerJob(
-        action=action,
-        workspace=str(ws.path.resolve()),
-        db_file=str((ws.path / "silolearn.db").resolve()),
-        blob_dir=str(blob_dir.resolve()),
+    token_key = ws.keys.token_key(info.id)
+    access = Access(
+        workspace=ws.path.resolve(),
+        db_file=(ws.path / "silolearn.db").resolve(),
+        blob_dir=blob_dir.resolve(),
         tenant_id=info.id,
         tenant_name=info.name,
         dek_version=key.version,
         data_key=key.material,
+        token_key=token_key,
         eval_key=ws.tenants.eval_key(info).material if action in EVAL_KEY_ACTIONS else None,
-        token_key=ws.keys.token_key(info.id),
+    )
+    if action == "train":
+        # the canaries are drawn from a seed keyed with the tenant's token key, which the
+        # worker never holds: the same run draws the same ones, nobody else can predict them
+        parts = ("canaries", params["seed"], params["version_hint"])
+        message = "\x00".join(str(p) for p in parts).encode()
+        params = {**params, "canary_seed": hmac.new(token_key, message, "sha256").digest()}
+    return WorkerJob(
+        action=action,
+        tenant_id=info.id,
+        tenant_name=info.name,
         base_path=str(base.path),
         base_sha256=base.sha256,
-        actor=f"worker:{action}:{info.name}",
         training={**ctx.config.model_dump(), **(training or {})},
         params=params,
         sandbox=ctx.sandbox,
+        workspace=str(ws.path.resolve()),
+        access=access,
     )
 
 

@@ -136,34 +136,11 @@ class SharedTrainer:
         seed: int | None = None,
         progress: Progress | None = None,
     ) -> SharedVersion:
-        import torch
 
         from silolearn.learning.encoder import verify_base_model
 
         ws = self.ws
-        members = self.store.members()
-        names = [m["tenant"] for m in members]
-        if tenants is not None:
-            outsiders = sorted(set(tenants) - set(names))
-            if outsiders:
-                raise ConflictError(
-                    f"tenant(s) {', '.join(outsiders)} have not joined the shared layer "
-                    "(silolearn shared join TENANT)",
-                    tenants=outsiders,
-                )
-            names = sorted(set(tenants))
-        if len(names) < 2:
-            raise InvalidInput(
-                "the shared layer learns from at least two tenants; "
-                f"{len(names)} member(s) would take part"
-            )
-        for name in names:
-            info = ws.tenants.get(name)
-            if info.status != "active":
-                raise TenantQuarantined(
-                    f"tenant {name!r} is {info.status}: it takes no part in training",
-                    tenant=name,
-                )
+        names = self._participants(tenants)
         ledger = ws.ledger()
         policy = ledger.policy(SHARED)
         target = policy.run_epsilon if epsilon is None else float(epsilon)
@@ -215,6 +192,60 @@ class SharedTrainer:
         if round_.error is not None:
             raise round_.error
         verify_base_model(ws, when="shared.after")
+        artefact, lineage = self._artefact(round_, names, cutoffs, result, parent, seed)
+        lineage["run_id"] = run_id
+        lineage["timings"] = {"total": round(time.perf_counter() - started, 4)}
+        version = self.store.add(artefact, lineage)
+        # every tenant's predictions against its snapshot: members following the latest
+        # version are previewed on the new trunk (recorded, gated), the rest must not move
+        from silolearn.validation.divergence import check
+
+        check(ws, event=f"shared v{version.version}", source=None, shared_update=True)
+        return version
+
+    def _participants(self, tenants: Sequence[str] | None) -> list[str]:
+        """The members taking part: all of them or the ``tenants`` named, at least two,
+        every one active."""
+        names = [m["tenant"] for m in self.store.members()]
+        if tenants is not None:
+            outsiders = sorted(set(tenants) - set(names))
+            if outsiders:
+                raise ConflictError(
+                    f"tenant(s) {', '.join(outsiders)} have not joined the shared layer "
+                    "(silolearn shared join TENANT)",
+                    tenants=outsiders,
+                )
+            names = sorted(set(tenants))
+        if len(names) < 2:
+            raise InvalidInput(
+                "the shared layer learns from at least two tenants; "
+                f"{len(names)} member(s) would take part"
+            )
+        for name in names:
+            info = self.ws.tenants.get(name)
+            if info.status != "active":
+                raise TenantQuarantined(
+                    f"tenant {name!r} is {info.status}: it takes no part in training",
+                    tenant=name,
+                )
+        return names
+
+    def _artefact(
+        self,
+        round_: _Round,
+        names: list[str],
+        cutoffs: dict[str, str],
+        result: Any,
+        parent: SharedVersion | None,
+        seed: int,
+    ) -> tuple[bytes, dict[str, Any]]:
+        """The new shared version's artefact (the trunk and each member's rows, keyed by
+        tenant id) and its lineage."""
+        import torch
+
+        from silolearn.learning.adapters import pack_artefact
+
+        ws = self.ws
         plan, charge, monitor, noise = result
         params = {k: torch.from_numpy(np.asarray(v)) for k, v in round_.params.items()}
         ids = {m.tenant: m.tenant_id for m in round_.members.values()}
@@ -225,8 +256,6 @@ class SharedTrainer:
         for name in names:
             tensors[f"rows.{ids[name]}.weight"] = params[f"rows.{name}.weight"]
             tensors[f"rows.{ids[name]}.bias"] = params[f"rows.{name}.bias"]
-        from silolearn.learning.adapters import pack_artefact
-
         header = {
             "kind": "shared",
             "dim": DIM,
@@ -240,7 +269,7 @@ class SharedTrainer:
             high=ws.settings.privacy.clipped_high, low=ws.settings.privacy.clipped_low
         )
         lineage = {
-            "run_id": run_id,
+            "run_id": None,
             "parent": None if parent is None else parent.version,
             "seed": seed,
             "trunk_sha256": hashlib.sha256(trunk_bytes).hexdigest(),
@@ -266,19 +295,13 @@ class SharedTrainer:
                 "noise": noise,
                 "sampling": "Poisson, each member samples its own records at the same rate",
             },
-            "timings": {"total": round(time.perf_counter() - started, 4)},
+            "timings": {},
         }
-        version = self.store.add(artefact, lineage)
-        # every tenant's predictions against its snapshot: members following the latest
-        # version are previewed on the new trunk (recorded, gated), the rest must not move
-        from silolearn.validation.divergence import check
-
-        check(ws, event=f"shared v{version.version}", source=None, shared_update=True)
-        return version
+        return artefact, lineage
 
     def _relay(self, round_: _Round, name: str, job: Any, progress: Progress | None) -> None:
-        from silolearn.learning.runner import run_worker
         from silolearn.rounds.run import report_violation
+        from silolearn.worker.runner import run_worker
 
         member = round_.members[name]
         relay = None
@@ -348,19 +371,10 @@ class SharedTrainer:
             params[f"rows.{name}.bias"] = bias
         return params
 
-    def _coordinate(
-        self,
-        round_: _Round,
-        names: list[str],
-        target: float,
-        run_id: str,
-        parent: SharedVersion | None,
-        seed: int,
-    ) -> tuple[DpPlan, Any, ClipMonitor, dict[str, Any]]:
-        import torch
-
-        from silolearn.learning.dp import gaussian_noise, secret_generator
-
+    def _plan(self, round_: _Round, target: float, run_id: str) -> tuple[DpPlan, Any]:
+        """Once every member is ready: the round's DP plan over all their records, charged
+        to the shared ledger (the hard stop: refused here, before any member computes a
+        single gradient)."""
         cfg = self.config
         with round_.cond:
             round_._wait(lambda: all(m.ready for m in round_.members.values()))
@@ -383,10 +397,26 @@ class SharedTrainer:
         plan = DpPlan(
             total, q, sigma, steps, cfg.max_grad_norm, cfg.learning_rate, target, policy.delta
         )
-        # the hard stop: refused here, before any member computes a single gradient
         charge = ledger.charge(
             SHARED, tenant=None, run_id=run_id, purpose="shared", planned=[plan.event]
         )
+        return plan, charge
+
+    def _coordinate(
+        self,
+        round_: _Round,
+        names: list[str],
+        target: float,
+        run_id: str,
+        parent: SharedVersion | None,
+        seed: int,
+    ) -> tuple[DpPlan, Any, ClipMonitor, dict[str, Any]]:
+        import torch
+
+        from silolearn.learning.dp import gaussian_noise, secret_generator
+
+        cfg = self.config
+        plan, charge = self._plan(round_, target, run_id)
         params = self._initial(names, round_.members, parent, seed)
         for tensor in params.values():
             tensor.requires_grad_(True)

@@ -14,7 +14,6 @@ from silolearn.audit.log import utcnow
 from silolearn.errors import ConflictError, InvalidInput, TenantQuarantined
 from silolearn.learning.dp import DpPlan
 from silolearn.learning.encoder import verify_base_model
-from silolearn.learning.runner import Request, run_slot
 from silolearn.privacy.ledger import tenant_scope
 from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.rounds.context import Coordinator, Progress
@@ -23,6 +22,7 @@ from silolearn.rounds.plan import adapter_kind, cutoff_for
 from silolearn.rounds.privacy import plan_dp
 from silolearn.rounds.run import side_run
 from silolearn.storage.scope import Purpose
+from silolearn.worker.runner import Request, run_slot
 
 
 def sweep(

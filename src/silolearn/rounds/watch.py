@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from silolearn.errors import ConflictError, NotFoundError, TenantQuarantined
-from silolearn.learning.runner import run_slot
 from silolearn.privacy.ledger import tenant_scope
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.rounds.context import Coordinator, Progress
@@ -18,6 +17,7 @@ from silolearn.rounds.judge import evaluate_side_runs, headline
 from silolearn.rounds.result import RoundResult
 from silolearn.rounds.run import exchange, side_run
 from silolearn.storage.scope import Purpose
+from silolearn.worker.runner import run_slot
 
 
 def watch(
@@ -174,5 +174,23 @@ def probe(ctx: Coordinator, tenant: str, *, others: Sequence[str] | None = None)
         for t in ws.tenants.list()
         if t.name != tenant and (others is None or t.name in others)
     ]
-    params = {"others": targets, "sealed": ws.settings.keys.sealed}
+    info = ws.tenants.get(tenant)
+    files = {
+        "database": str((ws.path / "silolearn.db").resolve()),
+        "keyring": str((ws.path / "keys" / "keyring.json").resolve()),
+        "audit_head": str((ws.path / "audit" / "head.json").resolve()),
+        "blob_dir": str(ws.tenants.blob_dir(info.id).resolve()),
+    }
+    # one of the tenant's eval records as the ciphertext a worker reading the database
+    # behind the coordinator's back would find: the probe tries its keys on it
+    row = ws.conn.execute(
+        "SELECT rid, box FROM eval_records WHERE tenant_id = ? ORDER BY seq LIMIT 1", (info.id,)
+    ).fetchone()
+    eval_box = None if row is None else {"object_id": bytes(row[0]).hex(), "box": bytes(row[1])}
+    params = {
+        "others": targets,
+        "sealed": ws.settings.keys.sealed,
+        "files": files,
+        "eval_box": eval_box,
+    }
     return exchange(ctx, tenant, "probe", params, None)

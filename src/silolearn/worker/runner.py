@@ -1,11 +1,11 @@
 """Starting isolated workers (I2) and limiting how many runs a tenant has at once.
 
-``run_worker`` starts ``python -m silolearn.learning.worker`` as a new interpreter with a
+``run_worker`` starts ``python -m silolearn.worker`` as a new interpreter with a
 scrubbed environment (or takes a ``Worker`` started ahead of the job to warm up), hands it
 one job over a private socket, relays its progress and returns its result. A worker that
 crashes, is killed or times out raises ``TrainingFailed``; nothing it computed is kept.
 
-The socket carries typed messages of data (``silolearn.learning.protocol``), never pickles
+The socket carries typed messages of data (``silolearn.worker.protocol``), never pickles
 (I11): a worker that sends anything else (a pickle, an oversized or malformed message, a
 result off its schema) is killed and ``ProtocolViolation`` raised, nothing of it loaded.
 
@@ -33,7 +33,8 @@ from typing import Any
 
 from silolearn import errors
 from silolearn.errors import ConflictError, ProtocolViolation, SiloError, TrainingFailed
-from silolearn.learning.protocol import (
+from silolearn.worker.job import WorkerJob
+from silolearn.worker.protocol import (
     Channel,
     ErrorMessage,
     Message,
@@ -45,7 +46,7 @@ from silolearn.learning.protocol import (
     check_result,
     job_message,
 )
-from silolearn.learning.worker import WorkerJob
+from silolearn.worker.service import DataService
 
 Progress = Callable[[int, str, dict[str, Any]], None]
 Request = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -76,9 +77,10 @@ def worker_environment() -> dict[str, str]:
 
 
 def _error_class(name: str) -> type[SiloError]:
-    from silolearn.learning import encoder, worker
+    from silolearn.learning import encoder
+    from silolearn.worker import job
 
-    for module in (errors, encoder, worker):
+    for module in (errors, encoder, job):
         found = getattr(module, name, None)
         if isinstance(found, type) and issubclass(found, SiloError):
             return found
@@ -112,7 +114,7 @@ class Worker:
 
     def __init__(self, *, warm: Path | None = None) -> None:
         parent_sock, child_sock = socket.socketpair()
-        argv = [sys.executable, "-m", "silolearn.learning.worker", "--fd", str(child_sock.fileno())]
+        argv = [sys.executable, "-m", "silolearn.worker", "--fd", str(child_sock.fileno())]
         if warm is not None:
             argv += ["--warm", str(warm)]
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -154,20 +156,26 @@ class Worker:
         if self._used:
             raise RuntimeError("a worker process runs one job")
         self._used = True
+        service = None if job.access is None else DataService(job)
         try:
             with tempfile.TemporaryDirectory(prefix="silolearn-worker-") as tmp:
                 return self._exchange(
-                    dataclasses.replace(job, tmp_dir=tmp), timeout, on_progress, on_request
+                    dataclasses.replace(job, tmp_dir=tmp),
+                    timeout,
+                    on_progress,
+                    _Requests(job, service, on_request),
                 )
         finally:
             self.close()
+            if service is not None:
+                service.close()
 
     def _exchange(
         self,
         job: WorkerJob,
         timeout: float,
         on_progress: Progress | None,
-        on_request: Request | None,
+        requests: _Requests,
     ) -> dict[str, Any]:
         process = self.process
         deadline = time.monotonic() + timeout
@@ -185,11 +193,11 @@ class Worker:
             elif isinstance(message, RequestMessage):
                 reply: Message
                 try:
-                    if on_request is None:
-                        raise TrainingFailed(f"the {job.action} worker asked {message.name!r}")
-                    reply = ReplyMessage(answer=on_request(message.name, message.details))
+                    reply = ReplyMessage(answer=requests.answer(message.name, message.details))
                 except SiloError as exc:
-                    refusal = exc
+                    if not requests.is_data(message.name):
+                        # a refused plan or step is why the worker stops: raised as the cause
+                        refusal = exc
                     reply = RefusalMessage(code=exc.code, message=exc.message)
                 self._send(job, reply)
             elif isinstance(message, ResultMessage):
@@ -293,6 +301,31 @@ class Worker:
         self._drain.join(timeout=5)
         if process.stderr is not None:
             process.stderr.close()
+
+
+class _Requests:
+    """Where a worker's requests go: ``scope.*`` data requests to the job's data service,
+    the rest (a DP plan, a shared-layer step) to the caller's ``on_request``."""
+
+    def __init__(
+        self, job: WorkerJob, service: DataService | None, on_request: Request | None
+    ) -> None:
+        self.job, self.service, self.on_request = job, service, on_request
+
+    @staticmethod
+    def is_data(name: str) -> bool:
+        return name.startswith("scope.")
+
+    def answer(self, name: str, details: dict[str, Any]) -> dict[str, Any]:
+        if self.is_data(name):
+            if self.service is None:
+                raise TrainingFailed(
+                    f"the {self.job.action} worker asked for data it has no access to"
+                )
+            return self.service.answer(name, details)
+        if self.on_request is None:
+            raise TrainingFailed(f"the {self.job.action} worker asked {name!r}")
+        return self.on_request(name, details)
 
 
 def _worker_error(message: ErrorMessage) -> SiloError:

@@ -535,9 +535,15 @@ class Channel:
 T = TypeVar("T")
 
 
+def wire_fields(cls: Any) -> list[dataclasses.Field[Any]]:
+    """The fields of a job dataclass that are sent: all but those marked ``local`` (what the
+    coordinator keeps to serve the job, such as its keys)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("local")]
+
+
 def job_message(job: Any) -> JobMessage:
-    """The message carrying ``job`` (a dataclass): its fields by name."""
-    return JobMessage(job={f.name: getattr(job, f.name) for f in dataclasses.fields(job)})
+    """The message carrying ``job`` (a dataclass): its wire fields by name."""
+    return JobMessage(job={f.name: getattr(job, f.name) for f in wire_fields(job)})
 
 
 def read_job(message: JobMessage, cls: type[T]) -> T:
@@ -561,7 +567,7 @@ def _wire_model(cls: type[Any]) -> type[BaseModel]:
         return _WIRE_MODELS[cls]
     hints = typing.get_type_hints(cls)
     spec: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in wire_fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else ...
         spec[f.name] = (hints[f.name], default)
     model = create_model(
