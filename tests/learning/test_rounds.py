@@ -67,7 +67,7 @@ def trained(
 # -- I2 -------------------------------------------------------------------------------------
 
 
-def test_I2_training_worker_cannot_read_other_tenants_keys_or_eval(
+def test_I2_I11_training_worker_cannot_open_the_workspace_or_read_other_tenants_or_eval(
     trained: tuple[Workspace, Any],
 ) -> None:
     ws, _ = trained
