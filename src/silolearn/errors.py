@@ -19,6 +19,7 @@ The tree, drawn once::
     │   └── AuditChainBroken          the audit chain or a checkpoint does not verify
     ├── KeyManagerError               exit 9   HTTP 500   key store sealed, missing or destroyed
     │   └── KeyDestroyed
+    │       └── MetadataSealed        a tenant's metadata whose keys are destroyed (shredded)
     ├── TrainingFailed                exit 10  HTTP 500   a training or evaluation process died
     │   └── ProtocolViolation         a worker sent what is not a message (a pickle, oversized)
     └── PrivacyBudgetExceeded         exit 11  HTTP 409   a DP run would overspend the budget
@@ -118,6 +119,12 @@ class KeyDestroyed(KeyManagerError):
     pass
 
 
+class MetadataSealed(KeyDestroyed):
+    """A tenant's metadata (version lineage and metrics, gate evidence, an incident's summary,
+    audit details) stays sealed: the tenant's metadata key is gone, because the tenant was
+    shredded. The row's clear columns are still readable; its sealed part never will be."""
+
+
 class TrainingFailed(SiloError):
     """A training or evaluation process crashed, was killed or timed out; nothing it did
     reached the registry."""
@@ -151,6 +158,7 @@ __all__ = [
     "InvalidTenantName",
     "KeyDestroyed",
     "KeyManagerError",
+    "MetadataSealed",
     "NotFoundError",
     "PrivacyBudgetExceeded",
     "ProtocolViolation",

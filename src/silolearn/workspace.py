@@ -25,6 +25,7 @@ from silolearn.config import CONFIG_FILE, Settings
 from silolearn.errors import TenantQuarantined, WorkspaceError
 from silolearn.security.envelope import DataKey
 from silolearn.security.keys import KEY_MANAGERS, PASSPHRASE_ENV, KeyManager, LocalKeyring
+from silolearn.storage.metadata import MetadataKeys
 from silolearn.storage.scope import Purpose, TenantRef, TenantScope
 from silolearn.tenancy.tenants import TenantInfo, TenantRegistry
 
@@ -67,12 +68,15 @@ class Workspace:
             self.keys: KeyManager = KEY_MANAGERS[settings.keys.manager](
                 path / KEYRING_FILE, sealed=settings.keys.sealed
             )
+            # seals and opens tenants' metadata rows and audit details (I6)
+            self.metadata = MetadataKeys(self.conn, self.keys)
             self.audit = AuditLog(
                 self.conn,
                 actor=actor,
                 head_file=path / HEAD_FILE,
                 signing_key=self.keys.signing_key(),
                 checkpoint_every=settings.audit.checkpoint_every,
+                sealer=self.metadata,
             )
             if migrated:
                 # what a migration appended (rows it bound to the chain) is signed at once
@@ -83,11 +87,19 @@ class Workspace:
         self._contamination: MinHashContamination | None = None
         self._predictor: Predictor | None = None
         self.tenants = TenantRegistry(
-            conn=self.conn, keys=self.keys, audit=self.audit, blob_root=path / "blobs"
+            conn=self.conn,
+            keys=self.keys,
+            audit=self.audit,
+            blob_root=path / "blobs",
+            metadata=self.metadata,
         )
         try:
-            # a workspace from before keys had purposes: eval material gets its own key
-            self.tenants.migrate_eval_keys()
+            # a workspace from before keys had purposes: eval material gets its own key;
+            # from before metadata was sealed: the metadata key, and its rows sealed
+            rekeyed = self.tenants.migrate_eval_keys()
+            if self.tenants.migrate_metadata_keys() or rekeyed:
+                # the row digests they bound are signed at once, like a migration's
+                self.audit.checkpoint_if_moved()
         except BaseException:
             self.conn.close()
             raise
@@ -182,6 +194,7 @@ class Workspace:
             data_key=self.tenants.data_key(info),
             # unwrapped only for a purpose that touches eval material: never for training
             eval_key=self.tenants.eval_key(info) if purpose.holds_eval_key else None,
+            metadata=self.metadata,
             token_key=self.keys.token_key(info.id),
             blob_dir=self.tenants.blob_dir(info.id),
             purpose=purpose,

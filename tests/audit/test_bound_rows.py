@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from helpers import run_cli
+from legacy_schema import rewind_to_0010
 from silolearn import Workspace
 from silolearn.audit.log import append_event
 from silolearn.audit.rows import ROW_DIGESTS, verify_rows
@@ -276,32 +277,50 @@ def test_I7_rows_written_before_binding_are_backfilled_by_the_migration(tmp_path
     path = tmp_path / "old"
     with Workspace.init(path, actor="test") as ws:
         info = ws.create_tenant("acme")
-        with ws.audit.write() as conn:
-            conn.execute(
-                "INSERT INTO privacy_events (scope, run_id, purpose, sampling_rate, "
-                "noise_multiplier, steps, delta, epsilon_after, created_at) "
-                "VALUES (?, 'old-run', 'adapter', 0.05, 2.0, 100, 1e-5, 0.4, '2026-01-01')",
-                (tenant_scope(info.id),),
-            )
-            ws.audit.append_in(conn, "privacy.charge", tenant="acme", details={"run_id": "old"})
-        with ws.audit.write() as conn:
-            conn.execute(
-                "INSERT INTO adapter_versions (tenant_id, version, status, kind, sha256, parent, "
-                "lineage, metrics, decision, created_at, updated_at, run_id) VALUES "
-                "(?, 1, 'active', 'head', ?, NULL, '{}', '{}', '{}', '2026-01-01', "
-                "'2026-01-01', 'abcdef0123456789')",
-                (info.id, "a" * 64),
-            )
-            ws.audit.append_in(conn, "adapter.promote", tenant="acme", obj="v1")
-        ws.conn.execute("UPDATE alembic_version SET version_num = '0009'")
+    # the rows and their events as a workspace at 0009 wrote them, through plain sqlite3
+    rewind_to_0010(path / "silolearn.db")
+    conn = sqlite3.connect(path / "silolearn.db", isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "INSERT INTO privacy_events (scope, run_id, purpose, sampling_rate, "
+        "noise_multiplier, steps, delta, epsilon_after, created_at) "
+        "VALUES (?, 'old-run', 'adapter', 0.05, 2.0, 100, 1e-5, 0.4, '2026-01-01')",
+        (tenant_scope(info.id),),
+    )
+    append_event(
+        conn,
+        actor="test",
+        action="privacy.charge",
+        tenant="acme",
+        obj=None,
+        details={"run_id": "old"},
+    )
+    conn.execute(
+        "INSERT INTO adapter_versions (tenant_id, version, status, kind, sha256, parent, "
+        "lineage, metrics, decision, created_at, updated_at, run_id) VALUES "
+        "(?, 1, 'active', 'head', ?, NULL, '{}', '{}', '{}', '2026-01-01', "
+        "'2026-01-01', 'abcdef0123456789')",
+        (info.id, "a" * 64),
+    )
+    append_event(conn, actor="test", action="adapter.promote", tenant="acme", obj="v1", details={})
+    conn.execute("UPDATE alembic_version SET version_num = '0009'")
+    conn.execute("COMMIT")
+    conn.close()
 
     code, report = _verify_json(path)
     assert code == 0, report
     assert report["rows"] == {"privacy_events": 1, "privacy_scopes": 0, "adapter_versions": 1}
     with Workspace.open(path) as ws:
-        [backfill] = ws.audit.events(action="audit.rows_bound")
-        assert backfill.details["rows"] == {"privacy_events": 1, "adapter_versions": 1}
-        assert backfill.seq <= ws.audit.signed_seq()
+        backfills = {e.actor: e for e in ws.audit.events(action="audit.rows_bound")}
+        assert backfills["silolearn:migration-0010"].details["rows"] == {
+            "privacy_events": 1,
+            "adapter_versions": 1,
+        }
+        # 0011 stores version rows in another form: bound again, then again once sealed
+        assert backfills["silolearn:migration-0011"].details["rows"] == {"adapter_versions": 1}
+        [sealing] = ws.audit.events(action="keys.migrate_metadata_key")
+        assert sealing.details["adapter_versions"] == 1
+        assert max(e.seq for e in (*backfills.values(), sealing)) <= ws.audit.signed_seq()
 
     _attack(path, "DELETE FROM privacy_events")
     code, report = _verify_json(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import record
+from legacy_schema import rewind_to_0010
 from silolearn import Workspace
 from silolearn.db import SCHEMA_HEAD, schema_revision
 from silolearn.errors import DecryptionError
@@ -143,6 +144,7 @@ def _seal_eval_material_under_the_data_key(ws: Workspace, name: str) -> None:
 
 def _schema_before_key_purposes(db_file: Path) -> None:
     """The 0008 schema: one wrapped data key per tenant and version, no purpose column."""
+    rewind_to_0010(db_file)
     conn = sqlite3.connect(db_file)
     conn.executescript(
         """

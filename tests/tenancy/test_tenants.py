@@ -105,7 +105,7 @@ def test_I6_shredded_tenant_is_unrecoverable_from_an_earlier_database_copy(
             ).fetchone()[0]
             == 0
         )
-    # the earlier copy still holds both wrapped keys and the ciphertexts ...
+    # the earlier copy still holds the three wrapped keys and the ciphertexts ...
     old = sqlite3.connect(backup)
     wrapped_keys = old.execute(
         "SELECT purpose, version, kek_id, wrapped FROM data_keys WHERE tenant_id = ?", (info.id,)
@@ -117,7 +117,7 @@ def test_I6_shredded_tenant_is_unrecoverable_from_an_earlier_database_copy(
         for kind in ("train", "eval")
     }
     old.close()
-    assert sorted(purpose for purpose, *_ in wrapped_keys) == ["eval", "train"]
+    assert sorted(purpose for purpose, *_ in wrapped_keys) == ["eval", "metadata", "train"]
     # ... but nothing left in the workspace unwraps them: not the tenant's keys, nor another's
     keyring_text = (ws.path / "keys" / "keyring.json").read_text()
     assert info.id not in keyring_text
@@ -166,11 +166,11 @@ def test_I6_kek_rotation_rewraps_without_reencrypting_and_keeps_records_readable
     ]
     query = "SELECT tenant_id, purpose, kek_id FROM data_keys"
     keks = {(t, p): k for t, p, k in ws.conn.execute(query).fetchall()}
-    assert len(keks) == 4  # a training and an evaluation key per tenant
+    assert len(keks) == 6  # a training, an evaluation and a metadata key per tenant
 
     result = run_cli("keys", "rotate", "--workspace", str(ws.path), "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["rewrapped"] == 4
+    assert json.loads(result.stdout)["rewrapped"] == 6
 
     assert [
         ws.conn.execute(f"SELECT box FROM {table} ORDER BY seq").fetchall()
@@ -179,8 +179,9 @@ def test_I6_kek_rotation_rewraps_without_reencrypting_and_keeps_records_readable
     new_keks = {(t, p): k for t, p, k in ws.conn.execute(query).fetchall()}
     assert new_keks.keys() == keks.keys()
     assert all(new_keks[t] != keks[t] for t in keks)
-    # one KEK per tenant wraps both of its keys
+    # one KEK per tenant wraps all of its keys
     assert all(new_keks[(t, "eval")] == new_keks[(t, "train")] for t, _ in keks)
+    assert all(new_keks[(t, "metadata")] == new_keks[(t, "train")] for t, _ in keks)
     assert {n: _snapshot(ws, n) for n in ("acme", "beta")} == before
     assert len(ws.audit.events(action="keys.rotate_kek")) == 2
 
@@ -217,10 +218,13 @@ def test_I6_data_key_rotation_reencrypts_everything_and_keeps_it_readable(
                 DataKey(info.id, key.version, key.material).open(
                     box, kind=kind, object_id=bytes(rid).hex()
                 )
+    # the old metadata key stays, for the audit events sealed under it
     assert ws.conn.execute(
-        "SELECT purpose, version FROM data_keys ORDER BY purpose"
+        "SELECT purpose, version FROM data_keys ORDER BY purpose, version"
     ).fetchall() == [
         ("eval", info.dek_version),
+        ("metadata", old_key.version),
+        ("metadata", info.dek_version),
         ("train", info.dek_version),
     ]
     assert len(list(ws.tenants.blob_dir(info.id).iterdir())) == 2

@@ -7,6 +7,11 @@ workspace closes; the newest one is also mirrored to a head file outside the dat
 truncated tail is detected down to the last checkpoint. Rows of other tables an invariant
 rests on (the privacy ledger, adapter versions) are bound to the chain by ``audit.rows``.
 
+The details of a tenant's event are sealed under that tenant's metadata key (I6) by the
+``DetailsSealer`` the workspace gives the log: what is stored, and hashed, is the sealed
+form, so the chain verifies without any tenant key, a shredded tenant's included; only the
+``row_digests`` stay in clear, since verification reads them.
+
 Writers append inside ``BEGIN IMMEDIATE`` transactions: two processes appending at once
 serialise on SQLite's write lock, and each reads the true last hash before linking to it.
 """
@@ -21,13 +26,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from silolearn.db import transaction
-from silolearn.errors import AuditChainBroken
+from silolearn.errors import AuditChainBroken, SiloError
 from silolearn.locks import exclusive_lock, replace_durably
 
 GENESIS = "0" * 64
@@ -61,6 +66,27 @@ def event_hash(
     return canonical_digest([seq, ts, actor, tenant, action, obj, details, prev_hash])
 
 
+SEALED_DETAILS = "sealed_details"
+"""The key of a stored event's details that holds the rest of them sealed:
+``{"tenant_id", "key_version", "box"}`` (the box in hex, which no label name can hide in)."""
+CLEAR_DETAILS = ("row_digests",)
+"""Details that stay in clear in a sealed event: ``audit verify`` reads them without keys."""
+
+
+class DetailsSealer(Protocol):
+    """Seals a tenant event's details as it is appended and opens them as it is read."""
+
+    def seal_details(
+        self, conn: sqlite3.Connection, tenant: str, seq: int, details: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The details to store for event ``seq`` of ``tenant`` (a name), or None to store
+        them as they are (a tenant that has no metadata key)."""
+
+    def open_details(self, seq: int, sealed: dict[str, Any]) -> dict[str, Any]:
+        """The details sealed in ``sealed`` (the ``SEALED_DETAILS`` value); raises a
+        ``SiloError`` when they cannot be opened (the tenant's keys are destroyed)."""
+
+
 def append_event(
     conn: sqlite3.Connection,
     *,
@@ -69,14 +95,17 @@ def append_event(
     tenant: str | None,
     obj: str | None,
     details: dict[str, Any],
+    sealer: DetailsSealer | None = None,
 ) -> tuple[int, str]:
     """Link one event to the last one, inside the caller's open write transaction; returns
     its seq and hash. ``AuditLog.append_in`` is the way in; a schema migration, which has no
-    ``AuditLog``, appends with this."""
+    ``AuditLog``, appends with this. With a ``sealer``, a tenant's details are sealed first."""
     row = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
     prev_seq, prev_hash = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
     seq = prev_seq + 1
     ts = utcnow()
+    if sealer is not None and tenant is not None:
+        details = sealer.seal_details(conn, tenant, seq, details) or details
     body = canonical_details(details)
     digest = event_hash(seq, ts, actor, tenant, action, obj, body, prev_hash)
     conn.execute(
@@ -98,6 +127,9 @@ class AuditEvent:
     details: dict[str, Any]
     prev_hash: str
     hash: str
+    sealed: bool = False
+    """The event's details are sealed under keys this process cannot use (its tenant was
+    shredded): ``details`` holds only what stays in clear."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +140,7 @@ class AuditEvent:
             "action": self.action,
             "object": self.object,
             "details": self.details,
+            "sealed": self.sealed,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
@@ -145,11 +178,14 @@ class AuditLog:
         head_file: Path,
         signing_key: Ed25519PrivateKey | None,
         checkpoint_every: int,
+        sealer: DetailsSealer | None = None,
     ) -> None:
         """``signing_key`` is None in a process that may append but not sign: a training
         worker holds no workspace secret. Its events are covered by the next checkpoint its
-        coordinator signs."""
+        coordinator signs. ``sealer`` seals and opens tenants' event details (none: they are
+        stored as given, and sealed ones are read as sealed)."""
         self._conn = conn
+        self._sealer = sealer
         self.actor = actor
         self.head_file = head_file
         self._signing_key = signing_key
@@ -172,7 +208,13 @@ class AuditLog:
     ) -> int:
         """Append one event inside the caller's open write transaction; returns its seq."""
         seq, digest = append_event(
-            conn, actor=self.actor, action=action, tenant=tenant, obj=obj, details=details or {}
+            conn,
+            actor=self.actor,
+            action=action,
+            tenant=tenant,
+            obj=obj,
+            details=details or {},
+            sealer=self._sealer,
         )
         if self._in_write:
             self._head_in_txn = (conn, (seq, digest))
@@ -301,11 +343,28 @@ class AuditLog:
             f"FROM audit_events {where} {order}",
             params,
         ).fetchall()
-        events = [
-            AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8])
-            for r in rows
-        ]
+        events = [self._event(r) for r in rows]
         return sorted(events, key=lambda e: e.seq)
+
+    def _event(self, row: Sequence[Any]) -> AuditEvent:
+        """One stored event, its details opened when they are sealed and this log can."""
+        seq, details = int(row[0]), json.loads(row[6])
+        sealed = details.pop(SEALED_DETAILS, None) if isinstance(details, dict) else None
+        opened = None if sealed is None else self._open(seq, sealed)
+        if opened is not None:
+            details = {**opened, **details}
+        unreadable = sealed is not None and opened is None
+        return AuditEvent(
+            seq, row[1], row[2], row[3], row[4], row[5], details, row[7], row[8], unreadable
+        )
+
+    def _open(self, seq: int, sealed: Any) -> dict[str, Any] | None:
+        if self._sealer is None or not isinstance(sealed, dict):
+            return None
+        try:
+            return self._sealer.open_details(seq, sealed)
+        except SiloError:
+            return None
 
     # -- verification -----------------------------------------------------------------------
 

@@ -94,7 +94,8 @@ def audit_show(
     action: Annotated[str | None, typer.Option(help="Action or action prefix.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the newest N events.")] = None,
 ) -> None:
-    """Show audit events."""
+    """Show audit events. A tenant's event details are sealed under its metadata key; they
+    show decrypted, or as sealed once the tenant is shredded."""
     if since is not None:
         from silolearn.records import normalise_timestamp
 
@@ -122,7 +123,7 @@ def audit_show(
                         e.tenant or "",
                         e.action,
                         e.object or "",
-                        json.dumps(e.details)[:80],
+                        "sealed" if e.sealed else json.dumps(e.details)[:80],
                     ]
                     for e in events
                 ],

@@ -2,7 +2,9 @@
 
 A version's artefact is an encrypted blob of the tenant; its row holds the artefact's
 SHA-256, its lineage (parent, digest of the record ids it learned from, config, code
-version, base-model checksum, seed, timings) and its metrics. Statuses move
+version, base-model checksum, seed, timings, label counts) and its metrics. Lineage, metrics
+and decision name the tenant's labels: they are sealed together under its metadata key
+(``storage.metadata``); status, kind, SHA-256, parent, run id and times stay in clear. Statuses move
 ``candidate → active | rejected`` and ``active → retired``; at most one version per tenant is
 active, enforced by a unique index. Promotion and rollback are single transactions, so a
 crash at any point leaves the previous version serving; they touch only the tenant of the
@@ -17,14 +19,14 @@ history of the transitions.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from silolearn.audit.log import utcnow
-from silolearn.audit.rows import ROW_DIGESTS, BoundTable, row_digests
+from silolearn.audit.rows import ROW_DIGESTS, row_digests
 from silolearn.errors import (
     ConflictError,
     IntegrityError,
@@ -32,28 +34,12 @@ from silolearn.errors import (
     NotFoundError,
     TenantQuarantined,
 )
+from silolearn.storage.metadata import ADAPTER_VERSIONS, VERSIONS_TABLE
 from silolearn.storage.scope import TenantScope
 
 STATUSES = ("candidate", "active", "rejected", "retired")
 
-VERSIONS_TABLE = BoundTable(
-    "adapter_versions",
-    key=("tenant_id", "version"),
-    content=(
-        "status",
-        "kind",
-        "sha256",
-        "parent",
-        "lineage",
-        "metrics",
-        "decision",
-        "created_at",
-        "updated_at",
-        "run_id",
-    ),
-    released_by=("tenant.shred", "tenant_id"),
-)
-"""Version rows are bound to the audit chain; shredding a tenant deletes its rows."""
+__all__ = ["STATUSES", "VERSIONS_TABLE", "AdapterRegistry", "AdapterVersion"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +82,7 @@ class AdapterVersion:
 
 
 _COLUMNS = (
-    "version, status, kind, sha256, parent, lineage, metrics, decision, created_at, updated_at, "
-    "run_id"
+    "version, status, kind, sha256, parent, sealed, dek_version, created_at, updated_at, run_id"
 )
 
 
@@ -108,9 +93,8 @@ class AdapterRegistry:
         self._scope = scope
 
     def _row(self, row: tuple[Any, ...]) -> AdapterVersion:
-        (version, status, kind, sha, parent, lineage, metrics, decision, created, updated, run) = (
-            row
-        )
+        (version, status, kind, sha, parent, sealed, dek_version, created, updated, run) = row
+        fields = self._scope.open_metadata(ADAPTER_VERSIONS, int(version), sealed, dek_version)
         return AdapterVersion(
             tenant=self._scope.tenant.name,
             version=int(version),
@@ -118,13 +102,26 @@ class AdapterRegistry:
             kind=str(kind),
             sha256=str(sha),
             parent=None if parent is None else int(parent),
-            lineage=json.loads(lineage),
-            metrics=json.loads(metrics),
-            decision=json.loads(decision),
+            lineage=fields["lineage"],
+            metrics=fields["metrics"],
+            decision=fields["decision"],
             created_at=str(created),
             updated_at=str(updated),
             run_id=None if run is None else str(run),
         )
+
+    def _sealed_fields(self, conn: sqlite3.Connection, version: int) -> dict[str, Any]:
+        """The sealed fields of a version as they stand in the caller's transaction."""
+        row = conn.execute(
+            "SELECT sealed, dek_version FROM adapter_versions WHERE tenant_id = ? AND version = ?",
+            (self._scope.tenant.id, version),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"tenant {self._scope.tenant.name!r} has no adapter version {version}",
+                version=version,
+            )
+        return self._scope.open_metadata(ADAPTER_VERSIONS, version, row[0], row[1])
 
     def list(self) -> list[AdapterVersion]:
         rows = self._scope.connection.execute(
@@ -188,17 +185,23 @@ class AdapterRegistry:
             ).fetchone()
             parent = lineage.get("parent", None if active is None else int(active[0]))
             now = utcnow()
+            sealed, dek_version = scope.seal_metadata(
+                conn,
+                ADAPTER_VERSIONS,
+                version,
+                {"lineage": lineage, "metrics": metrics, "decision": {}},
+            )
             conn.execute(
                 f"INSERT INTO adapter_versions (tenant_id, {_COLUMNS}) "
-                "VALUES (?, ?, 'candidate', ?, ?, ?, ?, ?, '{}', ?, ?, ?)",
+                "VALUES (?, ?, 'candidate', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     scope.tenant.id,
                     version,
                     kind,
                     sha,
                     parent,
-                    json.dumps(lineage, sort_keys=True),
-                    json.dumps(metrics, sort_keys=True),
+                    sealed,
+                    dek_version,
                     now,
                     now,
                     run_id,
@@ -222,10 +225,12 @@ class AdapterRegistry:
         """Record a candidate's evaluation (by the evaluator, never the trainer)."""
         scope = self._scope
         with scope.write() as conn:
+            fields = {**self._sealed_fields(conn, version), "metrics": metrics}
+            sealed, dek_version = scope.seal_metadata(conn, ADAPTER_VERSIONS, version, fields)
             cursor = conn.execute(
-                "UPDATE adapter_versions SET metrics = ?, updated_at = ? "
+                "UPDATE adapter_versions SET sealed = ?, dek_version = ?, updated_at = ? "
                 "WHERE tenant_id = ? AND version = ? AND status = 'candidate'",
-                (json.dumps(metrics, sort_keys=True), utcnow(), scope.tenant.id, version),
+                (sealed, dek_version, utcnow(), scope.tenant.id, version),
             )
             if cursor.rowcount != 1:
                 raise ConflictError(f"adapter v{version} is not a candidate", version=version)
@@ -332,10 +337,12 @@ class AdapterRegistry:
                         "WHERE tenant_id = ? AND version = ?",
                         (now, scope.tenant.id, previous),
                     )
+            fields = {**self._sealed_fields(conn, version), "decision": decision}
+            sealed, dek_version = scope.seal_metadata(conn, ADAPTER_VERSIONS, version, fields)
             conn.execute(
-                "UPDATE adapter_versions SET status = ?, decision = ?, updated_at = ? "
-                "WHERE tenant_id = ? AND version = ?",
-                (to, json.dumps(decision, sort_keys=True), now, scope.tenant.id, version),
+                "UPDATE adapter_versions SET status = ?, sealed = ?, dek_version = ?, "
+                "updated_at = ? WHERE tenant_id = ? AND version = ?",
+                (to, sealed, dek_version, now, scope.tenant.id, version),
             )
             action = {"active": "adapter.promote", "rejected": "adapter.reject"}[to]
             if decision.get("reason") == "rollback" or "rolled_back_from" in decision:

@@ -1,10 +1,11 @@
 """The commit stage: a judgement into the registry (promotion or rejection, atomic and per
 tenant, I8), the gate log (``gate_runs`` and a ``gates.verdict`` audit event), the serving
-version's divergence snapshot, and an incident for a failed gate."""
+version's divergence snapshot, and an incident for a failed gate. A gate run's verdicts
+(evidence, per-class numbers) are sealed under the tenant's metadata key; its trigger,
+outcome and severity stay in clear."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.rounds.context import Coordinator
 from silolearn.rounds.judge import Judgement
 from silolearn.rounds.result import RoundResult
+from silolearn.storage.metadata import GATE_RUNS
 from silolearn.validation.gates import GateVerdict
 
 
@@ -62,18 +64,19 @@ def record_gates(
     ws = ctx.ws
     info = ws.tenants.get(tenant)
     with ws.audit.write() as conn:
-        conn.execute(
+        cursor = conn.execute(
             "INSERT INTO gate_runs (tenant_id, version, trigger, passed, severity, "
-            "verdicts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                info.id,
-                version,
-                trigger,
-                int(decision["passed"]),
-                decision["severity"],
-                json.dumps(decision["gates"], sort_keys=True),
-                utcnow(),
-            ),
+            "sealed, dek_version, created_at) VALUES (?, ?, ?, ?, ?, x'', 0, ?)",
+            (info.id, version, trigger, int(decision["passed"]), decision["severity"], utcnow()),
+        )
+        # sealed once its id, bound into the ciphertext, is known
+        gate_run = int(cursor.lastrowid or 0)
+        sealed, dek_version = ws.metadata.seal(
+            conn, GATE_RUNS, info.id, gate_run, {"verdicts": decision["gates"]}
+        )
+        conn.execute(
+            "UPDATE gate_runs SET sealed = ?, dek_version = ? WHERE id = ?",
+            (sealed, dek_version, gate_run),
         )
         ws.audit.append_in(
             conn,
@@ -130,8 +133,8 @@ def list_gate_runs(
     """Every gate run of a tenant (of one version), oldest first: trigger, verdicts."""
     info = ctx.ws.tenants.get(tenant)
     query = (
-        "SELECT version, trigger, passed, severity, verdicts, created_at FROM gate_runs "
-        "WHERE tenant_id = ?"
+        "SELECT id, version, trigger, passed, severity, sealed, dek_version, created_at "
+        "FROM gate_runs WHERE tenant_id = ?"
     )
     args: list[Any] = [info.id]
     if version is not None:
@@ -140,12 +143,12 @@ def list_gate_runs(
     rows = ctx.ws.conn.execute(query + " ORDER BY id", args).fetchall()
     return [
         {
-            "version": r[0],
-            "trigger": r[1],
-            "passed": bool(r[2]),
-            "severity": r[3],
-            "verdicts": json.loads(r[4]),
-            "created_at": r[5],
+            "version": r[1],
+            "trigger": r[2],
+            "passed": bool(r[3]),
+            "severity": r[4],
+            "verdicts": ctx.ws.metadata.open(GATE_RUNS, info.id, r[0], r[5], r[6])["verdicts"],
+            "created_at": r[7],
         }
         for r in rows
     ]

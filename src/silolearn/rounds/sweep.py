@@ -5,7 +5,6 @@ charged to the tenant's ledger together, before any of them trains."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from silolearn.rounds.judge import evaluate_side_runs
 from silolearn.rounds.plan import adapter_kind, cutoff_for
 from silolearn.rounds.privacy import plan_dp
 from silolearn.rounds.run import side_run
+from silolearn.storage.metadata import PRIVACY_SWEEPS
 from silolearn.storage.scope import Purpose
 from silolearn.worker.runner import Request, run_slot
 
@@ -187,10 +187,13 @@ def _record(ctx: Coordinator, report: dict[str, Any], *, tenant_id: str, scope_k
     tenant, sweep_id, results = report["tenant"], report["sweep_id"], report["results"]
     charge = report["charged"]
     with ws.audit.write() as conn:
+        sealed, dek_version = ws.metadata.seal(
+            conn, PRIVACY_SWEEPS, tenant_id, sweep_id, {"results": report}
+        )
         conn.execute(
-            "INSERT INTO privacy_sweeps (sweep_id, tenant_id, scope, results, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (sweep_id, tenant_id, scope_key, json.dumps(report, sort_keys=True), utcnow()),
+            "INSERT INTO privacy_sweeps (sweep_id, tenant_id, scope, sealed, dek_version, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (sweep_id, tenant_id, scope_key, sealed, dek_version, utcnow()),
         )
         ws.audit.append_in(
             conn,
@@ -210,12 +213,10 @@ def _record(ctx: Coordinator, report: dict[str, Any], *, tenant_id: str, scope_k
 def list_sweeps(ctx: Coordinator, tenant: str | None = None) -> list[dict[str, Any]]:
     """Accuracy-privacy sweeps, oldest first (of one tenant, or of all)."""
     ws = ctx.ws
-    if tenant is None:
-        rows = ws.conn.execute("SELECT results FROM privacy_sweeps ORDER BY created_at").fetchall()
-    else:
-        info = ws.tenants.get(tenant)
-        rows = ws.conn.execute(
-            "SELECT results FROM privacy_sweeps WHERE tenant_id = ? ORDER BY created_at",
-            (info.id,),
-        ).fetchall()
-    return [json.loads(r[0]) for r in rows]
+    query = "SELECT tenant_id, sweep_id, sealed, dek_version FROM privacy_sweeps"
+    args: tuple[str, ...] = ()
+    if tenant is not None:
+        query += " WHERE tenant_id = ?"
+        args = (ws.tenants.get(tenant).id,)
+    rows = ws.conn.execute(query + " ORDER BY created_at", args).fetchall()
+    return [ws.metadata.open(PRIVACY_SWEEPS, *row)["results"] for row in rows]

@@ -1,10 +1,11 @@
 """Key managers: hold the key-encryption keys (KEKs) that wrap tenants' data keys (I6).
 
 Each tenant has its own KEK and its own token key, held only by the key manager, never in
-the database. The KEK wraps the tenant's two data keys, one per purpose (I5): the training
-key and the evaluation key; the purpose is bound into the wrapping, so one wrapped key
-cannot be passed off as the other. Destroying the KEK is crypto-shredding: a copy of the
-database taken earlier holds only wrapped data keys that nothing can unwrap any more.
+the database. The KEK wraps the tenant's data keys, one per purpose: the training key and
+the evaluation key (I5), and the metadata key (I6); the purpose is bound into the wrapping,
+so one wrapped key cannot be passed off as another. Destroying the KEK is crypto-shredding:
+a copy of the database taken earlier holds only wrapped data keys that nothing can unwrap
+any more.
 
 The embedded default is a keyring file (mode 0600), optionally sealed by a passphrase
 through scrypt. Other managers (PKCS#11 HSM, Vault) implement the same ``KeyManager``
@@ -40,7 +41,11 @@ EVAL_KEY = "eval"
 """The purpose of the data key that seals eval records, golden suites and everything derived
 from them (eval embeddings, probe snapshots, the contamination index): no training process
 ever holds it."""
-KEY_PURPOSES = (TRAIN_KEY, EVAL_KEY)
+METADATA_KEY = "metadata"
+"""The purpose of the data key that seals what the coordinator records about the tenant's
+data (version lineage and metrics, gate evidence, incident summaries, audit details): label
+names and per-class numbers. No worker ever holds it."""
+KEY_PURPOSES = (TRAIN_KEY, EVAL_KEY, METADATA_KEY)
 
 
 def _wrap_aad(tenant_id: str, dek_version: int, kek_id: str, purpose: str) -> bytes:

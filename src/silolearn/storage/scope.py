@@ -37,6 +37,7 @@ from silolearn.errors import (
 from silolearn.locks import replace_durably
 from silolearn.records import Record
 from silolearn.security.envelope import DataKey
+from silolearn.storage.metadata import MetadataKeys, SealedTable
 from silolearn.text import normalise
 
 
@@ -189,7 +190,9 @@ class TenantScope:
 
     ``data_key`` is the tenant's training key; ``eval_key`` its evaluation key, which only
     a purpose that ``holds_eval_key`` may be given (a scope without it cannot open eval
-    material even where its capabilities would allow)."""
+    material even where its capabilities would allow). ``metadata`` seals and opens the
+    tenant's metadata rows (its versions' lineage and metrics): the coordinator's scopes
+    have it, a worker's never."""
 
     def __init__(
         self,
@@ -202,6 +205,7 @@ class TenantScope:
         blob_dir: Path,
         purpose: Purpose,
         eval_key: DataKey | None = None,
+        metadata: MetadataKeys | None = None,
     ) -> None:
         if data_key.tenant_id != tenant.id:
             raise IntegrityError("a scope holds only its own tenant's data key")
@@ -215,6 +219,7 @@ class TenantScope:
         self.tenant = tenant
         self._key = data_key
         self._eval_key = eval_key
+        self._metadata = metadata
         self._token_key = token_key
         self._blob_dir = blob_dir
         self.purpose = purpose
@@ -324,6 +329,33 @@ class TenantScope:
                 capability="eval:key",
             )
         return self._eval_key
+
+    def seal_metadata(
+        self,
+        conn: sqlite3.Connection,
+        table: SealedTable,
+        row_key: Any,
+        fields: dict[str, Any],
+    ) -> tuple[bytes, int]:
+        """``(sealed, dek_version)`` of one of this tenant's metadata rows, under its
+        current metadata key, inside the caller's write transaction."""
+        return self._metadata_keys().seal(conn, table, self.tenant.id, row_key, fields)
+
+    def open_metadata(
+        self, table: SealedTable, row_key: Any, sealed: Any, version: int
+    ) -> dict[str, Any]:
+        """The fields sealed in one of this tenant's metadata rows."""
+        return self._metadata_keys().open(table, self.tenant.id, row_key, sealed, version)
+
+    def _metadata_keys(self) -> MetadataKeys:
+        if self._metadata is None:
+            raise AccessDenied(
+                f"{self!r} holds no metadata key: only the coordinator reads and writes a "
+                "tenant's metadata",
+                tenant=self.tenant.name,
+                capability="metadata:key",
+            )
+        return self._metadata
 
     def index_key(self) -> DataKey:
         """The evaluation key, for sealing this tenant's contamination index segments

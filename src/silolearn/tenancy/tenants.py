@@ -1,10 +1,13 @@
 """Tenant lifecycle: create, quarantine, release, crypto-shred; data-key and KEK rotation.
 
-Each tenant has two data keys, both wrapped by its KEK and sharing one version: the
-training key and the evaluation key (I5). Eval records, golden suites, ``eval/...`` blobs
-(eval embeddings, probe snapshots) and the contamination index are sealed under the
-evaluation key; training records and every other blob under the training key. Both are
-created, rotated and shredded together.
+Each tenant has three data keys, all wrapped by its KEK and sharing one version: the
+training key and the evaluation key (I5), and the metadata key (I6). Eval records, golden
+suites, ``eval/...`` blobs (eval embeddings, probe snapshots) and the contamination index
+are sealed under the evaluation key; training records and every other blob under the
+training key; what the coordinator records about them (version lineage and metrics, gate
+verdicts, incidents, sweeps, audit details: ``storage.metadata``) under the metadata key.
+They are created, rotated and shredded together; a rotation keeps the older metadata keys,
+which the audit events sealed under them need.
 
 Shredding destroys the tenant's keys in the key manager *first*: from that moment every
 ciphertext of the tenant, in the database, in blobs, in free pages or in any backup, is
@@ -23,15 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from silolearn.audit.log import AuditLog, utcnow
+from silolearn.audit.rows import ROW_DIGESTS, row_digests
 from silolearn.errors import (
     ConflictError,
     InvalidInput,
     InvalidTenantName,
+    MetadataSealed,
     TenantExists,
     TenantNotFound,
 )
 from silolearn.security.envelope import DataKey
-from silolearn.security.keys import EVAL_KEY, TRAIN_KEY, KeyManager, WrappedKey
+from silolearn.security.keys import EVAL_KEY, METADATA_KEY, TRAIN_KEY, KeyManager, WrappedKey
+from silolearn.storage.metadata import SEALED_TABLES, UNSEALED, VERSIONS_TABLE, MetadataKeys
 from silolearn.storage.scope import EVAL_BLOB_PREFIX
 
 NAME_PATTERN = re.compile(r"[a-z0-9-]{2,40}")
@@ -77,12 +83,19 @@ class TenantRegistry:
     """Tenant rows, their wrapped data keys, and the key manager's tenant keys."""
 
     def __init__(
-        self, *, conn: sqlite3.Connection, keys: KeyManager, audit: AuditLog, blob_root: Path
+        self,
+        *,
+        conn: sqlite3.Connection,
+        keys: KeyManager,
+        audit: AuditLog,
+        blob_root: Path,
+        metadata: MetadataKeys,
     ) -> None:
         self._conn = conn
         self._keys = keys
         self._audit = audit
         self._blob_root = blob_root
+        self.metadata = metadata
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -122,6 +135,10 @@ class TenantRegistry:
     def eval_key(self, info: TenantInfo) -> DataKey:
         """Unwrap the tenant's current evaluation key: never for a process that trains."""
         return self._unwrap(info, EVAL_KEY)
+
+    def metadata_key(self, info: TenantInfo) -> DataKey:
+        """Unwrap the tenant's current metadata key: the coordinator's, never a worker's."""
+        return self.metadata.key(info.id, info.dek_version)
 
     def _unwrap(self, info: TenantInfo, purpose: str) -> DataKey:
         row = self._conn.execute(
@@ -184,7 +201,10 @@ class TenantRegistry:
                 keks = self._insert_keys(
                     conn,
                     tenant_id,
-                    {p: DataKey.generate(tenant_id, 1) for p in (TRAIN_KEY, EVAL_KEY)},
+                    {
+                        p: DataKey.generate(tenant_id, 1)
+                        for p in (TRAIN_KEY, EVAL_KEY, METADATA_KEY)
+                    },
                 )
                 self._audit.append_in(
                     conn,
@@ -320,13 +340,65 @@ class TenantRegistry:
         return {"tenants": len(tenants), "rewrapped": rewrapped, "retired_keks": retired}
 
     def rotate_data_key(self, name: str) -> dict[str, Any]:
-        """Re-encrypt every object of the tenant under fresh training and evaluation keys,
-        atomically."""
+        """Re-encrypt every object of the tenant under fresh training, evaluation and
+        metadata keys, atomically."""
         with self._keys.rotation_lock():
             info = self.get(name)
             if info.status == "shredding":
                 raise InvalidInput(f"tenant {name!r} is being shredded", tenant=name)
             return self._rekey(info, _Keys(self.data_key(info), self.eval_key(info)))
+
+    def migrate_metadata_keys(self) -> Sequence[dict[str, Any]]:
+        """Give each tenant created before its metadata was sealed its metadata key, and seal
+        the metadata rows schema 0011 left in clear (``storage.metadata.UNSEALED``) under
+        its current one. Idempotent; run by ``Workspace.open``.
+
+        Audit events appended before stay as they were: the chain covers what is stored."""
+        if not self._unsealed_metadata():
+            return ()
+        done = []
+        with self._keys.rotation_lock():
+            for name in self._unsealed_metadata():
+                info = self.get(name)
+                with self._audit.write() as conn:
+                    self._check_unchanged(conn, info, info.dek_version, None)
+                    try:
+                        key = self.metadata.key(info.id, info.dek_version, conn=conn)
+                    except MetadataSealed:
+                        key = DataKey.generate(info.id, info.dek_version)
+                        self._insert_keys(conn, info.id, {METADATA_KEY: key})
+                    counts = self.metadata.reseal(conn, info.id, key)
+                    self._audit.append_in(
+                        conn,
+                        "keys.migrate_metadata_key",
+                        tenant=info.name,
+                        obj=info.id,
+                        details={
+                            "version": info.dek_version,
+                            **counts,
+                            ROW_DIGESTS: _version_digests(conn, info.id),
+                        },
+                    )
+                done.append({"tenant": info.name, "version": info.dek_version, **counts})
+        # the pages that held the rows in clear are overwritten in the database file
+        # (secure_delete), not left behind in the WAL
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return done
+
+    def _unsealed_metadata(self) -> Sequence[str]:
+        """Tenants without a current metadata key, or with metadata rows in clear."""
+        in_clear = " OR ".join(
+            f"EXISTS (SELECT 1 FROM {table.name} r WHERE r.tenant_id = t.id "
+            f"AND r.dek_version = {UNSEALED})"
+            for table in SEALED_TABLES
+        )
+        rows = self._conn.execute(
+            "SELECT name FROM tenants t WHERE status != 'shredding' AND (NOT EXISTS "
+            "(SELECT 1 FROM data_keys k WHERE k.tenant_id = t.id AND k.purpose = ? "
+            f"AND k.version = t.dek_version) OR {in_clear}) ORDER BY name",
+            (METADATA_KEY,),
+        ).fetchall()
+        return [str(name) for (name,) in rows]
 
     def migrate_eval_keys(self) -> Sequence[dict[str, Any]]:
         """Give each tenant created before data keys had purposes its evaluation key.
@@ -362,6 +434,7 @@ class TenantRegistry:
         keys and files go."""
         version = old.train.version + 1
         new = _Keys(DataKey.generate(info.id, version), DataKey.generate(info.id, version))
+        new_metadata = DataKey.generate(info.id, version)
         blob_dir = self.blob_dir(info.id)
         blob_rows = self._conn.execute(
             "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
@@ -382,9 +455,15 @@ class TenantRegistry:
                 conn.execute(
                     "INSERT INTO maintenance (tenant_id, op) VALUES (?, 'rekey')", (info.id,)
                 )
-                self._insert_keys(conn, info.id, {TRAIN_KEY: new.train, EVAL_KEY: new.eval})
+                self._insert_keys(
+                    conn,
+                    info.id,
+                    {TRAIN_KEY: new.train, EVAL_KEY: new.eval, METADATA_KEY: new_metadata},
+                )
                 counts = _reseal_rows(conn, info.id, old, new)
                 counts["blobs"] = len(blob_rows)
+                # the old metadata key stays: audit events sealed under it are not re-sealed
+                counts.update(self.metadata.reseal(conn, info.id, new_metadata))
                 for blob_name, fresh_name in new_files.items():
                     conn.execute(
                         "UPDATE blobs SET file = ?, dek_version = ? "
@@ -393,8 +472,8 @@ class TenantRegistry:
                     )
                 conn.execute("UPDATE tenants SET dek_version = ? WHERE id = ?", (version, info.id))
                 conn.execute(
-                    "DELETE FROM data_keys WHERE tenant_id = ? AND version = ?",
-                    (info.id, old.train.version),
+                    "DELETE FROM data_keys WHERE tenant_id = ? AND version = ? AND purpose != ?",
+                    (info.id, old.train.version, METADATA_KEY),
                 )
                 conn.execute("DELETE FROM maintenance WHERE tenant_id = ?", (info.id,))
                 self._audit.append_in(
@@ -402,7 +481,12 @@ class TenantRegistry:
                     action,
                     tenant=info.name,
                     obj=info.id,
-                    details={"from_version": old.train.version, "to_version": version, **counts},
+                    details={
+                        "from_version": old.train.version,
+                        "to_version": version,
+                        **counts,
+                        ROW_DIGESTS: _version_digests(conn, info.id),
+                    },
                 )
         except BaseException:
             for fresh_name in new_files.values():
@@ -413,20 +497,37 @@ class TenantRegistry:
         return {"tenant": info.name, "version": version, **counts}
 
     def _check_unchanged(
-        self, conn: sqlite3.Connection, info: TenantInfo, version: int, blob_rows: Sequence[Any]
+        self,
+        conn: sqlite3.Connection,
+        info: TenantInfo,
+        version: int,
+        blob_rows: Sequence[Any] | None,
     ) -> None:
-        """A concurrent rotation or blob write since the files were staged: start over."""
+        """A concurrent rotation or blob write (unless ``blob_rows`` is None) since the files
+        were staged: start over."""
         current = conn.execute(
             "SELECT dek_version FROM tenants WHERE id = ?", (info.id,)
         ).fetchone()
         blobs_now = conn.execute(
             "SELECT name, object_id, file FROM blobs WHERE tenant_id = ?", (info.id,)
         ).fetchall()
-        if current is None or int(current[0]) != version or sorted(blobs_now) != sorted(blob_rows):
+        if (
+            current is None
+            or int(current[0]) != version
+            or (blob_rows is not None and sorted(blobs_now) != sorted(blob_rows))
+        ):
             raise ConflictError(
                 f"tenant {info.name!r} changed during data-key rotation; run it again",
                 tenant=info.name,
             )
+
+
+def _version_digests(conn: sqlite3.Connection, tenant_id: str) -> dict[str, dict[str, str]]:
+    """The digests of the tenant's version rows, re-sealed in the caller's transaction."""
+    versions = conn.execute(
+        "SELECT version FROM adapter_versions WHERE tenant_id = ?", (tenant_id,)
+    ).fetchall()
+    return row_digests(conn, VERSIONS_TABLE, [(tenant_id, int(v)) for (v,) in versions])
 
 
 @dataclass(frozen=True, slots=True)
