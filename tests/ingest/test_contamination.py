@@ -82,7 +82,8 @@ def test_I5_near_copy_of_eval_record_is_not_stored_for_training(
     assert stored == {"unrelated", "half"}
 
     [event] = ws.audit.events(tenant="newsroom", action="contamination.match")
-    assert event.object == "copy" and event.details["source"] == "eval"
+    assert event.details["record_id"] == "copy" and event.details["source"] == "eval"
+    assert event.object is not None and "copy" not in event.object
     assert event.details["similarity"] == pytest.approx(jaccard(copy, target), abs=0.02)
     assert isinstance(event.details["eval_seq"], int)
     dumped = json.dumps(event.to_dict())
@@ -95,7 +96,7 @@ def test_I5_near_copy_of_eval_record_is_not_stored_for_training(
     assert summary["bands"] * summary["rows"] <= 128
     assert summary["contaminated"] == 1
     assert summary["index"]["eval"]["entries"] == 1 and summary["index"]["train"]["entries"] == 2
-    assert [m["object"] for m in summary["matches"]] == ["copy"]
+    assert [m["record_id"] for m in summary["matches"]] == ["copy"]
 
 
 def test_I5_eval_arriving_after_a_training_copy_quarantines_it(

@@ -227,7 +227,7 @@ def test_I5_exact_copies_of_eval_records_never_reach_training_in_either_order(
     report = ws.tenant("critics").ingest([copy])
     assert report.contaminated == 1 and report.accepted == 0
     match = ws.audit.events(tenant="critics", action="contamination.match")[-1]
-    assert match.object == "copy-1" and match.details["similarity"] == 1.0
+    assert match.details["record_id"] == "copy-1" and match.details["similarity"] == 1.0
     assert target.text[:30] not in json.dumps(match.details)
 
     # eval after train: a train record is moved out when its copy is registered as eval

@@ -125,7 +125,7 @@ def test_golden_examples_are_guarded_by_the_contamination_filter_both_ways(
     assert later.contaminated == 1 and later.accepted == 0
     [match] = ws.audit.events(tenant="acme", action="contamination.match")
     g2 = ws.scope("acme", purpose=Purpose.EVALUATION).eval.golden()[1]
-    assert match.object == "t-late" and match.details["source"] == "eval"
+    assert match.details["record_id"] == "t-late" and match.details["source"] == "eval"
     assert match.details["eval_seq"] == g2.seq
     assert [s.record.id for s in training.train.read()] == ["t-other"]
 

@@ -406,11 +406,14 @@ class Gateway:
                 else:
                     report.contaminated += 1
                     report.of(c.prepared.record).contaminated += 1
+                    # the record id is sealed with the details (an id can name a label);
+                    # in clear, only its keyed hash
                     scope.audit_in(
                         conn,
                         "contamination.match",
-                        obj=match.record_id,
+                        obj=f"record:{c.prepared.rid.hex()[:16]}",
                         details={
+                            "record_id": match.record_id,
                             "eval_seq": match.eval_seq,
                             "similarity": match.similarity,
                             "source": match.source,
