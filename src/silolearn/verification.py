@@ -1,4 +1,5 @@
-"""``silolearn verify isolation``: attacks against the workspace's own mechanisms.
+"""``silolearn verify isolation``: attacks against the workspace's own mechanisms; and
+``silolearn verify metadata``: a scan of the workspace's files for tenants' metadata in clear.
 
 The suite creates two probe tenants with synthetic records and blobs, attacks them through
 the real stores, keys and database, audits each attempt, and shreds the probes at the end.
@@ -8,11 +9,13 @@ anything else (success, or an unexpected exception) counts as not blocked.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,4 +334,151 @@ def _read_after_shred(ws: Workspace, name: str, tenant_id: str, rid: bytes, box:
         lambda: ws.keys.unwrap(
             tenant_id, int(wrapped[0]), WrappedKey(str(wrapped[1]), bytes(wrapped[2]))
         ),
+    )
+
+
+# -- metadata in clear -----------------------------------------------------------------------
+
+METADATA_KEYS = ("per_class", "label_counts", "new_label_counts")
+"""Keys of the per-class numbers in a version's metrics and lineage: found in clear, they say
+per-class metadata is stored unsealed even where no label name is recognised."""
+STORED = ("silolearn.db", "silolearn.db-wal", "silolearn.db-shm", "blobs", "audit", "keys")
+"""What silolearn stores in a workspace, and the scan reads (``silolearn.toml`` holds
+settings, which name no tenant's data; a report is an export the user asked for)."""
+_SHORT = 5
+"""A needle shorter than this counts only amid printable text (three bytes either side):
+four given bytes occur by chance about once in 4 GiB of random bytes, and ciphertext is
+most of a workspace. A longer one counts wherever it is: SQLite stores a row's values side
+by side, so a label in a column of its own has no delimiter around it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlaintextHit:
+    """One needle found in clear: which file, where, what, and whose."""
+
+    file: str
+    offset: int
+    needle: str
+    tenant: str | None
+    context: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "offset": self.offset,
+            "needle": self.needle,
+            "tenant": self.tenant,
+            "context": self.context,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataScan:
+    """What ``scan_metadata`` read and found."""
+
+    files: tuple[str, ...]
+    size: int
+    labels: dict[str, int]
+    """Label names looked for, per tenant."""
+    unscanned: tuple[str, ...]
+    hits: tuple[PlaintextHit, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.hits
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "files": list(self.files),
+            "bytes": self.size,
+            "labels": self.labels,
+            "unscanned": list(self.unscanned),
+            "hits": [h.to_dict() for h in self.hits],
+        }
+
+
+def label_names(ws: Workspace) -> dict[str, set[str]]:
+    """Every label name of every tenant's records (train, quarantined, eval, golden)."""
+    labels: dict[str, set[str]] = {}
+    for info in ws.tenants.list():
+        if info.status == "shredding":
+            continue
+        scope = ws.scope(info.name, purpose=Purpose.AUDIT)
+        stored = [
+            *scope.train.read(),
+            *scope.train.quarantined(),
+            *scope.eval.read(),
+            *scope.eval.golden(),
+        ]
+        labels[info.name] = {s.record.label for s in stored if s.record.label is not None}
+    return labels
+
+
+def needles_of(label: str) -> set[bytes]:
+    """The forms a label name takes in a stored file in clear: its UTF-8 bytes (a label made
+    of hex digits only is looked for quoted: hex text is everywhere) and its JSON strings."""
+    forms = {json.dumps(label).encode(), json.dumps(label, ensure_ascii=False).encode()}
+    if not re.fullmatch(r"[0-9a-f]+", label):
+        forms.add(label.encode())
+    return forms
+
+
+def find_in_clear(data: bytes, needle: bytes) -> Iterable[int]:
+    """Offsets of ``needle`` in ``data`` (amid printable text, when it is short)."""
+    start = data.find(needle)
+    while start >= 0:
+        around = (
+            data[max(0, start - 3) : start] + data[start + len(needle) : start + len(needle) + 3]
+        )
+        if len(needle) >= _SHORT or all(0x20 <= b < 0x7F for b in around):
+            yield start
+        start = data.find(needle, start + 1)
+
+
+def scan_metadata(ws: Workspace) -> MetadataScan:
+    """Read every file silolearn stores in the workspace and look for each tenant's label
+    names and the per-class metric keys in clear (I6)."""
+    ws.audit.checkpoint_if_moved()
+    labels = label_names(ws)
+    needles: dict[bytes, tuple[str, str | None]] = {}
+    for tenant, names in labels.items():
+        for name in names:
+            needles.update(dict.fromkeys(needles_of(name), (name, tenant)))
+    needles.update({json.dumps(k).encode(): (k, None) for k in METADATA_KEYS})
+    files = sorted(
+        p
+        for part in STORED
+        for p in ([ws.path / part] if (ws.path / part).is_file() else (ws.path / part).rglob("*"))
+        if p.is_file()
+    )
+    stored = {ws.path / part for part in STORED}
+    unscanned = sorted(
+        str(p.relative_to(ws.path))
+        for p in ws.path.iterdir()
+        if p not in stored and p.name != "silolearn.toml"
+    )
+    hits: list[PlaintextHit] = []
+    size = 0
+    for path in files:
+        data = path.read_bytes()
+        size += len(data)
+        for needle, (name, owner) in needles.items():
+            for offset in find_in_clear(data, needle):
+                around = data[max(0, offset - 24) : offset + len(needle) + 24]
+                hits.append(
+                    PlaintextHit(
+                        str(path.relative_to(ws.path)),
+                        offset,
+                        name,
+                        owner,
+                        around.decode("utf-8", "replace"),
+                    )
+                )
+    return MetadataScan(
+        tuple(str(p.relative_to(ws.path)) for p in files),
+        size,
+        {t: len(n) for t, n in sorted(labels.items())},
+        tuple(unscanned),
+        tuple(sorted(hits, key=lambda h: (h.file, h.offset))),
     )

@@ -169,3 +169,45 @@ def verify_isolation(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -
     )
     if not all(r.blocked for r in results):
         raise typer.Exit(8)
+
+
+@verify_app.command("metadata")
+@command
+def verify_metadata(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Scan every file the workspace stores (database, WAL, blobs, audit head, keyring) for
+    any tenant's label names and per-class metric keys in clear; exit 8 if one is found."""
+    from silolearn.verification import scan_metadata
+
+    with opened(workspace) as ws:
+        scan = scan_metadata(ws)
+    payload = scan.to_dict()
+
+    def human() -> None:
+        labels = ", ".join(f"{n} of {t}" for t, n in scan.labels.items()) or "none"
+        out.print(
+            f"scanned {len(scan.files)} files ({scan.size:,} bytes) for label names ({labels}) "
+            "and per-class metric keys"
+        )
+        if scan.unscanned:
+            out.print("not scanned (not stored by silolearn): " + ", ".join(scan.unscanned))
+        if scan.hits:
+            out.print(
+                _table(
+                    "in clear",
+                    ["file", "offset", "found", "tenant", "context"],
+                    [[h.file, h.offset, h.needle, h.tenant or "", h.context] for h in scan.hits],
+                )
+            )
+        else:
+            out.print("no label name and no per-class metric key in clear")
+
+    if scan.hits:
+        if as_json:
+            print(json.dumps(payload, sort_keys=True))
+        else:
+            human()
+        raise IntegrityError(
+            f"{len(scan.hits)} label names or per-class metric keys found in clear",
+            hits=len(scan.hits),
+        )
+    emit(as_json, payload, human)

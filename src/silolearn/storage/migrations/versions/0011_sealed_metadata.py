@@ -30,6 +30,8 @@ branch_labels = None
 depends_on = None
 
 _STATEMENTS = [
+    # the pages of the dropped tables held the metadata in clear: zeroed, not left free
+    "PRAGMA secure_delete = ON",
     """
     CREATE TABLE adapter_versions_sealed (
         tenant_id TEXT NOT NULL REFERENCES tenants(id),
