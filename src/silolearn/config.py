@@ -237,6 +237,30 @@ class GatesConfig(GatePolicy):
             raise ConfigError(f"[gates.tenants.{name}]: {problems}") from None
 
 
+class ServiceConfig(_Section):
+    """``silolearn serve``: limits of the HTTP API, its tokens and its micro-batches."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Largest request body; a larger one is refused (413) before it is parsed."""
+    max_predict_texts: int = Field(default=256, ge=1, le=10_000)
+    """Most texts one predict request may carry."""
+    rate_per_second: float = Field(default=50.0, gt=0.0, le=1_000_000.0)
+    """Requests a token may send per second, sustained (a token bucket)."""
+    rate_burst: int = Field(default=100, ge=1, le=1_000_000)
+    """Requests a token may send at once after being idle (the bucket's size)."""
+    batch_window_ms: float = Field(default=5.0, gt=0.0, le=1000.0)
+    """The micro-batcher flushes on this fixed cadence, full or not, so that below capacity
+    one tenant's latency does not depend on another's traffic."""
+    max_batch_texts: int = Field(default=64, ge=1, le=10_000)
+    """Most texts one flush (one encoder forward pass) takes; a single request with more
+    goes alone, so that every text of a request is answered by one version."""
+    prediction_retention_hours: float = Field(default=72.0, ge=0.0, le=24.0 * 366)
+    """How long a served prediction's text is kept, sealed under the tenant's key, so that
+    feedback can name it by ``prediction_id``; purged after (0: never kept)."""
+    max_grant_hours: float = Field(default=24.0 * 90, gt=0.0, le=24.0 * 3660)
+    """The longest a token may be granted for."""
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
@@ -246,6 +270,7 @@ class Settings(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     shared: SharedConfig = SharedConfig()
     gates: GatesConfig = GatesConfig()
+    service: ServiceConfig = ServiceConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:

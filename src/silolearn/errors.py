@@ -5,15 +5,19 @@ The tree, drawn once::
     SiloError                         exit 1   HTTP 500
     ├── ConfigError                   exit 3   HTTP 500   bad or unknown configuration
     ├── WorkspaceError                exit 3   HTTP 500   workspace missing, already there, unusable
+    │   └── ServiceUnavailable                 HTTP 503   the service is stopping: try again
     ├── NotFoundError                 exit 4   HTTP 404
     │   └── TenantNotFound
     ├── ConflictError                 exit 5   HTTP 409
     │   └── TenantExists
     ├── InvalidInput                  exit 6   HTTP 422   a request the caller can fix
     │   ├── InvalidTenantName
-    │   └── IngestAborted             --strict ingestion refused a file with bad lines
+    │   ├── IngestAborted             --strict ingestion refused a file with bad lines
+    │   └── PayloadTooLarge                    HTTP 413   a request body over the size limit
     ├── AccessDenied                  exit 7   HTTP 403   a capability the caller does not hold
-    │   └── TenantQuarantined
+    │   ├── TenantQuarantined
+    │   ├── Unauthenticated                    HTTP 401   no bearer token, or not a live one
+    │   └── RateLimited                        HTTP 429   a token's request rate is over its limit
     ├── IntegrityError                exit 8   HTTP 500   tampering or corruption detected
     │   ├── DecryptionError           ciphertext does not open under this key and binding
     │   └── AuditChainBroken          the audit chain or a checkpoint does not verify
@@ -57,6 +61,12 @@ class WorkspaceError(SiloError):
     exit_code = 3
 
 
+class ServiceUnavailable(WorkspaceError):
+    """The service is stopping (or not ready): the request was not taken, send it again."""
+
+    http_status = 503
+
+
 class NotFoundError(SiloError):
     exit_code = 4
     http_status = 404
@@ -95,6 +105,26 @@ class AccessDenied(SiloError):
 
 class TenantQuarantined(AccessDenied):
     pass
+
+
+class Unauthenticated(AccessDenied):
+    """A request without a bearer token, or with one that is unknown, expired or revoked.
+    The message never says which: a caller learns only that the token does not work."""
+
+    http_status = 401
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body over the service's size limit; nothing of it was read further."""
+
+    http_status = 413
+
+
+class RateLimited(AccessDenied):
+    """A token sent more requests than its rate allows; ``details["retry_after"]`` says in
+    how many seconds the next one is accepted."""
+
+    http_status = 429
 
 
 class IntegrityError(SiloError):
@@ -160,12 +190,16 @@ __all__ = [
     "KeyManagerError",
     "MetadataSealed",
     "NotFoundError",
+    "PayloadTooLarge",
     "PrivacyBudgetExceeded",
     "ProtocolViolation",
+    "RateLimited",
+    "ServiceUnavailable",
     "SiloError",
     "TenantExists",
     "TenantNotFound",
     "TenantQuarantined",
     "TrainingFailed",
+    "Unauthenticated",
     "WorkspaceError",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from silolearn.security.envelope import DataKey
 from silolearn.security.keys import KEY_MANAGERS, PASSPHRASE_ENV, KeyManager, LocalKeyring
 from silolearn.storage.metadata import MetadataKeys
 from silolearn.storage.scope import Purpose, TenantRef, TenantScope
+from silolearn.tenancy.access import AccessRegistry
 from silolearn.tenancy.tenants import TenantInfo, TenantRegistry
 
 if TYPE_CHECKING:
@@ -216,6 +218,16 @@ class Workspace:
         from silolearn.privacy.ledger import PrivacyLedger
 
         return PrivacyLedger(self.conn, self.audit, self.settings)
+
+    def access(self) -> AccessRegistry:
+        """Tokens of the HTTP API: grants, revocations, reviews, token checks."""
+        return AccessRegistry(
+            conn=self.conn,
+            keys=self.keys,
+            audit=self.audit,
+            tenants=self.tenants,
+            max_grant=timedelta(hours=self.settings.service.max_grant_hours),
+        )
 
     def shared_key(self) -> DataKey:
         """Seals the shared model's versions (the ``shared`` scope)."""

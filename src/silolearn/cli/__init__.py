@@ -6,10 +6,22 @@ their type (see ``silolearn.errors``).
 """
 
 # ruff: noqa: I001 -- the modules register their commands on import, in the order `--help` lists
-from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates
+from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates, access, serve
 from silolearn.cli.base import app
 
-__all__ = ["adapters", "app", "audit", "data", "gates", "learning", "main", "privacy", "tenants"]
+__all__ = [
+    "access",
+    "adapters",
+    "app",
+    "audit",
+    "data",
+    "gates",
+    "learning",
+    "main",
+    "privacy",
+    "serve",
+    "tenants",
+]
 
 
 def main() -> None:

@@ -3,17 +3,18 @@
 The base model's digest is checked when serving starts (I3). A prediction uses whatever
 version is active when it is asked (a promotion or rollback takes effect on the next call)
 and says which version answered. Predictions are audited in aggregate, one event per call
-with the count and the version, never the texts.
+with the count and the version, never the texts (``predict``; the service's micro-batches
+go through ``answer_batch``, and the service audits each request with who asked).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from silolearn.errors import InvalidInput, NotFoundError
-from silolearn.learning.adapters import Adapter, Features, load_adapter
+from silolearn.errors import InvalidInput, NotFoundError, SiloError
+from silolearn.learning.adapters import Adapter, Features, FloatArray, load_adapter
 from silolearn.learning.encoder import FrozenEncoder, base_model_record, verify_base_model
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.storage.scope import Purpose, TenantScope
@@ -41,6 +42,7 @@ class Predictor:
         self.ws = ws
         verify_base_model(ws, when="serve.start")
         record = base_model_record(ws)
+        self.base_model_sha256 = record.sha256
         self._encoder = FrozenEncoder.load(record.path, expected_sha256=record.sha256)
         self._loaded: dict[str, tuple[int, str, Adapter, int]] = {}
         self._scopes: dict[str, tuple[str, int, TenantScope]] = {}
@@ -73,40 +75,100 @@ class Predictor:
         return loaded[0], loaded[2], loaded[3]
 
     def predict(self, tenant: str, texts: Sequence[str]) -> list[Prediction]:
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InvalidInput("predict takes a list of texts")
-        if not texts:
-            raise InvalidInput("nothing to predict: give at least one text")
-        if len(texts) > MAX_TEXTS:
-            raise InvalidInput(f"at most {MAX_TEXTS} texts per call, got {len(texts)}")
-        limit = self.ws.settings.ingest.max_text_bytes
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InvalidInput(f"text {i + 1} is not a string")
-            if not text.strip():
-                raise InvalidInput(f"text {i + 1} is empty")
-            if len(text.encode()) > limit:
-                raise InvalidInput(f"text {i + 1} is longer than {limit} bytes")
-        version, adapter, max_tokens = self._adapter(tenant)
-        if adapter.needs_text:
-            features = Features(texts=list(texts))
-        else:
-            features = Features(embeddings=self._encoder.embed(list(texts), max_length=max_tokens))
-        proba = adapter.predict_proba(features)
+        check_texts(texts, max_text_bytes=self.ws.settings.ingest.max_text_bytes)
+        answer = self.answer_batch([(tenant, list(texts))])[0]
+        if isinstance(answer, SiloError):
+            raise answer
         self.ws.audit.append(
-            "predict", tenant=tenant, obj=f"v{version}", details={"count": len(texts)}
+            "predict", tenant=tenant, obj=f"v{answer[0].version}", details={"count": len(texts)}
         )
-        out = []
-        for row in proba:
-            best = int(row.argmax())
-            out.append(
-                Prediction(
-                    label=adapter.labels[best],
-                    probabilities={
-                        label: round(float(p), 6)
-                        for label, p in zip(adapter.labels, row, strict=True)
-                    },
-                    version=version,
-                )
+        return answer
+
+    def answer_batch(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[list[Prediction] | SiloError]:
+        """Answer several requests of any tenants together (a micro-batch of the service):
+        one encoder forward pass over every text whose tenant's head truncates alike, then
+        each tenant's head on its own rows only; a LoRA adapter runs its own encoder copy
+        over its tenant's texts, once per adapter. Each request is answered by the version
+        active when the batch started, or gets the typed error that refused it (no active
+        version). Nothing is audited here: the caller audits each request with who asked.
+        Texts are checked by the caller (``check_texts``)."""
+        resolved: dict[str, tuple[int, Adapter, int] | SiloError] = {}
+        for tenant, _ in requests:
+            if tenant not in resolved:
+                try:
+                    resolved[tenant] = self._adapter(tenant)
+                except SiloError as exc:
+                    resolved[tenant] = exc
+        proba: dict[int, FloatArray] = {}
+        by_length: dict[int, list[int]] = {}
+        by_lora: dict[str, list[int]] = {}
+        for i, (tenant, _) in enumerate(requests):
+            entry = resolved[tenant]
+            if isinstance(entry, SiloError):
+                continue
+            if entry[1].needs_text:
+                by_lora.setdefault(tenant, []).append(i)
+            else:
+                by_length.setdefault(entry[2], []).append(i)
+        for max_tokens, members in by_length.items():
+            texts = [t for i in members for t in requests[i][1]]
+            embeddings = self._encoder.embed(texts, batch_size=len(texts), max_length=max_tokens)
+            start = 0
+            for i in members:
+                n = len(requests[i][1])
+                adapter = cast(tuple[int, Adapter, int], resolved[requests[i][0]])[1]
+                proba[i] = adapter.predict_proba(Features(embeddings=embeddings[start : start + n]))
+                start += n
+        for tenant, members in by_lora.items():
+            adapter = cast(tuple[int, Adapter, int], resolved[tenant])[1]
+            rows = adapter.predict_proba(
+                Features(texts=[t for i in members for t in requests[i][1]])
             )
-        return out
+            start = 0
+            for i in members:
+                proba[i] = rows[start : start + len(requests[i][1])]
+                start += len(requests[i][1])
+        answers: list[list[Prediction] | SiloError] = []
+        for i, (tenant, _) in enumerate(requests):
+            entry = resolved[tenant]
+            if isinstance(entry, SiloError):
+                answers.append(entry)
+            else:
+                answers.append(_predictions(entry[1].labels, proba[i], entry[0]))
+        return answers
+
+
+def check_texts(texts: object, *, max_text_bytes: int, max_texts: int = MAX_TEXTS) -> None:
+    """Refuse what is not a non-empty list of at most ``max_texts`` non-blank strings of at
+    most ``max_text_bytes`` bytes each (``InvalidInput`` naming the first bad one)."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InvalidInput("predict takes a list of texts")
+    if not texts:
+        raise InvalidInput("nothing to predict: give at least one text")
+    if len(texts) > max_texts:
+        raise InvalidInput(f"at most {max_texts} texts per call, got {len(texts)}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"text {i + 1} is not a string")
+        if not text.strip():
+            raise InvalidInput(f"text {i + 1} is empty")
+        if len(text.encode()) > max_text_bytes:
+            raise InvalidInput(f"text {i + 1} is longer than {max_text_bytes} bytes")
+
+
+def _predictions(labels: Sequence[str], proba: FloatArray, version: int) -> list[Prediction]:
+    out = []
+    for row in proba:
+        best = int(row.argmax())
+        out.append(
+            Prediction(
+                label=labels[best],
+                probabilities={
+                    label: round(float(p), 6) for label, p in zip(labels, row, strict=True)
+                },
+                version=version,
+            )
+        )
+    return out

@@ -49,6 +49,10 @@ class Capability(enum.StrEnum):
     BLOB_READ = "blob:read"
     BLOB_WRITE = "blob:write"
     CONTAMINATION_INDEX = "contamination:index"
+    SERVED_KEEP = "served:keep"
+    """Keep a served prediction's text, sealed, for its retention (``storage.served``)."""
+    SERVED_READ = "served:read"
+    """Read a kept prediction's text back, to store the feedback that names it."""
     EVAL_BLOBS = "eval:blobs"
     """Read and write blobs named ``eval/...`` (the evaluator's embedding cache): eval data,
     so no training scope holds it, even though training may read the tenant's other blobs."""
@@ -101,6 +105,7 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
             Capability.BLOB_READ,
             Capability.BLOB_WRITE,
             Capability.CONTAMINATION_INDEX,
+            Capability.SERVED_READ,
         }
     ),
     # training code is never given eval access, not even to append (I5)
@@ -114,7 +119,7 @@ _PURPOSE_CAPABILITIES: dict[Purpose, frozenset[Capability]] = {
         {Capability.TRAIN_READ, Capability.EVAL_READ, Capability.BLOB_READ, Capability.EVAL_BLOBS}
     ),
     Purpose.CONTAMINATION: frozenset({Capability.CONTAMINATION_INDEX}),
-    Purpose.SERVING: frozenset({Capability.BLOB_READ}),
+    Purpose.SERVING: frozenset({Capability.BLOB_READ, Capability.SERVED_KEEP}),
     Purpose.REGISTRY: frozenset({Capability.BLOB_READ}),
 }
 
@@ -126,7 +131,9 @@ _EVAL_CAPABILITIES = frozenset(
         Capability.CONTAMINATION_INDEX,
     }
 )
-_ALLOWED_WHEN_QUARANTINED = frozenset({Purpose.CONTAMINATION, Purpose.REGISTRY, Purpose.AUDIT})
+_ALLOWED_WHEN_QUARANTINED = frozenset(
+    {Purpose.CONTAMINATION, Purpose.REGISTRY, Purpose.AUDIT, Purpose.SERVING}
+)
 EVAL_BLOB_PREFIX = "eval/"
 
 GOLDEN = "golden"

@@ -275,6 +275,7 @@ class TenantRegistry:
                 "gate_runs",
                 "divergence_checks",
                 "shadow_checks",
+                "served_predictions",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))

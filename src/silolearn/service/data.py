@@ -1,0 +1,130 @@
+"""Data in: ``POST /v1/tenants/{tenant}/records`` (ingest) and ``.../feedback``, both through
+the gateway like any record (validation, minimisation, content routing, contamination
+check), with the gateway's per-line report as the answer."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from silolearn.errors import InvalidInput
+from silolearn.ingest.gateway import Gateway
+from silolearn.records import Record
+from silolearn.service.auth import Contributor
+from silolearn.service.state import service_of
+from silolearn.storage.scope import Purpose
+from silolearn.storage.served import ServedStore
+from silolearn.tenancy.access import Principal
+
+router = APIRouter(tags=["data"])
+
+TenantPath = Annotated[str, Path(description="The tenant's name.", max_length=64)]
+NDJSON = "application/x-ndjson"
+
+
+class RecordsRequest(BaseModel):
+    """Records as JSON: each item is checked like a line of a JSON lines file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[Any] = Field(description="Records {id, text, label, timestamp, meta}.")
+
+
+class PredictionFeedback(BaseModel):
+    """The right label of a served prediction, named by its id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: StrictStr = Field(min_length=1, max_length=64)
+    label: StrictStr = Field(min_length=1, max_length=256)
+
+
+_RECORDS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": RecordsRequest.model_json_schema()},
+            NDJSON: {"schema": {"type": "string", "description": "JSON lines, one record each"}},
+        },
+    }
+}
+
+
+@router.post("/tenants/{tenant}/records", openapi_extra=_RECORDS_BODY)
+async def ingest_records(
+    tenant: TenantPath,
+    request: Request,
+    principal: Contributor,
+    strict: Annotated[
+        bool, Query(description="Store all or nothing: any bad line refuses the whole body.")
+    ] = False,
+) -> dict[str, Any]:
+    """Ingest records of the tenant (role ``contributor``): JSON lines (``Content-Type:
+    application/x-ndjson``) or ``{"records": [...]}``; the same per-line report as
+    ``silolearn ingest``."""
+    body = await request.body()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    source: Any
+    if kind == NDJSON:
+        try:
+            source = io.StringIO(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"the body is not UTF-8 text (byte {exc.start})") from None
+    elif kind in ("application/json", ""):
+        try:
+            source = RecordsRequest.model_validate_json(body).records
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_input=False)) from None
+    else:
+        raise InvalidInput(
+            f"records come as application/json or {NDJSON}, not {kind[:60]!r}",
+            content_type=kind[:60],
+        )
+    return await run_in_threadpool(_ingest, request, principal, tenant, source, strict)
+
+
+def _ingest(
+    request: Request, principal: Principal, tenant: str, source: Any, strict: bool
+) -> dict[str, Any]:
+    with service_of(request).workspace(principal) as ws:
+        return Gateway(ws).ingest(tenant, source, strict=strict).to_dict()
+
+
+@router.post("/tenants/{tenant}/feedback")
+def feedback(
+    tenant: TenantPath,
+    body: PredictionFeedback | Record,
+    request: Request,
+    principal: Contributor,
+) -> dict[str, Any]:
+    """Production feedback (role ``contributor``): ``{"prediction_id", "label"}`` names a
+    served prediction, whose kept text is stored with the right label; or a new labelled
+    record. Either goes through the gateway; the answer is its report (a rejected record
+    is a 422 naming why)."""
+    with service_of(request).workspace(principal) as ws:
+        if isinstance(body, PredictionFeedback):
+            scope = ws.scope(tenant, purpose=Purpose.INGEST)
+            served = ServedStore(scope).get(body.prediction_id)
+            record: dict[str, Any] = {
+                "id": f"feedback:{served.prediction_id}",
+                "text": served.text,
+                "label": body.label,
+                "timestamp": served.served_at,
+                "meta": {"source": "feedback", "served_version": served.version},
+            }
+        else:
+            if body.label is None:
+                raise InvalidInput("feedback is a labelled record: give its label")
+            record = json.loads(body.canonical_json())
+        report = Gateway(ws).ingest(tenant, [record]).to_dict()
+    if report["rejected"]:
+        reason = report["errors"][0]["reason"] if report["errors"] else "rejected"
+        raise InvalidInput(f"feedback not stored: {reason}", report=report)
+    report["record_id"] = record["id"]
+    return report

@@ -1,0 +1,55 @@
+"""Retention of served predictions: a thread that purges, every ``interval`` seconds, the
+kept texts whose retention has ended, tenant by tenant through its serving scope (each
+purge audited ``served.purge`` with its count)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from silolearn.errors import SiloError
+from silolearn.service.pool import WorkspacePool
+from silolearn.storage.scope import Purpose
+from silolearn.storage.served import ServedStore, tenants_with_expired
+
+_log = logging.getLogger("silolearn.service")
+
+
+class Retention:
+    def __init__(self, pool: WorkspacePool, *, interval: float = 60.0) -> None:
+        self._pool = pool
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def purge(self) -> int:
+        """Purge every tenant's expired kept predictions now; returns how many."""
+        purged = 0
+        with self._pool.borrow() as ws:
+            for tenant_id in tenants_with_expired(ws.conn):
+                row = ws.conn.execute(
+                    "SELECT name FROM tenants WHERE id = ?", (tenant_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                try:
+                    scope = ws.scope(str(row[0]), purpose=Purpose.SERVING)
+                    purged += ServedStore(scope).purge_expired()
+                except SiloError:
+                    _log.exception("purging the kept predictions of %s failed", row[0])
+        return purged
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.purge()
+            except Exception:
+                _log.exception("the retention purge failed")
