@@ -485,3 +485,26 @@ def test_health_readiness_and_the_openapi_document(server: Server) -> None:
     assert "/v1/tenants/{tenant}/predict" in paths and "/v1/jobs/{job_id}" in paths
     assert all(p.startswith("/v1/") for p in paths if p not in ("/healthz", "/readyz"))
     assert "HTTPBearer" in document["components"]["securitySchemes"]
+
+
+def test_one_micro_batch_answers_each_tenant_with_its_own_version_only(server: Server) -> None:
+    """``Predictor.answer_batch``, what the server's micro-batcher calls: requests of several
+    tenants in one encoder pass, each answered as it would be alone; a tenant with no
+    version gets its own error and takes nothing from the others."""
+    from silolearn.errors import NotFoundError
+    from silolearn.serving.predictor import Predictor
+
+    first = ["A delight from start to finish.", "Tedious and overlong."]
+    second = ["The cast is wonderful."]
+    with Workspace.open(server.path, actor="test") as ws:
+        predictor = Predictor(ws)
+        together = predictor.answer_batch([("alpha", first), ("beta", ["x"]), ("alpha", second)])
+        alone = [predictor.answer_batch([("alpha", texts)])[0] for texts in (first, second)]
+    assert isinstance(together[1], NotFoundError)
+    for batched, single in zip((together[0], together[2]), alone, strict=True):
+        assert not isinstance(batched, Exception) and not isinstance(single, Exception)
+        assert [p.label for p in batched] == [p.label for p in single]
+        assert [p.version for p in batched] == [p.version for p in single]
+        for a, b in zip(batched, single, strict=True):
+            assert a.probabilities.keys() == b.probabilities.keys()
+            assert all(abs(a.probabilities[k] - b.probabilities[k]) < 1e-4 for k in a.probabilities)
