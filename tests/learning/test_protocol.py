@@ -8,6 +8,7 @@ be) and from a real coordinator's side of the socket."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import pickle
@@ -42,6 +43,7 @@ from silolearn.worker.protocol import (
     ProgressMessage,
     RequestMessage,
     ResultMessage,
+    check_params,
     job_message,
     read_job,
 )
@@ -433,7 +435,14 @@ def _job(tmp_path: Path) -> WorkerJob:
         base_path=str(tmp_path / "model"),
         base_sha256="0" * 64,
         training={},
-        params={},
+        params={
+            "kind": "head",
+            "seed": 1,
+            "cutoff": "2026-01-01T00:00:00Z",
+            "version_hint": 1,
+            "parent": None,
+            "canary_seed": b"s" * 32,
+        },
         workspace=str(tmp_path),
     )
 
@@ -511,6 +520,37 @@ def test_a_worker_refuses_a_pickled_job_and_runs_none_of_it(tmp_path: Path) -> N
     assert isinstance(answer, ErrorMessage) and answer.code == "ProtocolViolation"
     assert answer.details["reason"] == "pickle"
     assert not marker.exists()
+
+
+def test_a_job_whose_parameters_are_off_their_schema_is_refused_at_both_ends(
+    tmp_path: Path,
+) -> None:
+    """Each action's parameters are typed: the coordinator refuses to send a job off its
+    schema (a bug on its side), and a worker sent one anyway answers with a typed error
+    before it reads anything of the tenant."""
+    good = _job(tmp_path)
+    check_params("train", good.params)
+    wrong = {**good.params, "seed": "1"}
+    for params in (wrong, {**good.params, "extra": 1}, {"kind": "head"}):
+        with pytest.raises(ProtocolViolation, match="train parameters that fail their schema"):
+            check_params("train", params)
+    worker = Worker()
+    with pytest.raises(ProtocolViolation, match="seed"):
+        run_worker(dataclasses.replace(good, params=wrong), timeout=60, worker=worker)
+    assert worker.process.wait(timeout=60) is not None  # the process that never got it is gone
+
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "silolearn.worker", "--fd", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+    )
+    theirs.close()
+    with ours:
+        Channel(ours).send(job_message(dataclasses.replace(good, params=wrong)))
+        answer = Channel(ours).receive(timeout=60)
+    assert process.wait(timeout=60) == 0
+    assert isinstance(answer, ErrorMessage) and answer.code == "ProtocolViolation"
+    assert "train parameters that fail their schema" in answer.message
 
 
 def test_requests_and_replies_carry_arrays_both_ways(tmp_path: Path) -> None:

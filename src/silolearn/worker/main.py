@@ -40,7 +40,14 @@ from silolearn.worker.job import WorkerJob
 from silolearn.worker.probe import probe
 from silolearn.worker.process import SANDBOX, WARM, confine
 from silolearn.worker.process import warm as warm_up
-from silolearn.worker.protocol import Channel, ErrorMessage, JobMessage, ResultMessage, read_job
+from silolearn.worker.protocol import (
+    Channel,
+    ErrorMessage,
+    JobMessage,
+    ResultMessage,
+    check_params,
+    read_job,
+)
 from silolearn.worker.remote import Link, Send
 from silolearn.worker.shared import shared
 from silolearn.worker.train import train
@@ -75,8 +82,7 @@ def serve(channel: Channel, *, warm: Path | None = None) -> None:
         if not isinstance(message, JobMessage):
             raise ProtocolViolation(f"the coordinator sent a {message.type} message, not a job")
         job = read_job(message, WorkerJob)
-        if job.action not in HANDLERS:
-            raise ValueError(f"unknown worker action {job.action!r}")
+        check_params(job.action, job.params)
         SANDBOX.clear()
         SANDBOX.update(confine(job))
         deterministic_torch()

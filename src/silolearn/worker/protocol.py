@@ -283,6 +283,100 @@ def check_result(action: str, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# -- typed parameters of the five actions --------------------------------------------------
+
+
+class VersionRef(_Strict):
+    """An adapter version a worker loads (by its run's blob) and checks (by its digest)."""
+
+    version: int
+    run_id: str
+    sha256: str
+    kind: str
+    config: dict[str, Any] | None = None
+
+
+class TrunkSpec(_Strict):
+    version: int
+    sha256: str
+    artefact: bytes
+
+
+class ParentSpec(_Strict):
+    version: int
+    run_id: str
+    sha256: str
+    cutoff: str
+    max_seq: int
+    dp: bool
+    kind: str
+    trunk: dict[str, Any] | None
+
+
+class TrainParams(_Strict):
+    kind: Literal["head", "lora"]
+    seed: int
+    cutoff: str
+    version_hint: int
+    parent: ParentSpec | None
+    canary_seed: bytes = Field(min_length=32, max_length=32)
+    canaries: dict[str, int] | None = None
+    dp: dict[str, float] | None = None
+    trunk: TrunkSpec | None = None
+
+
+class EvaluateParams(_Strict):
+    cutoff: str
+    split: str | None
+    versions: list[VersionRef]
+
+
+class GatesParams(_Strict):
+    cutoff: str
+    split: str | None
+    candidate: VersionRef
+    active: VersionRef | None
+    policy: dict[str, Any]
+    seed: int
+    delta: float
+
+
+class ProbeParams(_Strict):
+    others: list[dict[str, str]]
+    sealed: bool
+    files: dict[str, str]
+    eval_box: dict[str, str | bytes] | None
+
+
+class SharedParams(_Strict):
+    cutoff: str
+
+
+PARAMS: dict[str, type[BaseModel]] = {
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "gates": GatesParams,
+    "probe": ProbeParams,
+    "shared": SharedParams,
+}
+"""The parameters of each action's job, checked by the coordinator before it sends a job and
+by the worker on receipt."""
+
+
+def check_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` when they are ``action``'s parameters, else ``ProtocolViolation``."""
+    model = PARAMS.get(action)
+    if model is None:
+        raise _violation("schema", f"a job of unknown action {action[:40]!r}")
+    try:
+        model.model_validate(params)
+    except ValidationError as exc:
+        raise _violation(
+            "schema", f"{action} parameters that fail their schema: {_first(exc)}"
+        ) from None
+    return params
+
+
 # -- values -------------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ from silolearn.worker.protocol import (
     ReplyMessage,
     RequestMessage,
     ResultMessage,
+    check_params,
     check_result,
     job_message,
 )
@@ -156,6 +157,7 @@ class Worker:
         if self._used:
             raise RuntimeError("a worker process runs one job")
         self._used = True
+        check_params(job.action, job.params)  # a job off its schema is the coordinator's bug
         service = None if job.access is None else DataService(job)
         try:
             with tempfile.TemporaryDirectory(prefix="silolearn-worker-") as tmp:
