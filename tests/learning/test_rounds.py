@@ -77,6 +77,7 @@ def test_I2_I11_training_worker_cannot_open_the_workspace_or_read_other_tenants_
     assert set(attempts) == {
         "read records of other",
         "read blobs of other",
+        "read metadata of other",
         "ask the coordinator for records of other",
         "open the database file",
         "open the database file for writing",
@@ -132,7 +133,12 @@ def test_I2_sealed_keyring_protects_keys_without_landlock(
         assert {n for n, a in attempts.items() if not a["blocked"]} == unguarded, attempts
         # ...but what it finds there opens under nothing it holds
         assert "KeyManagerError" in attempts["read the keyring"]["how"]
-        for name in ("read records of beta", "read blobs of beta", "read its own blob files"):
+        for name in (
+            "read records of beta",
+            "read blobs of beta",
+            "read metadata of beta",
+            "read its own blob files",
+        ):
             assert attempts[name]["how"].startswith("cryptography: no key"), attempts[name]
     finally:
         ws.close()

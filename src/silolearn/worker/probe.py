@@ -13,6 +13,7 @@ cryptography (the worker holds no key that opens anything of the tenant) or by c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -120,6 +121,42 @@ class _Probe:
         for rid, box in rows:
             open_with_held_keys(self.job, bytes(box), kind=kind, object_id=bytes(rid).hex())
 
+    def read_metadata(self, tenant_id: str, tenant_name: str) -> None:
+        """Open the database file and read a tenant's metadata: its versions' sealed lineage
+        and metrics, and the sealed details of its audit events. A row still in clear is a
+        breach; a sealed one must not open under anything the worker holds."""
+        from silolearn.audit.log import SEALED_DETAILS
+        from silolearn.storage.metadata import ADAPTER_VERSIONS, AUDIT_KIND, METADATA_KIND, UNSEALED
+
+        database = str(self.files["database"])
+        os.close(os.open(database, os.O_RDONLY))  # Landlock refuses it
+        raw = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            versions = raw.execute(
+                "SELECT version, sealed, dek_version FROM adapter_versions WHERE tenant_id = ? "
+                "LIMIT 5",
+                (tenant_id,),
+            ).fetchall()
+            events = raw.execute(
+                "SELECT seq, details FROM audit_events WHERE tenant = ? ORDER BY seq DESC LIMIT 20",
+                (tenant_name,),
+            ).fetchall()
+        finally:
+            raw.close()
+        boxes: list[tuple[bytes, str, str]] = []
+        for version, sealed, dek_version in versions:
+            if int(dek_version) == UNSEALED:
+                return  # in clear: the attempt succeeded
+            boxes.append((bytes(sealed), METADATA_KIND, ADAPTER_VERSIONS.object_id(version)))
+        for seq, details in events:
+            box = (json.loads(details).get(SEALED_DETAILS) or {}).get("box")
+            if box:
+                boxes.append((bytes.fromhex(str(box)), AUDIT_KIND, str(seq)))
+        if not boxes:
+            raise _NothingToTry("the other tenant has no sealed metadata")
+        for box, kind, object_id in boxes:
+            open_with_held_keys(self.job, box, kind=kind, object_id=object_id)
+
     def read_blob_files(self, directory: str) -> None:
         """Read a blob directory's files and decrypt one."""
         try:
@@ -162,6 +199,7 @@ def probe(job: WorkerJob, send: Send) -> dict[str, Any]:
             f"read records of {name}", partial(run.read_rows, "train_records", other_id, "train")
         )
         run.attempt(f"read blobs of {name}", partial(run.read_blob_files, str(other["blob_dir"])))
+        run.attempt(f"read metadata of {name}", partial(run.read_metadata, other_id, name))
         run.attempt(
             f"ask the coordinator for records of {name}",
             partial(scope.ask, "scope.records", {"store": "train", "tenant": other_id}),
