@@ -342,7 +342,7 @@ def _read_after_shred(ws: Workspace, name: str, tenant_id: str, rid: bytes, box:
 METADATA_KEYS = ("per_class", "label_counts", "new_label_counts")
 """Keys of the per-class numbers in a version's metrics and lineage: found in clear, they say
 per-class metadata is stored unsealed even where no label name is recognised."""
-STORED = ("silolearn.db", "silolearn.db-wal", "silolearn.db-shm", "blobs", "audit", "keys")
+STORED = ("silolearn.db", "silolearn.db-wal", "silolearn.db-shm", "blobs", "audit", "keys", "locks")
 """What silolearn stores in a workspace, and the scan reads (``silolearn.toml`` holds
 settings, which name no tenant's data; a report is an export the user asked for)."""
 _SHORT = 5
