@@ -82,7 +82,9 @@ def test_I9_dp_runs_are_accepted_until_the_next_would_exceed_the_budget(dp_ws: W
     versions = AdapterRegistry(ws.scope("critics", purpose=Purpose.REGISTRY)).list()
     assert [v.version for v in versions] == [r.version for r in accepted]
     runs = list_runs(ws, "critics")
-    assert runs[-1]["status"] == "failed" and "refused before starting" in runs[-1]["error"]
+    assert runs[-1]["status"] == "failed" and runs[-1]["error"] == "PrivacyBudgetExceeded"
+    failed = [e for e in ws.audit.events(action="train.failed") if e.object == runs[-1]["run_id"]]
+    assert "refused before starting" in failed[-1].details["message"]
     refusals = [e for e in ws.audit.events() if e.action == "privacy.refused"]
     assert refusals and refusals[-1].tenant == "critics"
 

@@ -621,7 +621,10 @@ def test_I11_a_round_whose_worker_sends_a_pickle_fails_and_opens_an_incident(
         assert incident["evidence"]["reason"] == "pickle"
         assert ws.tenants.get("acme").status == "quarantined"
         actions = [(e.action, e.details) for e in ws.audit.events()]
-        assert ("train.failed", {"error": "ProtocolViolation"}) in actions
+        failed = [d for a, d in actions if a == "train.failed"]
+        assert [d["error"] for d in failed] == ["ProtocolViolation"]
+        assert "a pickle" in failed[0]["message"]
+        assert list_runs(ws, "acme")[0]["error"] == "ProtocolViolation"  # the class, no text
         assert any(a == "incident.open" and d["kind"] == "worker-protocol" for a, d in actions)
     finally:
         ws.close()

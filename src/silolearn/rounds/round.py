@@ -110,8 +110,10 @@ def _run_and_judge(
             )
             result = commit(ctx, tenant, registry, trained.candidate, judgement)
         except SiloError as exc:
-            run_finished(ctx, run.run_id, "failed", None, exc.message)
-            scope.audit("train.failed", obj=run.run_id, details={"error": exc.code})
+            run_finished(ctx, run.run_id, "failed", None, exc.code)
+            # the message can name the tenant's labels: it goes in the sealed audit details
+            details = {"error": exc.code, "message": exc.message}
+            scope.audit("train.failed", obj=run.run_id, details=details)
             raise
         finally:
             gate_worker.close()

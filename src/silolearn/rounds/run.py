@@ -233,8 +233,10 @@ def side_run(
             ctx, tenant, registry, run, kind=kind, progress=progress, on_request=on_request, tag=tag
         )
     except SiloError as exc:
-        run_finished(ctx, run.run_id, "failed", None, exc.message)
-        scope.audit("train.failed", obj=run.run_id, details={"error": exc.code})
+        run_finished(ctx, run.run_id, "failed", None, exc.code)
+        # the message can name the tenant's labels: it goes in the sealed audit details
+        details = {"error": exc.code, "message": exc.message}
+        scope.audit("train.failed", obj=run.run_id, details=details)
         raise
     run_finished(ctx, run.run_id, "succeeded", trained.candidate.version, None)
     return trained.candidate
@@ -261,6 +263,9 @@ def _run_started(scope: Any, run_id: str, kind: str, seed: int, cutoff: str) -> 
 def run_finished(
     ctx: Coordinator, run_id: str, status: str, version: int | None, error: str | None
 ) -> None:
+    """Record a run's end; ``error`` is the error's class name (``TrainingFailed``), never
+    its message, which may name the tenant's labels and is kept in the run's sealed
+    ``train.failed`` audit event."""
     with ctx.ws.audit.write() as conn:
         conn.execute(
             "UPDATE training_runs SET status = ?, version = ?, error = ?, finished_at = ? "
