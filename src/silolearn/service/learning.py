@@ -20,7 +20,8 @@ from silolearn.storage.scope import Purpose
 router = APIRouter(tags=["learning"])
 
 TenantPath = Annotated[str, Path(description="The tenant's name.", max_length=64)]
-VersionPath = Annotated[int, Path(description="The version number.", ge=1)]
+# bounded: a number past SQLite's 64-bit integers would not reach the query
+VersionPath = Annotated[int, Path(description="The version number.", ge=1, le=2**31 - 1)]
 
 
 class RoundRequest(BaseModel):
@@ -42,7 +43,9 @@ class PromoteRequest(BaseModel):
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    to: int | None = Field(default=None, ge=1, description="Default: the version retired last.")
+    to: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Default: the version retired last."
+    )
     reason: StrictStr = Field(default="rollback", min_length=1, max_length=500)
 
 
