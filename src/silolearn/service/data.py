@@ -19,7 +19,7 @@ from silolearn.records import Record
 from silolearn.service.auth import Contributor
 from silolearn.service.state import service_of
 from silolearn.storage.scope import Purpose
-from silolearn.storage.served import ServedStore
+from silolearn.storage.served import ServedStore, ServedText
 from silolearn.tenancy.access import Principal
 
 router = APIRouter(tags=["data"])
@@ -92,8 +92,11 @@ async def ingest_records(
 def _ingest(
     request: Request, principal: Principal, tenant: str, source: Any, strict: bool
 ) -> dict[str, Any]:
-    with service_of(request).workspace(principal) as ws:
-        return Gateway(ws).ingest(tenant, source, strict=strict).to_dict()
+    service = service_of(request)
+    with service.workspace(principal) as ws:
+        report = Gateway(ws).ingest(tenant, source, strict=strict).to_dict()
+    service.metrics.record_ingest(tenant, report)
+    return report
 
 
 @router.post("/tenants/{tenant}/feedback")
@@ -107,7 +110,9 @@ def feedback(
     served prediction, whose kept text is stored with the right label; or a new labelled
     record. Either goes through the gateway; the answer is its report (a rejected record
     is a 422 naming why)."""
-    with service_of(request).workspace(principal) as ws:
+    service = service_of(request)
+    served: ServedText | None = None
+    with service.workspace(principal) as ws:
         if isinstance(body, PredictionFeedback):
             scope = ws.scope(tenant, purpose=Purpose.INGEST)
             served = ServedStore(scope).get(body.prediction_id)
@@ -123,6 +128,10 @@ def feedback(
                 raise InvalidInput("feedback is a labelled record: give its label")
             record = json.loads(body.canonical_json())
         report = Gateway(ws).ingest(tenant, [record]).to_dict()
+    service.metrics.record_ingest(tenant, report)
+    if served is not None and report["accepted"]:
+        correct = "true" if served.label == body.label else "false"
+        service.metrics.feedback.labels(tenant, str(served.version), correct).inc()
     if report["rejected"]:
         reason = report["errors"][0]["reason"] if report["errors"] else "rejected"
         raise InvalidInput(f"feedback not stored: {reason}", report=report)

@@ -5,6 +5,7 @@ and the request is audited ``predict`` with its count and version, never its tex
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import timedelta
 from typing import Annotated
 
@@ -52,6 +53,7 @@ def predict(
 ) -> PredictResponse:
     """Labels and probabilities from the tenant's active adapter version (role ``reader``)."""
     service = service_of(request)
+    started = time.perf_counter()
     check_texts(
         body.texts,
         max_text_bytes=service.settings.ingest.max_text_bytes,
@@ -82,6 +84,9 @@ def predict(
                 obj=f"v{answer[0].version}",
                 details={"count": len(answer), "kept": retention > timedelta(0)},
             )
+    version = str(answer[0].version)
+    service.metrics.predictions.labels(tenant, version).inc(len(answer))
+    service.metrics.latency.labels(tenant, version).observe(time.perf_counter() - started)
     return PredictResponse(
         tenant=tenant,
         predictions=[

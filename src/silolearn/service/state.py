@@ -15,6 +15,7 @@ from silolearn.errors import SiloError
 from silolearn.service.auth import Gatekeeper
 from silolearn.service.batcher import MicroBatcher
 from silolearn.service.jobs import JobRunner
+from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
 from silolearn.serving.predictor import Prediction
 from silolearn.storage.scope import Purpose, TenantScope
@@ -33,6 +34,7 @@ class Service:
     batcher: MicroBatcher[str, str, Answer]
     jobs: JobRunner
     base_model_sha256: str
+    metrics: ServiceMetrics
     draining: bool = False
     _serving_scopes: dict[tuple[int, str], tuple[str, int, TenantScope]] = field(
         default_factory=dict
