@@ -6,9 +6,10 @@ its tenant's versions plot and ledger, and refused another tenant's page."""
 
 from __future__ import annotations
 
+import json
 import re
-import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from service_helpers import Server
 from silolearn import Workspace
+from silolearn.audit.log import utcnow
 from silolearn.service.dashboard import templates
 from silolearn.storage.scope import Purpose
 
@@ -58,10 +60,7 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def watcher(server: Server) -> str:
     """A workspace-wide auditor's token: what /metrics and the workspace page need."""
-    return server.grant(None, ["auditor"], lasting=_HOUR)
-
-
-_HOUR = __import__("datetime").timedelta(hours=1)
+    return server.grant(None, ["auditor"], lasting=timedelta(hours=1))
 
 
 def _denials(server: Server, since: int) -> list[Any]:
@@ -112,18 +111,31 @@ def test_metrics_move_after_predict_feedback_ingest_and_a_round(
             json={"prediction_id": answer["prediction_id"], "label": label},
         )
         assert given.status_code == 200, given.text
+    # fixed ids and texts: which records the gateway routes to the eval store is the same
+    # on every run, and some of them reach the train store for the round to learn from
+    lines = [
+        json.dumps(
+            {
+                "id": f"metrics-{i}",
+                "text": f"metrics see record {i} go by, a {word} film",
+                "label": "fresh" if i % 2 else "rotten",
+                "timestamp": "2025-06-01T00:00:00Z",
+            }
+        )
+        for i, word in enumerate(("good", "bad", "long", "short", "warm", "cold", "odd", "fine"))
+    ]
     ingested = server.call(
         "POST",
         "/v1/tenants/alpha/records",
         contributor,
-        content=(
-            f'{{"id": "m-{time.monotonic_ns()}", "text": "metrics see this record go by",'
-            ' "label": "fresh", "timestamp": "2025-06-01T00:00:00Z"}\nnot json\n'
-        ).encode(),
+        content="\n".join([*lines, "not json"]).encode(),
         headers={"content-type": "application/x-ndjson"},
     )
-    assert ingested.status_code == 200 and ingested.json()["accepted"] == 1, ingested.text
-    job = server.call("POST", "/v1/tenants/alpha/rounds", trainer, json={"seed": 3})
+    assert ingested.status_code == 200 and ingested.json()["accepted"] == 8, ingested.text
+    # the newest eval record may be older than what arrived: learn up to now
+    job = server.call(
+        "POST", "/v1/tenants/alpha/rounds", trainer, json={"seed": 3, "cutoff": utcnow()}
+    )
     assert job.status_code == 202, job.text
     done = server.wait_for_job(job.json()["id"], trainer)
     assert done["outcome"] == "active", done["error"]
@@ -143,8 +155,8 @@ def test_metrics_move_after_predict_feedback_ingest_and_a_round(
     right_total = _value(after, "silolearn_feedback_total", **at, correct="true")
     wrong_total = _value(after, "silolearn_feedback_total", **at, correct="false")
     assert accuracy == pytest.approx(right_total / (right_total + wrong_total))
-    # the two feedback records and the ingested line went through the gateway; one line bad
-    assert moved("silolearn_ingest_records_total", tenant="alpha", outcome="accepted") == 3
+    # the two feedback records and the ingested lines went through the gateway; one line bad
+    assert moved("silolearn_ingest_records_total", tenant="alpha", outcome="accepted") == 10
     assert moved("silolearn_ingest_records_total", tenant="alpha", outcome="rejected") == 1
     assert moved("silolearn_rounds_total", tenant="alpha", outcome="promoted") == 1
     for severity in ("SEV1", "SEV2", "SEV3"):

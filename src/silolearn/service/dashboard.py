@@ -113,7 +113,7 @@ async def login(request: Request) -> Response:
     token = (form.get("token") or [""])[0].strip()[:MAX_TOKEN]
     credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
     try:
-        principal = await run_in_threadpool(
+        await run_in_threadpool(
             gatekeeper(request).check, request, credentials, roles=(ROLE,), tenant=None
         )
     except SiloError as exc:
@@ -127,7 +127,6 @@ async def login(request: Request) -> Response:
         samesite="strict",
         secure=request.url.scheme == "https",
     )
-    del principal
     return response
 
 
