@@ -31,6 +31,10 @@ GRACE = 90.0
 """Seconds after the end during which a lost answer is still retried."""
 
 
+RESENT = [0]
+"""Requests sent again because the answer to the previous send was lost."""
+
+
 def send(client: httpx.Client, deadline: float, *args: Any, **kwargs: Any) -> httpx.Response | None:
     """The answer to one request, sent again while its answer is lost."""
     while True:
@@ -39,6 +43,7 @@ def send(client: httpx.Client, deadline: float, *args: Any, **kwargs: Any) -> ht
         except httpx.TransportError:
             if time.monotonic() > deadline + GRACE:
                 return None
+            RESENT[0] += 1
             time.sleep(0.2)
 
 
@@ -103,6 +108,7 @@ def main() -> None:
                 stored.extend(ids)
             else:
                 counts["lost" if g is None else "other"] += 1
+    counts["resent"] = RESENT[0]
     Path(out).write_text(json.dumps({"stored": stored, "counts": counts}))
 
 
