@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants
+bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -62,6 +62,9 @@ bench-gates: $(STAMP)
 
 bench-tenants: $(STAMP)
 	$(BIN)/python benchmarks/tenants.py
+
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .silolearn .silolearn-demo
