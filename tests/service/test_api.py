@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ import pytest
 
 from service_helpers import TENANTS, Server
 from silolearn import Workspace
+from silolearn.datasets import rotten_tomatoes, sample
 from silolearn.records import Record
 from silolearn.storage.scope import Purpose
 from silolearn.tenancy.access import ROLES
@@ -453,7 +454,21 @@ def test_predict_then_feedback_by_prediction_id_stores_the_served_text_with_its_
 
 def test_a_second_round_and_a_rollback_reach_the_server_without_a_restart(server: Server) -> None:
     trainer, reader = server.token("alpha", "trainer"), server.token("alpha", "reader")
-    started = server.call("POST", "/v1/tenants/alpha/rounds", trainer, json={"seed": 2})
+    # fresh labelled records and a cutoff of now: the round has new records to learn from
+    # whichever of the fixture's records the gateway routed to eval
+    contributor = server.token("alpha", "contributor")
+    now = datetime.now(UTC)
+    fresh = [
+        {"id": f"fresh-{i}", "text": row["text"], "label": row["label"], "timestamp": stamp}
+        for i, row in enumerate(sample(rotten_tomatoes(), 40, seed=11))
+        for stamp in [now.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    ]
+    added = server.call("POST", "/v1/tenants/alpha/records", contributor, json={"records": fresh})
+    assert added.status_code == 200 and added.json()["train"] > 0, added.text
+    cutoff = (now + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = server.call(
+        "POST", "/v1/tenants/alpha/rounds", trainer, json={"seed": 2, "cutoff": cutoff}
+    )
     assert started.status_code == 202, started.text
     busy = server.call("POST", "/v1/tenants/alpha/rounds", trainer, json={})
     assert busy.status_code in (202, 409)  # 409 while the first is queued or running
