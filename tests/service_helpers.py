@@ -79,9 +79,11 @@ class Server:
             time.sleep(0.5)
 
 
-def start_server(path: Path, log: Path, env: dict[str, str]) -> Server:
-    port = free_port()
-    with log.open("wb") as handle:
+def start_server(path: Path, log: Path, env: dict[str, str], *, port: int | None = None) -> Server:
+    """A server on ``port`` (a free one by default), its output appended to ``log`` (a
+    restarted server keeps the earlier one's), once ``/readyz`` answers."""
+    port = free_port() if port is None else port
+    with log.open("ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "silolearn.cli", "serve", "-w", str(path), "--port", str(port)],
             stdout=handle,

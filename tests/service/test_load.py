@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service_helpers import SERVER_ENV, Server, free_port, stop_server
+from service_helpers import SERVER_ENV, Server, free_port, start_server, stop_server
 from silolearn import Workspace
 from silolearn.datasets import rotten_tomatoes, sample
 from silolearn.storage.scope import Purpose
@@ -43,23 +42,7 @@ CLIENT = Path(__file__).with_name("load_client.py")
 
 
 def _serve(path: Path, log: Path, port: int) -> Server:
-    with log.open("ab") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "silolearn.cli", "serve", "-w", str(path), "--port", str(port)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **LOAD_ENV},
-        )
-    server = Server(url=f"http://127.0.0.1:{port}", path=path, process=process, log=log)
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited: {log.read_text()[-3000:]}")
-        try:
-            if server.client.get(server.url + "/readyz").status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    return start_server(path, log, LOAD_ENV, port=port)
 
 
 @pytest.fixture(scope="module")
