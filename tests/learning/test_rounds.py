@@ -326,23 +326,27 @@ def test_I8_sigkill_mid_run_leaves_registry_consistent_and_next_run_succeeds(
 
 
 def test_I8_rollback_of_one_tenant_leaves_the_other_untouched(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, critics_rows: list[dict[str, Any]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # topics the encoder separates well: both first versions must be shown better than a
+    # constant answer on a few dozen eval records, whichever records the keyed routing
+    # sends to eval (sentiment of 150 reviews is not, on about 1 split in 2)
+    rows = sample(bbc_news(), 400, seed=3)
     ws = Workspace.init(tmp_path / "ws", actor="test")
     try:
         for name in ("alpha", "beta"):
             ws.create_tenant(name)
-        ws.tenant("alpha").ingest(critics_rows[:150])
-        ws.tenant("beta").ingest(critics_rows[200:350])
+        ws.tenant("alpha").ingest(rows[:150])
+        ws.tenant("beta").ingest(rows[200:350])
         assert ws.tenant("alpha").train().status == "active"
         assert ws.tenant("beta").train().status == "active"
-        ws.tenant("alpha").ingest(critics_rows[150:200])
+        ws.tenant("alpha").ingest(rows[150:200])
         # a second version of A is promoted whatever its score (generous tolerance)
         monkeypatch.setenv("SILOLEARN_TRAINING__PROMOTION_TOLERANCE", "1.0")
         with Workspace.open(ws.path) as lenient:
             assert lenient.tenant("alpha").train().status == "active"
         monkeypatch.delenv("SILOLEARN_TRAINING__PROMOTION_TOLERANCE")
-        texts = [r["text"] for r in critics_rows[350:370]]
+        texts = [r["text"] for r in rows[350:370]]
         b_before = ws.tenant("beta").predict(texts)
         b_versions = [v.to_dict() for v in _versions(ws, "beta")]
         registry = AdapterRegistry(ws.scope("alpha", purpose=Purpose.REGISTRY))
