@@ -1,0 +1,28 @@
+"""The one clock: a manual clock moves only forward and only when told."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from silolearn.clock import SYSTEM, ManualClock
+
+
+def test_manual_clock_moves_only_forward_when_told() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    clock = ManualClock(start)
+    assert clock.now() == start == clock.now()
+    assert clock.advance(timedelta(days=3)) == start + timedelta(days=3)
+    assert clock.set(start + timedelta(days=4)) == clock.now()
+    with pytest.raises(ValueError, match="backwards"):
+        clock.advance(timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="backwards"):
+        clock.set(start)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ManualClock(datetime(2026, 1, 1))
+
+
+def test_system_clock_is_utc() -> None:
+    assert SYSTEM.now().tzinfo is not None
+    assert SYSTEM.now().utcoffset() == timedelta(0)
