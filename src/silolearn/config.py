@@ -259,6 +259,9 @@ class ServiceConfig(_Section):
     feedback can name it by ``prediction_id``; purged after (0: never kept)."""
     max_grant_hours: float = Field(default=24.0 * 90, gt=0.0, le=24.0 * 3660)
     """The longest a token may be granted for."""
+    round_grace_seconds: float = Field(default=120.0, ge=0.0, le=24.0 * 3600)
+    """On SIGTERM, how long the service waits for rounds running in the background before it
+    exits anyway, leaving them interrupted (as a crash would, and as consistent: I8)."""
 
 
 class Settings(_Section):
