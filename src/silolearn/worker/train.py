@@ -243,6 +243,8 @@ def _lineage(
         "labels": labels,
         "label_counts": dict(sorted(Counter(str(s.record.label) for s in training).items())),
         "new_label_counts": dict(sorted(Counter(str(s.record.label) for s in new).items())),
+        "feedback_records": sum(_from_feedback(s) for s in training),
+        "new_feedback_records": sum(_from_feedback(s) for s in new),
         "replay_buffer": {"size": len(buffer), "per_class": buffer.counts()},
         "config": config.model_dump(),
         "code_version": code_version(),
@@ -254,6 +256,12 @@ def _lineage(
         "sandbox": SANDBOX,
         "worker_pid": os.getpid(),
     }
+
+
+def _from_feedback(stored: Stored) -> bool:
+    """A record stored from production feedback on a served prediction (the service
+    marks it ``meta.source = "feedback"``)."""
+    return stored.record.meta.get("source") == "feedback"
 
 
 def _draw_canaries(params: dict[str, Any], labels: list[str], dp: bool) -> Any:
