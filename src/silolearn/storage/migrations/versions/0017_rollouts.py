@@ -13,15 +13,15 @@ version, predicted labels per version) and the last evidence name the tenant's l
 are sealed under its metadata key (``storage.metadata``). At most one running rollout per
 tenant; the row is deleted with the tenant when it is shredded.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
