@@ -10,7 +10,7 @@ go through ``answer_batch``, and the service audits each request with who asked)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from silolearn.errors import InvalidInput, NotFoundError, SiloError
@@ -30,6 +30,10 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     version: int
+    embedding: FloatArray | None = field(default=None, compare=False, repr=False)
+    """The frozen encoder's sentence embedding of the text (a head adapter's input; ``None``
+    for a LoRA adapter, which embeds with its own encoder copy): the label queue spreads its
+    picks with it. Never part of an answer."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "probabilities": self.probabilities, "version": self.version}
@@ -102,6 +106,7 @@ class Predictor:
                 except SiloError as exc:
                     resolved[tenant] = exc
         proba: dict[int, FloatArray] = {}
+        embedded: dict[int, FloatArray] = {}
         by_length: dict[int, list[int]] = {}
         by_lora: dict[str, list[int]] = {}
         for i, (tenant, _) in enumerate(requests):
@@ -119,7 +124,8 @@ class Predictor:
             for i in members:
                 n = len(requests[i][1])
                 adapter = cast(tuple[int, Adapter, int], resolved[requests[i][0]])[1]
-                proba[i] = adapter.predict_proba(Features(embeddings=embeddings[start : start + n]))
+                embedded[i] = embeddings[start : start + n]
+                proba[i] = adapter.predict_proba(Features(embeddings=embedded[i]))
                 start += n
         for tenant, members in by_lora.items():
             adapter = cast(tuple[int, Adapter, int], resolved[tenant])[1]
@@ -136,7 +142,7 @@ class Predictor:
             if isinstance(entry, SiloError):
                 answers.append(entry)
             else:
-                answers.append(_predictions(entry[1].labels, proba[i], entry[0]))
+                answers.append(_predictions(entry[1].labels, proba[i], entry[0], embedded.get(i)))
         return answers
 
 
@@ -158,9 +164,11 @@ def check_texts(texts: object, *, max_text_bytes: int, max_texts: int = MAX_TEXT
             raise InvalidInput(f"text {i + 1} is longer than {max_text_bytes} bytes")
 
 
-def _predictions(labels: Sequence[str], proba: FloatArray, version: int) -> list[Prediction]:
+def _predictions(
+    labels: Sequence[str], proba: FloatArray, version: int, embeddings: FloatArray | None
+) -> list[Prediction]:
     out = []
-    for row in proba:
+    for i, row in enumerate(proba):
         best = int(row.argmax())
         out.append(
             Prediction(
@@ -169,6 +177,7 @@ def _predictions(labels: Sequence[str], proba: FloatArray, version: int) -> list
                     label: round(float(p), 6) for label, p in zip(labels, row, strict=True)
                 },
                 version=version,
+                embedding=None if embeddings is None else embeddings[i],
             )
         )
     return out
