@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from silolearn.errors import ConfigError
 
@@ -237,6 +237,58 @@ class GatesConfig(GatePolicy):
             raise ConfigError(f"[gates.tenants.{name}]: {problems}") from None
 
 
+class RolloutPolicy(_Section):
+    """How a candidate that passed every gate takes its tenant's traffic (one tenant's
+    policy; ``[rollout]`` is the default, ``[rollout.tenants.<name>]`` overrides keys).
+    docs/monitoring.md, section "Canary", says how the canary is judged."""
+
+    mode: Literal["immediate", "canary"] = "immediate"
+    """``immediate``: the candidate becomes the active version at once (a tenant's first
+    version always does: there is no stable version to compare with); ``canary``: it
+    serves the shares of ``steps`` while the active version serves the rest, promoted
+    step by step on live feedback or rolled back."""
+    steps: list[float] = Field(default_factory=lambda: [0.01, 0.05, 1.0], min_length=1)
+    """The canary's shares of the tenant's requests, increasing, the last 1.0 (active)."""
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    """Error rate of the sequential test over the whole rollout, however often it looks:
+    a canary as good as stable is rolled back, or one worse than stable by more than
+    ``[training] promotion_tolerance`` promoted, with probability at most this."""
+    min_feedback: int = Field(default=30, ge=1, le=1_000_000)
+    """Feedback items on the canary's predictions during a step before it may step up."""
+    min_step_minutes: float = Field(default=60.0, ge=0.0, le=60.0 * 24 * 365)
+    """Time a step lasts at least before the next (by the one clock)."""
+    drift_alpha: float = Field(default=0.001, gt=0.0, lt=0.5)
+    """False-alarm rate, over the whole rollout, of the chi-square test of the canary's
+    predicted labels against stable's (spent over looks at doubling counts)."""
+    drift_min_predictions: int = Field(default=100, ge=10, le=1_000_000)
+    """Canary predictions at the first look of that test."""
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_one(cls, steps: list[float]) -> list[float]:
+        if any(not 0.0 < s <= 1.0 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("steps are increasing shares in (0, 1]")
+        if steps[-1] != 1.0:
+            raise ValueError("the last step is 1.0: the canary ends serving everything")
+        return steps
+
+
+class RolloutConfig(RolloutPolicy):
+    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-tenant overrides of any key above, by tenant name."""
+
+    def for_tenant(self, name: str) -> RolloutPolicy:
+        """The effective policy of one tenant: the defaults with its overrides."""
+        values = self.model_dump(exclude={"tenants"})
+        try:
+            return RolloutPolicy.model_validate({**values, **self.tenants.get(name, {})})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"[rollout.tenants.{name}]: {problems}") from None
+
+
 class ServiceConfig(_Section):
     """``silolearn serve``: limits of the HTTP API, its tokens and its micro-batches."""
 
@@ -274,6 +326,7 @@ class Settings(_Section):
     shared: SharedConfig = SharedConfig()
     gates: GatesConfig = GatesConfig()
     service: ServiceConfig = ServiceConfig()
+    rollout: RolloutConfig = RolloutConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:
