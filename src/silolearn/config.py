@@ -8,7 +8,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from silolearn.errors import ConfigError
 
@@ -316,6 +324,62 @@ class ServiceConfig(_Section):
     exits anyway, leaving them interrupted (as a crash would, and as consistent: I8)."""
 
 
+TriggerKind = Literal["schedule", "volume", "performance", "drift"]
+"""What may start a tenant's round: a cron-like schedule, a volume of new labelled training
+records, a confirmed performance degradation or a confirmed drift (``monitoring.signals``)."""
+
+
+class SchedulePolicy(_Section):
+    """What starts a tenant's rounds (``silolearn.operations``). The ``[schedule]`` section
+    is every tenant's default; a tenant's own policy is set with ``silolearn schedule set``
+    or ``PUT /v1/tenants/{t}/schedule``. By default no trigger is on: nothing retrains on its
+    own until someone decides a tenant should (rounds are then started by hand)."""
+
+    triggers: list[TriggerKind] = Field(default_factory=list)
+    """The triggers on; none: manual rounds only."""
+    cron: str | None = Field(default=None, max_length=120)
+    """The ``schedule`` trigger's five-field cron expression, in UTC (``0 3 * * 0``: Sundays
+    at 03:00). A round is due at the first fire time after the tenant's last round (or after
+    the policy was set); fire times missed while the service was down start one round."""
+    min_new_records: int = Field(default=1000, ge=1, le=1_000_000_000)
+    """The ``volume`` trigger: labelled training records stored since the tenant's last
+    round."""
+    backoff_minutes: float = Field(default=60.0, gt=0.0, le=60.0 * 24 * 366)
+    """After a round whose candidate was rejected (or that failed), no triggered round
+    before this long; doubled after each further unsuccessful round, reset by a promotion."""
+    backoff_max_hours: float = Field(default=24.0, gt=0.0, le=24.0 * 366)
+    """The back-off's cap: a tenant that keeps failing is retried at most this often."""
+
+    @model_validator(mode="after")
+    def _cron_when_scheduled(self) -> SchedulePolicy:
+        if self.cron is not None and not croniter.is_valid(self.cron):
+            raise ValueError(f"cron {self.cron!r} is not a five-field cron expression")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron {self.cron!r} is not a five-field cron expression")
+        if "schedule" in self.triggers and self.cron is None:
+            raise ValueError("the schedule trigger needs a cron expression")
+        if len(set(self.triggers)) != len(self.triggers):
+            raise ValueError("a trigger is named twice")
+        return self
+
+
+class ScheduleConfig(SchedulePolicy):
+    """The scheduler of ``silolearn serve``: the default policy above, and its own limits."""
+
+    enabled: bool = True
+    """Run the scheduler in the service (it starts nothing for a tenant without triggers)."""
+    tick_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    """How often the scheduler looks for due rounds."""
+    max_concurrent_rounds: int = Field(default=1, ge=1, le=256)
+    """Rounds running at once in the service (started by the scheduler or over the API)
+    beyond which the scheduler starts no more until one ends."""
+
+    def default_policy(self) -> SchedulePolicy:
+        return SchedulePolicy.model_validate(
+            self.model_dump(include=set(SchedulePolicy.model_fields))
+        )
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
@@ -326,6 +390,7 @@ class Settings(_Section):
     shared: SharedConfig = SharedConfig()
     gates: GatesConfig = GatesConfig()
     service: ServiceConfig = ServiceConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     rollout: RolloutConfig = RolloutConfig()
 
     @classmethod
