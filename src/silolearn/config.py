@@ -380,6 +380,36 @@ class ScheduleConfig(SchedulePolicy):
         )
 
 
+class PerformanceConfig(_Section):
+    """Performance monitoring from feedback (``monitoring.performance``, docs/monitoring.md)."""
+
+    burn_in: int = Field(default=200, ge=30, le=1_000_000)
+    """Feedback items of a version that set its reference accuracy before its control chart
+    arms (more when that many cannot yet guarantee ``arl0``)."""
+    shift: float = Field(default=0.05, gt=0.0, lt=1.0)
+    """The drop of accuracy the chart is tuned to detect fastest (larger drops are detected
+    sooner still)."""
+    arl0: float = Field(default=5000.0, ge=10.0, le=1e9)
+    """Feedback items between false alarms on a version whose accuracy holds: the chart's
+    limit is calibrated to it, shared between the aggregate and each slice field."""
+    guarantee: float = Field(default=0.9, ge=0.5, lt=1.0)
+    """Probability, over the burn-in, that the false-alarm rate is at most 1 / arl0 despite
+    the reference accuracy being estimated."""
+    incident: Literal["none", "SEV3", "SEV2"] = "SEV3"
+    """The incident a confirmed degradation opens (one open at a time per version)."""
+    max_ece: float = Field(default=0.05, ge=0.0, le=1.0)
+    """The estimate from served probabilities is marked reliable only for a version whose
+    recorded calibration error is at most this."""
+    slice_fields: list[str] = Field(default_factory=list, max_length=8)
+    """``meta`` fields whose values are watched as slices (region, channel, product)."""
+    slice_burn_in: int = Field(default=200, ge=30, le=1_000_000)
+    """The burn-in of a slice's chart: a slice with fewer feedback items is never alarmed."""
+    slice_max_values: int = Field(default=20, ge=1, le=1000)
+    """Values followed per slice field (the first seen)."""
+    keep_days: int = Field(default=90, ge=1, le=3660)
+    """Days of daily tallies kept per version."""
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
@@ -392,6 +422,7 @@ class Settings(_Section):
     service: ServiceConfig = ServiceConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     rollout: RolloutConfig = RolloutConfig()
+    performance: PerformanceConfig = PerformanceConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:
