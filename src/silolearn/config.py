@@ -309,8 +309,14 @@ class ServiceConfig(_Section):
     rate_burst: int = Field(default=100, ge=1, le=1_000_000)
     """Requests a token may send at once after being idle (the bucket's size)."""
     batch_window_ms: float = Field(default=5.0, gt=0.0, le=1000.0)
-    """The micro-batcher flushes on this fixed cadence, full or not, so that below capacity
-    one tenant's latency does not depend on another's traffic."""
+    """The micro-batcher's fixed cadence: a predict request waits for the next tick of this
+    grid, full or not, never sent earlier because others filled a flush."""
+    release_delay_ms: float = Field(default=200.0, ge=0.0, le=60_000.0)
+    """A predict answer is released this long after its tick, never earlier, however soon
+    its flush was computed: below capacity (flushes computed within it) a tenant's latency
+    does not depend on another's traffic. It must cover the compute of the flushes you want
+    the guarantee for (docs/service.md); answers computed later are released late and
+    counted. 0 releases at once and gives up the guarantee."""
     max_batch_texts: int = Field(default=64, ge=1, le=10_000)
     """Most texts one flush (one encoder forward pass) takes; a single request with more
     goes alone, so that every text of a request is answered by one version."""
