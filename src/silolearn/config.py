@@ -98,6 +98,12 @@ class TrainingConfig(_Section):
     """Records a tenant's replay buffer keeps (class-balanced reservoir); 0 turns replay off."""
     replay_mix: float = Field(default=0.3, ge=0.0, lt=1.0)
     """Share of a round's training set drawn from the replay buffer."""
+    max_self_confirmed_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    """The largest share of a round's training labels that may be self-confirmed: feedback
+    that repeats the served prediction with no person having reviewed it. Beyond it the
+    round leaves the excess out (a seeded choice, audited ``train.self_confirmed_bounded``):
+    such a label adds nothing the model did not already believe and, when the model was
+    wrong, teaches it its own mistake. 1.0 turns the bound off."""
     max_workers: int = Field(default=2, ge=1, le=256)
     """Training processes `train --all` runs at once."""
     max_runs_per_tenant: int = Field(default=1, ge=1, le=64)
@@ -270,6 +276,10 @@ class RolloutPolicy(_Section):
     predicted labels against stable's (spent over looks at doubling counts)."""
     drift_min_predictions: int = Field(default=100, ge=10, le=1_000_000)
     """Canary predictions at the first look of that test."""
+    drift_min_distance: float = Field(default=0.10, ge=0.0, le=1.0)
+    """A rejected test rolls back only when the two versions' predicted-label distributions
+    are also at least this far apart (total variation): a better model may shift them a
+    little, and with enough traffic any shift is detectable."""
 
     @field_validator("steps")
     @classmethod
