@@ -2,13 +2,13 @@
 
 What the coordinator records about a tenant's data names its labels and gives per-class
 numbers: a version's lineage, metrics and decision, a gate run's verdicts, an incident's
-summary, evidence and resolution, a privacy sweep's results, the details of the tenant's
-audit events. Each such row keeps in clear only the columns the coordinator queries (status,
-version numbers, times, coarse flags) and seals the rest as one JSON object in its
-``sealed`` column: AES-256-GCM under the tenant's metadata key of the row's ``dek_version``,
-bound to the tenant id, the kind ``metadata`` and the row (``<table>/<key>``), so a sealed
-value moved to another row or tenant does not open. docs/data-plane.md lists what stays in
-clear and why.
+summary, evidence and resolution, a privacy sweep's results, a monitor's signal's evidence,
+the details of the tenant's audit events. Each such row keeps in clear only the columns the
+coordinator queries (status, version numbers, times, coarse flags) and seals the rest as one
+JSON object in its ``sealed`` column: AES-256-GCM under the tenant's metadata key of the
+row's ``dek_version``, bound to the tenant id, the kind ``metadata`` and the row
+(``<table>/<key>``), so a sealed value moved to another row or tenant does not open.
+docs/data-plane.md lists what stays in clear and why.
 
 The metadata key is wrapped by the tenant's KEK like its training and evaluation keys,
 created, rotated and destroyed with them: after a shred the rows that outlive the tenant
@@ -60,7 +60,20 @@ ADAPTER_VERSIONS = SealedTable("adapter_versions", "version", ("lineage", "metri
 GATE_RUNS = SealedTable("gate_runs", "id", ("verdicts",))
 INCIDENTS = SealedTable("incidents", "id", ("summary", "evidence", "resolution"))
 PRIVACY_SWEEPS = SealedTable("privacy_sweeps", "sweep_id", ("results",))
-SEALED_TABLES = (ADAPTER_VERSIONS, GATE_RUNS, INCIDENTS, PRIVACY_SWEEPS)
+SIGNALS = SealedTable("signals", "id", ("evidence",))
+SCHEDULE_POLICIES = SealedTable("schedule_policies", "tenant_id", ("policy",))
+SCHEDULE_DECISIONS = SealedTable("schedule_decisions", "id", ("evidence",))
+PERFORMANCE = SealedTable("performance_state", "id", ("state",))
+SEALED_TABLES = (
+    ADAPTER_VERSIONS,
+    GATE_RUNS,
+    INCIDENTS,
+    PRIVACY_SWEEPS,
+    SIGNALS,
+    SCHEDULE_POLICIES,
+    SCHEDULE_DECISIONS,
+    PERFORMANCE,
+)
 
 VERSIONS_TABLE = BoundTable(
     "adapter_versions",

@@ -276,6 +276,8 @@ class TenantRegistry:
                 "divergence_checks",
                 "shadow_checks",
                 "served_predictions",
+                "served_embeddings",
+                "signals",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
