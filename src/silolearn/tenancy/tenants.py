@@ -278,6 +278,8 @@ class TenantRegistry:
                 "served_predictions",
                 "served_embeddings",
                 "signals",
+                "schedule_policies",
+                "schedule_decisions",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
