@@ -7,6 +7,7 @@ their type (see ``silolearn.errors``).
 
 # ruff: noqa: I001 -- the modules register their commands on import, in the order `--help` lists
 from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates, access, serve
+from silolearn.cli import monitor
 from silolearn.cli.base import app
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "gates",
     "learning",
     "main",
+    "monitor",
     "privacy",
     "serve",
     "tenants",
