@@ -1,23 +1,35 @@
-"""The demo's HTML report: well-formed, escaped, offline, and a plot that matches the data."""
+"""The demo's HTML report, rendered from the service's templates: well-formed, escaped,
+self-contained (Plotly and the drawing script inlined from the installed packages, allowed
+by hash), and figures whose data match the result."""
 
 from __future__ import annotations
 
-import itertools
+import base64
+import hashlib
+import json
 import os
 import re
-import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.support.ui import WebDriverWait
 
-from silolearn import report
-from silolearn.report import render_report, write_report
+from silolearn.demo import report
+from silolearn.demo.report import render_report, write_report
+from silolearn.service.dashboard import STATIC_FILES
 
 EVIL = 'ev<script>alert("x")</script>&"il'
-SVG = "{http://www.w3.org/2000/svg}"
+ESCAPED = "ev&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&amp;&#34;il"
 VOID = frozenset({"meta", "link", "br", "hr", "img", "input", "col", "wbr", "source"})
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INLINE = re.compile(r"<script>(.*?)</script>", flags=re.DOTALL)
+FIGURE = re.compile(r'<script type="application/json" id="([^"]+)">(.*?)</script>', re.DOTALL)
 
 
 def _entry(tenant: str, version: int | None, status: str, **metrics: Any) -> dict[str, Any]:
@@ -185,29 +197,26 @@ class TagChecker(HTMLParser):
         self.text.append(data)
 
 
+def _page(document: str) -> str:
+    """The document without the bodies of its scripts (Plotly's code and the figures' JSON),
+    i.e. the markup the templates made."""
+    page = INLINE.sub("<script></script>", document)
+    return FIGURE.sub(r'<script type="application/json" id="\1"></script>', page)
+
+
 def _check(document: str) -> TagChecker:
     checker = TagChecker()
-    checker.feed(document)
+    checker.feed(_page(document))
     checker.close()
     return checker
 
 
-def _svgs(document: str) -> dict[str, ET.Element]:
-    """Each inline SVG parsed as XML (so it must be well-formed), keyed by data-metric."""
-    blocks = re.findall(r"<svg\b.*?</svg>", document, flags=re.DOTALL)
-    roots = [ET.fromstring(block) for block in blocks]
-    return {root.attrib["data-metric"]: root for root in roots}
+def _figures(document: str) -> dict[str, dict[str, Any]]:
+    return {name: json.loads(body) for name, body in FIGURE.findall(document)}
 
 
-def _polylines(svg: ET.Element) -> dict[str, list[tuple[float, float]]]:
-    lines = {}
-    for group in svg.iter(f"{SVG}g"):
-        if group.attrib.get("class") != "series":
-            continue
-        (polyline,) = group.findall(f"{SVG}polyline")
-        points = [tuple(map(float, p.split(","))) for p in polyline.attrib["points"].split()]
-        lines[group.attrib["data-tenant"]] = points
-    return lines
+def _traces(figure: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {trace["name"]: trace for trace in figure["data"]}
 
 
 @pytest.fixture(scope="module")
@@ -220,110 +229,106 @@ def test_document_is_well_formed_with_balanced_tags(document: str) -> None:
     assert checker.errors == []
     assert checker.stack == []
     assert document.startswith("<!DOCTYPE html>")
-    assert checker.counts["svg"] == 2  # accuracy and macro-F1
+    assert set(_figures(document)) == {"figure-accuracy", "figure-macro_f1"}
     assert checker.counts["table"] == 1 + 3 + 2  # tenants, one per round, one per versioned tenant
-    assert set(_svgs(document)) == {"accuracy", "macro_f1"}
+    # a drawing element beside each figure's data
+    for name in _figures(document):
+        assert f'data-figure="{name}"' in document
 
 
 def test_malicious_strings_appear_only_escaped(document: str) -> None:
-    assert "<script" not in document
-    assert "<boom>" not in document
-    assert "<b>bold</b>" not in document
-    assert "<ef>" not in document
-    assert "ev&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;il" in document
-    assert "&lt;boom&gt; &amp; &#x27;crash&#x27;" in document
-    # the parser sees the name as text, never as markup
-    assert EVIL in "".join(_check(document).text)
-    assert "script" not in _check(document).counts
+    page = _page(document)
+    assert "<boom>" not in page and "<b>bold</b>" not in page and "<ef>" not in page
+    assert ESCAPED in page
+    assert "&lt;boom&gt; &amp; &#39;crash&#39;" in page
+    # the parser sees the name as text, never as markup; only the three page scripts exist
+    checker = _check(document)
+    assert EVIL in "".join(checker.text)
+    assert checker.counts["script"] == 2 + 2
+    # in a figure's JSON the name is data: no markup in the raw text, the name when parsed
+    raw = dict(FIGURE.findall(document))["figure-accuracy"]
+    assert "<" not in raw and ">" not in raw
+    assert EVIL in _traces(_figures(document)["figure-accuracy"])
 
 
-def test_no_external_resources(document: str) -> None:
-    lowered = document.lower()
-    for needle in ("<script", "<link", "<img", "@import", "url(", "src=", "https://"):
-        assert needle not in lowered
-    # the only URL is the SVG namespace, which is never fetched
-    assert set(re.findall(r"https?://[^\s\"']+", document)) == {"http://www.w3.org/2000/svg"}
-    assert "Content-Security-Policy" in document
+def test_self_contained_plotly_inlined_from_the_installed_package(document: str) -> None:
+    page = _page(document).lower()
+    for needle in ("<link", "<img", "@import", "url(", "src=", "http://", "https://"):
+        assert needle not in page
+    plotly, draw = (STATIC_FILES[name][0].read_text() for name in ("plotly.min.js", "dashboard.js"))
+    assert INLINE.findall(document) == [plotly, draw]
+    # the Content-Security-Policy allows exactly these two scripts, by hash
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', document)
+    assert csp is not None
+    policy = csp.group(1).replace("&#39;", "'")
+    hashes = re.findall(r"'sha256-([^']+)'", policy)
+    assert hashes == [
+        base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in (plotly, draw)
+    ]
+    assert "default-src 'none'" in policy and "unsafe-inline" not in policy.split(";")[1]
 
 
-def test_one_polyline_per_tenant_with_a_point_per_served_round(document: str) -> None:
-    svg = _svgs(document)["accuracy"]
-    assert (svg.attrib["width"], svg.attrib["height"]) == ("760", "320")
-    lines = _polylines(svg)
-    assert set(lines) == set(SERVED)
+def test_one_trace_per_tenant_with_a_point_per_served_round(document: str) -> None:
+    figure = _figures(document)["figure-accuracy"]
+    traces = _traces(figure)
+    assert list(traces) == ["newsroom", "critics", EVIL]
     for tenant, values in SERVED.items():
-        assert len(lines[tenant]) == len(values)
-    # x increases with the round; the failed tenant starts at round 2, aligned with the others
-    assert [x for x, _ in lines["newsroom"]] == sorted(x for x, _ in lines["newsroom"])
-    assert [x for x, _ in lines[EVIL]] == [x for x, _ in lines["newsroom"][1:]]
+        assert traces[tenant]["y"] == values
+    assert traces["newsroom"]["x"] == [1, 2, 3]
+    assert traces[EVIL]["x"] == [2, 3]  # round 1 failed with nothing serving yet
+    assert figure["layout"]["yaxis"]["range"] == [0, 1.02]
+    assert len({t["line"]["color"] for t in traces.values()}) == 3
+    assert _traces(_figures(document)["figure-macro_f1"])["newsroom"]["y"] == [0.70, 0.8, 0.86]
 
 
-def test_higher_accuracy_is_drawn_higher(document: str) -> None:
-    lines = _polylines(_svgs(document)["accuracy"])
-    pairs = [
-        (value, y)
-        for tenant, values in SERVED.items()
-        for value, (_, y) in zip(values, lines[tenant], strict=True)
-    ]
-    for value_a, y_a in pairs:
-        for value_b, y_b in pairs:
-            if value_a > value_b:
-                assert y_a < y_b, (value_a, y_a, value_b, y_b)
-    # and the axis spans 0..1: gridlines at 0.0 and 1.0 bound every point
-    grid = sorted(
-        float(line.attrib["y1"])
-        for line in _svgs(document)["accuracy"].iter(f"{SVG}line")
-        if line.attrib.get("class") == "grid"
-    )
-    assert len(grid) == 6
-    assert all(grid[0] < y < grid[-1] for _, y in pairs)
+def test_rejected_rounds_keep_the_previous_score_with_a_hollow_marker(document: str) -> None:
+    traces = _traces(_figures(document)["figure-accuracy"])
+    critics = traces["critics"]
+    assert critics["customdata"] == ["active", "rejected", "active"]
+    assert critics["marker"]["symbol"] == ["circle", "circle-open", "circle"]
+    assert critics["y"][1] == 0.64  # the previous version keeps serving
+    assert all(s == "circle" for s in traces["newsroom"]["marker"]["symbol"])
 
 
-def test_rejected_and_failed_rounds_are_marked_hollow(document: str) -> None:
-    svg = _svgs(document)["accuracy"]
-    markers = [
-        el
-        for el in svg.iter()
-        if "marker" in el.attrib.get("class", "").split() and el.attrib.get("data-round")
-    ]
-    assert len(markers) == sum(len(v) for v in SERVED.values())
-    hollow = [m for m in markers if m.attrib["fill"] == "#fff"]
-    assert [(m.attrib["class"], m.attrib["data-round"]) for m in hollow] == [
-        ("marker rejected", "2")
-    ]
-    assert hollow[0].attrib["data-value"] == "0.6400"  # the previous version keeps serving
+def test_a_failed_round_after_a_serving_version_is_a_hollow_square() -> None:
+    result = _result()
+    result["rounds"][2]["tenants"][0] = {
+        "tenant": "newsroom",
+        "status": "failed",
+        "accuracy_before": 0.83,
+        "decision": "TrainingFailed",
+    }
+    traces = _traces(_figures(render_report(result))["figure-accuracy"])
+    assert traces["newsroom"]["marker"]["symbol"][-1] == "square-open"
+    assert traces["newsroom"]["y"][-1] == 0.83
 
 
 def test_values_are_formatted_and_statuses_coloured(document: str) -> None:
-    assert "0.831" in document
-    assert "0.8312" not in document.replace('data-value="0.8312"', "")
-    assert "0.700 \N{RIGHTWARDS ARROW} 0.831" in document
-    assert "(+0.131)" in document
-    assert 'class="status status-active"' in document
-    assert 'class="status status-rejected"' in document
-    assert 'class="status status-failed"' in document
-    assert 'class="status status-retired"' in document
-    assert "ab12ab12ab12ab12<" in document  # sha256 cut to 16 characters
-    assert "ab12" * 5 not in document
-    assert "1,234 events" in document
-    assert "5 signed checkpoints" in document
-    assert ">OK<" in document
-    assert "20 of 20</span> cross-tenant attacks blocked" in document
-    assert "123.4 s" in document
-    assert "2026-11-22T10:00:00Z" in document
-    assert "each tenant's own append-only eval store, records up to the round's cutoff" in (
-        document
-    )
-    assert "the trainer never reads it" in document
+    page = _page(document)
+    assert "0.831" in page and "0.8312" not in page
+    assert "0.700 \N{RIGHTWARDS ARROW} 0.831" in page
+    assert "(+0.131)" in page
+    for status in ("active", "rejected", "failed", "retired"):
+        assert f'class="status status-{status}"' in page
+    assert "ab12ab12ab12ab12<" in page  # sha256 cut to 16 characters
+    assert "ab12" * 5 not in page
+    assert "1,234 events" in page
+    assert "5 signed checkpoints" in page
+    assert ">OK<" in page
+    assert "20 of 20</span> cross-tenant attacks blocked" in page
+    assert "123.4 s" in page
+    assert "2026-11-22T10:00:00Z" in page
+    assert "each tenant's own append-only eval store, records up to the round's cutoff" in page
+    assert "the trainer never reads it" in page
 
 
 def test_failed_audit_and_partial_isolation_are_flagged() -> None:
     result = _result()
     result["audit"] = {"events": 10, "checkpoints": 0, "ok": False}
     result["isolation"] = {"blocked": 19, "attacks": 20}
-    document = render_report(result)
-    assert '<span class="bad">FAILED</span>' in document
-    assert '<span class="bad">19 of 20</span>' in document
+    page = _page(render_report(result))
+    assert '<span class="bad">FAILED</span>' in page
+    assert '<span class="bad">19 of 20</span>' in page
 
 
 @pytest.mark.parametrize(
@@ -333,6 +338,7 @@ def test_failed_audit_and_partial_isolation_are_flagged() -> None:
         {"rounds": []},
         {"rounds": [{"round": 1, "tenants": [{"tenant": "solo", "status": "failed"}]}]},
         {"rounds": [{"tenants": ["junk", {"tenant": "x", "accuracy_after": "nan"}]}], "audit": 3},
+        {"traffic": "junk", "metrics": {"serving": ["junk", {}], "rounds": {"x": "junk"}}},
     ],
 )
 def test_sparse_or_odd_input_still_renders(result: dict[str, Any]) -> None:
@@ -340,7 +346,7 @@ def test_sparse_or_odd_input_still_renders(result: dict[str, Any]) -> None:
     checker = _check(document)
     assert checker.errors == [] and checker.stack == []
     assert "silolearn demo report" in document
-    _svgs(document)  # still well-formed XML
+    assert set(_figures(document)) == {"figure-accuracy", "figure-macro_f1"}
 
 
 def test_write_report_is_atomic_and_returns_the_path(tmp_path: Path) -> None:
@@ -387,32 +393,64 @@ def test_write_report_failure_leaves_the_old_file_and_no_temporary(
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
 
-def test_many_tenants_grow_the_plot_instead_of_clipping_the_legend() -> None:
-    names = [f"tenant-{i}" for i in range(12)]
-    result = {
-        "rounds": [
-            {
-                "round": 1,
-                "tenants": [_entry(n, 1, "active", accuracy_after=0.5) for n in names],
-            }
-        ]
+# --------------------------------------------------------------------------- production
+
+
+def _production() -> dict[str, Any]:
+    result = _result()
+    served = {
+        "tenant": EVIL,
+        "served": 60,
+        "requests": 6,
+        "versions": [1, 2],
+        "accuracy": 0.8,
+        "feedback": 30,
+        "feedback_accuracy": 0.7667,
+        "feedback_train": 24,
+        "feedback_eval": 5,
+        "feedback_refused": 1,
     }
-    svg = _svgs(render_report(result))["accuracy"]
-    height = float(svg.attrib["height"])
-    legend_bottom = max(
-        float(el.attrib["y"])
-        for group in svg.iter(f"{SVG}g")
-        if group.attrib.get("class") == "legend"
-        for el in group.iter(f"{SVG}text")
-    )
-    assert height > 320 and legend_bottom < height
-    lines = _polylines(svg)
-    assert len(lines) == 12 and all(len(points) == 1 for points in lines.values())
-    # a single round sits in the middle of the plot area
-    assert {x for points in lines.values() for x, _ in points} == {302.0}
+    result["traffic"] = [{"round": 1, "tenants": [served, {"tenant": "x", "error": EVIL}]}]
+    result["metrics"] = {
+        "serving": [
+            {
+                "tenant": EVIL,
+                "version": 2,
+                "predictions": 1234,
+                "requests": 6,
+                "mean_latency_ms": 41.7,
+                "feedback_accuracy": 0.7667,
+            }
+        ],
+        "rounds": {EVIL: {"promoted": 2, "rejected": 1}},
+        "epsilon_remaining": {f"tenant:{EVIL}": 6.5},
+        "open_incidents": {"SEV1": 0, "SEV2": 1},
+    }
+    result["dashboard"] = "http://127.0.0.1:8123/dashboard"
+    return result
+
+
+def test_production_section_shows_traffic_feedback_and_metrics() -> None:
+    document = render_report(_production())
+    checker = _check(document)
+    assert checker.errors == [] and checker.stack == []
+    page = _page(document)
+    section = page[page.index("<h2>Production through the service</h2>") :]
+    assert section.index("Production") < section.index("<h2>Model versions</h2>")
+    for text in ("v1, v2", "0.800", "0.767", "24 / 5", "1,234", "42 ms", "promoted 2, rejected 1"):
+        assert text in section
+    assert "6.50" in section and "SEV2 1" in section
+    assert f'<span class="bad">{ESCAPED}</span>' in section  # a tenant nothing served
+    assert ESCAPED in section and EVIL not in section
+    assert "<code>http://127.0.0.1:8123/dashboard</code>" in page
+
+
+def test_no_production_data_renders_no_production_section(document: str) -> None:
+    assert "Production through the service" not in document
 
 
 # --------------------------------------------------------------------------- privacy
+
 
 SWEPT = [1.0, 2.0, 4.0, 8.0]
 SWEEP_ACCURACY = [0.61, 0.70, 0.76, 0.80]
@@ -582,31 +620,6 @@ def _with_privacy(privacy: Any) -> dict[str, Any]:
     return result
 
 
-def _svg_class(element: ET.Element) -> list[str]:
-    return element.attrib.get("class", "").split()
-
-
-def _sweep_markers(svg: ET.Element) -> dict[str, list[ET.Element]]:
-    """The DP markers per metric series (data-metric of the series group)."""
-    return {
-        group.attrib["data-metric"]: [el for el in group if "marker" in _svg_class(el)]
-        for group in svg.iter(f"{SVG}g")
-        if "series" in _svg_class(group)
-    }
-
-
-def _marker_y(element: ET.Element) -> float:
-    if element.tag == f"{SVG}circle":
-        return float(element.attrib["cy"])
-    return float(element.attrib["y"]) + float(element.attrib["height"]) / 2
-
-
-def _marker_x(element: ET.Element) -> float:
-    if element.tag == f"{SVG}circle":
-        return float(element.attrib["cx"])
-    return float(element.attrib["x"]) + float(element.attrib["width"]) / 2
-
-
 @pytest.fixture(scope="module")
 def private_document() -> str:
     return render_report(_with_privacy(_privacy()))
@@ -617,128 +630,121 @@ def test_privacy_section_is_well_formed_and_sits_before_the_footer(
 ) -> None:
     checker = _check(private_document)
     assert checker.errors == [] and checker.stack == []
-    assert private_document.count("<h2>Differential privacy</h2>") == 1
-    versions = private_document.index("<h2>Model versions</h2>")
-    privacy = private_document.index("<h2>Differential privacy</h2>")
-    assert versions < privacy < private_document.index("<footer>")
-    # two serving plots and one per sweep; every SVG is well-formed XML
-    assert checker.counts["svg"] == 3
-    assert set(_svgs(private_document)) == {"accuracy", "macro_f1", "privacy-sweep-1"}
+    page = _page(private_document)
+    assert page.count("<h2>Differential privacy</h2>") == 1
+    versions = page.index("<h2>Model versions</h2>")
+    privacy = page.index("<h2>Differential privacy</h2>")
+    assert versions < privacy < page.index("<footer>")
+    # two serving plots and one per sweep
+    assert set(_figures(private_document)) == {
+        "figure-accuracy",
+        "figure-macro_f1",
+        "privacy-sweep-1",
+    }
     # tenants, rounds, versions; then ledgers, one sweep, DP rounds, shared versions, comparison
     assert checker.counts["table"] == 1 + 3 + 2 + 1 + 1 + 1 + 2
-    test_no_external_resources(private_document)
+    test_self_contained_plotly_inlined_from_the_installed_package(private_document)
 
 
 def test_ledger_table_shows_budget_spent_bound_remaining_and_a_bar(
     private_document: str,
 ) -> None:
-    assert "8.00 at 1e-05" in private_document
-    assert '3.67 <span class="muted">(pld)</span>' in private_document
+    page = _page(private_document)
+    assert "8.00 at 1e-05" in page
+    assert '3.67 <span class="muted">(pld)</span>' in page
     for number in ("3.98", "4.33", ">93<", ">1,068<", "3.91", "0.40"):
-        assert number in private_document
-    assert "<code>tenant:t-0001</code>" in private_document
+        assert number in page
+    assert "<code>tenant:t-0001</code>" in page
     # 3.67 of 8 spent; the shared scope has spent 90% of its budget
-    assert '<span class="bar bar-ok" title="46% of the budget spent">' in private_document
-    assert 'style="width: 45.9%"' in private_document
-    assert '<span class="bar bar-high" title="90% of the budget spent">' in private_document
-    assert 'style="width: 90.0%"' in private_document
+    assert '<span class="bar bar-ok" title="46% of the budget spent">' in page
+    assert 'style="width: 45.9%"' in page
+    assert '<span class="bar bar-high" title="90% of the budget spent">' in page
+    assert 'style="width: 90.0%"' in page
 
 
 def test_a_ledger_over_its_budget_gets_a_full_red_bar() -> None:
     # a budget lowered after the runs that spent it: more spent than the budget allows
     ledger = {**_privacy()["ledgers"][0], "epsilon_budget": 3.0, "epsilon_remaining": 0.0}
-    document = render_report(_with_privacy({"ledgers": [ledger]}))
-    assert '<span class="bar bar-over" title="122% of the budget spent">' in document
-    assert 'style="width: 100.0%"' in document
+    page = _page(render_report(_with_privacy({"ledgers": [ledger]})))
+    assert '<span class="bar bar-over" title="122% of the budget spent">' in page
+    assert 'style="width: 100.0%"' in page
 
 
-def test_sweep_plot_has_a_marker_per_epsilon_per_metric_on_a_log2_axis(
+def test_sweep_plot_has_a_point_per_epsilon_per_metric_on_a_log_axis(
     private_document: str,
 ) -> None:
-    svg = _svgs(private_document)["privacy-sweep-1"]
-    markers = _sweep_markers(svg)
-    assert set(markers) == {"accuracy", "macro_f1"}
-    for metric, values in (("accuracy", SWEEP_ACCURACY), ("macro_f1", SWEEP_F1)):
-        assert [float(m.attrib["data-epsilon"]) for m in markers[metric]] == SWEPT
-        assert [float(m.attrib["data-value"]) for m in markers[metric]] == values
-        ys = [_marker_y(m) for m in markers[metric]]
-        assert ys == sorted(ys, reverse=True)  # better scores are drawn higher
-    # the two series are told apart by colour (and shape)
-    fills = {metric: {m.attrib["fill"] for m in found} for metric, found in markers.items()}
-    assert all(len(f) == 1 for f in fills.values()) and fills["accuracy"] != fills["macro_f1"]
-    # log2 axis: 1, 2, 4, 8 are evenly spaced, and each has a tick label
-    xs = [_marker_x(m) for m in markers["accuracy"]]
-    gaps = [b - a for a, b in itertools.pairwise(xs)]
-    assert gaps[0] > 0 and gaps == pytest.approx([gaps[0]] * 3, abs=0.02)
-    ticks = [el for el in svg.iter(f"{SVG}text") if "tick" in _svg_class(el)]
-    assert [t.text for t in ticks] == ["1", "2", "4", "8"]
-    assert [float(t.attrib["x"]) for t in ticks] == pytest.approx(xs, abs=0.01)
-    labels = "".join(svg.itertext())
-    assert "epsilon (log2 scale)" in labels
+    figure = _figures(private_document)["privacy-sweep-1"]
+    traces = _traces(figure)
+    assert set(traces) == {"accuracy", "macro-F1"}
+    for name, values in (("accuracy", SWEEP_ACCURACY), ("macro-F1", SWEEP_F1)):
+        assert traces[name]["x"] == SWEPT
+        assert traces[name]["y"] == values
+    assert traces["accuracy"]["line"]["color"] != traces["macro-F1"]["line"]["color"]
+    xaxis = figure["layout"]["xaxis"]
+    assert xaxis["type"] == "log"
+    assert xaxis["tickvals"] == SWEPT and xaxis["ticktext"] == ["1", "2", "4", "8"]
+    assert xaxis["title"]["text"] == "epsilon (log2 scale)"
 
 
 def test_sweep_plot_draws_the_non_private_baseline_dashed_and_labelled(
     private_document: str,
 ) -> None:
-    svg = _svgs(private_document)["privacy-sweep-1"]
-    baselines = {
-        line.attrib["data-metric"]: line
-        for line in svg.iter(f"{SVG}line")
-        if "baseline" in _svg_class(line)
-    }
-    assert set(baselines) == {"accuracy", "macro_f1"}
-    markers = _sweep_markers(svg)
-    for metric, line in baselines.items():
-        assert line.attrib["stroke-dasharray"]
-        assert line.attrib["y1"] == line.attrib["y2"]
-        assert float(line.attrib["data-value"]) == BASELINE[metric]
+    figure = _figures(private_document)["privacy-sweep-1"]
+    traces = _traces(figure)
+    shapes = {shape["name"]: shape for shape in figure["layout"]["shapes"]}
+    assert set(shapes) == {"accuracy", "macro_f1"}
+    for metric, trace in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        line = shapes[metric]
+        assert line["line"]["dash"] == "dash"
+        assert line["y0"] == line["y1"] == BASELINE[metric]
+        assert (line["x0"], line["x1"], line["xref"]) == (0, 1, "paper")
         # the colour of its series; above every DP point, as its score is higher
-        assert line.attrib["stroke"] == markers[metric][0].attrib["fill"]
-        assert all(float(line.attrib["y1"]) < _marker_y(m) for m in markers[metric])
-    labels = [el for el in svg.iter(f"{SVG}text") if "baseline-label" in _svg_class(el)]
-    assert sorted(el.text or "" for el in labels) == [
-        "non-private accuracy 0.853",
-        "non-private macro-F1 0.841",
-    ]
-    # 0.853 and 0.841 are a few pixels apart: the labels are pushed apart, not overlapping
-    ys = sorted(float(el.attrib["y"]) for el in labels)
-    assert ys[1] - ys[0] >= 14
+        assert line["line"]["color"] == traces[trace]["line"]["color"]
+        assert all(line["y0"] > y for y in traces[trace]["y"])
+    labels = sorted(note["text"] for note in figure["layout"]["annotations"])
+    assert labels == ["non-private accuracy 0.853", "non-private macro-F1 0.841"]
+    # 0.853 and 0.841 are close: one label sits above its line, the other below
+    anchors = {n["text"]: n["yanchor"] for n in figure["layout"]["annotations"]}
+    assert anchors == {"non-private accuracy 0.853": "bottom", "non-private macro-F1 0.841": "top"}
 
 
 def test_sweep_table_and_caption(private_document: str) -> None:
-    assert "Accuracy-privacy sweep of critics (head adapter)" in private_document
-    assert "1,350 records, 150 eval records, delta 1e-05" in private_document
-    assert '<td class="num">non-private</td>' in private_document
+    page = _page(private_document)
+    assert "Accuracy-privacy sweep of critics (head adapter)" in page
+    assert "1,350 records, 150 eval records, delta 1e-05" in page
+    assert '<td class="num">non-private</td>' in page
     for text in ("7.900", "1.250", "0.610", "0.550", "0.853", "0.841", "72%", "0.4%"):
-        assert text in private_document
-    assert "epsilon 0.00 \N{RIGHTWARDS ARROW} 9.10 of 20.00 at delta 1e-05" in private_document
-    assert "sweep candidates are never promoted" in private_document
+        assert text in page
+    assert "epsilon 0.00 \N{RIGHTWARDS ARROW} 9.10 of 20.00 at delta 1e-05" in page
+    assert "sweep candidates are never promoted" in page
 
 
 def test_warnings_render_escaped_in_sweeps_and_dp_rounds(private_document: str) -> None:
-    assert f'<div class="warn">{CLIP_WARNING}</div>' in private_document
-    assert '<div class="warn">almost no gradient was clipped' in private_document
+    page = _page(private_document)
+    assert f'<div class="warn">{CLIP_WARNING}</div>' in page
+    assert '<div class="warn">almost no gradient was clipped' in page
     # a sweep warning that carries markup is escaped
     result = _with_privacy({"sweeps": [_sweep(warning="C <b>small</b> & 'odd'")]})
-    document = render_report(result)
-    assert "<b>small</b>" not in document
-    assert "C &lt;b&gt;small&lt;/b&gt; &amp; &#x27;odd&#x27;" in document
+    page = _page(render_report(result))
+    assert "<b>small</b>" not in page
+    assert "C &lt;b&gt;small&lt;/b&gt; &amp; &#39;odd&#39;" in page
 
 
 def test_dp_rounds_and_shared_layer_tables(private_document: str) -> None:
-    assert "<h3>DP training rounds</h3>" in private_document
-    assert "1.99" in private_document and "5.500" in private_document
-    assert 'class="status status-rejected"' in private_document
-    assert "<h3>Shared layer</h3>" in private_document
-    assert "<code>e578e578e578e578</code>" in private_document
-    assert "e578" * 5 not in private_document
-    assert "newsroom, press" in private_document
-    assert '<td class="num">2.699</td><td class="num">2.698</td>' in private_document
-    assert "adds the Gaussian noise once per step" in private_document
+    page = _page(private_document)
+    assert "<h3>DP training rounds</h3>" in page
+    assert "1.99" in page and "5.500" in page
+    assert 'class="status status-rejected"' in page
+    assert "<h3>Shared layer</h3>" in page
+    assert "<code>e578e578e578e578</code>" in page
+    assert "e578" * 5 not in page
+    assert "newsroom, press" in page
+    assert '<td class="num">2.699</td><td class="num">2.698</td>' in page
+    assert "adds the Gaussian noise once per step" in page
     arrow = "\N{RIGHTWARDS ARROW}"
-    assert f'0.970 {arrow} 0.980 <span class="up">(+0.010)</span>' in private_document
-    assert f'0.910 {arrow} 0.890 <span class="down">(-0.020)</span>' in private_document
-    assert f'0.900 {arrow} 0.900 <span class="muted">(+0.000)</span>' in private_document
+    assert f'0.970 {arrow} 0.980 <span class="up">(+0.010)</span>' in page
+    assert f'0.910 {arrow} 0.890 <span class="down">(-0.020)</span>' in page
+    assert f'0.900 {arrow} 0.900 <span class="muted">(+0.000)</span>' in page
 
 
 @pytest.mark.parametrize(
@@ -760,8 +766,8 @@ def test_no_privacy_data_renders_no_privacy_section(privacy: Any) -> None:
         result["privacy"] = privacy
     document = render_report(result)
     assert "Differential privacy" not in document
-    assert "sweep" not in document.lower()
-    assert set(_svgs(document)) == {"accuracy", "macro_f1"}
+    assert "sweep" not in _page(document).lower()
+    assert set(_figures(document)) == {"figure-accuracy", "figure-macro_f1"}
 
 
 def test_malicious_tenant_names_are_escaped_in_the_privacy_section() -> None:
@@ -778,13 +784,10 @@ def test_malicious_tenant_names_are_escaped_in_the_privacy_section() -> None:
     document = render_report(result)
     checker = _check(document)
     assert checker.errors == [] and checker.stack == []
-    assert "<script" not in document
-    assert "script" not in checker.counts
-    escaped = "ev&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;il"
-    assert document.count(escaped) >= 10
+    assert checker.counts["script"] == 2 + 3
+    page = _page(document)
+    assert page.count(ESCAPED) >= 10
     assert EVIL in "".join(checker.text)
-    svg = _svgs(document)["privacy-sweep-1"]  # the tenant in its title is escaped XML too
-    assert EVIL in (svg.findtext(f"{SVG}title") or "")
 
 
 @pytest.mark.parametrize(
@@ -803,7 +806,6 @@ def test_sparse_or_odd_privacy_data_still_renders(privacy: dict[str, Any]) -> No
     checker = _check(document)
     assert checker.errors == [] and checker.stack == []
     assert "<h2>Differential privacy</h2>" in document
-    _svgs(document)  # still well-formed XML
 
 
 def test_a_sweep_without_dp_candidates_says_so() -> None:
@@ -811,26 +813,12 @@ def test_a_sweep_without_dp_candidates_says_so() -> None:
     sweep["results"] = sweep["results"][-1:]  # only the non-private candidate
     sweep["charged"] = None
     document = render_report(_with_privacy({"sweeps": [sweep]}))
-    svg = _svgs(document)["privacy-sweep-1"]
-    assert "no DP candidates in this sweep" in "".join(svg.itertext())
-    assert _sweep_markers(svg) == {}
-    assert len([ln for ln in svg.iter(f"{SVG}line") if "baseline" in _svg_class(ln)]) == 2
+    figure = _figures(document)["privacy-sweep-1"]
+    assert figure["data"] == []
+    texts = [note["text"] for note in figure["layout"]["annotations"]]
+    assert "no DP candidates in this sweep" in texts
+    assert len(figure["layout"]["shapes"]) == 2
     assert "Nothing was charged to the ledger." in document
-
-
-def test_close_epsilons_keep_every_marker_but_not_overlapping_tick_labels() -> None:
-    sweep = _sweep()
-    for point, eps in zip(sweep["results"], [1.0, 1.05, 4.0, 8.0], strict=False):
-        point["epsilon"] = eps
-    svg = _svgs(render_report(_with_privacy({"sweeps": [sweep]})))["privacy-sweep-1"]
-    assert [m.attrib["data-epsilon"] for m in _sweep_markers(svg)["accuracy"]] == [
-        "1",
-        "1.05",
-        "4",
-        "8",
-    ]
-    ticks = [el.text for el in svg.iter(f"{SVG}text") if "tick" in _svg_class(el)]
-    assert ticks == ["1", "4", "8"]
 
 
 def _gates(tenant: str = "critics") -> dict[str, Any]:
@@ -891,7 +879,8 @@ def test_gates_section_shows_serving_evidence_drill_and_incidents() -> None:
     document = render_report(result)
     checker = _check(document)
     assert checker.errors == [] and checker.stack == []
-    section = document[document.index("<h2>Release gates</h2>") :]
+    page = _page(document)
+    section = page[page.index("<h2>Release gates</h2>") :]
     assert section.index("Release gates") < section.index("<footer>")
     assert "0.620 (0.690)" in section and "7.040" in section and "3/3" in section
     assert "0.21 (2.000)" in section and "not judged (too few eval records)" in section
@@ -915,5 +904,52 @@ def test_malicious_strings_are_escaped_in_the_gates_section() -> None:
     document = render_report(result)
     checker = _check(document)
     assert checker.errors == [] and checker.stack == []
-    assert "<script" not in document and "script" not in checker.counts
-    assert document.count("ev&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;il") >= 4
+    assert checker.counts["script"] == 2 + 2
+    assert _page(document).count(ESCAPED) >= 4
+
+
+# --------------------------------------------------------------------------- in a browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium from the distribution (``make test`` installs it)."""
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "make test installs chromium"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=ChromeService(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_file_opens_offline_and_draws_every_figure(
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    result = _with_privacy(_privacy())
+    result["gates"] = _gates(EVIL)
+    path = write_report(result, tmp_path / "report.html")
+    browser.get(path.as_uri())
+    figures = ("figure-accuracy", "figure-macro_f1", "privacy-sweep-1")
+    WebDriverWait(browser, 60).until(
+        lambda b: all(
+            b.execute_script(
+                f"return document.querySelector('[data-figure=\"{f}\"]').dataset.rendered"
+            )
+            == "true"
+            for f in figures
+        )
+    )
+    # Plotly drew each tenant's line; nothing was refused by the CSP or failed to load
+    lines = browser.execute_script(
+        "return document.querySelectorAll('#figure-accuracy-plot .scatterlayer .trace').length"
+    )
+    assert lines == 3
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    assert browser.execute_script("return window.alert.toString()").endswith("{ [native code] }")

@@ -245,9 +245,14 @@ def demo(
     report: Annotated[
         Path | None, typer.Option(help="HTML report path [default: WORKSPACE/report.html].")
     ] = None,
+    keep_serving: Annotated[
+        bool, typer.Option(help="Leave silolearn serve running (the dashboard) at the end.")
+    ] = False,
 ) -> None:
-    """Run the main job on real data: four tenants, records arriving in rounds, each round
-    trained in isolated processes, evaluated, promoted or rejected; writes an HTML report."""
+    """Run the main job on real data through the HTTP service: four tenants, records
+    arriving in rounds, each round started over the API, trained in isolated processes,
+    gated, promoted or rejected; production traffic through predict, feedback that the next
+    round learns from; /metrics read, an HTML report written."""
     from silolearn.demo import run_demo
 
     result = run_demo(
@@ -256,6 +261,7 @@ def demo(
         rounds=rounds,
         console=None if as_json else out,
         report=report,
+        keep_serving=keep_serving,
     )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
