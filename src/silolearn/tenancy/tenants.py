@@ -280,6 +280,7 @@ class TenantRegistry:
                 "signals",
                 "schedule_policies",
                 "schedule_decisions",
+                "performance_state",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
