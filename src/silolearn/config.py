@@ -426,6 +426,48 @@ class PerformanceConfig(_Section):
     """Days of daily tallies kept per version."""
 
 
+class DriftPolicy(_Section):
+    """Drift monitoring of what a tenant serves against its version's training window (one
+    tenant's policy; ``[drift]`` is the default, ``[drift.tenants.<name>]`` overrides keys).
+    docs/monitoring.md says how each threshold is calibrated."""
+
+    enabled: bool = True
+    """Keep the embeddings and predicted labels of served predictions and test them."""
+    window: int = Field(default=100, ge=20, le=100_000)
+    """Served predictions (or feedback labels) per window tested."""
+    ert: float = Field(default=10_000.0, ge=100.0, le=1e9)
+    """Served predictions expected between two false alarms of each test when nothing
+    drifted: the online embedding test's threshold is calibrated to it, and each window's
+    tests run at level ``window / ert``."""
+    reference_size: int = Field(default=600, ge=100, le=20_000)
+    """Records of the version's training window embedded as its reference: half for the
+    statistic, half to calibrate the online test's threshold."""
+    permutations: int = Field(default=1000, ge=100, le=100_000)
+    """Permutations of a window's tests (the p-value's resolution is 1 / (this + 1))."""
+    bootstraps: int = Field(default=400, ge=50, le=100_000)
+    """Streams drawn from the reference to calibrate the online test's threshold."""
+    retention_hours: float = Field(default=24.0 * 7, ge=0.0, le=24.0 * 3660)
+    """How long served embeddings and predicted labels are kept (0: not kept, no drift)."""
+    incident: Literal["none", "SEV3", "SEV2"] = "SEV3"
+    """The incident confirmed drift opens (one open at a time per version and kind)."""
+
+
+class DriftConfig(DriftPolicy):
+    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-tenant overrides of any key above, by tenant name."""
+
+    def for_tenant(self, name: str) -> DriftPolicy:
+        """The effective policy of one tenant: the defaults with its overrides."""
+        values = self.model_dump(exclude={"tenants"})
+        try:
+            return DriftPolicy.model_validate({**values, **self.tenants.get(name, {})})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"[drift.tenants.{name}]: {problems}") from None
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
@@ -439,6 +481,7 @@ class Settings(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     rollout: RolloutConfig = RolloutConfig()
     performance: PerformanceConfig = PerformanceConfig()
+    drift: DriftConfig = DriftConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:
