@@ -14,7 +14,7 @@ from pathlib import Path
 
 from silolearn.errors import WorkspaceError
 
-SCHEMA_HEAD = "0015"
+SCHEMA_HEAD = "0017"
 """The newest migration; a test checks it equals Alembic's head."""
 
 MIGRATIONS = Path(__file__).parent / "storage" / "migrations"

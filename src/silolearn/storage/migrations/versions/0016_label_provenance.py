@@ -15,15 +15,15 @@ queue first handed the prediction out: feedback on it is an ``active`` label) an
 queue spreads its picks with is sealed in the row's box with its text, under the same
 retention.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
