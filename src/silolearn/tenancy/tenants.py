@@ -281,6 +281,7 @@ class TenantRegistry:
                 "schedule_policies",
                 "schedule_decisions",
                 "performance_state",
+                "rollouts",
                 "data_keys",
             ):
                 cursor = conn.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (info.id,))
