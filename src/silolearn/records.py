@@ -6,7 +6,9 @@ rule, never the offending value: they reach the audit log, which must hold no re
 
 from __future__ import annotations
 
+import enum
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -92,3 +94,46 @@ def record_from_mapping(data: Any) -> Record:
     if not isinstance(data, dict):
         raise ValueError("a record is a JSON object")
     return Record.model_validate(data)
+
+
+class LabelSource(enum.StrEnum):
+    """Where a training record's label came from."""
+
+    HUMAN = "human"
+    """A labelled record a person gave (feedback that is a new record, ``--source human``)."""
+    FEEDBACK = "feedback"
+    """Feedback naming a served prediction: the label a client says is right for it."""
+    ACTIVE = "active"
+    """A person's answer to an item of the tenant's label queue."""
+    BULK = "bulk"
+    """Bulk ingest of labelled files or bodies (the default, and every record stored before
+    provenance was kept)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelOrigin:
+    """A training record's label provenance, sealed with the record (``storage.scope``).
+
+    ``confirms``: the label equals the prediction it answers (feedback only);
+    ``reviewed``: a person checked it (always so for ``human`` and ``active`` labels)."""
+
+    source: LabelSource = LabelSource.BULK
+    reviewed: bool = False
+    confirms: bool = False
+
+    @property
+    def self_confirmed(self) -> bool:
+        """Feedback that repeats the model's own answer without anyone checking it: it
+        teaches the model nothing it did not believe, and amplifies its mistakes."""
+        return self.source is LabelSource.FEEDBACK and self.confirms and not self.reviewed
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"source": self.source.value, "reviewed": self.reviewed, "confirms": self.confirms},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LabelOrigin:
+        fields = json.loads(text)
+        return cls(LabelSource(fields["source"]), bool(fields["reviewed"]), bool(fields["confirms"]))

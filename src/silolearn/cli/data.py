@@ -43,14 +43,25 @@ def ingest(
     fmt: Annotated[
         str | None, typer.Option("--format", help="jsonl | csv [default: from the extension]")
     ] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="Where the labels came from: bulk, or human (a person gave each one).",
+        ),
+    ] = "bulk",
 ) -> None:
     """Ingest records into a tenant through the gateway."""
     from silolearn.ingest.gateway import Gateway
+    from silolearn.records import LabelOrigin, LabelSource
 
+    if source not in ("bulk", "human"):
+        raise InvalidInput(f"unknown label source {source[:40]!r}: use bulk or human")
+    origin = LabelOrigin(LabelSource(source), reviewed=source == "human")
     with opened(workspace) as ws:
         gateway = Gateway(ws)
         if as_json or file == "-" or not sys.stderr.isatty():
-            report = gateway.ingest(tenant, file, strict=strict, fmt=fmt)
+            report = gateway.ingest(tenant, file, strict=strict, fmt=fmt, origin=origin)
         else:
             with Progress(
                 TextColumn("ingesting {task.description}"),
@@ -66,6 +77,7 @@ def ingest(
                     file,
                     strict=strict,
                     fmt=fmt,
+                    origin=origin,
                     progress=lambda n: progress.advance(task, n),
                 )
     payload = report.to_dict()

@@ -153,6 +153,20 @@ def train(
         raise typer.Exit(10)
 
 
+def _feedback_loop_line(tenant: str, loop: dict[str, Any]) -> str:
+    """Where a round's labels came from and its share of self-confirmed feedback."""
+    sources = ", ".join(f"{k} {v}" for k, v in loop.get("label_sources", {}).items())
+    line = (
+        f"{tenant}: labels {sources}; self-confirmed {loop['self_confirmed_share']:.1%} "
+        f"(bound {loop['max_self_confirmed_share']:.0%})"
+    )
+    if loop.get("left_out"):
+        line += (
+            f", {loop['left_out']} left out: trained on {loop['trained_self_confirmed_share']:.1%}"
+        )
+    return line
+
+
 def _print_rounds(results: list[Any]) -> None:
     """The round table, then per tenant its remediation attempts, label warnings and, when
     nothing was promoted, the explanation."""
@@ -177,6 +191,9 @@ def _print_rounds(results: list[Any]) -> None:
                     rows,
                 )
             )
+        loop = r.lineage.get("feedback_loop")
+        if loop:
+            out.print(_feedback_loop_line(r.tenant, loop))
         for w in r.warnings:
             err.print(f"[yellow]warning[/]: {r.tenant}: {w['message']}")
         if r.explanation:

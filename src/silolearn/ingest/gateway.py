@@ -42,7 +42,7 @@ from silolearn.ingest.contamination import ContaminationCheck, audit_quarantine_
 from silolearn.ingest.health import NO_TRAINING, LabelCounts, LabelWarning, label_warnings
 from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
-from silolearn.records import Record
+from silolearn.records import LabelOrigin, Record
 from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope, check_suite
 from silolearn.text import normalise
 
@@ -158,9 +158,11 @@ class Gateway:
         progress: Any = None,
         all_to_eval: bool = False,
         suite: str | None = None,
+        origin: LabelOrigin | None = None,
     ) -> IngestReport:
         """Ingest ``source`` into ``tenant``; ``all_to_eval`` registers a whole eval set
-        (every record to the eval store, labelled or not) instead of routing.
+        (every record to the eval store, labelled or not) instead of routing. ``origin``
+        is where the labels came from, sealed with each training record (default ``bulk``).
 
         ``suite="golden"`` (requires ``all_to_eval``) stores the records as the tenant's
         golden suite: each line must be labelled (an unlabelled one is rejected), and an id
@@ -188,6 +190,7 @@ class Gateway:
             all_to_eval=all_to_eval,
             strict=strict,
             suite=suite,
+            origin=origin or LabelOrigin(),
         )
         lines = parse(source, fmt=fmt)
         if strict:
@@ -325,7 +328,7 @@ class Gateway:
             to_train, joined = self._check_train(
                 run, conn, [c for c in candidates if not c.to_eval]
             )
-            scope.train.append_in(conn, [c.prepared for c in to_train])
+            scope.train.append_in(conn, [c.prepared for c in to_train], origin=run.origin)
             self._contamination.on_train_added(scope, conn, [c.prepared for c in to_train])
             self._contamination.forget([c.prepared for c in candidates])
             to_eval += joined
@@ -352,6 +355,7 @@ class Gateway:
                 "joined_eval": len(joined),
                 "rejected_lines": [e["line"] for e in errors][:100],
                 "rejected_reasons": sorted({e["reason"] for e in errors})[:20],
+                "source": run.origin.source.value,
             }
             if run.suite is not None:
                 details["suite"] = run.suite
@@ -479,6 +483,8 @@ class _Run:
     strict: bool = False
     suite: str | None = None
     """The eval suite every record of this run goes to (``None``: the regular stores)."""
+    origin: LabelOrigin = field(default_factory=LabelOrigin)
+    """Where this run's labels came from, sealed with each training record."""
     seen: dict[str, int] = field(default_factory=dict)
     eval_texts: dict[str, set[bytes]] = field(default_factory=dict)
     """Text fingerprints sent to eval, by label."""

@@ -206,6 +206,12 @@ def train_candidate(
         run_id=run.run_id,
         extra={k: trained[k] for k in ("replay", "records", "canaries")},
     )
+    loop = lineage.get("feedback_loop") or {}
+    if loop.get("left_out"):
+        # the bound on self-confirmed labels changed what the round learned from
+        registry._scope.audit(
+            "train.self_confirmed_bounded", obj=f"v{candidate.version}", details=dict(loop)
+        )
     return Trained(candidate, dict(trained["timings"]))
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from silolearn.errors import InvalidInput
 from silolearn.ingest.gateway import Gateway
-from silolearn.records import Record
+from silolearn.records import LabelOrigin, LabelSource, Record
 from silolearn.service.auth import Contributor
 from silolearn.service.state import service_of
 from silolearn.storage.scope import Purpose
@@ -43,6 +43,11 @@ class PredictionFeedback(BaseModel):
 
     prediction_id: StrictStr = Field(min_length=1, max_length=64)
     label: StrictStr = Field(min_length=1, max_length=256)
+    reviewed: StrictBool = Field(
+        default=False,
+        description="A person checked this label. Unreviewed feedback that repeats the "
+        "served label is self-confirming: a round bounds its share of what it learns from.",
+    )
 
 
 _RECORDS_BODY = {
@@ -64,6 +69,14 @@ async def ingest_records(
     strict: Annotated[
         bool, Query(description="Store all or nothing: any bad line refuses the whole body.")
     ] = False,
+    label_source: Annotated[
+        Literal["bulk", "human"],
+        Query(
+            alias="source",
+            description="Where the labels came from: bulk (default) or human (a person gave "
+            "each one), kept sealed with each training record.",
+        ),
+    ] = "bulk",
 ) -> dict[str, Any]:
     """Ingest records of the tenant (role ``contributor``): JSON lines (``Content-Type:
     application/x-ndjson``) or ``{"records": [...]}``; the same per-line report as
@@ -86,15 +99,21 @@ async def ingest_records(
             f"records come as application/json or {NDJSON}, not {kind[:60]!r}",
             content_type=kind[:60],
         )
-    return await run_in_threadpool(_ingest, request, principal, tenant, source, strict)
+    origin = LabelOrigin(LabelSource(label_source), reviewed=label_source == "human")
+    return await run_in_threadpool(_ingest, request, principal, tenant, source, strict, origin)
 
 
 def _ingest(
-    request: Request, principal: Principal, tenant: str, source: Any, strict: bool
+    request: Request,
+    principal: Principal,
+    tenant: str,
+    source: Any,
+    strict: bool,
+    origin: LabelOrigin,
 ) -> dict[str, Any]:
     service = service_of(request)
     with service.workspace(principal) as ws:
-        report = Gateway(ws).ingest(tenant, source, strict=strict).to_dict()
+        report = Gateway(ws).ingest(tenant, source, strict=strict, origin=origin).to_dict()
     service.metrics.record_ingest(tenant, report)
     return report
 
@@ -123,11 +142,16 @@ def feedback(
                 "timestamp": served.served_at,
                 "meta": {"source": "feedback", "served_version": served.version},
             }
+            origin = _origin(served, body)
         else:
             if body.label is None:
                 raise InvalidInput("feedback is a labelled record: give its label")
             record = json.loads(body.canonical_json())
-        report = Gateway(ws).ingest(tenant, [record]).to_dict()
+            origin = LabelOrigin(LabelSource.HUMAN, reviewed=True)
+        report = Gateway(ws).ingest(tenant, [record], origin=origin).to_dict()
+        if served is not None and not report["rejected"]:
+            # answered: it leaves the label queue
+            ServedStore(scope).mark_answered(served.prediction_id)
     service.metrics.record_ingest(tenant, report)
     if served is not None and report["accepted"]:
         correct = "true" if served.label == body.label else "false"
@@ -137,3 +161,12 @@ def feedback(
         raise InvalidInput(f"feedback not stored: {reason}", report=report)
     report["record_id"] = record["id"]
     return report
+
+
+def _origin(served: ServedText, body: PredictionFeedback) -> LabelOrigin:
+    """Feedback on a prediction the label queue handed out is a person's answer
+    (``active``); other feedback is reviewed only when the client says a person checked it."""
+    confirms = served.label == body.label
+    if served.queued:
+        return LabelOrigin(LabelSource.ACTIVE, reviewed=True, confirms=confirms)
+    return LabelOrigin(LabelSource.FEEDBACK, reviewed=body.reviewed, confirms=confirms)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from silolearn.audit.log import utcnow
 from silolearn.errors import ServiceUnavailable, SiloError
+from silolearn.learning.active import uncertainty
 from silolearn.service.auth import Reader
 from silolearn.service.batcher import BatcherStopped
 from silolearn.service.state import service_of
@@ -70,7 +71,15 @@ def predict(
         raise answer
     served_at = utcnow()
     served = [
-        ServedText("p-" + secrets.token_hex(12), text, p.label, p.version, served_at)
+        ServedText(
+            "p-" + secrets.token_hex(12),
+            text,
+            p.label,
+            p.version,
+            served_at,
+            uncertainty=uncertainty(list(p.probabilities.values())),
+            embedding=p.embedding,
+        )
         for text, p in zip(body.texts, answer, strict=True)
     ]
     retention = timedelta(hours=service.settings.service.prediction_retention_hours)

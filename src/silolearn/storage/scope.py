@@ -35,7 +35,7 @@ from silolearn.errors import (
     TenantQuarantined,
 )
 from silolearn.locks import replace_durably
-from silolearn.records import Record
+from silolearn.records import LabelOrigin, Record
 from silolearn.security.envelope import DataKey
 from silolearn.storage.metadata import MetadataKeys, SealedTable
 from silolearn.text import normalise
@@ -178,6 +178,12 @@ class StoredRecord:
 
     seq: int
     record: Record
+    origin: LabelOrigin | None = None
+    """Where a training record's label came from (``None`` for an eval record)."""
+
+
+ORIGIN_KIND = "origin"
+"""The kind bound into a training record's sealed label provenance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,9 +517,14 @@ class _RecordStore:
         self._insert_in(conn, prepared, {})
 
     def _insert_in(
-        self, conn: sqlite3.Connection, prepared: list[PreparedRecord], extra: dict[str, Any]
+        self,
+        conn: sqlite3.Connection,
+        prepared: list[PreparedRecord],
+        extra: dict[str, Any],
+        origin: LabelOrigin | None = None,
     ) -> None:
-        """Seal and insert, with ``extra`` column values (same for every row)."""
+        """Seal and insert, with ``extra`` column values (same for every row) and, for
+        training records, the labels' ``origin`` sealed per row."""
         scope = self._scope
         if self.append_capability not in scope.capabilities:
             raise AccessDenied(f"{scope!r} may not append to the {self.kind} store")
@@ -521,6 +532,8 @@ class _RecordStore:
         now = utcnow()
         columns = "".join(f", {column}" for column in extra)
         marks = ", ?" * len(extra)
+        if origin is not None:
+            columns, marks = columns + ", origin", marks + ", ?"
         conn.executemany(
             f"INSERT INTO {self.table} (tenant_id, rid, ts, digest, fingerprint, dek_version, "
             f"box, created_at{columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?{marks})",
@@ -535,6 +548,17 @@ class _RecordStore:
                     key.seal(p.plaintext, kind=self.kind, object_id=p.rid.hex()),
                     now,
                     *extra.values(),
+                    *(
+                        ()
+                        if origin is None
+                        else (
+                            key.seal(
+                                origin.to_json().encode(),
+                                kind=ORIGIN_KIND,
+                                object_id=p.rid.hex(),
+                            ),
+                        )
+                    ),
                 )
                 for p in prepared
             ],
@@ -571,7 +595,11 @@ class _RecordStore:
         else:
             where, order = " AND suite = ?", "seq"
             params.append(suite)
-        query = f"SELECT seq, rid, dek_version, box FROM {self.table} WHERE tenant_id = ?{where}"
+        origin_column = "origin" if self.table == "train_records" else "NULL"
+        query = (
+            f"SELECT seq, rid, dek_version, box, {origin_column} FROM {self.table} "
+            f"WHERE tenant_id = ?{where}"
+        )
         if until is not None:
             query += " AND ts <= ?"
             params.append(until)
@@ -581,14 +609,24 @@ class _RecordStore:
             params.append(limit)
         key = self._key
         out: list[StoredRecord] = []
-        for seq, rid, dek_version, box in scope._conn.execute(query, params):
+        for seq, rid, dek_version, box, sealed_origin in scope._conn.execute(query, params):
             if dek_version != key.version:
                 raise IntegrityError(
                     f"{self.kind} record sealed under data key v{dek_version}, scope holds "
                     f"v{key.version}: reopen the scope",
                 )
-            plain = key.open(bytes(box), kind=self.kind, object_id=bytes(rid).hex())
-            out.append(StoredRecord(int(seq), Record.model_validate(json.loads(plain))))
+            object_id = bytes(rid).hex()
+            plain = key.open(bytes(box), kind=self.kind, object_id=object_id)
+            origin: LabelOrigin | None = None
+            if not self.eval_data:
+                origin = (
+                    LabelOrigin()
+                    if sealed_origin is None
+                    else LabelOrigin.from_json(
+                        key.open(bytes(sealed_origin), kind=ORIGIN_KIND, object_id=object_id)
+                    )
+                )
+            out.append(StoredRecord(int(seq), Record.model_validate(json.loads(plain)), origin))
         details: dict[str, Any] = {
             "records": len(out),
             "until": until,
@@ -614,6 +652,17 @@ class TrainStore(_RecordStore):
     def _active_clause(self) -> str:
         # records quarantined as near-copies of eval records are never read for training
         return " AND status = 'active'"
+
+    def append_in(
+        self,
+        conn: sqlite3.Connection,
+        prepared: list[PreparedRecord],
+        *,
+        origin: LabelOrigin | None = None,
+    ) -> None:
+        """Seal and insert inside the caller's guarded write transaction, each record with
+        its labels' ``origin`` sealed beside it (``None``: ``bulk``)."""
+        self._insert_in(conn, prepared, {}, origin or LabelOrigin())
 
     def read(self, *, until: str | None = None, limit: int | None = None) -> list[StoredRecord]:
         """Active training records in time order, optionally up to a cutoff timestamp."""

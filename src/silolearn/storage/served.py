@@ -10,10 +10,15 @@ convenience for feedback, not a record).
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from silolearn.audit.log import utcnow
 from silolearn.errors import NotFoundError
@@ -36,6 +41,13 @@ class ServedText:
     label: str
     version: int
     served_at: str
+    uncertainty: float | None = None
+    """One minus the margin of the served probabilities (``learning.active``)."""
+    embedding: NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    """The frozen encoder's sentence embedding of the text (head adapters), kept in the
+    sealed box as float16 for the label queue to spread its picks."""
+    queued: bool = False
+    """The label queue handed it out: feedback on it is a person's answer (``active``)."""
 
 
 class ServedStore:
@@ -63,22 +75,17 @@ class ServedStore:
         created, expires = _stamp(now), _stamp(now + retention)
         conn.executemany(
             "INSERT INTO served_predictions (id, tenant_id, version, dek_version, box, "
-            "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "created_at, expires_at, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     s.prediction_id,
                     scope.tenant.id,
                     s.version,
                     key.version,
-                    key.seal(
-                        json.dumps(
-                            {"text": s.text, "label": s.label, "served_at": s.served_at}
-                        ).encode(),
-                        kind=KIND,
-                        object_id=s.prediction_id,
-                    ),
+                    key.seal(_box(s), kind=KIND, object_id=s.prediction_id),
                     created,
                     expires,
+                    s.uncertainty,
                 )
                 for s in served
             ],
@@ -90,25 +97,74 @@ class ServedStore:
         scope = self._scope
         scope.require(Capability.SERVED_READ, what="served predictions read")
         row = scope.connection.execute(
-            "SELECT version, dek_version, box FROM served_predictions "
+            f"SELECT {_COLUMNS} FROM served_predictions "
             "WHERE id = ? AND tenant_id = ? AND expires_at > ?",
             (prediction_id, scope.tenant.id, utcnow()),
         ).fetchone()
         key = scope._key_for(eval_data=False)
-        if row is None or int(row[1]) != key.version:
+        if row is None or int(row[2]) != key.version:
             raise NotFoundError(
                 f"no kept prediction {prediction_id[:64]!r} of tenant {scope.tenant.name!r}: "
                 "unknown, or past its retention",
                 prediction_id=prediction_id[:64],
             )
-        fields = json.loads(key.open(bytes(row[2]), kind=KIND, object_id=prediction_id))
         scope.audit("data.read", obj=f"served:{prediction_id}")
+        return self._open(row)
+
+    def open_for_labelling(self, limit: int) -> list[ServedText]:
+        """The ``limit`` most uncertain kept predictions no feedback has answered yet (the
+        label queue's candidates), opened; audited ``data.read`` with their count."""
+        scope = self._scope
+        scope.require(Capability.SERVED_READ, what="served predictions read")
+        key = scope._key_for(eval_data=False)
+        rows = scope.connection.execute(
+            f"SELECT {_COLUMNS} FROM served_predictions WHERE tenant_id = ? "
+            "AND answered_at IS NULL AND expires_at > ? AND dek_version = ? "
+            "ORDER BY uncertainty IS NULL, uncertainty DESC, created_at, id LIMIT ?",
+            (scope.tenant.id, utcnow(), key.version, limit),
+        ).fetchall()
+        scope.audit("data.read", obj="served:label-queue", details={"candidates": len(rows)})
+        return [self._open(row) for row in rows]
+
+    def mark_queued(self, prediction_ids: list[str]) -> None:
+        """Record that the label queue handed these out (the first time only)."""
+        self._mark("queued_at", prediction_ids, "served.queue")
+
+    def mark_answered(self, prediction_id: str) -> None:
+        """Feedback named this prediction: it leaves the label queue."""
+        self._mark("answered_at", [prediction_id], None)
+
+    def _mark(self, column: str, prediction_ids: list[str], action: str | None) -> None:
+        scope = self._scope
+        scope.require(Capability.SERVED_READ, what="served predictions mark")
+        if not prediction_ids:
+            return
+        now = utcnow()
+        with scope.write() as conn:
+            conn.executemany(
+                f"UPDATE served_predictions SET {column} = ? "
+                f"WHERE id = ? AND tenant_id = ? AND {column} IS NULL",
+                [(now, pid, scope.tenant.id) for pid in prediction_ids],
+            )
+            if action is not None:
+                scope.audit_in(conn, action, details={"items": len(prediction_ids)})
+
+    def _open(self, row: Any) -> ServedText:
+        prediction_id, version, _, box, uncertainty, queued_at = row
+        key = self._scope._key_for(eval_data=False)
+        fields = json.loads(key.open(bytes(box), kind=KIND, object_id=str(prediction_id)))
+        embedding = fields.get("embedding")
         return ServedText(
-            prediction_id=prediction_id,
+            prediction_id=str(prediction_id),
             text=str(fields["text"]),
             label=str(fields["label"]),
-            version=int(row[0]),
+            version=int(version),
             served_at=str(fields["served_at"]),
+            uncertainty=None if uncertainty is None else float(uncertainty),
+            embedding=None
+            if embedding is None
+            else np.frombuffer(base64.b64decode(embedding), dtype=np.float16).astype(np.float32),
+            queued=queued_at is not None,
         )
 
     def purge_expired(self) -> int:
@@ -123,6 +179,22 @@ class ServedStore:
             if deleted:
                 scope.audit_in(conn, "served.purge", details={"deleted": deleted})
         return int(deleted)
+
+
+_COLUMNS = "id, version, dek_version, box, uncertainty, queued_at"
+
+
+def _box(served: ServedText) -> bytes:
+    """The sealed part of a kept prediction: its text, label, time and embedding."""
+    fields: dict[str, object] = {
+        "text": served.text,
+        "label": served.label,
+        "served_at": served.served_at,
+    }
+    if served.embedding is not None:
+        half = np.asarray(served.embedding, dtype=np.float16).tobytes()
+        fields["embedding"] = base64.b64encode(half).decode("ascii")
+    return json.dumps(fields).encode()
 
 
 def tenants_with_expired(conn: sqlite3.Connection) -> list[str]:

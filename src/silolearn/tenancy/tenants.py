@@ -38,7 +38,7 @@ from silolearn.errors import (
 from silolearn.security.envelope import DataKey
 from silolearn.security.keys import EVAL_KEY, METADATA_KEY, TRAIN_KEY, KeyManager, WrappedKey
 from silolearn.storage.metadata import SEALED_TABLES, UNSEALED, VERSIONS_TABLE, MetadataKeys
-from silolearn.storage.scope import EVAL_BLOB_PREFIX
+from silolearn.storage.scope import EVAL_BLOB_PREFIX, ORIGIN_KIND
 
 NAME_PATTERN = re.compile(r"[a-z0-9-]{2,40}")
 PII_POLICIES = ("redact", "tokenize", "reject")
@@ -548,6 +548,14 @@ class _Keys:
         return self.eval if name.startswith(EVAL_BLOB_PREFIX) else self.train
 
 
+def _reseal(before: DataKey, after: DataKey, origin: Any, object_id: str) -> bytes | None:
+    """A training record's sealed label provenance, re-sealed (``None`` stays ``None``)."""
+    if origin is None:
+        return None
+    plain = before.open(bytes(origin), kind=ORIGIN_KIND, object_id=object_id)
+    return after.seal(plain, kind=ORIGIN_KIND, object_id=object_id)
+
+
 def _reseal_rows(
     conn: sqlite3.Connection, tenant_id: str, old: _Keys, new: _Keys
 ) -> dict[str, int]:
@@ -558,15 +566,26 @@ def _reseal_rows(
         ("train", "train_records", old.train, new.train),
         ("eval", "eval_records", old.eval, new.eval),
     ):
+        # a training record's label provenance is sealed beside it, under the same key
+        has_origin = kind == "train"
         rows = conn.execute(
-            f"SELECT seq, rid, box FROM {table} WHERE tenant_id = ?", (tenant_id,)
+            f"SELECT seq, rid, box, {'origin' if has_origin else 'NULL'} FROM {table} "
+            "WHERE tenant_id = ?",
+            (tenant_id,),
         ).fetchall()
         updates = []
-        for seq, rid, box in rows:
+        for seq, rid, box, origin in rows:
             object_id = bytes(rid).hex()
             plain = before.open(bytes(box), kind=kind, object_id=object_id)
-            updates.append((after.seal(plain, kind=kind, object_id=object_id), after.version, seq))
-        conn.executemany(f"UPDATE {table} SET box = ?, dek_version = ? WHERE seq = ?", updates)
+            resealed = () if not has_origin else (_reseal(before, after, origin, object_id),)
+            updates.append(
+                (after.seal(plain, kind=kind, object_id=object_id), *resealed, after.version, seq)
+            )
+        conn.executemany(
+            f"UPDATE {table} SET box = ?, {'origin = ?, ' if has_origin else ''}dek_version = ? "
+            "WHERE seq = ?",
+            updates,
+        )
         counts[kind] = len(updates)
     # the index is derived from eval records (and guards them): under the evaluation key
     segments = conn.execute(

@@ -15,7 +15,7 @@ from typing import Any
 
 from silolearn import errors
 from silolearn.errors import ProtocolViolation, SiloError
-from silolearn.records import Record
+from silolearn.records import LabelOrigin, Record
 from silolearn.worker.protocol import (
     Channel,
     ProgressMessage,
@@ -58,11 +58,13 @@ Send = Link
 class Stored:
     """A record as the coordinator served it: its sequence in its store, and the record."""
 
-    __slots__ = ("record", "seq")
+    __slots__ = ("origin", "record", "seq")
 
-    def __init__(self, seq: int, record: Record) -> None:
+    def __init__(self, seq: int, record: Record, origin: LabelOrigin | None = None) -> None:
         self.seq = seq
         self.record = record
+        self.origin = origin or LabelOrigin()
+        """Where the label came from (training records; ``bulk`` for eval records)."""
 
 
 class RemoteScope:
@@ -106,11 +108,18 @@ class RemoteScope:
         width = len(keys) // len(rows) if rows else 0
         if len(rows) * width != len(keys):
             raise ProtocolViolation("the record hashes do not match the records", reason="schema")
+        origins: list[LabelOrigin | None] = [None] * len(rows)
+        if "origins" in answer:
+            origins = [LabelOrigin.from_json(o) for o in json.loads(answer["origins"])]
+            if len(origins) != len(rows):
+                raise ProtocolViolation(
+                    "the label origins do not match the records", reason="schema"
+                )
         out: list[Stored] = []
         for i, (seq, rid, text, label, timestamp, meta) in enumerate(rows):
             record = Record(id=rid, text=text, label=label, timestamp=timestamp, meta=meta)
             self._hashes[rid] = keys[i * width : (i + 1) * width]
-            out.append(Stored(int(seq), record))
+            out.append(Stored(int(seq), record, origins[i]))
         return out
 
 

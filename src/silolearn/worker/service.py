@@ -12,7 +12,8 @@ The requests:
 
 - ``scope.records``: the tenant's ``train`` or ``eval`` records up to a cutoff, or its
   ``golden`` suite; the rows as one JSON frame and their keyed record-id hashes as another
-  (the worker caches embeddings by those hashes and never holds the key that makes them);
+  (the worker caches embeddings by those hashes and never holds the key that makes them),
+  and for training records their labels' provenance as a third;
 - ``scope.blob`` and ``scope.put_blob``: a blob of the tenant, read or written;
 - ``scope.keyed_hash``: keyed hashes of label names in the ``shared-label`` domain only (a
   shared round matches label names across tenants without showing them);
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from silolearn.errors import AccessDenied, InvalidInput
+from silolearn.records import LabelOrigin
 from silolearn.worker.job import EVAL_KEY_ACTIONS, PURPOSES, Access, WorkerJob
 
 KEYED_HASH_DOMAINS = frozenset({"shared-label"})
@@ -139,7 +141,12 @@ class DataService:
             for s in stored
         ]
         keys = b"".join(scope.record_id_hash(s.record) for s in stored)
-        return {"rows": json.dumps(rows, ensure_ascii=False).encode(), "keys": keys}
+        answer = {"rows": json.dumps(rows, ensure_ascii=False).encode(), "keys": keys}
+        if store == "train":
+            # each label's provenance, so a round can bound the self-confirmed ones
+            origins = [(s.origin or LabelOrigin()).to_json() for s in stored]
+            answer["origins"] = json.dumps(origins).encode()
+        return answer
 
     def _blob(self, details: dict[str, Any]) -> dict[str, Any]:
         return {"data": self.scope.blobs.get(_name(details))}

@@ -38,6 +38,8 @@ class _Selection:
     all_records: bool
     rng: np.random.Generator
     labels: set[str] = field(default_factory=set)
+    loop: dict[str, Any] = field(default_factory=dict)
+    """The labels' provenance and the self-confirmed bound (``_bound_self_confirmed``)."""
 
 
 def train(job: WorkerJob, send: Send) -> dict[str, Any]:
@@ -176,6 +178,18 @@ def _select(job: WorkerJob, scope: RemoteScope, config: Any, trunk: Any) -> _Sel
             if item.id in by_id and item.id not in new_ids
         ]
         training = new + replay
+    loop, left_out = _bound_self_confirmed(
+        training, config.max_self_confirmed_share, params, per_record=dp is not None
+    )
+    if left_out:
+        new = [s for s in new if s.record.id not in left_out]
+        replay = [s for s in replay if s.record.id not in left_out]
+        training = [s for s in training if s.record.id not in left_out]
+    if not training:
+        raise NothingToLearn(
+            f"every labelled training record of tenant {job.tenant_name!r} up to {cutoff} "
+            "confirms the model's own answers without review: nothing to learn from"
+        )
     return _Selection(
         new=new,
         replay=replay,
@@ -186,7 +200,48 @@ def _select(job: WorkerJob, scope: RemoteScope, config: Any, trunk: Any) -> _Sel
         all_records=all_records,
         rng=rng,
         labels={str(s.record.label) for s in training},
+        loop=loop,
     )
+
+
+def _bound_self_confirmed(
+    training: list[Stored], max_share: float, params: dict[str, Any], *, per_record: bool
+) -> tuple[dict[str, Any], set[str]]:
+    """The labels' provenance of a training set and the self-confirmed records to leave
+    out so that their share is at most ``max_share`` of what is trained on.
+
+    Leaving the excess out, rather than down-weighting it, keeps every record the run
+    trains on a whole example: DP-SGD's per-example clipping and its accountant assume one
+    example per record, and membership inference judges the records actually trained on.
+    Which ones stay is a seeded choice by a hash of the record id (the same run keeps the
+    same ones), spread over the window instead of keeping the oldest or newest.
+
+    ``per_record`` (a DP run): every self-confirmed record is left out (unless the bound is
+    off), a rule that looks at each record alone. A quota would couple records (one more
+    reviewed label admits one more self-confirmed one), so a neighbouring data set could
+    differ by two trained records, which the accountant does not charge for."""
+    from silolearn.learning.active import self_confirmed_quota
+
+    sources = Counter(s.origin.source.value for s in training)
+    confirmed = sorted(
+        (s for s in training if s.origin.self_confirmed),
+        key=lambda s: hashlib.sha256(f"{params['seed']}\x00{s.record.id}".encode()).digest(),
+    )
+    if per_record:
+        keep = len(confirmed) if max_share >= 1.0 else 0
+    else:
+        keep = self_confirmed_quota(len(training), len(confirmed), max_share)
+    left_out = {s.record.id for s in confirmed[keep:]}
+    trained = len(training) - len(left_out)
+    loop = {
+        "label_sources": {k: sources[k] for k in sorted(sources)},
+        "self_confirmed": len(confirmed),
+        "self_confirmed_share": round(len(confirmed) / len(training), 6) if training else 0.0,
+        "max_self_confirmed_share": max_share,
+        "left_out": len(left_out),
+        "trained_self_confirmed_share": round(keep / trained, 6) if trained else 0.0,
+    }
+    return loop, left_out
 
 
 def _features(
@@ -253,6 +308,7 @@ def _lineage(
         "trunk": None if trunk is None else {"version": trunk.version, "sha256": trunk.sha256},
         "warm_start": warm_start,
         "all_records": chosen.all_records,
+        "feedback_loop": chosen.loop,
         "sandbox": SANDBOX,
         "worker_pid": os.getpid(),
     }
