@@ -21,17 +21,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from silolearn.clock import SYSTEM
 from silolearn.errors import ServiceUnavailable
-from silolearn.operations.scheduler import SchedulerLoop
 from silolearn.service import (
     admin,
     dashboard,
     data,
     governance,
+    labels,
     learning,
     metrics,
-    schedule,
     serving,
 )
 from silolearn.service.auth import Gatekeeper, RateLimiter
@@ -41,7 +39,6 @@ from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
-from silolearn.service.schedule import start_scheduler
 from silolearn.service.state import Answer, Service
 from silolearn.serving.predictor import Predictor
 from silolearn.version import __version__
@@ -88,7 +85,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.service.max_body_bytes)
-    for module in (serving, data, learning, governance, admin, schedule):
+    for module in (serving, data, labels, learning, governance, admin):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     dashboard.install(app)
@@ -130,7 +127,6 @@ class Running:
         self._batcher_ws = batcher_ws
         self._jobs = jobs
         self._stopped = False
-        self.scheduler: SchedulerLoop | None = None
 
     @classmethod
     def start(cls, path: Path, *, retention_interval: float = 60.0) -> Running:
@@ -177,9 +173,7 @@ class Running:
             raise
         batcher.start()
         retention.start()
-        running = cls(service, retention, batcher_ws, jobs)
-        running.scheduler = start_scheduler(path, jobs, SYSTEM)
-        return running
+        return cls(service, retention, batcher_ws, jobs)
 
     def stop(self) -> None:
         """Drain the micro-batcher, wait for running rounds, close the workspaces."""
@@ -191,8 +185,6 @@ class Running:
         try:
             service.batcher.stop()
             self._retention.stop()
-            if self.scheduler is not None:
-                self.scheduler.stop()
             self._jobs.shutdown()
             with service.pool.borrow() as ws:
                 ws.audit.append("service.stop")
