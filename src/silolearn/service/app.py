@@ -30,6 +30,7 @@ from silolearn.service import (
     labels,
     learning,
     metrics,
+    performance,
     serving,
 )
 from silolearn.service.auth import Gatekeeper, RateLimiter
@@ -85,7 +86,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.service.max_body_bytes)
-    for module in (serving, data, labels, learning, governance, admin):
+    for module in (serving, data, labels, learning, governance, admin, performance):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     dashboard.install(app)

@@ -24,6 +24,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from silolearn.errors import AccessDenied
+from silolearn.monitoring.feedback import gauges
 from silolearn.pipeline import list_gate_runs
 from silolearn.service.auth import allow
 from silolearn.service.pool import WorkspacePool
@@ -122,6 +123,7 @@ class WorkspaceCollector(Collector):
             yield _gate_failures(ws, names)
             yield _privacy_remaining(ws, names)
             yield _open_incidents(ws.conn)
+            yield from _performance(ws, names)
 
 
 ROUND_OUTCOME = """
@@ -208,6 +210,37 @@ def _open_incidents(conn: Any) -> GaugeMetricFamily:
     for severity in SEVERITIES:
         family.add_metric((severity,), float(counts.get(severity, 0)))
     return family
+
+
+def _performance(ws: Any, names: dict[str, str]) -> Iterator[GaugeMetricFamily]:
+    """Performance monitoring per tenant and version (docs/monitoring.md)."""
+    families = {
+        "accuracy": GaugeMetricFamily(
+            "silolearn_performance_accuracy",
+            "Accuracy measured from feedback on served predictions, per tenant and version.",
+            labels=("tenant", "version"),
+        ),
+        "level": GaugeMetricFamily(
+            "silolearn_performance_chart_level",
+            "The control chart's statistic over its limit (an alarm at 1; 0 while its "
+            "burn-in sets the reference), per tenant and version.",
+            labels=("tenant", "version"),
+        ),
+        "estimate": GaugeMetricFamily(
+            "silolearn_performance_estimated_accuracy",
+            "Accuracy estimated without labels from the probabilities served (an estimate), "
+            "per tenant and version.",
+            labels=("tenant", "version"),
+        ),
+    }
+    for entry in gauges(ws):
+        if entry["tenant_id"] not in names:
+            continue
+        labels = (names[entry["tenant_id"]], str(entry["version"]))
+        for key, family in families.items():
+            if entry.get(key) is not None:
+                family.add_metric(labels, float(entry[key]))
+    yield from families.values()
 
 
 MetricsReader = allow("auditor", "admin")
