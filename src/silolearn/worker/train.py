@@ -315,9 +315,9 @@ def _lineage(
 
 
 def _from_feedback(stored: Stored) -> bool:
-    """A record stored from production feedback on a served prediction (the service
-    marks it ``meta.source = "feedback"``)."""
-    return stored.record.meta.get("source") == "feedback"
+    """A record whose label came back from production: feedback on a served prediction,
+    or an answer to the tenant's label queue (its label's provenance)."""
+    return stored.origin.source.value in ("feedback", "active")
 
 
 def _draw_canaries(params: dict[str, Any], labels: list[str], dp: bool) -> Any:
