@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from silolearn.audit.log import utcnow
 from silolearn.errors import ServiceUnavailable, SiloError
 from silolearn.learning.active import uncertainty
+from silolearn.monitoring.feedback import PerformanceMonitor
 from silolearn.service.auth import Reader
 from silolearn.service.batcher import BatcherStopped
 from silolearn.service.state import service_of
@@ -93,6 +94,9 @@ def predict(
                 obj=f"v{answer[0].version}",
                 details={"count": len(answer), "kept": retention > timedelta(0)},
             )
+            monitor = PerformanceMonitor(ws)
+            probabilities = [p.probabilities for p in answer]
+            monitor.served_in(conn, scope.tenant.id, answer[0].version, probabilities)
     version = str(answer[0].version)
     service.metrics.predictions.labels(tenant, version).inc(len(answer))
     service.metrics.latency.labels(tenant, version).observe(time.perf_counter() - started)
