@@ -1,6 +1,8 @@
 """The micro-batcher on its own: requests from many threads answered with their own results,
 flushes bounded and never splitting a request, keys served round-robin, flushes that are
-not full still sent, failures confined to their flush, a stop that drains then refuses."""
+not full still sent, failures confined to their flush, a stop that drains then refuses.
+Its timing guarantee (answers released at tick plus the release delay, never earlier;
+deadline misses counted) is in test_batcher_deadline.py."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class Recorder:
 def test_requests_from_many_threads_get_their_own_answers() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[str, int, tuple[str, list[int]]] = MicroBatcher(
-        recorder, window=0.002, max_items=16
+        recorder, window=0.002, max_items=16, release_delay=0.002
     )
     batcher.start()
     try:
@@ -55,7 +57,7 @@ def test_requests_from_many_threads_get_their_own_answers() -> None:
 def test_a_request_is_never_split_and_one_over_the_bound_goes_alone() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[str, int, tuple[str, list[int]]] = MicroBatcher(
-        recorder, window=0.002, max_items=3
+        recorder, window=0.002, max_items=3, release_delay=0.002
     )
     big = batcher.submit("a", [1, 2, 3, 4, 5])
     small = batcher.submit("b", [6])
@@ -72,8 +74,9 @@ def test_a_request_is_never_split_and_one_over_the_bound_goes_alone() -> None:
 def test_keys_are_served_round_robin_so_a_busy_key_does_not_hold_back_a_quiet_one() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[str, int, tuple[str, list[int]]] = MicroBatcher(
-        recorder, window=0.002, max_items=4
+        recorder, window=0.5, max_items=4, release_delay=0.002
     )
+    # a long window: the eleven requests below share its first tick
     busy = [batcher.submit("busy", [i, i]) for i in range(10)]
     quiet = batcher.submit("quiet", [99])
     batcher.start()
@@ -90,7 +93,7 @@ def test_keys_are_served_round_robin_so_a_busy_key_does_not_hold_back_a_quiet_on
 def test_a_flush_that_is_not_full_is_sent_on_the_next_tick() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[str, int, tuple[str, list[int]]] = MicroBatcher(
-        recorder, window=0.005, max_items=10_000
+        recorder, window=0.005, max_items=10_000, release_delay=0.002
     )
     batcher.start()
     try:
@@ -110,7 +113,9 @@ def test_a_failing_flush_fails_its_own_requests_only() -> None:
             raise ValueError("bad batch")
         return [len(items) for _, items in batch]
 
-    batcher: MicroBatcher[str, int, int] = MicroBatcher(sometimes, window=0.002, max_items=1)
+    batcher: MicroBatcher[str, int, int] = MicroBatcher(
+        sometimes, window=0.002, max_items=1, release_delay=0.002
+    )
     poisoned = batcher.submit("poison", [1])
     fine = batcher.submit("fine", [1, 2])
     batcher.start()
@@ -127,7 +132,7 @@ def test_a_failing_flush_fails_its_own_requests_only() -> None:
 def test_stop_answers_what_is_queued_then_refuses_new_requests() -> None:
     recorder = Recorder()
     batcher: MicroBatcher[str, int, tuple[str, list[int]]] = MicroBatcher(
-        recorder, window=0.002, max_items=2
+        recorder, window=0.002, max_items=2, release_delay=0.002
     )
     queued = [batcher.submit(f"k{i}", [i, i]) for i in range(5)]
     batcher.start()
@@ -140,7 +145,7 @@ def test_stop_answers_what_is_queued_then_refuses_new_requests() -> None:
 
 def test_the_batch_function_must_answer_every_request() -> None:
     batcher: MicroBatcher[str, int, int] = MicroBatcher(
-        lambda batch: [1], window=0.002, max_items=10
+        lambda batch: [1], window=0.002, max_items=10, release_delay=0.002
     )
     first, second = batcher.submit("a", [1]), batcher.submit("b", [2])
     batcher.start()

@@ -143,6 +143,7 @@ class Running:
                 predictor.answer_batch,
                 window=settings.service.batch_window_ms / 1000.0,
                 max_items=settings.service.max_batch_texts,
+                release_delay=settings.service.release_delay_ms / 1000.0,
             )
             jobs = JobRunner(path, max_workers=settings.training.max_workers)
             service = Service(

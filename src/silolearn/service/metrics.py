@@ -57,6 +57,14 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.deadline_misses = Counter(
+            "silolearn_predict_deadline_misses",
+            "Predict requests answered after their release deadline (tick plus the release "
+            "delay), per tenant: the micro-batcher was above capacity, and the latency of "
+            "these answers depended on the load of every tenant.",
+            ("tenant",),
+            registry=self.registry,
+        )
         self.feedback = Counter(
             "silolearn_feedback",
             "Feedback naming a served prediction, per tenant, version that served it and "

@@ -1,6 +1,12 @@
 """``POST /v1/tenants/{tenant}/predict``: the tenant's active version answers, through the
 shared micro-batcher; each text's prediction is kept sealed for feedback (``storage.served``)
-and the request is audited ``predict`` with its count and version, never its texts."""
+and the request is audited ``predict`` with its count and version, never its texts.
+
+The sealing, the audit event and the response's body are made as soon as the flush is
+computed and before the answer is released (``Ticket.then``): the batcher releases it at its
+tick plus ``[service] release_delay_ms``, so this work, whose time depends on what other
+requests write at the same moment, is hidden inside the delay too; after the release only
+the prepared body goes out."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import time
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from silolearn.audit.log import utcnow
@@ -18,9 +24,11 @@ from silolearn.learning.active import uncertainty
 from silolearn.monitoring.feedback import PerformanceMonitor
 from silolearn.service.auth import Reader
 from silolearn.service.batcher import BatcherStopped
-from silolearn.service.state import service_of
+from silolearn.service.drift import observe
+from silolearn.service.state import Answer, Service, service_of
 from silolearn.serving.predictor import check_texts
 from silolearn.storage.served import ServedStore, ServedText
+from silolearn.tenancy.access import Principal
 
 router = APIRouter(tags=["serving"])
 
@@ -46,13 +54,20 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
+def batch_key(tenant: str) -> str:
+    """The micro-batcher's key for a request of ``tenant``, which decides what answers it:
+    the tenant's active version, resolved once per flush (``Predictor.answer_batch``), so
+    every request of a flush, and every text of a request, is answered by one version."""
+    return tenant
+
+
 @router.post("/tenants/{tenant}/predict", response_model=PredictResponse)
 def predict(
     tenant: TenantPath,
     body: PredictRequest,
     request: Request,
     principal: Reader,
-) -> PredictResponse:
+) -> Response:
     """Labels and probabilities from the tenant's active adapter version (role ``reader``)."""
     service = service_of(request)
     started = time.perf_counter()
@@ -64,10 +79,24 @@ def predict(
     with service.workspace(principal) as ws:
         ws.tenants.get(tenant)
     try:
-        future = service.batcher.submit(tenant, body.texts)
+        ticket = service.batcher.submit(batch_key(tenant), body.texts)
     except BatcherStopped:
         raise ServiceUnavailable("the service is stopping: predict again shortly") from None
-    answer = future.result(timeout=ANSWER_TIMEOUT)
+    version, response = ticket.then(
+        lambda answer: _keep_and_respond(service, principal, tenant, body.texts, answer),
+        timeout=ANSWER_TIMEOUT,
+    )
+    service.metrics.predictions.labels(tenant, version).inc(len(body.texts))
+    service.metrics.latency.labels(tenant, version).observe(time.perf_counter() - started)
+    if ticket.late:
+        service.metrics.deadline_misses.labels(tenant).inc()
+    return response
+
+
+def _keep_and_respond(
+    service: Service, principal: Principal, tenant: str, texts: list[str], answer: Answer
+) -> tuple[str, Response]:
+    """Keep each prediction sealed for feedback, audit the request, and make its body."""
     if isinstance(answer, SiloError):
         raise answer
     served_at = utcnow()
@@ -81,7 +110,7 @@ def predict(
             uncertainty=uncertainty(list(p.probabilities.values())),
             embedding=p.embedding,
         )
-        for text, p in zip(body.texts, answer, strict=True)
+        for text, p in zip(texts, answer, strict=True)
     ]
     retention = timedelta(hours=service.settings.service.prediction_retention_hours)
     with service.workspace(principal) as ws:
@@ -97,10 +126,8 @@ def predict(
             monitor = PerformanceMonitor(ws)
             probabilities = [p.probabilities for p in answer]
             monitor.served_in(conn, scope.tenant.id, answer[0].version, probabilities)
-    version = str(answer[0].version)
-    service.metrics.predictions.labels(tenant, version).inc(len(answer))
-    service.metrics.latency.labels(tenant, version).observe(time.perf_counter() - started)
-    return PredictResponse(
+    observe(service, tenant, answer)
+    body = PredictResponse(
         tenant=tenant,
         predictions=[
             PredictionOut(
@@ -112,3 +139,4 @@ def predict(
             for p, s in zip(answer, served, strict=True)
         ],
     )
+    return str(answer[0].version), Response(body.model_dump_json(), media_type="application/json")
