@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from silolearn.errors import InvalidInput
 from silolearn.ingest.gateway import Gateway
-from silolearn.records import LabelOrigin, LabelSource, Record
+from silolearn.monitoring.feedback import PerformanceMonitor
+from silolearn.records import LabelOrigin, LabelSource, MetaValue, Record
 from silolearn.service.auth import Contributor
 from silolearn.service.state import service_of
 from silolearn.storage.scope import Purpose
@@ -43,6 +44,12 @@ class PredictionFeedback(BaseModel):
 
     prediction_id: StrictStr = Field(min_length=1, max_length=64)
     label: StrictStr = Field(min_length=1, max_length=256)
+    meta: dict[Annotated[StrictStr, Field(max_length=128)], MetaValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="The served item's meta (region, channel, product): performance is "
+        "watched per value of the fields that [performance] slice_fields names.",
+    )
     reviewed: StrictBool = Field(
         default=False,
         description="A person checked this label. Unreviewed feedback that repeats the "
@@ -152,6 +159,15 @@ def feedback(
         if served is not None and not report["rejected"]:
             # answered: it leaves the label queue
             ServedStore(scope).mark_answered(served.prediction_id)
+            given = report["accepted"] or report["repeats"] or report["contaminated"]
+            if isinstance(body, PredictionFeedback) and given:  # not the same one again
+                PerformanceMonitor(ws).feedback(
+                    tenant,
+                    version=served.version,
+                    served=served.label,
+                    label=body.label,
+                    meta=body.meta,
+                )
     service.metrics.record_ingest(tenant, report)
     if served is not None and report["accepted"]:
         correct = "true" if served.label == body.label else "false"
