@@ -6,8 +6,8 @@ their type (see ``silolearn.errors``).
 """
 
 # ruff: noqa: I001 -- the modules register their commands on import, in the order `--help` lists
-from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates, access, serve
-from silolearn.cli import monitor
+from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates, schedule
+from silolearn.cli import access, serve, monitor
 from silolearn.cli.base import app
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "main",
     "monitor",
     "privacy",
+    "schedule",
     "serve",
     "tenants",
 ]

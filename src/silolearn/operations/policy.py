@@ -57,7 +57,9 @@ def validate_policy(values: dict[str, Any]) -> SchedulePolicy:
         return SchedulePolicy.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'policy'}: {err['msg']}"
+            ".".join(str(p) for p in err["loc"]) + ": " + err["msg"]
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise InvalidInput(f"schedule policy: {problems}") from None

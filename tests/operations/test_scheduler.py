@@ -1,0 +1,235 @@
+"""The scheduler with the test clock, on real workspaces and real rounds of real data
+(issue 17, acceptance 1): a volume trigger and a schedule start rounds when due and not
+before; a rejected candidate backs off; a quarantined tenant never trains; two tenants'
+schedules never interfere.
+
+The manual clock starts years after the machine's: the rounds' own bookkeeping (training
+runs, record arrival) is stamped by the system clock, and the scheduler takes the latest
+of both as a tenant's last round, so the test clock must run ahead of it."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from silolearn import Workspace
+from silolearn.clock import ManualClock
+from silolearn.datasets import bbc_news, sample
+from silolearn.operations.policy import SchedulePolicies
+from silolearn.operations.scheduler import (
+    Decision,
+    Decisions,
+    InlineLauncher,
+    Launched,
+    Scheduler,
+    backoff,
+    schedule_view,
+)
+from silolearn.operations.times import stamp
+from silolearn.operations.triggers import Firing
+
+MONDAY = datetime(2035, 1, 1, tzinfo=UTC)
+"""A Monday at midnight, years after the machine's clock."""
+
+
+def _scheduler(path: Path, clock: ManualClock) -> Scheduler:
+    return Scheduler(lambda: Workspace.open(path, actor="scheduler"), InlineLauncher(), clock)
+
+
+def _tick(scheduler: Scheduler, clock: ManualClock, moment: datetime) -> dict[str, Decision]:
+    """Move the clock to ``moment`` and tick: the new decisions by tenant."""
+    clock.set(moment)
+    return {d.tenant: d for d in scheduler.tick()}
+
+
+def _runs(path: Path, tenant: str) -> int:
+    with Workspace.open(path, actor="test") as ws:
+        info = ws.tenants.get(tenant)
+        (count,) = ws.conn.execute(
+            "SELECT COUNT(*) FROM training_runs WHERE tenant_id = ?", (info.id,)
+        ).fetchone()
+    return int(count)
+
+
+def _view(path: Path, tenant: str, now: datetime) -> dict[str, Any]:
+    with Workspace.open(path, actor="test") as ws:
+        return schedule_view(ws, tenant, now)
+
+
+def _audited(path: Path, action: str, tenant: str) -> list[dict[str, Any]]:
+    with Workspace.open(path, actor="test") as ws:
+        return [e.to_dict() for e in ws.audit.events(action=action, tenant=tenant)]
+
+
+def test_volume_and_schedule_start_rounds_when_due_and_not_before_and_never_interfere(
+    ws: Workspace,
+) -> None:
+    path = ws.path
+    rows = sample(bbc_news(), 460, seed=11)
+    news_rows, weekly_rows = rows[:340], rows[340:]
+    clock = ManualClock(MONDAY)
+    for tenant in ("news", "weekly"):
+        ws.create_tenant(tenant)
+    ws.tenant("news").ingest(news_rows[:200])
+    ws.tenant("weekly").ingest(weekly_rows)
+    policies = SchedulePolicies(ws)
+    policies.set("news", {"triggers": ["volume"], "min_new_records": 100}, at=clock.now())
+    policies.set("weekly", {"triggers": ["schedule"], "cron": "0 3 * * 1"}, at=clock.now())
+    scheduler = _scheduler(path, clock)
+
+    # Monday 00:00: news has ~180 new labelled training records, weekly's first fire time
+    # is 03:00
+    made = _tick(scheduler, clock, MONDAY)
+    assert set(made) == {"news"}
+    first = made["news"]
+    assert (first.decision, first.trigger, first.outcome) == ("trigger", "volume", "active")
+    assert first.evidence is not None and first.evidence["new_labelled"] >= 100
+    assert first.evidence["new_labelled"] == first.evidence["new_records"]
+    weekly = _view(path, "weekly", clock.now())
+    assert weekly["state"]["next_scheduled"] == "2035-01-01T03:00:00.000000Z"
+    assert weekly["decisions"] == []
+
+    # nothing new for news, and weekly's time has not come: nothing starts
+    assert _tick(scheduler, clock, MONDAY + timedelta(hours=1)) == {}
+    with Workspace.open(path, actor="test") as ws2:
+        ws2.tenant("news").ingest(news_rows[200:260])  # ~54 training records: too few
+    assert _tick(scheduler, clock, MONDAY + timedelta(hours=2, minutes=59, seconds=59)) == {}
+    assert _runs(path, "weekly") == 0
+
+    # 03:00: weekly's schedule fires; news's volume does not move
+    news_before = _view(path, "news", clock.now())["state"]
+    made = _tick(scheduler, clock, MONDAY + timedelta(hours=3))
+    assert set(made) == {"weekly"}
+    assert (made["weekly"].trigger, made["weekly"].outcome) == ("schedule", "active")
+    assert made["weekly"].evidence is not None
+    assert made["weekly"].evidence["fire_at"] == "2035-01-01T03:00:00.000000Z"
+    news_after = _view(path, "news", clock.now())["state"]
+    assert news_after["records_mark"] == news_before["records_mark"]
+    assert news_after["since"] == news_before["since"]
+    assert _tick(scheduler, clock, MONDAY + timedelta(days=7, hours=2)) == {}
+
+    # a week later: news has enough new records and weekly's next fire time has come at
+    # the same tick; one round at a time ([schedule] max_concurrent_rounds = 1)
+    with Workspace.open(path, actor="test") as ws2:
+        ws2.tenant("news").ingest(news_rows[260:])
+    made = _tick(scheduler, clock, MONDAY + timedelta(days=7, hours=3))
+    assert (made["news"].decision, made["news"].trigger) == ("trigger", "volume")
+    assert made["news"].outcome in ("active", "rejected")
+    assert made["news"].evidence is not None
+    assert made["news"].evidence["after_seq"] == first.records_seq
+    assert (made["weekly"].decision, made["weekly"].reason) == ("skip", "capacity")
+    assert _runs(path, "weekly") == 1
+
+    audited = _audited(path, "schedule.trigger", "news")
+    assert [e["details"]["trigger"] for e in audited] == ["volume", "volume"]
+    assert audited[0]["details"]["evidence"]["new_labelled"] == first.evidence["new_labelled"]
+    assert [e["details"]["reason"] for e in _audited(path, "schedule.skip", "weekly")] == [
+        "capacity"
+    ]
+
+
+def test_quarantined_tenant_never_trains(ws: Workspace) -> None:
+    path = ws.path
+    clock = ManualClock(MONDAY)
+    ws.create_tenant("held")
+    ws.tenant("held").ingest(sample(bbc_news(), 150, seed=5))
+    SchedulePolicies(ws).set(
+        "held",
+        {"triggers": ["volume", "schedule"], "cron": "0 * * * *", "min_new_records": 50},
+        at=clock.now(),
+    )
+    ws.tenant("held").quarantine("an incident under review")
+    scheduler = _scheduler(path, clock)
+
+    made = _tick(scheduler, clock, MONDAY + timedelta(hours=1))
+    skipped = made["held"]
+    assert (skipped.decision, skipped.trigger, skipped.reason) == ("skip", "volume", "quarantined")
+    assert skipped.evidence is not None and skipped.evidence["also"] == ["schedule"]
+    # the quarantined tenant's records are counted, never opened
+    assert "new_labelled" not in skipped.evidence and skipped.evidence["new_records"] >= 50
+    for hours in (2, 24, 24 * 7):
+        assert _tick(scheduler, clock, MONDAY + timedelta(hours=hours)) == {}
+    assert _runs(path, "held") == 0
+    with Workspace.open(path, actor="test") as ws2:
+        assert [d.decision for d in Decisions(ws2).list("held")] == ["skip"]
+    assert len(_audited(path, "schedule.skip", "held")) == 1
+
+
+def _shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The same texts with their labels permuted: nothing to learn beyond the labels' shares,
+    so a first version cannot be shown better than always answering the commonest label."""
+    labels = [row["label"] for row in rows]
+    random.Random(seed).shuffle(labels)
+    return [{**row, "label": label} for row, label in zip(rows, labels, strict=True)]
+
+
+def test_rejected_candidate_backs_off(ws: Workspace) -> None:
+    path = ws.path
+    clock = ManualClock(MONDAY)
+    ws.create_tenant("noise")
+    ws.tenant("noise").ingest(_shuffled(sample(bbc_news(), 200, seed=3), seed=5))
+    SchedulePolicies(ws).set(
+        "noise",
+        {
+            "triggers": ["schedule"],
+            "cron": "*/10 * * * *",
+            "backoff_minutes": 30,
+            "backoff_max_hours": 6,
+        },
+        at=clock.now(),
+    )
+    scheduler = _scheduler(path, clock)
+
+    assert _tick(scheduler, clock, MONDAY + timedelta(minutes=9, seconds=59)) == {}
+    first = _tick(scheduler, clock, MONDAY + timedelta(minutes=10))["noise"]
+    assert (first.decision, first.outcome) == ("trigger", "rejected")
+    assert first.backoff_until == "2035-01-01T00:40:00.000000Z"
+
+    # due every ten minutes, held back until the back-off ends (recorded once)
+    held = _tick(scheduler, clock, MONDAY + timedelta(minutes=20))["noise"]
+    assert (held.decision, held.reason) == ("skip", "backoff")
+    assert _tick(scheduler, clock, MONDAY + timedelta(minutes=30)) == {}
+    assert _runs(path, "noise") == 1
+
+    second = _tick(scheduler, clock, MONDAY + timedelta(minutes=40))["noise"]
+    assert second.decision == "trigger" and second.outcome in ("rejected", "failed")
+    # doubled after the second unsuccessful round in a row
+    assert second.backoff_until == "2035-01-01T01:40:00.000000Z"
+    held = _tick(scheduler, clock, MONDAY + timedelta(hours=1, minutes=39))["noise"]
+    assert held.reason == "backoff"
+    view = _view(path, "noise", clock.now())
+    assert view["state"]["failures"] == 2
+    assert view["state"]["backoff_until"] == "2035-01-01T01:40:00.000000Z"
+    finished = _audited(path, "schedule.finished", "noise")
+    assert [e["details"]["failures"] for e in finished] == [1, 2]
+
+
+def test_backoff_doubles_to_its_cap_and_a_promotion_resets_it(ws: Workspace) -> None:
+    """The bookkeeping of outcomes on the real tables: rejected, failed, rejected, then a
+    promotion; an interrupted round neither backs off nor resets."""
+    ws.create_tenant("acme")
+    policy = (
+        SchedulePolicies(ws)
+        .set("acme", {"backoff_minutes": 45, "backoff_max_hours": 2}, at=MONDAY)
+        .policy
+    )
+    assert [backoff(policy, n) for n in range(5)] == [
+        timedelta(0),
+        timedelta(minutes=45),
+        timedelta(minutes=90),
+        timedelta(hours=2),
+        timedelta(hours=2),
+    ]
+    decisions = Decisions(ws)
+    info = ws.tenants.get("acme")
+    now = MONDAY
+    expected = [("rejected", 1), ("failed", 2), ("interrupted", 2), ("rejected", 3), ("active", 0)]
+    for outcome, failures in expected:
+        now += timedelta(hours=3)
+        made = decisions.record(info, now, Firing("volume", {"new_records": 1}), reason=None)
+        done = decisions.finish(info, made.id, Launched(job=None, outcome=outcome), now)
+        assert decisions.failures("acme") == failures
+        wait = backoff(policy, failures) if outcome in ("rejected", "failed") else timedelta(0)
+        assert done.backoff_until == (None if wait == timedelta(0) else stamp(now + wait))
