@@ -21,7 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from silolearn.clock import SYSTEM
 from silolearn.errors import ServiceUnavailable
+from silolearn.operations.scheduler import SchedulerLoop
 from silolearn.service import (
     admin,
     dashboard,
@@ -31,6 +33,7 @@ from silolearn.service import (
     learning,
     metrics,
     performance,
+    schedule,
     serving,
 )
 from silolearn.service.auth import Gatekeeper, RateLimiter
@@ -40,6 +43,7 @@ from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
+from silolearn.service.schedule import start_scheduler
 from silolearn.service.state import Answer, Service
 from silolearn.serving.predictor import Predictor
 from silolearn.version import __version__
@@ -86,7 +90,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.service.max_body_bytes)
-    for module in (serving, data, labels, learning, governance, admin, performance):
+    for module in (serving, data, labels, learning, governance, admin, performance, schedule):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     dashboard.install(app)
@@ -128,6 +132,7 @@ class Running:
         self._batcher_ws = batcher_ws
         self._jobs = jobs
         self._stopped = False
+        self.scheduler: SchedulerLoop | None = None
 
     @classmethod
     def start(cls, path: Path, *, retention_interval: float = 60.0) -> Running:
@@ -175,7 +180,9 @@ class Running:
             raise
         batcher.start()
         retention.start()
-        return cls(service, retention, batcher_ws, jobs)
+        running = cls(service, retention, batcher_ws, jobs)
+        running.scheduler = start_scheduler(path, jobs, SYSTEM)
+        return running
 
     def stop(self) -> None:
         """Drain the micro-batcher, wait for running rounds, close the workspaces."""
@@ -187,6 +194,8 @@ class Running:
         try:
             service.batcher.stop()
             self._retention.stop()
+            if self.scheduler is not None:
+                self.scheduler.stop()
             self._jobs.shutdown()
             with service.pool.borrow() as ws:
                 ws.audit.append("service.stop")
