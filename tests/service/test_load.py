@@ -25,10 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from service_helpers import SERVER_ENV, Server, free_port, start_server, stop_server
+from service_helpers import (
+    SERVER_ENV,
+    Server,
+    audit_verify,
+    check_stored,
+    free_port,
+    start_server,
+    stop_server,
+)
 from silolearn import Workspace
 from silolearn.datasets import rotten_tomatoes, sample
-from silolearn.storage.scope import Purpose
 
 LOAD_SECONDS = float(os.environ.get("SILOLEARN_LOAD_SECONDS", "30"))
 KILL_LOAD_SECONDS = 12.0
@@ -122,36 +129,10 @@ def _results(
     return by_tenant, resent
 
 
-def _check_stored(path: Path, expected: dict[str, set[str]]) -> dict[str, int]:
-    """Every id told stored is in its tenant's store; returns the row counts."""
-    counts = {}
-    with Workspace.open(path, actor="test") as ws:
-        for tenant, ids in expected.items():
-            scope = ws.scope(tenant, purpose=Purpose.AUDIT)
-            hashes = {scope.keyed_hash("rid", i): i for i in ids}
-            found = scope.train.existing(hashes) | scope.eval.existing(hashes)
-            missing = sorted(hashes[h] for h in set(hashes) - set(found))
-            assert not missing, f"{tenant}: {len(missing)} lost, e.g. {missing[:5]}"
-            shown = ws.tenant(tenant).show()
-            counts[tenant] = int(shown["train"]) + int(shown["eval"])
-    return counts
-
-
-def _audit_verify(path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "silolearn.cli", "audit", "verify", "-w", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-
 def test_load_with_a_round_running_loses_nothing_and_audit_verify_passes(
     loaded: Server, tmp_path: Path
 ) -> None:
-    before = _check_stored(loaded.path, {"alpha": set(), "beta": set()})
+    before = check_stored(loaded.path, {"alpha": set(), "beta": set()})
     clients = _clients(loaded, LOAD_SECONDS, "a", tmp_path)
     trainer = loaded.token("alpha", "trainer")
     # once the clients have stored something new: the round learns from it, up to now
@@ -166,19 +147,19 @@ def test_load_with_a_round_running_loses_nothing_and_audit_verify_passes(
     done = loaded.wait_for_job(job.json()["id"], trainer)
     assert done["state"] == "succeeded", json.dumps(done)
     expected = {t: set(ids) for t, ids in results.items()}
-    after = _check_stored(loaded.path, expected)
+    after = check_stored(loaded.path, expected)
     for tenant, ids in expected.items():
         # each id once: the store grew by exactly the ids told stored, which a client
         # never sends twice when no answer was lost
         assert len(results[tenant]) == len(ids)
         assert after[tenant] == before[tenant] + len(ids)
-    _audit_verify(loaded.path)
+    audit_verify(loaded.path)
 
 
 def test_sigkill_mid_load_then_restart_loses_nothing_and_duplicates_nothing(
     loaded: Server, tmp_path: Path
 ) -> None:
-    before = _check_stored(loaded.path, {"alpha": set(), "beta": set()})
+    before = check_stored(loaded.path, {"alpha": set(), "beta": set()})
     clients = _clients(loaded, KILL_LOAD_SECONDS, "k", tmp_path)
     time.sleep(KILL_LOAD_SECONDS / 2)
     loaded.process.send_signal(signal.SIGKILL)
@@ -190,9 +171,9 @@ def test_sigkill_mid_load_then_restart_loses_nothing_and_duplicates_nothing(
     results, resent = _results(clients, "k", tmp_path)
     assert resent > 0  # every client lost answers while the server was down
     expected = {t: set(ids) for t, ids in results.items()}
-    after = _check_stored(loaded.path, expected)
+    after = check_stored(loaded.path, expected)
     for tenant, ids in expected.items():
         # a request sent again after its answer was lost is stored once: the store grew
         # by exactly the distinct ids told stored
         assert after[tenant] == before[tenant] + len(ids)
-    _audit_verify(loaded.path)
+    audit_verify(loaded.path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -20,10 +22,12 @@ def serve(
     ] = "info",
 ) -> None:
     """Serve the HTTP API (/v1, /openapi.json, /healthz, /readyz) until SIGTERM or Ctrl-C;
-    then in-flight requests finish and running rounds are waited for."""
+    then new requests get 503, in-flight ones finish, running rounds are waited for up to
+    [service] round_grace_seconds (then left interrupted), and the process exits 0."""
     import uvicorn
 
     from silolearn.service.app import Running, create_app
+    from silolearn.service.shutdown import GracefulServer
 
     path = workspace if workspace is not None else _default_workspace()
     running = Running.start(path)
@@ -33,6 +37,13 @@ def serve(
         config = uvicorn.Config(
             application, host=host, port=port, log_level=log_level, lifespan="on"
         )
-        uvicorn.Server(config).run()
+        GracefulServer(config, running).run()
     finally:
         running.stop()
+    if running.cut_short:
+        # the rounds' threads cannot be stopped: end the process without joining them,
+        # as a crash would (their jobs are marked interrupted, their runs abandoned next)
+        err.print(f"rounds left interrupted: {', '.join(running.cut_short)}", highlight=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -4,14 +4,15 @@
 Starting it opens the workspace, checks the base model's digest (I3) and loads the frozen
 encoder once, starts the micro-batcher, marks jobs a previous process left unfinished as
 interrupted, and purges expired kept predictions; stopping it (after the server has let
-in-flight requests finish) drains the micro-batcher, waits for running rounds and closes
-the workspaces, signing the audit head. ``/healthz`` answers while the process is up,
-``/readyz`` while it serves; everything else is under ``/v1``, JSON in and out, described by
-``/openapi.json``.
+in-flight requests finish, ``silolearn.service.shutdown``) drains the micro-batcher, waits
+for running rounds up to their grace and closes the workspaces, signing the audit head.
+``/healthz`` answers while the process is up, ``/readyz`` while it serves; everything else
+is under ``/v1``, JSON in and out, described by ``/openapi.json``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
+from silolearn.service.shutdown import DrainRequests
 from silolearn.service.schedule import start_scheduler
 from silolearn.service.state import Answer, Service
 from silolearn.serving.predictor import Predictor
@@ -90,6 +92,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.service.max_body_bytes)
+    app.add_middleware(DrainRequests)
     for module in (serving, data, labels, learning, governance, admin, performance, schedule):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
@@ -132,6 +135,10 @@ class Running:
         self._batcher_ws = batcher_ws
         self._jobs = jobs
         self._stopped = False
+        self._grace_ends: float | None = None
+        self.cut_short: list[str] = []
+        """Jobs whose rounds were still running when the grace ended: the process ends
+        without waiting for their threads."""
         self.scheduler: SchedulerLoop | None = None
 
     @classmethod
@@ -184,19 +191,48 @@ class Running:
         running.scheduler = start_scheduler(path, jobs, SYSTEM)
         return running
 
+    def begin_drain(self) -> None:
+        """Take no new request and start no queued round; the rounds' grace starts now."""
+        self.service.drain.start()
+        self._jobs.stop_starting()
+        self._grace_end()
+        with self.service.pool.borrow() as ws:
+            ws.audit.append(
+                "service.draining",
+                details={
+                    "in_flight": self.service.drain.in_flight,
+                    "rounds_running": self._jobs.running,
+                    "round_grace_seconds": self.service.settings.service.round_grace_seconds,
+                },
+            )
+
+    def drained(self) -> bool:
+        """No request in flight, and no round running or its grace over."""
+        if self.service.drain.in_flight:
+            return False
+        return not self._jobs.running or time.monotonic() >= self._grace_end()
+
+    def _grace_end(self) -> float:
+        """When the rounds' grace ends: so long after draining (or stopping) began."""
+        if self._grace_ends is None:
+            self._grace_ends = time.monotonic() + self.service.settings.service.round_grace_seconds
+        return self._grace_ends
+
     def stop(self) -> None:
-        """Drain the micro-batcher, wait for running rounds, close the workspaces."""
+        """Drain the micro-batcher, wait for running rounds up to their grace (those still
+        running are marked interrupted, ``cut_short``), close the workspaces."""
         if self._stopped:
             return
         self._stopped = True
         service = self.service
-        service.draining = True
+        service.drain.start()
         try:
             service.batcher.stop()
             self._retention.stop()
             if self.scheduler is not None:
                 self.scheduler.stop()
-            self._jobs.shutdown()
+            grace = max(0.0, self._grace_end() - time.monotonic())
+            self.cut_short = self._jobs.shutdown(grace=grace)
             with service.pool.borrow() as ws:
                 ws.audit.append("service.stop")
         finally:

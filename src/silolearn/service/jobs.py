@@ -7,10 +7,13 @@ subprocesses as everywhere else. A job's state is a row of ``service_jobs`` (que
 running, succeeded, failed, interrupted) with the round's outcome and version and, on
 failure, the typed error's code; the round's metrics and verdicts are in its version row.
 
-When the service stops, queued jobs are not started (interrupted) and running ones are
-waited for, so a round is left as the stages leave it; a job found queued or running by a
-service that starts again was cut short by a crash and is marked interrupted (its round,
-if it had begun, is abandoned by the rounds' own bookkeeping and serves nothing, I8).
+When the service drains (``silolearn.service.shutdown``), queued jobs are not started
+(interrupted) and running ones are waited for up to ``[service] round_grace_seconds``, so a
+round is left as the stages leave it; one still running when the grace ends is marked
+interrupted and cut short with the process, as a crash would cut it. A job found queued or
+running by a service that starts again was cut short by a crash and is marked interrupted.
+Either way its round, if it had begun, is abandoned by the rounds' own bookkeeping (the
+tenant's next round marks its training run ``abandoned``) and serves nothing (I8).
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import json
 import logging
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from silolearn.audit.log import utcnow
 from silolearn.db import transaction
-from silolearn.errors import ConflictError, NotFoundError, SiloError
+from silolearn.errors import ConflictError, NotFoundError, ServiceUnavailable, SiloError
 from silolearn.pipeline import Trainer
 from silolearn.tenancy.access import Principal
 from silolearn.workspace import Workspace
@@ -66,6 +69,8 @@ class JobRunner:
         """Tenant id -> the job queued or running for it."""
         self._errors: dict[str, dict[str, Any]] = {}
         """The full typed error of jobs that failed in this process (the row keeps the code)."""
+        self._futures: dict[str, Future[None]] = {}
+        """Jobs submitted and not finished, by id."""
 
     def recover(self, ws: Workspace) -> int:
         """Mark the jobs a previous service left queued or running as interrupted."""
@@ -102,7 +107,16 @@ class JobRunner:
                 ws.audit.append_in(
                     conn, "round.requested", tenant=tenant, obj=job_id, details=params
                 )
-            self._pool.submit(self._run, job_id, info.id, tenant, params, principal.actor)
+            try:
+                future = self._pool.submit(
+                    self._run, job_id, info.id, tenant, params, principal.actor
+                )
+            except RuntimeError:  # the pool was shut down: the service is draining
+                self._set(ws, job_id, state="interrupted", finished_at=utcnow())
+                raise ServiceUnavailable("the service is stopping: start the round again") from None
+            with self._lock:
+                self._futures[job_id] = future
+            future.add_done_callback(lambda _: self._forget(job_id))
         except BaseException:
             with self._lock:
                 self._busy.pop(info.id, None)
@@ -123,21 +137,58 @@ class JobRunner:
             job["error"] = {"error": job["error"], "message": "", "details": {}}
         return job
 
-    def shutdown(self) -> None:
-        """Start nothing more (queued jobs are interrupted) and wait for running rounds."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        with Workspace.open(self._path, actor="service") as ws, transaction(ws.conn) as conn:
-            conn.execute(
-                "UPDATE service_jobs SET state = 'interrupted', finished_at = ? "
-                "WHERE state = 'queued'",
-                (utcnow(),),
-            )
+    @property
+    def running(self) -> bool:
+        """Whether a round is running (queued ones are not started once draining)."""
+        with self._lock:
+            return any(f.running() for f in self._futures.values())
 
-    def _set(self, ws: Workspace, job_id: str, **fields: Any) -> None:
+    def stop_starting(self) -> None:
+        """Start no job from now on: queued ones are cancelled (``shutdown`` marks them)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self, *, grace: float) -> list[str]:
+        """Start nothing more (queued jobs are interrupted), wait up to ``grace`` seconds for
+        running rounds, and mark those still running interrupted: their ids are returned,
+        and the caller ends the process without waiting for them."""
+        self.stop_starting()
+        with self._lock:
+            futures = dict(self._futures)
+        _, late = wait(futures.values(), timeout=grace)
+        cut = sorted(job for job, future in futures.items() if future in late)
+        now = utcnow()
+        with Workspace.open(self._path, actor="service") as ws:
+            with transaction(ws.conn) as conn:
+                conn.execute(
+                    "UPDATE service_jobs SET state = 'interrupted', finished_at = ? "
+                    "WHERE state = 'queued'",
+                    (now,),
+                )
+                conn.executemany(
+                    "UPDATE service_jobs SET state = 'interrupted', finished_at = ? "
+                    "WHERE id = ? AND state IN ('queued', 'running')",
+                    [(now, job) for job in cut],
+                )
+            if cut:
+                ws.audit.append(
+                    "service.jobs_interrupted",
+                    details={"jobs": len(cut), "ids": cut, "reason": "round grace passed"},
+                )
+        return cut
+
+    def _forget(self, job_id: str) -> None:
+        with self._lock:
+            self._futures.pop(job_id, None)
+
+    def _set(self, ws: Workspace, job_id: str, *, ending: bool = False, **fields: Any) -> None:
+        """Update a job's row; ``ending`` a running one (not one the shutdown marked
+        interrupted meanwhile)."""
         assignments = ", ".join(f"{k} = ?" for k in fields)
+        guard = " AND state = 'running'" if ending else ""
         with transaction(ws.conn) as conn:
             conn.execute(
-                f"UPDATE service_jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id)
+                f"UPDATE service_jobs SET {assignments} WHERE id = ?{guard}",
+                (*fields.values(), job_id),
             )
 
     def _run(
@@ -150,7 +201,14 @@ class JobRunner:
                     result = Trainer(ws).train(tenant, **params)
                 except SiloError as exc:
                     self._errors[job_id] = exc.to_dict()
-                    self._set(ws, job_id, state="failed", error=exc.code, finished_at=utcnow())
+                    self._set(
+                        ws,
+                        job_id,
+                        ending=True,
+                        state="failed",
+                        error=exc.code,
+                        finished_at=utcnow(),
+                    )
                     return
                 except Exception as exc:
                     _log.exception("job %s (a round of %s) failed", job_id, tenant)
@@ -160,7 +218,12 @@ class JobRunner:
                         "details": {},
                     }
                     self._set(
-                        ws, job_id, state="failed", error="InternalError", finished_at=utcnow()
+                        ws,
+                        job_id,
+                        ending=True,
+                        state="failed",
+                        error="InternalError",
+                        finished_at=utcnow(),
                     )
                     return
                 error = None if result.error is None else str(result.error.get("error"))
@@ -169,6 +232,7 @@ class JobRunner:
                 self._set(
                     ws,
                     job_id,
+                    ending=True,
                     state="failed" if result.status == "failed" else "succeeded",
                     outcome=result.status,
                     version=result.version,

@@ -1,8 +1,9 @@
-"""What the running service holds: its settings, workspaces, gatekeeper, micro-batcher and
-jobs; route modules reach it as ``service_of(request)``."""
+"""What the running service holds: its settings, workspaces, gatekeeper, micro-batcher,
+jobs and requests in flight; route modules reach it as ``service_of(request)``."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,38 @@ from silolearn.workspace import Workspace
 Answer = list[Prediction] | SiloError
 
 
+class Drain:
+    """The requests in flight, and whether the service is draining: then it takes no new
+    request, and lets those in flight finish (``silolearn.service.shutdown``)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Take no new request from now on. Safe in a signal handler: it takes no lock (a
+        request entering at this very moment is counted in flight and finishes)."""
+        self.draining = True
+
+    def enter(self) -> bool:
+        """Count a request in flight; False when draining (the request is refused)."""
+        with self._lock:
+            if self.draining:
+                return False
+            self._in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+
 @dataclass
 class Service:
     path: Path
@@ -35,10 +68,14 @@ class Service:
     jobs: JobRunner
     base_model_sha256: str
     metrics: ServiceMetrics
-    draining: bool = False
+    drain: Drain = field(default_factory=Drain)
     _serving_scopes: dict[tuple[int, str], tuple[str, int, TenantScope]] = field(
         default_factory=dict
     )
+
+    @property
+    def draining(self) -> bool:
+        return self.drain.draining
 
     @contextmanager
     def workspace(self, principal: Principal | None = None) -> Iterator[Workspace]:
