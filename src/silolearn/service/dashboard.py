@@ -25,9 +25,11 @@ from fastapi.security import HTTPAuthorizationCredentials
 from jinja2 import Environment, PackageLoader
 from starlette.concurrency import run_in_threadpool
 
+from silolearn.clock import SYSTEM
 from silolearn.errors import AuditChainBroken, SiloError, Unauthenticated
 from silolearn.ingest.health import tenant_health
 from silolearn.monitoring.incidents import Incidents
+from silolearn.operations.scheduler import schedule_view
 from silolearn.pipeline import list_gate_runs
 from silolearn.privacy.ledger import tenant_scope
 from silolearn.registry.versions import AdapterRegistry
@@ -273,6 +275,7 @@ def tenant_view(service: Service, ws: Workspace, tenant: str) -> dict[str, Any]:
         "gate_runs": gate_runs,
         "ledger": ledger,
         "incidents": _incidents(ws, tenant),
+        "schedule": schedule_view(ws, tenant, SYSTEM.now(), limit=10),
         "health": tenant_health(ws, tenant),
         "stats": ws.tenants.stats(info),
     }
