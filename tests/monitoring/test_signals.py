@@ -52,7 +52,7 @@ def test_signals_found_by_tenant_time_and_confirmation(ws: Workspace) -> None:
     assert signals.latest("alpha", "drift.embedding") == second
 
     audited = ws.audit.events(action="monitor.signal")
-    assert [(e.tenant, e.object) for e in audited][0] == ("alpha", f"signal/{second.id}")
+    assert (audited[0].tenant, audited[0].object) == ("alpha", f"signal/{second.id}")
     assert [e.tenant for e in audited] == ["alpha", "beta"]  # only confirmed ones
     assert audited[0].details["evidence"]["window"] == 200
     raw = (ws.path / DB_FILE).read_bytes()

@@ -1,0 +1,92 @@
+"""Drift monitoring off the request's path: the predict handler hands each answered request's
+embeddings and predicted labels to a bounded queue and returns; one background thread,
+with its own workspace, feeds them to the ``DriftMonitor``. When the queue is full (the
+monitor cannot keep up) a batch is dropped and counted, never waited for: serving comes
+first, and a dropped batch only thins the sample the drift tests see."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from silolearn.errors import SiloError
+
+_log = logging.getLogger("silolearn.monitoring")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One request's answer as the monitor needs it."""
+
+    tenant: str
+    version: int
+    embeddings: npt.NDArray[np.float32] | None
+    labels: list[str]
+
+
+class DriftQueue:
+    """A bounded queue drained by one thread calling ``handle`` on each batch; ``handle``
+    and ``close`` are made in the thread by ``open_handler`` (so its workspace belongs to
+    that thread), ``close`` called when the queue stops."""
+
+    def __init__(
+        self,
+        open_handler: Callable[[], tuple[Callable[[Served], Any], Callable[[], None]]],
+        *,
+        capacity: int = 1000,
+    ) -> None:
+        self._open_handler = open_handler
+        self._queue: queue.Queue[Served | None] = queue.Queue(maxsize=capacity)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="drift-monitor", daemon=True)
+        self._thread.start()
+
+    def submit(self, served: Served) -> bool:
+        """Queue ``served`` without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(served)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def join(self) -> None:
+        """Wait until every queued batch has been handled."""
+        self._queue.join()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        handle, close = self._open_handler()
+        while True:
+            served = self._queue.get()
+            if served is None:
+                self._queue.task_done()
+                close()
+                return
+            try:
+                handle(served)
+            except SiloError as exc:
+                self.failed += 1
+                _log.warning("drift monitoring of %s skipped a batch: %s", served.tenant, exc)
+            except Exception:  # the monitor must not die with one bad batch
+                self.failed += 1
+                _log.exception("drift monitoring failed on a batch of %s", served.tenant)
+            finally:
+                self._queue.task_done()
