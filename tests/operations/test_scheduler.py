@@ -17,6 +17,7 @@ from typing import Any
 from silolearn import Workspace
 from silolearn.clock import ManualClock
 from silolearn.datasets import bbc_news, sample
+from silolearn.monitoring.signals import Signal, Signals
 from silolearn.operations.policy import SchedulePolicies
 from silolearn.operations.scheduler import (
     Decision,
@@ -233,3 +234,45 @@ def test_backoff_doubles_to_its_cap_and_a_promotion_resets_it(ws: Workspace) -> 
         assert decisions.failures("acme") == failures
         wait = backoff(policy, failures) if outcome in ("rejected", "failed") else timedelta(0)
         assert done.backoff_until == (None if wait == timedelta(0) else stamp(now + wait))
+
+
+def test_confirmed_signals_newer_than_the_last_round_trigger(ws: Workspace) -> None:
+    """Performance and drift triggers read the monitors' signals (monitoring.signals): only
+    confirmed ones of the policy's families, recorded after the tenant's last round. The
+    tenant is backing off from an earlier rejected round here, so what fires is recorded
+    as a skip and no round runs."""
+    ws.create_tenant("watched")
+    SchedulePolicies(ws).set("watched", {"triggers": ["drift"], "backoff_minutes": 120}, at=MONDAY)
+    info = ws.tenants.get("watched")
+    decisions = Decisions(ws)
+    made = decisions.record(info, MONDAY, Firing("drift", {}), reason=None)
+    decisions.finish(info, made.id, Launched(job=None, outcome="rejected"), MONDAY)
+    signals = Signals(ws)
+
+    def signal(minutes: int, kind: str, *, confirmed: bool) -> Signal:
+        return signals.record(
+            Signal(
+                tenant="watched",
+                kind=kind,
+                version=1,
+                at=MONDAY + timedelta(minutes=minutes),
+                statistic=0.31,
+                threshold=0.12,
+                confirmed=confirmed,
+                evidence={"window": 100},
+            )
+        )
+
+    signal(-30, "drift.embedding", confirmed=True)  # before the last round
+    signal(5, "drift.prediction", confirmed=False)
+    signal(10, "performance", confirmed=True)  # not a trigger of this policy
+    clock = ManualClock(MONDAY)
+    scheduler = _scheduler(ws.path, clock)
+    assert _tick(scheduler, clock, MONDAY + timedelta(minutes=15)) == {}
+    drift = signal(20, "slice.drift", confirmed=True)
+    held = _tick(scheduler, clock, MONDAY + timedelta(minutes=25))["watched"]
+    assert (held.decision, held.trigger, held.reason) == ("skip", "drift", "backoff")
+    assert held.evidence is not None and held.evidence["confirmed"] == 1
+    assert [s["id"] for s in held.evidence["signals"]] == [drift.id]
+    assert held.evidence["signals"][0]["statistic"] == 0.31
+    assert _runs(ws.path, "watched") == 0
