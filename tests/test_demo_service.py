@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from service_helpers import SERVER_ENV
 from silolearn import Workspace
@@ -99,8 +100,13 @@ def test_the_next_round_learns_from_the_feedback(demo: dict[str, Any]) -> None:
         served, entry = demo["served"][name], demo["second"][name]
         assert served["feedback_train"] > 0
         assert entry["version"] == 2, entry
-        # nothing but feedback arrived between the rounds: every new record is one
-        assert entry["feedback_records"] == served["feedback_train"] == entry["new_records"]
+        # nothing but feedback arrived between the rounds: every new record is one, and
+        # what the round left out is the self-confirmed excess over the bound
+        assert entry["new_records"] == entry["feedback_records"] > 0
+        left_out = entry["feedback_left_out"]
+        assert entry["feedback_records"] + left_out == served["feedback_train"]
+        confirmed = served["feedback_train"] - served["feedback_corrections"]
+        assert left_out <= confirmed
 
 
 def test_metrics_count_what_was_sent(demo: dict[str, Any]) -> None:
@@ -143,3 +149,23 @@ def test_error_bodies_become_the_typed_errors_of_errors_py() -> None:
 def test_a_server_that_cannot_start_is_an_error_with_its_log(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="silolearn serve exited with code"):
         ServiceClient.start(tmp_path / "not-a-workspace", log=tmp_path / "serve.log")
+
+
+def test_the_tables_print_rounds_traffic_and_metrics(demo: dict[str, Any]) -> None:
+    console = Console(record=True, width=240)
+    console.print(production.round_table(2, 2, list(demo["second"].values())))
+    console.print(production.traffic_table("production after round 1", demo["served"].values()))
+    for table in production.metrics_tables(demo["metrics"]):
+        console.print(table)
+    lines = console.export_text().splitlines()
+    for name in TENANTS:
+        entry, served = demo["second"][name], demo["served"][name]
+        row = next(line for line in lines if line.startswith(f"│ {name} ") and "promoted" in line)
+        left_out = entry["feedback_left_out"]
+        cell = f"{entry['feedback_records']}" + (f" ({left_out} left out)" if left_out else "")
+        assert cell in row and "v2" in row
+        row = next(line for line in lines if line.startswith(f"│ {name} ") and "requests" in line)
+        assert f"{TRAFFIC} in {served['requests']} requests" in row
+        assert f"{served['feedback_train']}/{served['feedback_eval']}" in row
+        row = next(line for line in lines if line.startswith(f"│ {name} ") and " ms " in line)
+        assert " v1 " in row and f" {TRAFFIC} " in row

@@ -24,6 +24,8 @@ from silolearn.storage.scope import Purpose
 from silolearn.validation.shadow import history as shadow_history
 from silolearn.workspace import Workspace
 
+INCIDENT_KEYS = ("id", "tenant", "severity", "kind", "version", "summary", "actions", "status")
+
 
 def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
@@ -36,7 +38,6 @@ def gates_part(
     then the leak drill: a deliberately leaky candidate of the sweep tenant, rejected, with
     its incident printed."""
     from silolearn.monitoring.incidents import Incidents
-    from silolearn.pipeline import Trainer
     from silolearn.validation.divergence import history
 
     table = Table(title="gates of the serving versions", title_justify="left")
@@ -88,46 +89,7 @@ def gates_part(
         f"{max((c['kl'] for c in shared), default=0.0):.4f}"
     )
 
-    trainer = Trainer(ws)
-    drill = None
-    seen_ids = {r["id"] for r in seen}
-    fresh = [r for r in DATASETS[SWEEP_TENANT]() if r["id"] not in seen_ids]
-    if ws.tenants.get(SWEEP_TENANT).status == "active" and len(fresh) >= 100:
-        Gateway(ws).ingest(SWEEP_TENANT, sample(fresh, 300, seed=5))
-        say(
-            f"leak drill: a deliberately leaky candidate of {SWEEP_TENANT} (500 epochs of a "
-            "1,024-unit head, no weight decay, 32 canaries x 40 copies, 200 audit canaries)…"
-        )
-        leaky = trainer.train(SWEEP_TENANT, overrides=LEAK_DRILL, canaries=LEAK_CANARIES)
-        first = leaky.attempts[0]
-        registry = AdapterRegistry(ws.scope(SWEEP_TENANT, purpose=Purpose.REGISTRY))
-        decision = registry.get(int(first["version"])).decision
-        verdicts = {g["gate"]: g for g in decision["gates"]}
-        say(
-            f"  v{first['version']} {first['status']} ({decision.get('severity') or 'no incident'})"
-        )
-        for gate in ("membership", "canary", "privacy_audit"):
-            say(
-                f"  {gate}: {'passed' if verdicts[gate]['passed'] else 'FAILED'} — "
-                f"{verdicts[gate]['reason']}"
-            )
-        for attempt in leaky.attempts[1:]:
-            say(
-                f"  remediation, {attempt['what']}: "
-                + ("" if attempt.get("version") is None else f"v{attempt['version']} ")
-                + f"{attempt['status']}"
-                + (f" ({', '.join(attempt['failed'])})" if attempt.get("failed") else "")
-            )
-        if leaky.explanation:
-            say(f"  {leaky.explanation}")
-        drill = {
-            "version": first["version"],
-            "status": first["status"],
-            "severity": decision.get("severity"),
-            "gates": [verdicts[g] for g in ("membership", "canary", "privacy_audit")],
-            "attempts": leaky.attempts,
-            "serving_after": trainer.serving_version(SWEEP_TENANT),
-        }
+    drill = leak_drill(ws, seen, say)
     incidents = Incidents(ws).list()
     for incident in incidents:
         say(
@@ -158,22 +120,54 @@ def gates_part(
             "shared_max_kl": max((c["kl"] for c in shared), default=0.0),
         },
         "drill": drill,
-        "incidents": [
-            {
-                k: i[k]
-                for k in (
-                    "id",
-                    "tenant",
-                    "severity",
-                    "kind",
-                    "version",
-                    "summary",
-                    "actions",
-                    "status",
-                )
-            }
-            for i in incidents
-        ],
+        "incidents": [{k: i[k] for k in INCIDENT_KEYS} for i in incidents],
+    }
+
+
+def leak_drill(ws: Workspace, seen: list[dict[str, Any]], say: Any) -> dict[str, Any] | None:
+    """A deliberately leaky candidate of the sweep tenant on fresh records of its dataset:
+    the membership and canary gates reject it, its incident opens, and the same ``train``
+    call remediates (stronger regularisation, then DP-SGD). None when the tenant cannot
+    train (quarantined) or its dataset has too few records left."""
+    from silolearn.pipeline import Trainer
+
+    trainer = Trainer(ws)
+    seen_ids = {r["id"] for r in seen}
+    fresh = [r for r in DATASETS[SWEEP_TENANT]() if r["id"] not in seen_ids]
+    if ws.tenants.get(SWEEP_TENANT).status != "active" or len(fresh) < 100:
+        return None
+    Gateway(ws).ingest(SWEEP_TENANT, sample(fresh, 300, seed=5))
+    say(
+        f"leak drill: a deliberately leaky candidate of {SWEEP_TENANT} (500 epochs of a "
+        "1,024-unit head, no weight decay, 32 canaries x 40 copies, 200 audit canaries)…"
+    )
+    leaky = trainer.train(SWEEP_TENANT, overrides=LEAK_DRILL, canaries=LEAK_CANARIES)
+    first = leaky.attempts[0]
+    registry = AdapterRegistry(ws.scope(SWEEP_TENANT, purpose=Purpose.REGISTRY))
+    decision = registry.get(int(first["version"])).decision
+    verdicts = {g["gate"]: g for g in decision["gates"]}
+    say(f"  v{first['version']} {first['status']} ({decision.get('severity') or 'no incident'})")
+    for gate in ("membership", "canary", "privacy_audit"):
+        say(
+            f"  {gate}: {'passed' if verdicts[gate]['passed'] else 'FAILED'} — "
+            f"{verdicts[gate]['reason']}"
+        )
+    for attempt in leaky.attempts[1:]:
+        say(
+            f"  remediation, {attempt['what']}: "
+            + ("" if attempt.get("version") is None else f"v{attempt['version']} ")
+            + f"{attempt['status']}"
+            + (f" ({', '.join(attempt['failed'])})" if attempt.get("failed") else "")
+        )
+    if leaky.explanation:
+        say(f"  {leaky.explanation}")
+    return {
+        "version": first["version"],
+        "status": first["status"],
+        "severity": decision.get("severity"),
+        "gates": [verdicts[g] for g in ("membership", "canary", "privacy_audit")],
+        "attempts": leaky.attempts,
+        "serving_after": trainer.serving_version(SWEEP_TENANT),
     }
 
 

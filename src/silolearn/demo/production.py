@@ -81,6 +81,7 @@ def round_entry(job: Row, version: Row | None, ingest: Row) -> Row:
         "new_records": lineage.get("new_records"),
         "replay_records": lineage.get("replay_records"),
         "feedback_records": lineage.get("new_feedback_records"),
+        "feedback_left_out": (lineage.get("feedback_loop") or {}).get("left_out"),
         "accuracy_before": before.get("accuracy"),
         "accuracy_after": metrics.get("accuracy"),
         "macro_f1_before": before.get("macro_f1"),
@@ -139,12 +140,21 @@ def round_table(round_no: int, rounds: int, entries: list[Row]) -> Table:
             "—" if e["version"] is None else f"v{e['version']}",
             f"[{colours.get(status, 'white')}]{'promoted' if status == 'active' else status}[/]",
             _data_cell(e),
-            "—" if e["feedback_records"] is None else str(e["feedback_records"]),
+            _feedback_cell(e),
             f"{fmt(e['accuracy_before'])} → {fmt(e['accuracy_after'])}",
             f"{fmt(e['macro_f1_before'])} → {fmt(e['macro_f1_after'])}",
             "—" if e["seconds"] is None else f"{e['seconds']:.1f}",
         )
     return table
+
+
+def _feedback_cell(e: Row) -> str:
+    """New records from production feedback the round trained on, and the self-confirmed
+    ones it left out (over ``training.max_self_confirmed_share``)."""
+    if e["feedback_records"] is None:
+        return "—"
+    left_out = e.get("feedback_left_out")
+    return str(e["feedback_records"]) + (f" ({left_out} left out)" if left_out else "")
 
 
 def _data_cell(e: Row) -> str:
@@ -171,6 +181,8 @@ def serve_traffic(
     then returns the true label of every other answer up to ``share`` of them through
     ``feedback``. What came back: counts, versions that answered, one example."""
     predictions: list[Row] = []
+    if not rows:  # the dataset has no record left that never arrived through ingest
+        return {"tenant": tenant, "served": 0, "error": "no held-out record left to send"}
     try:
         for start in range(0, len(rows), REQUEST_TEXTS):
             batch = rows[start : start + REQUEST_TEXTS]
@@ -180,7 +192,7 @@ def serve_traffic(
     wanted = round(len(rows) * share)
     step = max(1, len(rows) // max(1, wanted))
     labelled = list(zip(rows, predictions, strict=True))[::step][:wanted]
-    stored = {"train": 0, "eval": 0, "refused": 0, "duplicates": 0}
+    stored = {"train": 0, "eval": 0, "refused": 0, "duplicates": 0, "corrections": 0}
     for row, prediction in labelled:
         try:
             report = client.feedback(tenant, prediction["prediction_id"], str(row["label"]))
@@ -189,6 +201,10 @@ def serve_traffic(
             continue
         for key in ("train", "eval", "duplicates"):
             stored[key] += int(report.get(key) or 0)
+        # a correction (not the served label) stored for training
+        stored["corrections"] += int(report.get("train") or 0) * (
+            str(row["label"]) != prediction["label"]
+        )
     right = sum(str(r["label"]) == p["label"] for r, p in zip(rows, predictions, strict=True))
     given_right = sum(str(r["label"]) == p["label"] for r, p in labelled)
     example_row, example = rows[0], predictions[0]
@@ -202,7 +218,7 @@ def serve_traffic(
         "feedback_accuracy": given_right / len(labelled) if labelled else None,
         **{f"feedback_{k}": v for k, v in stored.items()},
         "example": {
-            "text": example_row["text"][:80],
+            "text": " ".join(example_row["text"].split())[:80],
             "label": example["label"],
             "p": example["probabilities"][example["label"]],
             "true": str(example_row["label"]),
