@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from silolearn.clock import SYSTEM, Clock
 from silolearn.errors import SiloError
 from silolearn.learning.dp import DpPlan
 from silolearn.registry.versions import AdapterVersion
@@ -43,9 +44,9 @@ __all__ = [
 class Trainer:
     """Runs rounds for the tenants of one opened workspace (one thread per Trainer)."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, clock: Clock = SYSTEM) -> None:
         self.ws = ws
-        self.ctx = Coordinator.of(ws)
+        self.ctx = Coordinator.of(ws, clock=clock)
         self.config = self.ctx.config
 
     def train(

@@ -5,10 +5,11 @@ SHA-256, its lineage (parent, digest of the record ids it learned from, config, 
 version, base-model checksum, seed, timings, label counts) and its metrics. Lineage, metrics
 and decision name the tenant's labels: they are sealed together under its metadata key
 (``storage.metadata``); status, kind, SHA-256, parent, run id and times stay in clear. Statuses move
-``candidate → active | rejected`` and ``active → retired``; at most one version per tenant is
-active, enforced by a unique index. Promotion and rollback are single transactions, so a
-crash at any point leaves the previous version serving; they touch only the tenant of the
-scope they are given.
+``candidate → active | rejected`` and ``active → retired``, or through a canary rollout
+(``registry.rollout``) ``candidate → canary → active | rejected``; at most one version per
+tenant is active and at most one a canary, enforced by unique indexes. Promotion and
+rollback are single transactions, so a crash at any point leaves the previous version
+serving; they touch only the tenant of the scope they are given.
 
 Every write of a version row records the row's digest in the audit event of its transaction
 (``audit.rows``), so a status, SHA-256 or lineage edited, or a version deleted, with the
@@ -37,7 +38,7 @@ from silolearn.errors import (
 from silolearn.storage.metadata import ADAPTER_VERSIONS, VERSIONS_TABLE
 from silolearn.storage.scope import TenantScope
 
-STATUSES = ("candidate", "active", "rejected", "retired")
+STATUSES = ("candidate", "canary", "active", "rejected", "retired")
 
 __all__ = ["STATUSES", "VERSIONS_TABLE", "AdapterRegistry", "AdapterVersion"]
 
@@ -145,6 +146,14 @@ class AdapterRegistry:
     def active(self) -> AdapterVersion | None:
         row = self._scope.connection.execute(
             f"SELECT {_COLUMNS} FROM adapter_versions WHERE tenant_id = ? AND status = 'active'",
+            (self._scope.tenant.id,),
+        ).fetchone()
+        return None if row is None else self._row(row)
+
+    def canary(self) -> AdapterVersion | None:
+        """The version serving a share of the tenant's requests beside the active one."""
+        row = self._scope.connection.execute(
+            f"SELECT {_COLUMNS} FROM adapter_versions WHERE tenant_id = ? AND status = 'canary'",
             (self._scope.tenant.id,),
         ).fetchone()
         return None if row is None else self._row(row)
@@ -264,7 +273,15 @@ class AdapterRegistry:
         return self.get(version)
 
     def rollback(self, *, to: int | None = None, reason: str = "rollback") -> AdapterVersion:
-        """Serve an earlier version again (by default the last one retired)."""
+        """Serve an earlier version again (by default the last one retired). A running
+        canary rollout ends first (its canary rejected); without ``to``, that is all: the
+        stable version it was compared with goes on serving alone."""
+        if to is None and self.canary() is not None:
+            with self._scope.write() as conn:
+                self.end_canary_in(conn, reason=reason)
+            active = self.active()
+            assert active is not None  # a canary always runs beside an active version
+            return active
         current = self.active()
         if to is None:
             retired = [v for v in self.list() if v.status == "retired"]
@@ -299,66 +316,111 @@ class AdapterRegistry:
     def _transition(
         self, version: int, *, expect: tuple[str, ...], to: str, decision: dict[str, Any]
     ) -> None:
+        with self._scope.write() as conn:
+            self.move_in(conn, version, expect=expect, to=to, decision=decision)
+
+    def move_in(
+        self,
+        conn: sqlite3.Connection,
+        version: int,
+        *,
+        expect: tuple[str, ...],
+        to: str,
+        decision: dict[str, Any],
+    ) -> int | None:
+        """Move a version to ``to`` inside the caller's write transaction and audit it; a
+        version that becomes active retires the active one (returned). A candidate or a
+        canary becomes active, or a candidate a canary, only while the tenant is active."""
         scope = self._scope
-        with scope.write() as conn:
-            row = conn.execute(
-                "SELECT status FROM adapter_versions WHERE tenant_id = ? AND version = ?",
-                (scope.tenant.id, version),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"tenant {scope.tenant.name!r} has no adapter v{version}")
-            if row[0] == "candidate" and to == "active":
-                # checked inside the transaction: a quarantine cannot slip in between
-                status = conn.execute(
-                    "SELECT status FROM tenants WHERE id = ?", (scope.tenant.id,)
-                ).fetchone()[0]
-                if status != "active":
-                    raise TenantQuarantined(
-                        f"tenant {scope.tenant.name!r} is {status}: no promotion",
-                        tenant=scope.tenant.name,
-                    )
-            if row[0] not in expect:
-                raise ConflictError(
-                    f"adapter v{version} is {row[0]}, expected {' or '.join(expect)}",
-                    version=version,
+        row = conn.execute(
+            "SELECT status FROM adapter_versions WHERE tenant_id = ? AND version = ?",
+            (scope.tenant.id, version),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"tenant {scope.tenant.name!r} has no adapter v{version}")
+        if row[0] in ("candidate", "canary") and to in ("active", "canary"):
+            # checked inside the transaction: a quarantine cannot slip in between
+            status = conn.execute(
+                "SELECT status FROM tenants WHERE id = ?", (scope.tenant.id,)
+            ).fetchone()[0]
+            if status != "active":
+                raise TenantQuarantined(
+                    f"tenant {scope.tenant.name!r} is {status}: no promotion",
+                    tenant=scope.tenant.name,
                 )
-            now = utcnow()
-            previous = None
-            if to == "active":
-                active = conn.execute(
-                    "SELECT version FROM adapter_versions "
-                    "WHERE tenant_id = ? AND status = 'active'",
-                    (scope.tenant.id,),
-                ).fetchone()
-                if active is not None:
-                    previous = int(active[0])
-                    conn.execute(
-                        "UPDATE adapter_versions SET status = 'retired', updated_at = ? "
-                        "WHERE tenant_id = ? AND version = ?",
-                        (now, scope.tenant.id, previous),
-                    )
-            fields = {**self._sealed_fields(conn, version), "decision": decision}
-            sealed, dek_version = scope.seal_metadata(conn, ADAPTER_VERSIONS, version, fields)
-            conn.execute(
-                "UPDATE adapter_versions SET status = ?, sealed = ?, dek_version = ?, "
-                "updated_at = ? WHERE tenant_id = ? AND version = ?",
-                (to, sealed, dek_version, now, scope.tenant.id, version),
+        if row[0] not in expect:
+            raise ConflictError(
+                f"adapter v{version} is {row[0]}, expected {' or '.join(expect)}",
+                version=version,
             )
-            action = {"active": "adapter.promote", "rejected": "adapter.reject"}[to]
-            if decision.get("reason") == "rollback" or "rolled_back_from" in decision:
-                action = "adapter.rollback"
-            scope.audit_in(
-                conn,
-                action,
-                obj=f"v{version}",
-                details={
-                    "from_status": row[0],
-                    "retired": previous,
-                    **decision,
-                    ROW_DIGESTS: row_digests(
-                        conn,
-                        VERSIONS_TABLE,
-                        [(scope.tenant.id, v) for v in (previous, version) if v is not None],
-                    ),
-                },
-            )
+        now = utcnow()
+        previous = None
+        if (row[0] == "candidate" and to in ("active", "canary")) or row[0] == "retired":
+            self.end_canary_in(conn, reason=f"superseded by v{version}")
+        if to == "active":
+            active = conn.execute(
+                "SELECT version FROM adapter_versions WHERE tenant_id = ? AND status = 'active'",
+                (scope.tenant.id,),
+            ).fetchone()
+            if active is not None:
+                previous = int(active[0])
+                conn.execute(
+                    "UPDATE adapter_versions SET status = 'retired', updated_at = ? "
+                    "WHERE tenant_id = ? AND version = ?",
+                    (now, scope.tenant.id, previous),
+                )
+        fields = {**self._sealed_fields(conn, version), "decision": decision}
+        sealed, dek_version = scope.seal_metadata(conn, ADAPTER_VERSIONS, version, fields)
+        conn.execute(
+            "UPDATE adapter_versions SET status = ?, sealed = ?, dek_version = ?, "
+            "updated_at = ? WHERE tenant_id = ? AND version = ?",
+            (to, sealed, dek_version, now, scope.tenant.id, version),
+        )
+        action = {
+            "active": "adapter.promote",
+            "canary": "adapter.canary",
+            "rejected": "adapter.reject",
+        }[to]
+        if decision.get("reason") == "rollback" or "rolled_back_from" in decision:
+            action = "adapter.rollback"
+        scope.audit_in(
+            conn,
+            action,
+            obj=f"v{version}",
+            details={
+                "from_status": row[0],
+                "retired": previous,
+                **decision,
+                ROW_DIGESTS: row_digests(
+                    conn,
+                    VERSIONS_TABLE,
+                    [(scope.tenant.id, v) for v in (previous, version) if v is not None],
+                ),
+            },
+        )
+        return previous
+
+    def end_canary_in(self, conn: sqlite3.Connection, *, reason: str) -> int | None:
+        """Reject the running canary, if any, and end its rollout as rolled back, inside the
+        caller's write transaction (audited ``rollout.rollback`` with the reason)."""
+        scope = self._scope
+        row = conn.execute(
+            "SELECT id, version FROM rollouts WHERE tenant_id = ? AND state = 'running'",
+            (scope.tenant.id,),
+        ).fetchone()
+        if row is None:
+            return None
+        rollout, version = int(row[0]), int(row[1])
+        now = utcnow()
+        conn.execute(
+            "UPDATE rollouts SET state = 'rolled_back', ended_at = ?, updated_at = ? WHERE id = ?",
+            (now, now, rollout),
+        )
+        self.move_in(conn, version, expect=("canary",), to="rejected", decision={"reason": reason})
+        scope.audit_in(
+            conn,
+            "rollout.rollback",
+            obj=f"v{version}",
+            details={"rollout": rollout, "reason": reason, "automatic": False},
+        )
+        return version

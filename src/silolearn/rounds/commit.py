@@ -1,8 +1,9 @@
-"""The commit stage: a judgement into the registry (promotion or rejection, atomic and per
-tenant, I8), the gate log (``gate_runs`` and a ``gates.verdict`` audit event), the serving
-version's divergence snapshot, and an incident for a failed gate. A gate run's verdicts
-(evidence, per-class numbers) are sealed under the tenant's metadata key; its trigger,
-outcome and severity stay in clear."""
+"""The commit stage: a judgement into the registry (promotion, the start of a canary
+rollout when the tenant's ``[rollout]`` policy asks for one and a version already serves,
+or rejection; atomic and per tenant, I8), the gate log (``gate_runs`` and a
+``gates.verdict`` audit event), the serving version's divergence snapshot, and an incident
+for a failed gate. A gate run's verdicts (evidence, per-class numbers) are sealed under the
+tenant's metadata key; its trigger, outcome and severity stay in clear."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from silolearn.rounds.context import Coordinator
 from silolearn.rounds.judge import Judgement
 from silolearn.rounds.result import RoundResult
 from silolearn.storage.metadata import GATE_RUNS
+from silolearn.storage.scope import Purpose
 from silolearn.validation.gates import GateVerdict
 
 
@@ -27,16 +29,17 @@ def commit(
     *,
     trigger: str = "round",
 ) -> RoundResult:
-    """Promote the candidate when every gate passed, otherwise reject it and open an
-    incident; either way the verdicts are recorded and audited."""
+    """Release the candidate when every gate passed (promoted, or a canary by policy),
+    otherwise reject it and open an incident; either way the verdicts are recorded and
+    audited."""
     decision = judgement.decision
     registry.set_metrics(candidate.version, judgement.metrics)
     if decision["passed"]:
-        final = registry.promote(candidate.version, decision=decision)
+        final = _release(ctx, tenant, registry, candidate.version, decision)
     else:
         final = registry.reject(candidate.version, decision=decision)
     record_gates(ctx, tenant, candidate.version, trigger, decision)
-    if decision["passed"]:
+    if final.status == "active":
         from silolearn.validation.divergence import snapshot
 
         snapshot(ctx.ws, tenant)
@@ -55,6 +58,26 @@ def commit(
         lineage=final.lineage,
         timings={"evaluate": judgement.seconds},
     )
+
+
+def _release(
+    ctx: Coordinator,
+    tenant: str,
+    registry: AdapterRegistry,
+    version: int,
+    decision: dict[str, Any],
+) -> AdapterVersion:
+    """A passing candidate becomes active, or the canary of a rollout beside the active
+    version when the tenant's policy says so (a first version has nothing to compare with:
+    it becomes active)."""
+    policy = ctx.ws.settings.rollout.for_tenant(tenant)
+    if policy.mode == "canary" and registry.active() is not None:
+        from silolearn.registry.rollout import RolloutStore
+
+        store = RolloutStore(ctx.ws.scope(tenant, purpose=Purpose.REGISTRY))
+        store.start(version, steps=policy.steps, now=ctx.clock.now(), decision=decision)
+        return registry.get(version)
+    return registry.promote(version, decision=decision)
 
 
 def record_gates(

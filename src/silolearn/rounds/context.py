@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from silolearn.clock import SYSTEM, Clock
+
 if TYPE_CHECKING:
     from silolearn.config import TrainingConfig
     from silolearn.workspace import Workspace
@@ -22,7 +24,10 @@ class Coordinator:
     ws: Workspace
     config: TrainingConfig
     sandbox: bool
+    clock: Clock = SYSTEM
+    """What time a round's decisions are taken at (a canary rollout's start)."""
 
     @classmethod
-    def of(cls, ws: Workspace) -> Coordinator:
-        return cls(ws, ws.settings.training, os.environ.get("SILOLEARN_SANDBOX", "1") != "0")
+    def of(cls, ws: Workspace, *, clock: Clock = SYSTEM) -> Coordinator:
+        sandbox = os.environ.get("SILOLEARN_SANDBOX", "1") != "0"
+        return cls(ws, ws.settings.training, sandbox, clock)

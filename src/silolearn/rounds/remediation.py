@@ -86,9 +86,9 @@ def train(
         )
         result, result.attempts = retry, attempts
         made.append(retry)
-        if retry.status == "active" or not _leaked(retry):
+        if retry.status in ("active", "canary") or not _leaked(retry):
             break
-    if result.status != "active":
+    if result.status not in ("active", "canary"):
         serving = serving_version(ctx, tenant)
         result.explanation = _explain(tenant, result.attempts, serving)
         ctx.ws.audit.append(

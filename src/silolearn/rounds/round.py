@@ -132,7 +132,7 @@ def promote(ctx: Coordinator, tenant: str, version: int, *, reason: str = "manua
         )
     judgement = judge_candidate(ctx, tenant, candidate, registry.active(), None)
     result = commit(ctx, tenant, registry, candidate, judgement, trigger="promote")
-    if result.status != "active":
+    if result.status not in ("active", "canary"):
         raise ConflictError(
             f"adapter v{version} of {tenant!r} failed its gates and was rejected: "
             f"{result.decision['reason']}",

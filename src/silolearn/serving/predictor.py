@@ -1,8 +1,9 @@
-"""Predictions: the shared frozen encoder and each tenant's *active* adapter version.
+"""Predictions: the shared frozen encoder and each tenant's serving adapter versions.
 
 The base model's digest is checked when serving starts (I3). A prediction uses whatever
-version is active when it is asked (a promotion or rollback takes effect on the next call)
-and says which version answered. Predictions are audited in aggregate, one event per call
+version is active when it is asked (a promotion or rollback takes effect on the next call),
+or the version a request was assigned to while a canary rollout runs (``ServingKey``), and
+says which version answered. Predictions are audited in aggregate, one event per call
 with the count and the version, never the texts (``predict``; the service's micro-batches
 go through ``answer_batch``, and the service audits each request with who asked).
 """
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from silolearn.workspace import Workspace
 
 MAX_TEXTS = 10_000
+
+ServingKey = str | tuple[str, int]
+"""What answers a request: a tenant (its active version), or ``(tenant, version)`` (that
+version while it serves, active or canary; the active one once it no longer does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,7 @@ class Predictor:
         record = base_model_record(ws)
         self.base_model_sha256 = record.sha256
         self._encoder = FrozenEncoder.load(record.path, expected_sha256=record.sha256)
-        self._loaded: dict[str, tuple[int, str, Adapter, int]] = {}
+        self._loaded: dict[tuple[str, int], tuple[int, str, Adapter, int]] = {}
         self._scopes: dict[str, tuple[str, int, TenantScope]] = {}
 
     def _scope(self, tenant: str) -> TenantScope:
@@ -61,21 +66,26 @@ class Predictor:
             self._scopes[tenant] = cached
         return cached[2]
 
-    def _adapter(self, tenant: str) -> tuple[int, Adapter, int]:
+    def _adapter(self, key: ServingKey) -> tuple[int, Adapter, int]:
+        tenant, wanted = (key, None) if isinstance(key, str) else key
         registry = AdapterRegistry(self._scope(tenant))
-        active = registry.active()
-        if active is None:
+        chosen = None
+        if wanted is not None:
+            asked = registry.get(wanted)
+            chosen = asked if asked.status in ("active", "canary") else None
+        chosen = chosen or registry.active()
+        if chosen is None:
             raise NotFoundError(
                 f"tenant {tenant!r} has no active adapter: train one with "
                 f"`silolearn train {tenant}`",
                 tenant=tenant,
             )
-        loaded = self._loaded.get(tenant)
-        if loaded is None or loaded[0] != active.version or loaded[1] != active.sha256:
-            adapter = load_adapter(registry.load_artefact(active), encoder=self._encoder)
-            max_tokens = int(active.lineage.get("config", {}).get("max_tokens", 128))
-            loaded = (active.version, active.sha256, adapter, max_tokens)
-            self._loaded[tenant] = loaded
+        loaded = self._loaded.get((tenant, chosen.version))
+        if loaded is None or loaded[1] != chosen.sha256:
+            adapter = load_adapter(registry.load_artefact(chosen), encoder=self._encoder)
+            max_tokens = int(chosen.lineage.get("config", {}).get("max_tokens", 128))
+            loaded = (chosen.version, chosen.sha256, adapter, max_tokens)
+            self._loaded[(tenant, chosen.version)] = loaded
         return loaded[0], loaded[2], loaded[3]
 
     def predict(self, tenant: str, texts: Sequence[str]) -> list[Prediction]:
@@ -89,32 +99,33 @@ class Predictor:
         return answer
 
     def answer_batch(
-        self, requests: Sequence[tuple[str, Sequence[str]]]
+        self, requests: Sequence[tuple[ServingKey, Sequence[str]]]
     ) -> list[list[Prediction] | SiloError]:
         """Answer several requests of any tenants together (a micro-batch of the service):
         one encoder forward pass over every text whose tenant's head truncates alike, then
-        each tenant's head on its own rows only; a LoRA adapter runs its own encoder copy
-        over its tenant's texts, once per adapter. Each request is answered by the version
-        active when the batch started, or gets the typed error that refused it (no active
-        version). Nothing is audited here: the caller audits each request with who asked.
+        each version's head on its own requests' rows only; a LoRA adapter runs its own
+        encoder copy over its texts, once per adapter. Each request is answered by the
+        version its key names as of when the batch started (requests of a canary and of
+        the stable version never share a head), or gets the typed error that refused it (no
+        active version). Nothing is audited here: the caller audits each request with who asked.
         Texts are checked by the caller (``check_texts``)."""
-        resolved: dict[str, tuple[int, Adapter, int] | SiloError] = {}
-        for tenant, _ in requests:
-            if tenant not in resolved:
+        resolved: dict[ServingKey, tuple[int, Adapter, int] | SiloError] = {}
+        for key, _ in requests:
+            if key not in resolved:
                 try:
-                    resolved[tenant] = self._adapter(tenant)
+                    resolved[key] = self._adapter(key)
                 except SiloError as exc:
-                    resolved[tenant] = exc
+                    resolved[key] = exc
         proba: dict[int, FloatArray] = {}
         embedded: dict[int, FloatArray] = {}
         by_length: dict[int, list[int]] = {}
-        by_lora: dict[str, list[int]] = {}
-        for i, (tenant, _) in enumerate(requests):
-            entry = resolved[tenant]
+        by_lora: dict[ServingKey, list[int]] = {}
+        for i, (key, _) in enumerate(requests):
+            entry = resolved[key]
             if isinstance(entry, SiloError):
                 continue
             if entry[1].needs_text:
-                by_lora.setdefault(tenant, []).append(i)
+                by_lora.setdefault(key, []).append(i)
             else:
                 by_length.setdefault(entry[2], []).append(i)
         for max_tokens, members in by_length.items():
@@ -127,8 +138,8 @@ class Predictor:
                 embedded[i] = embeddings[start : start + n]
                 proba[i] = adapter.predict_proba(Features(embeddings=embedded[i]))
                 start += n
-        for tenant, members in by_lora.items():
-            adapter = cast(tuple[int, Adapter, int], resolved[tenant])[1]
+        for key, members in by_lora.items():
+            adapter = cast(tuple[int, Adapter, int], resolved[key])[1]
             rows = adapter.predict_proba(
                 Features(texts=[t for i in members for t in requests[i][1]])
             )
@@ -137,8 +148,8 @@ class Predictor:
                 proba[i] = rows[start : start + len(requests[i][1])]
                 start += len(requests[i][1])
         answers: list[list[Prediction] | SiloError] = []
-        for i, (tenant, _) in enumerate(requests):
-            entry = resolved[tenant]
+        for i, (key, _) in enumerate(requests):
+            entry = resolved[key]
             if isinstance(entry, SiloError):
                 answers.append(entry)
             else:
