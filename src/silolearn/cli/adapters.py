@@ -31,14 +31,36 @@ def _registry(ws: Workspace, tenant: str) -> Any:
     return AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY))
 
 
+def _versions(ws: Workspace, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's versions with the canary rollouts they took part in."""
+    from silolearn.registry.rollout import with_rollouts
+    from silolearn.storage.scope import Purpose
+
+    scope = ws.scope(tenant, purpose=Purpose.REGISTRY)
+    return with_rollouts(scope, [v.to_dict() for v in _registry(ws, tenant).list()])
+
+
 def _versions_table(tenant: str, rows: list[dict[str, Any]]) -> Table:
+    from silolearn.registry.rollout import describe
+
     return _table(
         f"adapters of {tenant}",
-        ["version", "status", "kind", "parent", "accuracy", "macro-F1", "sha256", "created"],
+        [
+            "version",
+            "status",
+            "rollout",
+            "kind",
+            "parent",
+            "accuracy",
+            "macro-F1",
+            "sha256",
+            "created",
+        ],
         [
             [
                 r["version"],
                 r["status"],
+                describe(r["rollout"]),
                 r["kind"],
                 r["parent"] or "",
                 r["metrics"].get("accuracy", ""),
@@ -56,7 +78,7 @@ def _versions_table(tenant: str, rows: list[dict[str, Any]]) -> Table:
 def adapters_list(tenant: str, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """List a tenant's adapter versions with status, metrics, SHA-256 and lineage."""
     with opened(workspace) as ws:
-        rows = [v.to_dict() for v in _registry(ws, tenant).list()]
+        rows = _versions(ws, tenant)
     emit(as_json, rows, lambda: out.print(_versions_table(tenant, rows)))
 
 
@@ -68,16 +90,22 @@ def adapters_show(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one version: status, gate verdicts (at its decision and every re-audit since),
-    metrics and lineage."""
+    """Show one version: status, its canary rollout (share, step, feedback per version,
+    evidence), gate verdicts (at its decision and every re-audit since), metrics and
+    lineage."""
     from silolearn.pipeline import list_gate_runs
+    from silolearn.registry.rollout import describe, with_rollouts
+    from silolearn.storage.scope import Purpose
 
     with opened(workspace) as ws:
-        row = _registry(ws, tenant).get(version).to_dict()
+        scope = ws.scope(tenant, purpose=Purpose.REGISTRY)
+        (row,) = with_rollouts(scope, [_registry(ws, tenant).get(version).to_dict()])
         row["gate_runs"] = list_gate_runs(ws, tenant, version)
 
     def human() -> None:
         out.print(f"{tenant} v{version}: {row['status']} ({row['kind']}, sha256 {row['sha256']})")
+        if row["rollout"] is not None:
+            out.print(f"rollout: {describe(row['rollout'])}")
         gates = (row.get("decision") or {}).get("gates") or []
         if gates:
             out.print(_gates_table(f"gates at its decision: {row['decision']['reason']}", gates))

@@ -47,7 +47,7 @@ from silolearn.service.retention import Retention
 from silolearn.service.shutdown import DrainRequests
 from silolearn.service.schedule import start_scheduler
 from silolearn.service.state import Answer, Service
-from silolearn.serving.predictor import Predictor
+from silolearn.serving.predictor import Predictor, ServingKey
 from silolearn.version import __version__
 from silolearn.workspace import Workspace
 
@@ -151,7 +151,7 @@ class Running:
         try:
             settings = batcher_ws.settings
             predictor = Predictor(batcher_ws)  # checks the base model's digest (I3)
-            batcher: MicroBatcher[str, str, Answer] = MicroBatcher(
+            batcher: MicroBatcher[ServingKey, str, Answer] = MicroBatcher(
                 predictor.answer_batch,
                 window=settings.service.batch_window_ms / 1000.0,
                 max_items=settings.service.max_batch_texts,

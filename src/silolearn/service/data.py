@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from silolearn.errors import InvalidInput
 from silolearn.ingest.gateway import Gateway
 from silolearn.monitoring.feedback import PerformanceMonitor
+from silolearn.operations.rollout import RolloutDriver
 from silolearn.records import LabelOrigin, LabelSource, MetaValue, Record
 from silolearn.service.auth import Contributor
 from silolearn.service.state import service_of
@@ -168,6 +169,9 @@ def feedback(
                     label=body.label,
                     meta=body.meta,
                 )
+                # a canary rollout compares its versions on it, and decides at once
+                right = served.label == body.label
+                RolloutDriver(ws).feedback(tenant, served.version, correct=right)
     service.metrics.record_ingest(tenant, report)
     if served is not None and report["accepted"]:
         correct = "true" if served.label == body.label else "false"

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from silolearn.errors import NotFoundError
 from silolearn.pipeline import Trainer as RoundTrainer
 from silolearn.pipeline import list_gate_runs
+from silolearn.registry.rollout import with_rollouts
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.service.auth import AnyToken, Trainer, TrainerOrAuditor
 from silolearn.service.state import service_of
@@ -85,18 +86,21 @@ def _registry(ws: Any, tenant: str) -> AdapterRegistry:
 def list_versions(
     tenant: TenantPath, request: Request, principal: TrainerOrAuditor
 ) -> list[dict[str, Any]]:
-    """The tenant's adapter versions: status, metrics, lineage (``trainer`` or ``auditor``)."""
+    """The tenant's adapter versions: status, the canary rollout each took part in (share,
+    step, feedback per version, evidence), metrics, lineage (``trainer`` or ``auditor``)."""
     with service_of(request).workspace(principal) as ws:
-        return [v.to_dict() for v in _registry(ws, tenant).list()]
+        scope = ws.scope(tenant, purpose=Purpose.REGISTRY)
+        return with_rollouts(scope, [v.to_dict() for v in AdapterRegistry(scope).list()])
 
 
 @router.get("/tenants/{tenant}/versions/{version}")
 def show_version(
     tenant: TenantPath, version: VersionPath, request: Request, principal: TrainerOrAuditor
 ) -> dict[str, Any]:
-    """One version with its gate runs (``trainer`` or ``auditor``)."""
+    """One version with its rollout and gate runs (``trainer`` or ``auditor``)."""
     with service_of(request).workspace(principal) as ws:
-        row = _registry(ws, tenant).get(version).to_dict()
+        scope = ws.scope(tenant, purpose=Purpose.REGISTRY)
+        (row,) = with_rollouts(scope, [AdapterRegistry(scope).get(version).to_dict()])
         row["gate_runs"] = list_gate_runs(ws, tenant, version)
     return row
 

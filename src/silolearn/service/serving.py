@@ -22,11 +22,13 @@ from silolearn.audit.log import utcnow
 from silolearn.errors import ServiceUnavailable, SiloError
 from silolearn.learning.active import uncertainty
 from silolearn.monitoring.feedback import PerformanceMonitor
+from silolearn.registry.rollout import RolloutStore, assign
 from silolearn.service.auth import Reader
 from silolearn.service.batcher import BatcherStopped
 from silolearn.service.drift import observe
 from silolearn.service.state import Answer, Service, service_of
-from silolearn.serving.predictor import check_texts
+from silolearn.serving.predictor import ServingKey, check_texts
+from silolearn.storage.scope import TenantScope
 from silolearn.storage.served import ServedStore, ServedText
 from silolearn.tenancy.access import Principal
 
@@ -34,12 +36,21 @@ router = APIRouter(tags=["serving"])
 
 TenantPath = Annotated[str, Path(description="The tenant's name.", max_length=64)]
 ANSWER_TIMEOUT = 300.0
+REQUEST_KEY_HEADER = "X-Request-Key"
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: list[StrictStr] = Field(min_length=1, description="The texts to classify.")
+    request_key: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Keeps the requests that carry it on one version while a canary "
+        "rollout runs (or send the X-Request-Key header); without one, each request is "
+        "assigned afresh.",
+    )
 
 
 class PredictionOut(BaseModel):
@@ -54,11 +65,17 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
-def batch_key(tenant: str) -> str:
-    """The micro-batcher's key for a request of ``tenant``, which decides what answers it:
-    the tenant's active version, resolved once per flush (``Predictor.answer_batch``), so
-    every request of a flush, and every text of a request, is answered by one version."""
-    return tenant
+def batch_key(scope: TenantScope, request_key: str | None) -> ServingKey:
+    """The micro-batcher's key for a request of the scope's tenant, which decides what
+    answers it: the tenant's active version, resolved once per flush
+    (``Predictor.answer_batch``), so every request of a flush, and every text of a request,
+    is answered by one version; while a canary rollout runs, the canary or the stable
+    version, as the request key assigns it (``registry.rollout.assign``)."""
+    rollout = RolloutStore(scope).serving()
+    if rollout is None:
+        return scope.tenant.name
+    canary = assign(scope, rollout.version, rollout.share, request_key)
+    return (scope.tenant.name, rollout.version if canary else rollout.stable)
 
 
 @router.post("/tenants/{tenant}/predict", response_model=PredictResponse)
@@ -76,10 +93,11 @@ def predict(
         max_text_bytes=service.settings.ingest.max_text_bytes,
         max_texts=service.settings.service.max_predict_texts,
     )
+    request_key = body.request_key or request.headers.get(REQUEST_KEY_HEADER)
     with service.workspace(principal) as ws:
-        ws.tenants.get(tenant)
+        key = batch_key(service.serving_scope(ws, tenant), request_key)
     try:
-        ticket = service.batcher.submit(batch_key(tenant), body.texts)
+        ticket = service.batcher.submit(key, body.texts)
     except BatcherStopped:
         raise ServiceUnavailable("the service is stopping: predict again shortly") from None
     version, response = ticket.then(
@@ -126,6 +144,8 @@ def _keep_and_respond(
             monitor = PerformanceMonitor(ws)
             probabilities = [p.probabilities for p in answer]
             monitor.served_in(conn, scope.tenant.id, answer[0].version, probabilities)
+            labels = [p.label for p in answer]
+            RolloutStore(scope).record_served_in(conn, answer[0].version, labels)
     observe(service, tenant, answer)
     body = PredictResponse(
         tenant=tenant,

@@ -18,7 +18,7 @@ from silolearn.service.batcher import MicroBatcher
 from silolearn.service.jobs import JobRunner
 from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
-from silolearn.serving.predictor import Prediction
+from silolearn.serving.predictor import Prediction, ServingKey
 from silolearn.storage.scope import Purpose, TenantScope
 from silolearn.tenancy.access import Principal
 from silolearn.workspace import Workspace
@@ -64,7 +64,7 @@ class Service:
     settings: Settings
     pool: WorkspacePool
     gate: Gatekeeper
-    batcher: MicroBatcher[str, str, Answer]
+    batcher: MicroBatcher[ServingKey, str, Answer]
     jobs: JobRunner
     base_model_sha256: str
     metrics: ServiceMetrics
