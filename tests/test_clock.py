@@ -1,12 +1,14 @@
-"""The one clock: a manual clock moves only forward and only when told."""
+"""The one clock: a manual clock moves only forward and only when told; a periodic task
+runs on its own thread until stopped."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from silolearn.clock import SYSTEM, ManualClock
+from silolearn.clock import SYSTEM, ManualClock, Periodic
 
 
 def test_manual_clock_moves_only_forward_when_told() -> None:
@@ -26,3 +28,23 @@ def test_manual_clock_moves_only_forward_when_told() -> None:
 def test_system_clock_is_utc() -> None:
     assert SYSTEM.now().tzinfo is not None
     assert SYSTEM.now().utcoffset() == timedelta(0)
+
+
+def test_periodic_runs_its_task_until_stopped_and_survives_a_failing_run() -> None:
+    runs: list[int] = []
+    second = threading.Event()
+
+    def task() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("the first run fails")
+        second.set()
+
+    periodic = Periodic(task, interval=0.01, name="test")
+    periodic.start()
+    second.wait()
+    periodic.stop()
+    done = len(runs)
+    assert done >= 2
+    periodic.stop()  # stopping twice is harmless
+    assert len(runs) == done  # nothing runs once stopped

@@ -4,7 +4,9 @@ manual one they advance, so days of operation play out in seconds with the same 
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -52,3 +54,32 @@ class ManualClock:
 
 
 SYSTEM = SystemClock()
+
+
+class Periodic:
+    """Runs ``task`` every ``interval`` seconds of real time in a daemon thread of its own,
+    from ``start`` until ``stop`` (which waits for a run in progress); a run that raises is
+    logged and the next one tried. What the task decides by time it reads from its clock:
+    the interval only paces it."""
+
+    def __init__(self, task: Callable[[], object], *, interval: float, name: str) -> None:
+        self._task = task
+        self._interval = interval
+        self._name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._task()
+            except Exception:
+                logging.getLogger("silolearn").exception("%s: a periodic run failed", self._name)

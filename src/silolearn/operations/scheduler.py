@@ -1,5 +1,5 @@
 """The scheduler: ``Scheduler.tick(now)`` decides which tenants' rounds are due and starts
-them; ``SchedulerLoop`` ticks it on the clock in the service.
+them; in the service a ``clock.Periodic`` ticks it every ``[schedule] tick_seconds``.
 
 A tick, for every tenant in name order: settle the outcome of its round in progress (a
 rejected or failed candidate sets a back-off, a promotion resets it), ask the triggers of
@@ -444,32 +444,6 @@ def tenant_view(
         records_mark=max(marks),
         readable=reason != "quarantined",
     )
-
-
-class SchedulerLoop:
-    """Ticks a scheduler every ``interval`` seconds in a thread of its own until stopped; a
-    tick that fails is logged and the next one tried."""
-
-    def __init__(self, scheduler: Scheduler, *, interval: float) -> None:
-        self._scheduler = scheduler
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._scheduler.tick()
-            except Exception:
-                _log.exception("a scheduler tick failed")
 
 
 def schedule_view(ws: Workspace, tenant: str, now: datetime, *, limit: int = 20) -> dict[str, Any]:

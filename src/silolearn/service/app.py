@@ -22,9 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from silolearn.clock import SYSTEM
+from silolearn.clock import SYSTEM, Periodic
 from silolearn.errors import ServiceUnavailable
-from silolearn.operations.scheduler import SchedulerLoop
 from silolearn.service import (
     admin,
     dashboard,
@@ -139,7 +138,7 @@ class Running:
         self.cut_short: list[str] = []
         """Jobs whose rounds were still running when the grace ended: the process ends
         without waiting for their threads."""
-        self.scheduler: SchedulerLoop | None = None
+        self.scheduler: Periodic | None = None
 
     @classmethod
     def start(cls, path: Path, *, retention_interval: float = 60.0) -> Running:

@@ -5,8 +5,8 @@ purge audited ``served.purge`` with its count)."""
 from __future__ import annotations
 
 import logging
-import threading
 
+from silolearn.clock import Periodic
 from silolearn.errors import SiloError
 from silolearn.service.pool import WorkspacePool
 from silolearn.storage.scope import Purpose
@@ -18,17 +18,13 @@ _log = logging.getLogger("silolearn.service")
 class Retention:
     def __init__(self, pool: WorkspacePool, *, interval: float = 60.0) -> None:
         self._pool = pool
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        self._periodic = Periodic(self.purge, interval=interval, name="retention")
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._periodic.stop()
 
     def purge(self) -> int:
         """Purge every tenant's expired kept predictions now; returns how many."""
@@ -46,10 +42,3 @@ class Retention:
                 except SiloError:
                     _log.exception("purging the kept predictions of %s failed", row[0])
         return purged
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.purge()
-            except Exception:
-                _log.exception("the retention purge failed")

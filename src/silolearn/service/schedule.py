@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from silolearn.clock import SYSTEM, Clock
+from silolearn.clock import SYSTEM, Clock, Periodic
 from silolearn.operations.policy import SchedulePolicies
-from silolearn.operations.scheduler import Launched, Scheduler, SchedulerLoop, schedule_view
+from silolearn.operations.scheduler import Launched, Scheduler, schedule_view
 from silolearn.service.auth import allow
 from silolearn.service.jobs import JobRunner
 from silolearn.service.state import service_of
@@ -60,14 +60,14 @@ class JobLauncher:
         return {str(tenant_id) for (tenant_id,) in rows}
 
 
-def start_scheduler(path: FilePath, jobs: JobRunner, clock: Clock) -> SchedulerLoop | None:
+def start_scheduler(path: FilePath, jobs: JobRunner, clock: Clock) -> Periodic | None:
     """The scheduler's thread, started (``None`` when ``[schedule] enabled`` is false)."""
     with Workspace.open(path, actor="scheduler") as ws:
         settings = ws.settings.schedule
     if not settings.enabled:
         return None
     scheduler = Scheduler(lambda: Workspace.open(path, actor="scheduler"), JobLauncher(jobs), clock)
-    loop = SchedulerLoop(scheduler, interval=settings.tick_seconds)
+    loop = Periodic(scheduler.tick, interval=settings.tick_seconds, name="scheduler")
     loop.start()
     return loop
 
