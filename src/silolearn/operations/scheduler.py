@@ -348,15 +348,8 @@ class Scheduler:
         )
         if reason is not None:
             latest = decisions.latest(info.name)
-            if (
-                latest is not None
-                and latest.decision == "skip"
-                and (
-                    latest.reason,
-                    latest.trigger,
-                )
-                == (reason, firing.trigger)
-            ):
+            same = ("skip", reason, firing.trigger)
+            if latest is not None and (latest.decision, latest.reason, latest.trigger) == same:
                 return None  # held back for the same reason already: recorded once
             return decisions.record(info, now, firing, reason=reason)
         mark = self._records_now(ws, info)
