@@ -143,3 +143,20 @@ def test_service_scheduler_starts_a_due_round_as_a_job(server: Server) -> None:
     ]
     assert audited[1].object == decision["id"]
     assert audited[1].details["evidence"]["new_labelled"] == decision["evidence"]["new_labelled"]
+
+
+def test_dashboard_shows_the_schedule(server: Server) -> None:
+    """The tenant's page (a trainer's cookie) has the schedule panel: triggers and the
+    scheduler's decisions, as the API shows them."""
+    trainer = server.token("alpha", "trainer")
+    view = server.call("GET", "/v1/tenants/alpha/schedule", trainer).json()
+    page = server.client.get(
+        server.url + "/dashboard/tenants/alpha",
+        headers={"Cookie": f"silolearn_token={trainer}"},
+        follow_redirects=False,
+    )
+    assert page.status_code == 200, page.text[:500]
+    assert '<section id="schedule">' in page.text
+    assert f'<strong id="schedule-triggers">{", ".join(view["policy"]["triggers"])}' in page.text
+    for decision in view["decisions"]:
+        assert f"<td>{decision['at']}</td><td>{decision['decision']}</td>" in page.text
