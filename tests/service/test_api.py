@@ -418,6 +418,7 @@ def test_predict_then_feedback_by_prediction_id_stores_the_served_text_with_its_
     )
     assert given.status_code == 200, given.text
     assert given.json()["accepted"] == 1 and given.json()["record_id"] == f"feedback:{pid}"
+    assert given.json()["outcome"] == "stored"
     again = server.call(
         "POST",
         "/v1/tenants/alpha/feedback",
@@ -425,6 +426,8 @@ def test_predict_then_feedback_by_prediction_id_stores_the_served_text_with_its_
         json={"prediction_id": pid, "label": "rotten"},
     )
     assert again.status_code == 200 and again.json()["duplicates"] == 1
+    assert again.json()["outcome"] == "duplicate"
+    assert "already stored under this record id" in again.json()["reason"]
     changed = server.call(
         "POST",
         "/v1/tenants/alpha/feedback",
@@ -450,6 +453,40 @@ def test_predict_then_feedback_by_prediction_id_stores_the_served_text_with_its_
         events = ws.audit.events(tenant="alpha", action="predict")
         assert events[-1].details["count"] >= 1
         assert all("text" not in e.details for e in events)
+
+
+def test_feedback_whose_text_is_in_training_under_another_id_is_a_duplicate_said_and_audited(
+    server: Server,
+) -> None:
+    """Nothing is lost (200), nothing is stored twice, and the answer and the audit log say
+    why the feedback added no record."""
+    reader, contributor = server.token("alpha", "reader"), server.token("alpha", "contributor")
+    with Workspace.open(server.path, actor="test") as ws:
+        trained = ws.scope("alpha", purpose=Purpose.AUDIT).train.read()[0].record
+        before = ws.tenant("alpha").show()
+        head = ws.audit.events(limit=1)[-1].seq
+    served = server.call(
+        "POST", "/v1/tenants/alpha/predict", reader, json={"texts": [trained.text]}
+    ).json()["predictions"][0]
+    by_prediction = {"prediction_id": served["prediction_id"], "label": trained.label}
+    as_record = {**_record(_fresh(), str(trained.label)), "text": trained.text}
+    for body in (by_prediction, as_record):
+        given = server.call("POST", "/v1/tenants/alpha/feedback", contributor, json=body)
+        assert given.status_code == 200, given.text
+        answer = given.json()
+        assert answer["accepted"] == 0 and answer["repeats"] == 1, answer
+        assert answer["outcome"] == "duplicate"
+        assert answer["reason"] == "its text is already in training under another record id"
+    with Workspace.open(server.path, actor="test") as ws:
+        after = ws.tenant("alpha").show()
+        events = [e for e in ws.audit.events(action="feedback.received") if e.seq > head]
+    assert (after["train"], after["eval"]) == (before["train"], before["eval"])
+    assert [e.details["outcome"] for e in events] == ["duplicate", "duplicate"]
+    assert [e.details["record_id"] for e in events] == [
+        f"feedback:{served['prediction_id']}",
+        as_record["id"],
+    ]
+    assert all("text" not in e.details for e in events)
 
 
 def test_a_second_round_and_a_rollback_reach_the_server_without_a_restart(server: Server) -> None:

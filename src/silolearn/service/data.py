@@ -1,6 +1,14 @@
 """Data in: ``POST /v1/tenants/{tenant}/records`` (ingest) and ``.../feedback``, both through
 the gateway like any record (validation, minimisation, content routing, contamination
-check), with the gateway's per-line report as the answer."""
+check), with the gateway's per-line report as the answer.
+
+Feedback is one record, so its answer also names what became of it, as ``outcome`` and
+``reason``, and the same is audited (``feedback.received``, details sealed like every
+tenant event): ``stored``; ``duplicate`` when its id is stored already (the same feedback
+given again) or its text is already in training under another record id (nothing new to
+learn: the gateway's ``repeats``); ``contaminated`` when it is a near-copy of evaluation
+data and kept out of training (I5). None of these loses anything, so each is a 200; a
+rejected record is a 422 naming why."""
 
 from __future__ import annotations
 
@@ -135,8 +143,8 @@ def feedback(
 ) -> dict[str, Any]:
     """Production feedback (role ``contributor``): ``{"prediction_id", "label"}`` names a
     served prediction, whose kept text is stored with the right label; or a new labelled
-    record. Either goes through the gateway; the answer is its report (a rejected record
-    is a 422 naming why)."""
+    record. Either goes through the gateway; the answer is its report with the record's id,
+    ``outcome`` and ``reason`` (see the module; a rejected record is a 422 naming why)."""
     service = service_of(request)
     served: ServedText | None = None
     with service.workspace(principal) as ws:
@@ -172,15 +180,41 @@ def feedback(
                 # a canary rollout compares its versions on it, and decides at once
                 right = served.label == body.label
                 RolloutDriver(ws).feedback(tenant, served.version, correct=right)
+        if report["rejected"]:
+            reason = report["errors"][0]["reason"] if report["errors"] else "rejected"
+            service.metrics.record_ingest(tenant, report)
+            raise InvalidInput(f"feedback not stored: {reason}", report=report)
+        outcome, reason = feedback_outcome(report)
+        ws.audit.append(
+            "feedback.received",
+            tenant=tenant,
+            details={
+                "record_id": record["id"],
+                "outcome": outcome,
+                "reason": reason,
+                "prediction_id": None if served is None else served.prediction_id,
+                "served_version": None if served is None else served.version,
+            },
+        )
     service.metrics.record_ingest(tenant, report)
-    if served is not None and report["accepted"]:
+    # the same feedback given again is not counted twice
+    if served is not None and (report["accepted"] or report["repeats"] or report["contaminated"]):
         correct = "true" if served.label == body.label else "false"
         service.metrics.feedback.labels(tenant, str(served.version), correct).inc()
-    if report["rejected"]:
-        reason = report["errors"][0]["reason"] if report["errors"] else "rejected"
-        raise InvalidInput(f"feedback not stored: {reason}", report=report)
-    report["record_id"] = record["id"]
-    return report
+    return {**report, "record_id": record["id"], "outcome": outcome, "reason": reason}
+
+
+def feedback_outcome(report: dict[str, Any]) -> tuple[str, str]:
+    """What became of one feedback record that was not rejected, from the gateway's
+    report: an outcome and its reason."""
+    if report["accepted"]:
+        store = "training" if report["train"] else "evaluation"
+        return "stored", f"stored in the {store} store"
+    if report["repeats"]:
+        return "duplicate", "its text is already in training under another record id"
+    if report["contaminated"]:
+        return "contaminated", "a near-copy of evaluation data: kept out of training (I5)"
+    return "duplicate", "already stored under this record id (the same feedback, given again)"
 
 
 def _origin(served: ServedText, body: PredictionFeedback) -> LabelOrigin:
