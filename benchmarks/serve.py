@@ -14,7 +14,10 @@ the tenants never saw):
   so that 100 small tenants get a version cheaply). Requests go round-robin over the first
   1, 10 or 100 tenants, each with its tenant's reader token; each one is authenticated,
   queued in the micro-batcher (fixed cadence, ``[service] batch_window_ms``), answered by
-  one encoder pass then each tenant's head, kept sealed for feedback and audited.
+  one encoder pass then each tenant's head, kept sealed for feedback and audited, and
+  released at its tick plus ``[service] release_delay_ms`` (``--release-delay-ms`` sets it
+  for the run). The answers released after their deadline (above capacity) are read from
+  ``/metrics`` after each load (``silolearn_predict_deadline_misses_total``).
 * **single model**: FastAPI on uvicorn, the same frozen encoder (``FrozenEncoder``) and one
   ``HeadAdapter`` fitted at start, no tenancy, no batching, no audit: each request encodes
   its text and applies the head (a sync endpoint, run in the threadpool).
@@ -30,7 +33,8 @@ throughput divided by the single-model server's.
 fixed schedule) for ``--probe-seconds``, first with tenant B idle, then with B sending at
 80% of capacity (the 1-tenant throughput above, open loop). The two samples of A's
 latencies are compared with Mann-Whitney U and Kolmogorov-Smirnov (scipy); "significant"
-is p < 0.01.
+is p < 0.01. Other work on the machine moves latencies: the load average (``uptime``) is
+recorded with each probe, and ``--probe-repeats N`` runs the idle/busy pair N times.
 
 Building 100 tenants' versions takes most of the run (100 rounds, each a training and an
 evaluation worker process); ``--workspace PATH`` keeps the workspace so that a second run
@@ -94,9 +98,10 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------- setup
 
 
-def build_workspace(path: Path, tenants: int, records: int) -> tuple[dict[str, str], float]:
+def build_workspace(path: Path, tenants: int, records: int) -> tuple[dict[str, str], str, float]:
     """``tenants`` tenants with ``records`` records each, a head version each (product
-    path); returns the reader tokens and the seconds the rounds took. A tenant whose round
+    path); returns the reader tokens, a workspace-wide auditor token (for ``/metrics``) and
+    the seconds the rounds took. A tenant whose round
     ends without a version (too few eval records, say) gets ``records`` newer records and
     another round, up to three times. A workspace already at ``path`` is reused as it is
     (``--workspace``): only new tokens are granted."""
@@ -134,7 +139,12 @@ def build_workspace(path: Path, tenants: int, records: int) -> tuple[dict[str, s
             .token
             for name in names
         }
-    return tokens, seconds
+        auditor = (
+            ws.access()
+            .grant(tenant=None, roles=["auditor"], duration=timedelta(hours=6), reason="bench")
+            .token
+        )
+    return tokens, auditor, seconds
 
 
 def start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -241,6 +251,22 @@ async def probe(
             jobs.append(open_loop(http, url, b, texts[::-1], b_rate, seconds, None))
         await asyncio.gather(*jobs)
     return latencies
+
+
+def late_answers(url: str, auditor: str) -> float:
+    """The server's count of answers released after their deadline, all tenants."""
+    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {auditor}"}, timeout=120)
+    r.raise_for_status()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in r.text.splitlines()
+        if line.startswith("silolearn_predict_deadline_misses_total")
+    )
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def summary(latencies: list[float], seconds: float) -> Row:
@@ -354,11 +380,15 @@ def run(args: argparse.Namespace) -> Row:
         root = Path(tmp)
         os.environ.update(SERVER_ENV)
         workspace = args.workspace or root / "ws"
-        tokens, train_seconds = build_workspace(workspace, max(counts), args.records)
+        if args.release_delay_ms is not None:
+            os.environ["SILOLEARN_SERVICE__RELEASE_DELAY_MS"] = str(args.release_delay_ms)
+        tokens, auditor, train_seconds = build_workspace(workspace, max(counts), args.records)
+        with Workspace.open(workspace, actor="bench") as ws:
+            result["release_delay_ms"] = ws.settings.service.release_delay_ms
+            result["batch_window_ms"] = ws.settings.service.batch_window_ms
         result["train_seconds"] = train_seconds
-        names = sorted(tokens)
+        result["load_average"] = load_average()
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
         server = start(
             [sys.executable, "-m", "silolearn.cli", "serve", "-w", str(workspace),
              "--port", str(port)],
@@ -366,20 +396,10 @@ def run(args: argparse.Namespace) -> Row:
             root / "server.log",
         )  # fmt: skip
         try:
-            for n in counts:
-                targets = [(f"/v1/tenants/{t}/predict", tokens[t]) for t in names[:n]]
-                lat = asyncio.run(closed_loop(url, targets, texts, args.concurrency, args.seconds))
-                result["silolearn"].append({"tenants": n, **summary(lat, args.seconds)})
-            capacity = result["silolearn"][0]["throughput"]
-            a = (f"/v1/tenants/{names[0]}/predict", tokens[names[0]])
-            b = (f"/v1/tenants/{names[-1]}/predict", tokens[names[-1]])
-            idle = asyncio.run(probe(url, a, None, texts, args.probe_rate, 0, args.probe_seconds))
-            busy = asyncio.run(
-                probe(url, a, b, texts, args.probe_rate, 0.8 * capacity, args.probe_seconds)
-            )
+            measure_silolearn(f"http://127.0.0.1:{port}", tokens, auditor, texts, counts, args,
+                              result)  # fmt: skip
         finally:
             stop(server)
-        result["channel"] = channel(idle, busy, 0.8 * capacity)
         port = free_port()
         single = start(
             [sys.executable, __file__, "--single-server", str(port)], port, root / "single.log"
@@ -395,6 +415,44 @@ def run(args: argparse.Namespace) -> Row:
             stop(single)
     result["floor"], result["floor_batched"] = floor(texts, args.seconds)
     return result
+
+
+def measure_silolearn(
+    url: str,
+    tokens: dict[str, str],
+    auditor: str,
+    texts: list[str],
+    counts: list[int],
+    args: argparse.Namespace,
+    result: Row,
+) -> None:
+    """The closed-loop loads over 1, 10, 100 tenants, then the timing-channel probes
+    (``--probe-repeats`` pairs), each with the answers it saw released late."""
+    names = sorted(tokens)
+    for n in counts:
+        targets = [(f"/v1/tenants/{t}/predict", tokens[t]) for t in names[:n]]
+        late = late_answers(url, auditor)
+        lat = asyncio.run(closed_loop(url, targets, texts, args.concurrency, args.seconds))
+        late = late_answers(url, auditor) - late
+        result["silolearn"].append({"tenants": n, **summary(lat, args.seconds), "late": late})
+    capacity = result["silolearn"][0]["throughput"]
+    a = (f"/v1/tenants/{names[0]}/predict", tokens[names[0]])
+    b = (f"/v1/tenants/{names[-1]}/predict", tokens[names[-1]])
+    result["channels"] = []
+    for _ in range(args.probe_repeats):
+        loads = [load_average()]
+        late = late_answers(url, auditor)
+        idle = asyncio.run(probe(url, a, None, texts, args.probe_rate, 0, args.probe_seconds))
+        idle_late = late_answers(url, auditor) - late
+        loads.append(load_average())
+        busy = asyncio.run(
+            probe(url, a, b, texts, args.probe_rate, 0.8 * capacity, args.probe_seconds)
+        )
+        busy_late = late_answers(url, auditor) - late - idle_late
+        row = channel(idle, busy, 0.8 * capacity)
+        row["idle"]["late"], row["busy"]["late"] = idle_late, busy_late
+        row["load_average"] = loads
+        result["channels"].append(row)
 
 
 def channel(idle: list[float], busy: list[float], b_rate: float) -> Row:
@@ -417,7 +475,7 @@ def tables(result: Row) -> list[Table]:
     serving = Table(
         "predict over HTTP, one text per request, "
         f"{result['args']['concurrency']} concurrent clients",
-        ["server", "requests/s", "p50 ms", "p99 ms", "vs single", "vs floor"],
+        ["server", "requests/s", "p50 ms", "p99 ms", "vs single", "vs floor", "late answers"],
     )
     for row in result["silolearn"]:
         serving.add(
@@ -427,6 +485,7 @@ def tables(result: Row) -> list[Table]:
             fmt_float(row["p99_ms"], 1),
             fmt_ratio(row["throughput"] / single),
             fmt_ratio(row["throughput"] / floor_tp),
+            str(int(row["late"])),
         )
     s = result["single"]
     serving.add(
@@ -436,6 +495,7 @@ def tables(result: Row) -> list[Table]:
         fmt_float(s["p99_ms"], 1),
         "1.00x",
         fmt_ratio(single / floor_tp),
+        "",
     )
     f = result["floor"]
     serving.add(
@@ -445,6 +505,7 @@ def tables(result: Row) -> list[Table]:
         fmt_float(f["p99_ms"], 1),
         fmt_ratio(floor_tp / single),
         "1.00x",
+        "",
     )
     serving.add(
         "floor, batches of 64 (reference)",
@@ -453,12 +514,18 @@ def tables(result: Row) -> list[Table]:
         "",
         fmt_ratio(result["floor_batched"]["throughput"] / single),
         fmt_ratio(result["floor_batched"]["throughput"] / floor_tp),
+        "",
     )
-    c = result["channel"]
-    probe_table = Table(
+    return [serving, *(probe_table(result, c) for c in result["channels"])]
+
+
+def probe_table(result: Row, c: Row) -> Table:
+    delay = result.get("release_delay_ms")
+    table = Table(
         f"tenant A at {result['args']['probe_rate']} req/s: latency with B idle and with B at "
-        f"80% of capacity ({c['b_rate']:.1f} req/s)",
-        ["tenant B", "A's requests", "p50 ms", "mean ms", "p99 ms"],
+        f"80% of capacity ({c['b_rate']:.1f} req/s); release delay {delay} ms; load average "
+        f"{' / '.join(str(x[0]) for x in c['load_average'])} (1 min, at the start of each)",
+        ["tenant B", "A's requests", "p50 ms", "mean ms", "p99 ms", "late answers (A and B)"],
         note=(
             f"Mann-Whitney U p = {c['mannwhitney_p']:.3g}, KS p = {c['ks_p']:.3g}: "
             + (
@@ -470,14 +537,15 @@ def tables(result: Row) -> list[Table]:
     )
     for name in ("idle", "busy"):
         row = c[name]
-        probe_table.add(
+        table.add(
             "idle" if name == "idle" else "80% of capacity",
             str(row["requests"]),
             fmt_float(row["p50_ms"], 1),
             fmt_float(row["mean_ms"], 1),
             fmt_float(row["p99_ms"], 1),
+            str(int(row["late"])),
         )
-    return [serving, probe_table]
+    return table
 
 
 def main() -> None:
@@ -488,6 +556,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--probe-rate", type=float, default=5.0, help="tenant A's req/s")
     parser.add_argument("--probe-seconds", type=float, default=30.0)
+    parser.add_argument("--probe-repeats", type=int, default=1, help="idle/busy probe pairs")
+    parser.add_argument(
+        "--release-delay-ms", type=float, help="the server's [service] release_delay_ms"
+    )
     parser.add_argument(
         "--workspace", type=Path, help="build the tenants' workspace here, or reuse it"
     )
