@@ -1,15 +1,18 @@
 """The dashboard: server-rendered pages (Jinja2, autoescaped) behind the API's own tokens.
 
-One logs in at ``/dashboard/login`` by pasting a token holding the ``auditor`` role; it is
-kept for the browser's session in an ``HttpOnly``, ``SameSite=Strict`` cookie and checked on
-every page exactly as a bearer token is (live, within its rate, its tenant, its role; every
-denial audited). A tenant's page (``/dashboard/tenants/{t}``) shows its serving version and
-its history with accuracy over versions (a Plotly chart), gate verdicts, the privacy
-ledger, incidents and data health; the workspace page (``/dashboard``, a workspace-wide
-token) lists tenants and incidents and verifies the audit chain. Nothing on any page is a
-record's text. A token of tenant A asking for tenant B's page gets the 404 of a tenant that
-does not exist. Scripts are files of this package or of plotly's (no CDN, no inline
-script: the Content-Security-Policy allows scripts from this origin only).
+One logs in at ``/dashboard/login`` by pasting a token of any role; it is kept for the
+browser's session in an ``HttpOnly``, ``SameSite=Strict`` cookie and checked on every page
+exactly as a bearer token is (live, within its rate, its tenant; every denial audited).
+Each page shows the sections the token's roles may see (``TENANT_SECTIONS``,
+``WORKSPACE_SECTIONS``) and computes nothing else. A tenant's page
+(``/dashboard/tenants/{t}``) has its serving version and data health for every role; its
+versions with accuracy over versions (a Plotly chart), gate verdicts and privacy ledger for
+a trainer or an auditor; its incidents for an auditor. The workspace page (``/dashboard``,
+a workspace-wide token) lists tenants, and for an admin or an auditor the incidents and
+the audit chain verified. Nothing on any page is a record's text. A token of tenant A
+asking for tenant B's page gets the 404 of a tenant that does not exist. Scripts are files
+of this package or of plotly's (no CDN, no inline script: the Content-Security-Policy
+allows scripts from this origin only).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from jinja2 import Environment, PackageLoader
 from starlette.concurrency import run_in_threadpool
 
 from silolearn.clock import SYSTEM
-from silolearn.errors import AuditChainBroken, SiloError, Unauthenticated
+from silolearn.errors import AuditChainBroken, RateLimited, SiloError, Unauthenticated
 from silolearn.ingest.health import tenant_health
 from silolearn.monitoring.incidents import Incidents
 from silolearn.operations.scheduler import schedule_view
@@ -36,12 +39,28 @@ from silolearn.registry.versions import AdapterRegistry
 from silolearn.service.auth import gatekeeper
 from silolearn.service.state import Service, service_of
 from silolearn.storage.scope import Purpose
-from silolearn.tenancy.access import Principal
+from silolearn.tenancy.access import ROLES, Principal
 from silolearn.workspace import Workspace
 
 PREFIX = "/dashboard"
 COOKIE = "silolearn_token"
-ROLE = "auditor"
+EVERY_ROLE = frozenset(ROLES)
+TENANT_SECTIONS: dict[str, frozenset[str]] = {
+    "serving": EVERY_ROLE,
+    "health": EVERY_ROLE,
+    "versions": frozenset({"trainer", "auditor"}),
+    "gates": frozenset({"trainer", "auditor"}),
+    "ledger": frozenset({"trainer", "auditor"}),
+    "incidents": frozenset({"auditor"}),
+    "schedule": frozenset({"trainer", "auditor"}),
+}
+"""A tenant page's sections, and the roles that see each."""
+WORKSPACE_SECTIONS: dict[str, frozenset[str]] = {
+    "tenants": EVERY_ROLE,
+    "incidents": frozenset({"admin", "auditor"}),
+    "chain": frozenset({"admin", "auditor"}),
+}
+"""The workspace page's sections (a workspace-wide token), and the roles that see each."""
 MAX_TOKEN = 200
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -85,9 +104,17 @@ def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 
 def _error_page(exc: SiloError, principal: Principal | None = None) -> HTMLResponse:
-    return _page(
-        "error.html", exc.http_status, error=exc.code, message=str(exc), principal=principal
+    return _retry_after(
+        exc,
+        _page("error.html", exc.http_status, error=exc.code, message=str(exc), principal=principal),
     )
+
+
+def _retry_after(exc: SiloError, page: HTMLResponse) -> HTMLResponse:
+    """A page refusing a token over its rate says when to come back, as the API does."""
+    if isinstance(exc, RateLimited):
+        page.headers["Retry-After"] = str(exc.details.get("retry_after", 1))
+    return page
 
 
 def _principal(request: Request, tenant: str | None) -> Principal:
@@ -97,7 +124,12 @@ def _principal(request: Request, tenant: str | None) -> Principal:
         if token is None
         else HTTPAuthorizationCredentials(scheme="Bearer", credentials=token[:MAX_TOKEN])
     )
-    return gatekeeper(request).check(request, credentials, roles=(ROLE,), tenant=tenant)
+    return gatekeeper(request).check(request, credentials, roles=(), tenant=tenant)
+
+
+def shown(sections: dict[str, frozenset[str]], principal: Principal) -> frozenset[str]:
+    """The sections ``principal``'s roles may see."""
+    return frozenset(name for name, roles in sections.items() if principal.roles & roles)
 
 
 def _to_login() -> RedirectResponse:
@@ -116,10 +148,10 @@ async def login(request: Request) -> Response:
     credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
     try:
         await run_in_threadpool(
-            gatekeeper(request).check, request, credentials, roles=(ROLE,), tenant=None
+            gatekeeper(request).check, request, credentials, roles=(), tenant=None
         )
     except SiloError as exc:
-        return _page("login.html", exc.http_status, message=str(exc))
+        return _retry_after(exc, _page("login.html", exc.http_status, message=str(exc)))
     response = RedirectResponse(PREFIX, status_code=303, headers=HEADERS)
     response.set_cookie(
         COOKIE,
@@ -152,9 +184,10 @@ def home(request: Request) -> Response:
             f"{PREFIX}/tenants/{principal.tenant}", status_code=303, headers=HEADERS
         )
     service = service_of(request)
+    sections = shown(WORKSPACE_SECTIONS, principal)
     with service.workspace(principal) as ws:
-        context = workspace_view(ws)
-    return _page("workspace.html", principal=principal, **context)
+        context = workspace_view(ws, sections)
+    return _page("workspace.html", principal=principal, shown=sections, **context)
 
 
 @router.get("/tenants/{tenant}")
@@ -162,13 +195,14 @@ def tenant_page(tenant: str, request: Request) -> Response:
     try:
         principal = _principal(request, tenant[:64])
         service = service_of(request)
+        sections = shown(TENANT_SECTIONS, principal)
         with service.workspace(principal) as ws:
-            context = tenant_view(service, ws, tenant)
+            context = tenant_view(service, ws, tenant, sections)
     except Unauthenticated:
         return _to_login()
     except SiloError as exc:
         return _error_page(exc)
-    return _page("tenant.html", principal=principal, **context)
+    return _page("tenant.html", principal=principal, shown=sections, **context)
 
 
 @router.get("/static/{name}")
@@ -223,8 +257,11 @@ def versions_figure(versions: list[dict[str, Any]], feedback: dict[int, float]) 
     }
 
 
-def tenant_view(service: Service, ws: Workspace, tenant: str) -> dict[str, Any]:
-    """What a tenant's page shows: metadata and counts, never a record's text."""
+def tenant_view(
+    service: Service, ws: Workspace, tenant: str, sections: frozenset[str]
+) -> dict[str, Any]:
+    """What a tenant's page shows of ``sections``: metadata and counts, never a record's
+    text; what a section not shown would hold is not read."""
     info = ws.tenants.get(tenant)
     registry = AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY))
     versions = [
@@ -241,13 +278,34 @@ def tenant_view(service: Service, ws: Workspace, tenant: str) -> dict[str, Any]:
         }
         for v in registry.list()
     ]
-    serving = next((v for v in versions if v["status"] == "active"), None)
-    feedback = {
-        int(version): value
-        for (name, version), value in service.metrics.feedback_accuracy().items()
-        if name == tenant
+    view: dict[str, Any] = {
+        "tenant": info,
+        "serving": next((v for v in versions if v["status"] == "active"), None),
     }
-    gate_runs = [
+    if "versions" in sections:
+        feedback = {
+            int(version): value
+            for (name, version), value in service.metrics.feedback_accuracy().items()
+            if name == tenant
+        }
+        view["versions"] = versions
+        view["figure"] = versions_figure(versions, feedback)
+    if "gates" in sections:
+        view["gate_runs"] = _gate_runs(ws, tenant)
+    if "ledger" in sections:
+        view["ledger"] = ws.ledger().summary(tenant_scope(info.id))
+    if "incidents" in sections:
+        view["incidents"] = _incidents(ws, tenant)
+    if "schedule" in sections:
+        view["schedule"] = schedule_view(ws, tenant, SYSTEM.now(), limit=10)
+    if "health" in sections:
+        view["health"] = tenant_health(ws, tenant)
+        view["stats"] = ws.tenants.stats(info)
+    return view
+
+
+def _gate_runs(ws: Workspace, tenant: str) -> list[dict[str, Any]]:
+    return [
         {
             "version": r["version"],
             "trigger": r["trigger"],
@@ -266,19 +324,6 @@ def tenant_view(service: Service, ws: Workspace, tenant: str) -> dict[str, Any]:
         }
         for r in list_gate_runs(ws, tenant)
     ]
-    ledger = ws.ledger().summary(tenant_scope(info.id))
-    return {
-        "tenant": info,
-        "serving": serving,
-        "versions": versions,
-        "figure": versions_figure(versions, feedback),
-        "gate_runs": gate_runs,
-        "ledger": ledger,
-        "incidents": _incidents(ws, tenant),
-        "schedule": schedule_view(ws, tenant, SYSTEM.now(), limit=10),
-        "health": tenant_health(ws, tenant),
-        "stats": ws.tenants.stats(info),
-    }
 
 
 def _incidents(ws: Workspace, tenant: str | None) -> list[dict[str, Any]]:
@@ -286,8 +331,9 @@ def _incidents(ws: Workspace, tenant: str | None) -> list[dict[str, Any]]:
     return [{k: i.get(k) for k in keys} for i in Incidents(ws).list(tenant=tenant)]
 
 
-def workspace_view(ws: Workspace) -> dict[str, Any]:
-    """What the workspace page shows: tenants, incidents and the audit chain's state."""
+def workspace_view(ws: Workspace, sections: frozenset[str]) -> dict[str, Any]:
+    """What the workspace page shows of ``sections``: tenants, incidents and the audit
+    chain's state."""
     tenants = []
     for info in ws.tenants.list():
         try:
@@ -302,10 +348,15 @@ def workspace_view(ws: Workspace) -> dict[str, Any]:
                 "serving": None if active is None else active.version,
             }
         )
-    try:
-        report = ws.audit.verify()
-        chain: dict[str, Any] = {"ok": True, **report.to_dict()}
-    except AuditChainBroken as exc:
-        chain = {"ok": False, "message": str(exc), **exc.details}
-    chain["signed_seq"] = ws.audit.signed_seq()
-    return {"tenants": tenants, "incidents": _incidents(ws, None), "chain": chain}
+    view: dict[str, Any] = {"tenants": tenants}
+    if "incidents" in sections:
+        view["incidents"] = _incidents(ws, None)
+    if "chain" in sections:
+        try:
+            report = ws.audit.verify()
+            chain: dict[str, Any] = {"ok": True, **report.to_dict()}
+        except AuditChainBroken as exc:
+            chain = {"ok": False, "message": str(exc), **exc.details}
+        chain["signed_seq"] = ws.audit.signed_seq()
+        view["chain"] = chain
+    return view
