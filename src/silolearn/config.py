@@ -402,9 +402,10 @@ class PerformanceConfig(_Section):
     burn_in: int = Field(default=200, ge=30, le=1_000_000)
     """Feedback items of a version that set its reference accuracy before its control chart
     arms (more when that many cannot yet guarantee ``arl0``)."""
-    shift: float = Field(default=0.05, gt=0.0, lt=1.0)
-    """The drop of accuracy the chart is tuned to detect fastest (larger drops are detected
-    sooner still)."""
+    shift: float = Field(default=0.10, gt=0.0, lt=1.0)
+    """The drop of accuracy the chart is tuned to detect fastest: smaller drops are detected
+    later, larger ones sooner. A smaller shift also needs a longer burn-in before the chart
+    can guarantee its false-alarm rate (about 4x for half the shift)."""
     arl0: float = Field(default=5000.0, ge=10.0, le=1e9)
     """Feedback items between false alarms on a version whose accuracy holds: the chart's
     limit is calibrated to it, shared between the aggregate and each slice field."""
