@@ -28,6 +28,7 @@ from silolearn.service import (
     admin,
     dashboard,
     data,
+    drift,
     governance,
     labels,
     learning,
@@ -38,6 +39,7 @@ from silolearn.service import (
 )
 from silolearn.service.auth import Gatekeeper, RateLimiter
 from silolearn.service.batcher import MicroBatcher
+from silolearn.service.drift import start_drift_monitor
 from silolearn.service.jobs import JobRunner
 from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
@@ -94,6 +96,7 @@ def create_app(
     app.add_middleware(DrainRequests)
     for module in (serving, data, labels, learning, governance, admin, performance, schedule):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(drift.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
     dashboard.install(app)
 
@@ -185,6 +188,7 @@ class Running:
             pool.close()
             raise
         batcher.start()
+        service.drift = start_drift_monitor(path, batcher)
         retention.start()
         running = cls(service, retention, batcher_ws, jobs)
         running.scheduler = start_scheduler(path, jobs, SYSTEM)
@@ -226,6 +230,8 @@ class Running:
         service = self.service
         service.drain.start()
         try:
+            if service.drift is not None:
+                service.drift.stop()
             service.batcher.stop()
             self._retention.stop()
             if self.scheduler is not None:

@@ -13,6 +13,7 @@ from fastapi import Request
 
 from silolearn.config import Settings
 from silolearn.errors import SiloError
+from silolearn.monitoring.background import DriftQueue
 from silolearn.service.auth import Gatekeeper
 from silolearn.service.batcher import MicroBatcher
 from silolearn.service.jobs import JobRunner
@@ -68,6 +69,8 @@ class Service:
     jobs: JobRunner
     base_model_sha256: str
     metrics: ServiceMetrics
+    drift: DriftQueue | None = None
+    """The background drift monitor (``service.drift``), once started."""
     drain: Drain = field(default_factory=Drain)
     _serving_scopes: dict[tuple[int, str], tuple[str, int, TenantScope]] = field(
         default_factory=dict
