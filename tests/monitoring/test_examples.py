@@ -1,0 +1,15 @@
+"""The seeded examples in the performance monitor's docstrings run as written."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from silolearn.monitoring import estimate, performance, slices
+
+
+@pytest.mark.parametrize("module", [performance, estimate, slices], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module: object) -> None:
+    result = doctest.testmod(module, verbose=False)  # type: ignore[arg-type]
+    assert result.attempted > 0 and result.failed == 0
