@@ -9,7 +9,6 @@ of both as a tenant's last round, so the test clock must run ahead of it."""
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from silolearn import Workspace
 from silolearn.clock import ManualClock
 from silolearn.datasets import bbc_news, sample
+from silolearn.ingest.gateway import Gateway
 from silolearn.monitoring.signals import Signal, Signals
 from silolearn.operations.policy import SchedulePolicies
 from silolearn.operations.scheduler import (
@@ -30,6 +30,8 @@ from silolearn.operations.scheduler import (
 )
 from silolearn.operations.times import stamp
 from silolearn.operations.triggers import Firing
+from silolearn.registry.versions import AdapterRegistry
+from silolearn.storage.scope import Purpose
 
 MONDAY = datetime(2035, 1, 1, tzinfo=UTC)
 """A Monday at midnight, years after the machine's clock."""
@@ -158,19 +160,27 @@ def test_quarantined_tenant_never_trains(ws: Workspace) -> None:
     assert len(_audited(path, "schedule.skip", "held")) == 1
 
 
-def _shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """The same texts with their labels permuted: nothing to learn beyond the labels' shares,
-    so a first version cannot be shown better than always answering the commonest label."""
-    labels = [row["label"] for row in rows]
-    random.Random(seed).shuffle(labels)
-    return [{**row, "label": label} for row, label in zip(rows, labels, strict=True)]
+def _contradicted(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` articles labelled with the topic after their own: must-pass examples that the
+    tenant's own data contradicts, so that no candidate it learns answers them all."""
+    topics = sorted({row["label"] for row in rows})
+    return [
+        {**row, "label": topics[(topics.index(row["label"]) + 1) % len(topics)]} for row in rows[:n]
+    ]
 
 
 def test_rejected_candidate_backs_off(ws: Workspace) -> None:
+    """A tenant whose golden suite contradicts its data: every candidate fails the golden
+    gate (the records separate well, so a candidate answers the articles' real topics)."""
     path = ws.path
     clock = ManualClock(MONDAY)
     ws.create_tenant("noise")
-    ws.tenant("noise").ingest(_shuffled(sample(bbc_news(), 200, seed=3), seed=5))
+    rows = sample(bbc_news(), 206, seed=3)
+    ws.tenant("noise").ingest(rows[:200])
+    golden = Gateway(ws).ingest(
+        "noise", _contradicted(rows[200:], 3), strict=True, all_to_eval=True, suite="golden"
+    )
+    assert golden.eval == 3
     SchedulePolicies(ws).set(
         "noise",
         {
@@ -186,6 +196,9 @@ def test_rejected_candidate_backs_off(ws: Workspace) -> None:
     assert _tick(scheduler, clock, MONDAY + timedelta(minutes=9, seconds=59)) == {}
     first = _tick(scheduler, clock, MONDAY + timedelta(minutes=10))["noise"]
     assert (first.decision, first.outcome) == ("trigger", "rejected")
+    with Workspace.open(path, actor="test") as ws2:
+        version = AdapterRegistry(ws2.scope("noise", purpose=Purpose.REGISTRY)).get(1)
+    assert version.status == "rejected" and version.decision["failed"] == ["golden"]
     assert first.backoff_until == "2035-01-01T00:40:00.000000Z"
 
     # due every ten minutes, held back until the back-off ends (recorded once)
