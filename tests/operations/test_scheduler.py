@@ -9,6 +9,7 @@ of both as a tenant's last round, so the test clock must run ahead of it."""
 
 from __future__ import annotations
 
+import doctest
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from silolearn.clock import ManualClock
 from silolearn.datasets import bbc_news, sample
 from silolearn.ingest.gateway import Gateway
 from silolearn.monitoring.signals import Signal, Signals
+from silolearn.operations import triggers
 from silolearn.operations.policy import SchedulePolicies
 from silolearn.operations.scheduler import (
     Decision,
@@ -289,3 +291,8 @@ def test_confirmed_signals_newer_than_the_last_round_trigger(ws: Workspace) -> N
     assert [s["id"] for s in held.evidence["signals"]] == [drift.id]
     assert held.evidence["signals"][0]["statistic"] == 0.31
     assert _runs(ws.path, "watched") == 0
+
+
+def test_the_triggers_examples_run() -> None:
+    result = doctest.testmod(triggers)
+    assert result.attempted > 0 and result.failed == 0
