@@ -5,11 +5,15 @@ tenant when it is shredded."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from silolearn import Workspace
+from silolearn.config import PerformanceConfig
 from silolearn.errors import TenantNotFound
-from silolearn.monitoring.feedback import PerformanceMonitor, gauges
+from silolearn.monitoring.estimate import expected_macro_f1
+from silolearn.monitoring.feedback import PerformanceMonitor, VersionPerformance, gauges
 from silolearn.workspace import DB_FILE
 
 
@@ -62,3 +66,24 @@ def test_state_is_deleted_with_its_tenant(ws: Workspace) -> None:
     deleted = ws.tenants.shred("alpha")["deleted"]
     assert deleted["performance_state"] == 1
     assert ws.conn.execute("SELECT COUNT(*) FROM performance_state").fetchone()[0] == 0
+
+
+def test_accuracy_and_macro_f1_are_sklearns_and_certain_probabilities_estimate_them() -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = random.Random(3)
+    labels = ["north", "south", "east", "west"]
+    truth = [rng.choice(labels[:3]) for _ in range(500)]
+    served = [t if rng.random() < 0.7 else rng.choice(labels) for t in truth]
+    stats = VersionPerformance(PerformanceConfig())
+    for s, t in zip(served, truth, strict=True):
+        stats.observe(s, t, {}, day="2026-01-01")
+    summary = stats.summary()
+    assert summary["accuracy"] == pytest.approx(accuracy_score(truth, served))
+    assert summary["macro_f1"] == pytest.approx(f1_score(truth, served, average="macro"))
+    # probabilities that put all their mass on the right label make the expected confusion
+    # matrix the measured one: the estimate is then exactly what feedback measures
+    matrix: dict[str, dict[str, float]] = {}
+    for s, t in zip(served, truth, strict=True):
+        matrix.setdefault(s, {})[t] = matrix.get(s, {}).get(t, 0.0) + 1.0
+    assert expected_macro_f1(matrix) == pytest.approx(f1_score(truth, served, average="macro"))
