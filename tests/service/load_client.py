@@ -47,6 +47,14 @@ def send(client: httpx.Client, deadline: float, *args: Any, **kwargs: Any) -> ht
             time.sleep(0.2)
 
 
+def stored_under_its_id(answer: dict[str, Any]) -> bool:
+    """Feedback stored now, or given again after a lost answer (stored the first time);
+    not feedback whose text is in training under another id (stored under none of its own)."""
+    return answer["outcome"] == "stored" or (
+        answer["outcome"] == "duplicate" and not answer["repeats"]
+    )
+
+
 def main() -> None:
     url, reader, contributor, tenant, name, seconds, out = sys.argv[1:8]
     deadline = time.monotonic() + float(seconds)
@@ -81,7 +89,7 @@ def main() -> None:
                     client, deadline, "POST", f"/v1/tenants/{tenant}/feedback",
                     json={"prediction_id": p["prediction_id"], "label": label}, headers=write,
                 )  # fmt: skip
-                if f is not None and f.status_code == 200:
+                if f is not None and f.status_code == 200 and stored_under_its_id(f.json()):
                     counts["feedback"] += 1
                     stored.append(f.json()["record_id"])
                 else:
