@@ -71,6 +71,8 @@ class _Watch:
     labels_seen: str = ""
     """The newest timestamp of labelled records already tested for label drift."""
     pending_labels: list[str] = field(default_factory=list)
+    train_count: int = -1
+    """The tenant's training records when labels were last read (unchanged: nothing new)."""
 
 
 class DriftMonitor:
@@ -175,6 +177,7 @@ class DriftMonitor:
             raised.append(
                 self._labels(tenant, version, "drift.prediction", watch.reference.predicted, window)
             )
+            raised += self.check_labels(tenant, version)
         return raised
 
     def _embedding(
@@ -236,6 +239,10 @@ class DriftMonitor:
         policy = self.policy(tenant)
         watch = self._watch(tenant, version)
         scope = self.ws.scope(tenant, purpose=Purpose.INGEST)
+        count = scope.train.count()
+        if count == watch.train_count:
+            return []
+        watch.train_count = count
         newer = sorted(
             (s.record for s in scope.train.read() if s.record.timestamp > watch.labels_seen),
             key=lambda r: r.timestamp,
