@@ -11,6 +11,7 @@ ends them too, like the kept texts of ``storage.served``.
 from __future__ import annotations
 
 import json
+import sqlite3
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -131,3 +132,11 @@ class ServedEmbeddings:
             if deleted:
                 scope.audit_in(conn, "served.embeddings.purge", details={"deleted": deleted})
         return int(deleted)
+
+
+def tenants_with_expired_embeddings(conn: sqlite3.Connection, *, now: datetime) -> list[str]:
+    """Ids of the tenants that keep served embeddings past their retention."""
+    rows = conn.execute(
+        "SELECT DISTINCT tenant_id FROM served_embeddings WHERE expires_at <= ?", (_stamp(now),)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
