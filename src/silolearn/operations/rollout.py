@@ -9,7 +9,8 @@ it back; so does the canary's predicted labels drifting abnormally from stable's
 chi-square test at looks of doubling counts, ``validation.sequential``); so does the
 canary being shown worse than stable (the upper end of the always-valid confidence
 sequence of the accuracy difference below 0). After enough feedback and time in a step,
-the canary steps up to the next share while it is not shown worse; the last step, to a
+the canary steps up to the next share while it is not shown worse and its accuracy so far
+is within the tolerance of stable's; the last step, to a
 share of 1.0, makes it the active version, and only once it is shown not worse than stable
 by more than the promotion tolerance (the lower end at least minus the tolerance): a small
 share exposes few requests, all of them only after the evidence. Anything else holds.
@@ -94,6 +95,15 @@ def decide(
         return Decision("hold", "the step has not lasted long enough", evidence, looks)
     following = rollout.steps[rollout.step + 1]
     if following < 1.0:
+        # early on the sequence is wide: more traffic goes to a canary only while its
+        # accuracy so far is also within the tolerance of stable's
+        if (
+            canary.correct * stable.feedback
+            < (stable.correct - tolerance * stable.feedback) * canary.feedback
+        ):
+            return Decision(
+                "hold", "below stable by more than the tolerance so far", evidence, looks
+            )
         evidence["next_share"] = following
         return Decision("step", "not shown worse than stable", evidence, looks)
     if lower < -tolerance:
