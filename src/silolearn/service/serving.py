@@ -26,7 +26,6 @@ from silolearn.registry.rollout import RolloutStore, assign
 from silolearn.service.auth import Reader
 from silolearn.service.batcher import BatcherStopped
 from silolearn.service.drift import observe
-from silolearn.service.drift import observe
 from silolearn.service.state import Answer, Service, service_of
 from silolearn.serving.predictor import ServingKey, check_texts
 from silolearn.storage.scope import TenantScope
@@ -147,7 +146,6 @@ def _keep_and_respond(
             monitor.served_in(conn, scope.tenant.id, answer[0].version, probabilities)
             labels = [p.label for p in answer]
             RolloutStore(scope).record_served_in(conn, answer[0].version, labels)
-    observe(service, tenant, answer)
     observe(service, tenant, answer)
     body = PredictResponse(
         tenant=tenant,
