@@ -73,6 +73,10 @@ class _Watch:
     pending_labels: list[str] = field(default_factory=list)
     train_count: int = -1
     """The tenant's training records when labels were last read (unchanged: nothing new)."""
+    unsaved: list[tuple[npt.NDArray[np.float32], list[str]]] = field(default_factory=list)
+    """Served batches not yet kept: they are kept a window at a time, one write for many
+    requests."""
+    unsaved_since: str = ""
 
 
 class DriftMonitor:
@@ -156,15 +160,10 @@ class DriftMonitor:
         policy = self.policy(tenant)
         if not policy.enabled or not labels:
             return []
-        now = self.clock.now()
         watch = self._watch(tenant, version)
         rows = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
         if rows is not None:
-            ServedEmbeddings(self.ws.scope(tenant, purpose=Purpose.SERVING)).keep(
-                ServedBatch(version, rows, list(labels), _stamp(now)),
-                now=now,
-                retention=timedelta(hours=policy.retention_hours),
-            )
+            self._keep(tenant, version, watch, rows, labels, policy)
         raised: list[Signal] = []
         if watch.detector is not None and rows is not None:
             raised += self._embedding(tenant, version, watch, rows, policy)
@@ -179,6 +178,33 @@ class DriftMonitor:
             )
             raised += self.check_labels(tenant, version)
         return raised
+
+    def _keep(
+        self,
+        tenant: str,
+        version: int,
+        watch: _Watch,
+        rows: npt.NDArray[np.float32],
+        labels: list[str],
+        policy: DriftPolicy,
+    ) -> None:
+        """Keep what was served, sealed, once a window of it has come."""
+        now = self.clock.now()
+        if not watch.unsaved:
+            watch.unsaved_since = _stamp(now)
+        watch.unsaved.append((rows, list(labels)))
+        if sum(len(b[1]) for b in watch.unsaved) < policy.window:
+            return
+        batch = ServedBatch(
+            version,
+            np.vstack([b[0] for b in watch.unsaved]),
+            [label for b in watch.unsaved for label in b[1]],
+            watch.unsaved_since,
+        )
+        watch.unsaved = []
+        ServedEmbeddings(self.ws.scope(tenant, purpose=Purpose.SERVING)).keep(
+            batch, now=now, retention=timedelta(hours=policy.retention_hours)
+        )
 
     def _embedding(
         self, tenant: str, version: int, watch: _Watch, rows: Any, policy: DriftPolicy
