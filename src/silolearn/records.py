@@ -136,4 +136,6 @@ class LabelOrigin:
     @classmethod
     def from_json(cls, text: str | bytes) -> LabelOrigin:
         fields = json.loads(text)
-        return cls(LabelSource(fields["source"]), bool(fields["reviewed"]), bool(fields["confirms"]))
+        return cls(
+            LabelSource(fields["source"]), bool(fields["reviewed"]), bool(fields["confirms"])
+        )
