@@ -38,7 +38,8 @@ def test_drift_of_what_alpha_serves_is_monitored_and_shown_to_its_auditor(
     while view["latest"]["drift.prediction"] is None and time.monotonic() < deadline:
         time.sleep(1.0)
         view = _drift(server)
-    assert view["kept_predictions"] >= SERVED
+    # kept a window at a time, one write for many requests
+    assert SERVED - view["policy"]["window"] < view["kept_predictions"] <= SERVED
     tested = view["latest"]["drift.prediction"]
     assert tested is not None, view
     assert tested["evidence"]["size"] == view["policy"]["window"]
