@@ -146,7 +146,7 @@ class MicroBatcher(Generic[K, T, R]):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._counts = [0, 0, 0, 0, 0, 0]
+        self._stats = FlushStats(0, 0, 0, 0, 0, 0)
         self._history: deque[FlushRecord] = deque(maxlen=HISTORY)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class MicroBatcher(Generic[K, T, R]):
 
     def stats(self) -> FlushStats:
         with self._lock:
-            return FlushStats(*self._counts)
+            return self._stats
 
     def recent_flushes(self) -> list[FlushRecord]:
         """The records of the last flushes (up to ``HISTORY``), oldest first."""
@@ -281,10 +281,12 @@ class MicroBatcher(Generic[K, T, R]):
         )
         with self._lock:
             self._history.append(record)
-            c = self._counts
-            c[0] += 1
-            c[1] += len(batch)
-            c[2] += size
-            c[3] = max(c[3], size)
-            c[4] += missed
-            c[5] += missed > 0
+            done = self._stats
+            self._stats = FlushStats(
+                flushes=done.flushes + 1,
+                requests=done.requests + len(batch),
+                items=done.items + size,
+                largest=max(done.largest, size),
+                deadline_misses=done.deadline_misses + missed,
+                late_flushes=done.late_flushes + (missed > 0),
+            )
