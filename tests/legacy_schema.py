@@ -37,11 +37,45 @@ def schema_at(revision: str) -> dict[str, tuple[str, list[str]]]:
     return tables
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _drop_added_columns(
+    conn: sqlite3.Connection, table: str, then: dict[str, tuple[str, list[str]]]
+) -> bool:
+    """Put back a table a later revision only added columns to (``ALTER TABLE ... ADD
+    COLUMN``), rows and all: the added columns and the indexes on them go. False when the
+    table changed otherwise."""
+    old = sqlite3.connect(":memory:")
+    try:
+        old.execute(then[table][0])
+        before = _columns(old, table)
+    finally:
+        old.close()
+    now = _columns(conn, table)
+    if now[: len(before)] != before or len(now) == len(before):
+        return False
+    added = now[len(before) :]
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "AND sql IS NOT NULL",
+        (table,),
+    ).fetchall()
+    for name, sql in indexes:
+        if any(column in sql for column in added):
+            conn.execute(f"DROP INDEX {name}")
+    for column in added:
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    return True
+
+
 def rewind_to_0010(db_file: Path) -> None:
     """Put a head workspace's database back at schema 0010: every table a later revision
-    created or changed as 0010 had it, and no metadata keys. Those tables must still be
-    empty (what is sealed cannot be put back in clear without keys): a test writes its old
-    rows after this."""
+    created or changed as 0010 had it, and no metadata keys. A table a later revision only
+    added columns to keeps its rows without them; any other such table must still be empty
+    (what is sealed cannot be put back in clear without keys): a test writes its old rows
+    after this."""
     then = schema_at("0010")
     conn = sqlite3.connect(db_file, isolation_level=None)
     try:
@@ -51,11 +85,15 @@ def rewind_to_0010(db_file: Path) -> None:
                 "AND name NOT LIKE 'sqlite_%'"
             ).fetchall()
         )
-        changed = [t for t in now if t not in then or now[t] != then[t][0]]
+        conn.execute("BEGIN IMMEDIATE")
+        changed = [
+            t
+            for t in now
+            if t not in then or (now[t] != then[t][0] and not _drop_added_columns(conn, t, then))
+        ]
         for table in changed:
             count = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
             assert count == 0, f"{table} has rows: rewind before writing any"
-        conn.execute("BEGIN IMMEDIATE")
         for table in changed:
             conn.execute(f"DROP TABLE {table}")
             if table in then:
