@@ -25,6 +25,7 @@ concurrent rounds as if they ran at once).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -32,13 +33,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from silolearn.clock import Clock
+from silolearn.clock import Clock, SystemClock
 from silolearn.config import SchedulePolicy
 from silolearn.errors import MetadataSealed, NotFoundError, SiloError
 from silolearn.operations.policy import SchedulePolicies
 from silolearn.operations.times import parse, stamp
 from silolearn.operations.triggers import Firing, TenantView, firings, next_fire
 from silolearn.pipeline import Trainer
+from silolearn.rounds.run import process_alive
 from silolearn.storage.metadata import SCHEDULE_DECISIONS
 from silolearn.tenancy.tenants import TenantInfo
 from silolearn.workspace import Workspace
@@ -312,6 +314,7 @@ class Scheduler:
         self._open = open_workspace
         self.launcher = launcher
         self.clock = clock
+        self._wall = isinstance(clock, SystemClock)
         self._lock = threading.Lock()
 
     def tick(self, now: datetime | None = None) -> list[Decision]:
@@ -319,7 +322,7 @@ class Scheduler:
         with self._lock, self._open() as ws:
             now = self.clock.now() if now is None else now
             made: list[Decision] = []
-            busy = self.launcher.in_progress(ws)
+            busy = self.launcher.in_progress(ws) | rounds_running(ws)
             budget = ws.settings.schedule.max_concurrent_rounds - len(busy)
             for info in sorted(ws.tenants.list(), key=lambda t: t.name):
                 decision = self._decide(ws, info, now, busy, budget)
@@ -338,7 +341,9 @@ class Scheduler:
         if policy.manual_only:
             return None
         reason = self._held_back(decisions, info, now, running or info.id in busy, budget)
-        view = tenant_view(ws, decisions, info, policy.policy, policy.updated_at, reason)
+        view = tenant_view(
+            ws, decisions, info, policy.policy, policy.updated_at, reason, wall=self._wall
+        )
         fired = firings(ws, view, now)
         if not fired:
             return None
@@ -405,6 +410,20 @@ class Scheduler:
         return int(seq)
 
 
+def rounds_running(ws: Workspace) -> set[str]:
+    """Tenants (by id) with a training run in progress in another live process
+    (``silolearn train``, a ``schedule tick`` beside the service): one round per tenant
+    holds across processes. This process's rounds are its launcher's to count."""
+    rows = ws.conn.execute(
+        "SELECT tenant_id, host_pid FROM training_runs WHERE status = 'running'"
+    ).fetchall()
+    return {
+        str(tenant_id)
+        for tenant_id, pid in rows
+        if int(pid) != os.getpid() and process_alive(int(pid))
+    }
+
+
 def tenant_view(
     ws: Workspace,
     decisions: Decisions,
@@ -412,14 +431,22 @@ def tenant_view(
     policy: SchedulePolicy,
     policy_set_at: str | None,
     reason: SkipReason | None,
+    *,
+    wall: bool = True,
 ) -> TenantView:
-    """What the triggers see of the tenant now (``operations.triggers.TenantView``)."""
+    """What the triggers see of the tenant now (``operations.triggers.TenantView``);
+    ``wall``: the scheduler's clock is the system's."""
     last = decisions.latest(info.name, decision="trigger")
     run = ws.conn.execute(
         "SELECT MAX(started_at) FROM training_runs WHERE tenant_id = ?", (info.id,)
     ).fetchone()[0]
-    moments = [info.created_at, policy_set_at, None if last is None else last.at, run]
-    since = max(parse(m) for m in moments if m is not None)
+    # the scheduler's own moments are on its clock; the tenant's creation and rounds started
+    # by hand are stamped by the system's, comparable only when the scheduler runs on it
+    # (the service, ``schedule tick``): on another clock its decisions alone say when
+    ticked = [m for m in (policy_set_at, None if last is None else last.at) if m is not None]
+    stamped = [m for m in (info.created_at, run) if m is not None]
+    moments: list[str] = [*ticked, *stamped] if wall or not ticked else ticked
+    since = max(parse(m) for m in moments)
     marks = [0 if last is None or last.records_seq is None else last.records_seq]
     if run is not None:
         # a round started by hand saw the records stored before it began
@@ -439,15 +466,17 @@ def tenant_view(
     )
 
 
-def schedule_view(ws: Workspace, tenant: str, now: datetime, *, limit: int = 20) -> dict[str, Any]:
+def schedule_view(
+    ws: Workspace, tenant: str, now: datetime, *, limit: int = 20, wall: bool = True
+) -> dict[str, Any]:
     """What ``silolearn schedule show``, the API and the dashboard show of a tenant: its
     policy, its state (round in progress, back-off, next scheduled fire time) and its
-    newest decisions with their evidence."""
+    newest decisions with their evidence (``wall``: ``now`` is the system clock's)."""
     info = ws.tenants.get(tenant)
     policy = SchedulePolicies(ws).get(tenant)
     decisions = Decisions(ws)
     last = decisions.latest(info.name, decision="trigger")
-    view = tenant_view(ws, decisions, info, policy.policy, policy.updated_at, None)
+    view = tenant_view(ws, decisions, info, policy.policy, policy.updated_at, None, wall=wall)
     backing_off = (
         last is not None and last.backoff_until is not None and now < parse(last.backoff_until)
     )

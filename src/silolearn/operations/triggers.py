@@ -21,6 +21,7 @@ Example, a schedule on Sundays at 03:00 UTC::
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -89,15 +90,24 @@ class ScheduleTrigger:
 
 class VolumeTrigger:
     """Counts the training records stored after the mark from the database's clear columns
-    first; only when there are enough does it open them to count the labelled ones."""
+    first; only when there are enough does it open them to count the labelled ones. What it
+    opened it remembers (the labelled count up to the newest record seen, per tenant and
+    mark), so a tick opens only the records stored since the last one: a tenant with many
+    unlabelled records is not decrypted whole every tick. A record deleted after it was
+    counted (erasure, retention) stays counted until the next round moves the mark."""
 
     kind = "volume"
 
+    def __init__(self) -> None:
+        self._counted: dict[tuple[str, str], tuple[int, int, int]] = {}
+        """(workspace, tenant id) -> (mark, newest seq opened, labelled after the mark)."""
+        self._lock = threading.Lock()
+
     def fire(self, ws: Workspace, view: TenantView, now: datetime) -> Firing | None:
         threshold = view.policy.min_new_records
-        (stored,) = ws.conn.execute(
-            "SELECT COUNT(*) FROM train_records WHERE tenant_id = ? AND status = 'active' "
-            "AND seq > ?",
+        stored, newest = ws.conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM train_records WHERE tenant_id = ? "
+            "AND status = 'active' AND seq > ?",
             (view.tenant_id, view.records_mark),
         ).fetchone()
         if int(stored) < threshold:
@@ -108,16 +118,27 @@ class VolumeTrigger:
             "after_seq": view.records_mark,
         }
         if view.readable:
-            scope = ws.scope(view.name, purpose=Purpose.TRAINING)
-            labelled = sum(
-                1
-                for stored_record in scope.train.read()
-                if stored_record.seq > view.records_mark and stored_record.record.label is not None
-            )
+            labelled = self._labelled(ws, view, int(newest))
             if labelled < threshold:
                 return None
             evidence["new_labelled"] = labelled
         return Firing(self.kind, evidence)
+
+    def _labelled(self, ws: Workspace, view: TenantView, newest: int) -> int:
+        """Labelled active records after the mark, opening only those not counted yet."""
+        key = (str(ws.path), view.tenant_id)
+        with self._lock:
+            mark, seen, labelled = self._counted.get(key, (view.records_mark, 0, 0))
+        if mark != view.records_mark:
+            seen, labelled = 0, 0
+        if newest > seen:
+            scope = ws.scope(view.name, purpose=Purpose.TRAINING)
+            fresh = scope.train.read(after_seq=max(seen, view.records_mark))
+            labelled += sum(1 for stored in fresh if stored.record.label is not None)
+            seen = max([newest, *(stored.seq for stored in fresh)])
+        with self._lock:
+            self._counted[key] = (view.records_mark, seen, labelled)
+        return labelled
 
 
 class SignalTrigger:

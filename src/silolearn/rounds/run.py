@@ -286,14 +286,14 @@ def _abandon_dead_runs(conn: Any, tenant_id: str) -> None:
         "SELECT run_id, host_pid FROM training_runs WHERE tenant_id = ? AND status = 'running'",
         (tenant_id,),
     ).fetchall():
-        if not _alive(int(pid)):
+        if not process_alive(int(pid)):
             conn.execute(
                 "UPDATE training_runs SET status = 'abandoned', finished_at = ? WHERE run_id = ?",
                 (utcnow(), run_id),
             )
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -581,6 +581,7 @@ class _RecordStore:
         suite: str | None = None,
         stored_order: bool = False,
         status: str | None = None,
+        after_seq: int | None = None,
     ) -> list[StoredRecord]:
         """The store's active records in time order (``stored_order``: in the order they
         were stored) or, with ``suite``, the records of that eval suite, or with ``status``,
@@ -603,6 +604,9 @@ class _RecordStore:
         if until is not None:
             query += " AND ts <= ?"
             params.append(until)
+        if after_seq is not None:
+            query += " AND seq > ?"
+            params.append(after_seq)
         query += f" ORDER BY {order}"
         if limit is not None:
             query += " LIMIT ?"
@@ -632,6 +636,8 @@ class _RecordStore:
             "until": until,
             "purpose": scope.purpose.value,
         }
+        if after_seq is not None:
+            details["after_seq"] = after_seq
         if suite is not None:
             details["suite"] = suite
         if status is not None:
@@ -664,10 +670,13 @@ class TrainStore(_RecordStore):
         its labels' ``origin`` sealed beside it (``None``: ``bulk``)."""
         self._insert_in(conn, prepared, {}, origin or LabelOrigin())
 
-    def read(self, *, until: str | None = None, limit: int | None = None) -> list[StoredRecord]:
-        """Active training records in time order, optionally up to a cutoff timestamp."""
+    def read(
+        self, *, until: str | None = None, limit: int | None = None, after_seq: int | None = None
+    ) -> list[StoredRecord]:
+        """Active training records in time order, optionally up to a cutoff timestamp or
+        only those stored after a sequence number."""
         self._scope.require(Capability.TRAIN_READ, what="train store read")
-        return self._read(until=until, limit=limit)
+        return self._read(until=until, limit=limit, after_seq=after_seq)
 
     def quarantined(self) -> list[StoredRecord]:
         """Training records moved out of training as copies of eval records, in stored
