@@ -10,6 +10,7 @@ scheduler on another clock goes by its own decisions, never by those stamps."""
 from __future__ import annotations
 
 import doctest
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from silolearn.operations.scheduler import (
     Launched,
     Scheduler,
     backoff,
+    rounds_running,
     schedule_view,
 )
 from silolearn.operations.times import stamp
@@ -338,3 +340,29 @@ def test_volume_counts_labels_opening_only_records_not_counted_yet(ws: Workspace
     assert (made.decision, made.trigger) == ("trigger", "volume")
     assert made.evidence is not None and made.evidence["new_labelled"] >= 40
     assert made.evidence["new_records"] >= 80 + made.evidence["new_labelled"]
+
+
+def test_a_round_in_another_live_process_holds_the_tenant_back(ws: Workspace) -> None:
+    """One round per tenant across processes: a training run recorded by another process
+    that is still alive (here a real one) holds a due round back as ``running``; once that
+    process is gone, it no longer does."""
+    ws.create_tenant("busy")
+    SchedulePolicies(ws).set("busy", {"triggers": ["schedule"], "cron": "*/10 * * * *"}, at=MONDAY)
+    info = ws.tenants.get("busy")
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        with ws.audit.write() as conn:
+            conn.execute(
+                "INSERT INTO training_runs (run_id, tenant_id, kind, status, host_pid, seed, "
+                "cutoff, started_at) VALUES ('elsewhere', ?, 'round', 'running', ?, 0, '', ?)",
+                (info.id, other.pid, stamp(MONDAY)),
+            )
+        assert rounds_running(ws) == {info.id}
+        clock = ManualClock(MONDAY)
+        held = _tick(_scheduler(ws.path, clock), clock, MONDAY + timedelta(minutes=10))["busy"]
+        assert (held.decision, held.trigger, held.reason) == ("skip", "schedule", "running")
+    finally:
+        other.kill()
+        other.wait()
+    assert rounds_running(ws) == set()
+    assert _runs(ws.path, "busy") == 1
