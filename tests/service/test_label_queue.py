@@ -81,6 +81,12 @@ def test_label_queue_holds_the_uncertain_served_texts_for_contributors_only(
     assert all(served[i] >= threshold - 1e-6 for i in ids)
     assert all(abs(item["uncertainty"] - served[item["prediction_id"]]) < 1e-5 for item in items)
 
+    # a second labeller is handed other items while the first one's are still open
+    again = server.call("GET", f"{QUEUE}?limit=5", server.token("alpha", "contributor"))
+    assert again.status_code == 200, again.text
+    assert len(again.json()["items"]) == 5
+    assert not set(ids) & {item["prediction_id"] for item in again.json()["items"]}
+
     # feedback on every item closes it and is stored as a person's answer (active)
     for item in items:
         _feedback(server, {"prediction_id": item["prediction_id"], "label": "fresh"})

@@ -4,8 +4,10 @@ Candidates are the tenant's kept predictions (``storage.served``) that no feedba
 answered yet and whose retention has not ended, the most uncertain first; a batch is chosen
 among them by uncertainty with diversity (``learning.active.pick_for_labelling``). Handing
 an item out to a labeller marks it queued, so the feedback that answers it is stored as an
-``active`` label (a person's answer) and closes it. Everything stays in the tenant's scope:
-the queue is a view of its own sealed served predictions, gone when their retention ends.
+``active`` label (a person's answer) and closes it; items handed out and not answered
+yet come after the others, so two labellers asking at once get different items. Everything
+stays in the tenant's scope: the queue is a view of its own sealed served predictions, gone
+when their retention ends.
 """
 
 from __future__ import annotations

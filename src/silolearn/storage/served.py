@@ -113,14 +113,16 @@ class ServedStore:
 
     def open_for_labelling(self, limit: int) -> list[ServedText]:
         """The ``limit`` most uncertain kept predictions no feedback has answered yet (the
-        label queue's candidates), opened; audited ``data.read`` with their count."""
+        label queue's candidates), those not handed out yet first (two labellers are not
+        given the same items), opened; audited ``data.read`` with their count."""
         scope = self._scope
         scope.require(Capability.SERVED_READ, what="served predictions read")
         key = scope._key_for(eval_data=False)
         rows = scope.connection.execute(
             f"SELECT {_COLUMNS} FROM served_predictions WHERE tenant_id = ? "
             "AND answered_at IS NULL AND expires_at > ? AND dek_version = ? "
-            "ORDER BY uncertainty IS NULL, uncertainty DESC, created_at, id LIMIT ?",
+            "ORDER BY queued_at IS NOT NULL, uncertainty IS NULL, uncertainty DESC, created_at, id "
+            "LIMIT ?",
             (scope.tenant.id, utcnow(), key.version, limit),
         ).fetchall()
         scope.audit("data.read", obj="served:label-queue", details={"candidates": len(rows)})
