@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve bench-monitors clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve
+bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve bench-monitors
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -66,5 +66,15 @@ bench-tenants: $(STAMP)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve.py
 
+# Evidently, for the monitors' comparison only, pins plotly < 6 (we pin 7): its own environment
+EVIDENTLY := .venv-evidently
+$(EVIDENTLY)/.installed: benchmarks/requirements-evidently.txt
+	test -x $(EVIDENTLY)/bin/python || $(PYTHON) -m venv $(EVIDENTLY)
+	$(EVIDENTLY)/bin/python -m pip --disable-pip-version-check -q install -r benchmarks/requirements-evidently.txt
+	touch $@
+
+bench-monitors: $(STAMP) $(EVIDENTLY)/.installed
+	$(BIN)/python benchmarks/monitors.py --evidently-python $(EVIDENTLY)/bin/python
+
 clean:
-	rm -rf $(VENV) .silolearn .silolearn-demo
+	rm -rf $(VENV) .venv-evidently .silolearn .silolearn-demo

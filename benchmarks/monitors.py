@@ -26,6 +26,7 @@ Reported per detector: false alarms per hour of traffic on the streams without c
 before the change of the others), detections and the median delay in items and minutes
 after the change. ``--per-hour`` sets the traffic rate (served predictions per hour).
 
+    make bench-monitors    # builds .venv-evidently first, then runs this
     python benchmarks/monitors.py [--json | --markdown]
 """
 
@@ -364,7 +365,11 @@ def detectors(args: argparse.Namespace) -> list[Online | Windowed]:
     if Path(args.evidently_python).exists():
         chosen += [Evidently(Path(args.evidently_python), v) for v in ("threshold", "bootstrap")]
     else:
-        print(f"no Evidently environment at {args.evidently_python}: skipped", file=sys.stderr)
+        print(
+            f"no Evidently environment at {args.evidently_python}: skipped "
+            "(`make bench-monitors` builds it from benchmarks/requirements-evidently.txt)",
+            file=sys.stderr,
+        )
     chosen += [River(k, s) for k in ("ADWIN", "PageHinkley") for s in ("errors", "confidence")]
     return chosen
 
