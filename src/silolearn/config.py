@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -345,6 +346,10 @@ TriggerKind = Literal["schedule", "volume", "performance", "drift"]
 records, a confirmed performance degradation or a confirmed drift (``monitoring.signals``)."""
 
 
+_CRON_PROBE = datetime(2000, 1, 1, tzinfo=UTC)
+"""Where a cron expression is asked for a fire time to tell whether it ever fires."""
+
+
 class SchedulePolicy(_Section):
     """What starts a tenant's rounds (``silolearn.operations``). The ``[schedule]`` section
     is every tenant's default; a tenant's own policy is set with ``silolearn schedule set``
@@ -372,6 +377,11 @@ class SchedulePolicy(_Section):
             raise ValueError(f"cron {self.cron!r} is not a five-field cron expression")
         if self.cron is not None and len(self.cron.split()) != 5:
             raise ValueError(f"cron {self.cron!r} is not a five-field cron expression")
+        if self.cron is not None and croniter.is_valid(self.cron):
+            try:  # a valid expression may name no day that exists (``0 0 30 2 *``)
+                croniter(self.cron, _CRON_PROBE).get_next(datetime)
+            except CroniterBadDateError:
+                raise ValueError(f"cron {self.cron!r} never fires") from None
         if "schedule" in self.triggers and self.cron is None:
             raise ValueError("the schedule trigger needs a cron expression")
         if len(set(self.triggers)) != len(self.triggers):

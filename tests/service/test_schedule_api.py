@@ -84,6 +84,7 @@ def test_bad_policies_are_refused_and_change_nothing(server: Server) -> None:
     trainer = server.token("beta", "trainer")
     for body, words in [
         ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "0 0 30 2 *"}, "never fires"),
         ({"triggers": ["schedule"]}, "needs a cron"),
         ({"triggers": ["hourly"]}, "triggers"),
         ({"min_new_records": 0}, "min_new_records"),

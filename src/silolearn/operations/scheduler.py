@@ -325,7 +325,12 @@ class Scheduler:
             busy = self.launcher.in_progress(ws) | rounds_running(ws)
             budget = ws.settings.schedule.max_concurrent_rounds - len(busy)
             for info in sorted(ws.tenants.list(), key=lambda t: t.name):
-                decision = self._decide(ws, info, now, busy, budget)
+                try:
+                    decision = self._decide(ws, info, now, busy, budget)
+                except Exception:
+                    # one tenant's trouble (its policy, its records) holds back no other
+                    _log.exception("scheduler: no decision for tenant %s", info.id)
+                    continue
                 if decision is not None:
                     made.append(decision)
                     if decision.decision == "trigger":
