@@ -134,7 +134,7 @@ def adapters_promote(
 
     with opened(workspace) as ws:
         row = Trainer(ws).promote(tenant, version, reason=reason).to_dict()
-    emit(as_json, row, lambda: out.print(f"{tenant}: v{version} is active"))
+    emit(as_json, row, lambda: out.print(f"{tenant}: v{version} is {row['status']}"))
 
 
 @adapters_app.command("runs")
