@@ -98,14 +98,18 @@ def mmd_test(
 ) -> WindowTest:
     """The unbiased MMD^2 of ``window`` against ``reference`` and its permutation p-value
     (the bandwidth, a function of the pooled points, is the same under every permutation,
-    so the p-value stays exact)."""
+    so the p-value stays exact; past ``_BANDWIDTH_POINTS`` pooled points, those it is taken
+    from are drawn at random from both sides, not the reference's first ones)."""
     ref = np.asarray(reference, dtype=np.float64)
     win = np.asarray(window, dtype=np.float64)
     m, n = len(ref), len(win)
     if m < 2 or n < 2:
         raise InvalidInput("an MMD test needs at least two points on each side")
     pooled = np.vstack([ref, win])
-    kernel = rbf_kernel(pooled, pooled, median_bandwidth(pooled))
+    spread = pooled
+    if m + n > _BANDWIDTH_POINTS:
+        spread = pooled[np.random.default_rng([seed, 1]).permutation(m + n)]
+    kernel = rbf_kernel(pooled, pooled, median_bandwidth(spread))
     np.fill_diagonal(kernel, 0.0)
     rng = np.random.default_rng(seed)
     sides = np.zeros((permutations + 1, m + n))
