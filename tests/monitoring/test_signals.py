@@ -45,6 +45,13 @@ def test_signals_found_by_tenant_time_and_confirmation(ws: Workspace) -> None:
     assert [s.id for s in signals.since("alpha", START - timedelta(seconds=1))] == [second.id]
     everything = signals.since("alpha", START - timedelta(seconds=1), confirmed=False)
     assert [s.id for s in everything] == [first.id, second.id]
+    # the newest few alone, still oldest first
+    assert signals.since("alpha", START - timedelta(seconds=1), confirmed=False, newest=1) == [
+        second
+    ]
+    assert signals.since("alpha", START - timedelta(seconds=1), confirmed=False, newest=5) == (
+        everything
+    )
     assert signals.since("alpha", second.at) == []  # strictly after
     assert everything[1] == second
     assert [s.kind for s in signals.since("beta", START)] == ["performance"]

@@ -140,9 +140,11 @@ class Signals:
         *,
         confirmed: bool = True,
         kinds: frozenset[str] | None = None,
+        newest: int | None = None,
     ) -> list[Signal]:
         """The tenant's signals strictly after ``moment``, oldest first: only confirmed ones
-        when ``confirmed`` (the default), all of them otherwise; only ``kinds`` when given."""
+        when ``confirmed`` (the default), all of them otherwise; only ``kinds`` when given;
+        only the ``newest`` ones when given (read and opened alone, however many there are)."""
         info = self.ws.tenants.get(tenant)
         query = f"SELECT {_COLUMNS} FROM signals WHERE tenant_id = ? AND at > ?"
         args: list[Any] = [info.id, stamp(moment)]
@@ -151,7 +153,11 @@ class Signals:
         if kinds is not None:
             query += f" AND kind IN ({','.join('?' * len(kinds))})"
             args.extend(sorted(kinds))
-        rows = self.ws.conn.execute(query + " ORDER BY at, id", args).fetchall()
+        if newest is None:
+            rows = self.ws.conn.execute(query + " ORDER BY at, id", args).fetchall()
+        else:
+            query += " ORDER BY at DESC, id DESC LIMIT ?"
+            rows = self.ws.conn.execute(query, [*args, newest]).fetchall()[::-1]
         return [self._signal(tenant, info.id, row) for row in rows]
 
     def latest(self, tenant: str, kind: str) -> Signal | None:
