@@ -31,7 +31,8 @@ throughput divided by the single-model server's.
 
 **Timing channel**: tenant A sends ``--probe-rate`` requests per second (open loop, a
 fixed schedule) for ``--probe-seconds``, first with tenant B idle, then with B sending at
-80% of capacity (the 1-tenant throughput above, open loop). The two samples of A's
+80% of capacity (the 1-tenant throughput above, open loop, sent by a process of its own so
+that its client work does not share A's event loop). The two samples of A's
 latencies are compared with Mann-Whitney U and Kolmogorov-Smirnov (scipy); "significant"
 is p < 0.01. Other work on the machine moves latencies: the load average (``uptime``) is
 recorded with each probe, and ``--probe-repeats N`` runs the idle/busy pair N times.
@@ -244,13 +245,43 @@ async def probe(
     b_rate: float,
     seconds: float,
 ) -> list[float]:
+    """A's latencies; B's load, if any, comes from a process of its own, so that its
+    client work does not share A's event loop and A measures the server, not its client."""
     latencies: list[float] = []
+    b_process = None
+    if b is not None:
+        b_process = subprocess.Popen(
+            [sys.executable, __file__, "--b-load",
+             json.dumps({"url": url, "target": b, "rate": b_rate, "seconds": seconds})],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert b_process.stdout is not None
+        b_process.stdout.readline()  # "ready": B's schedule starts now, with A's
     async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=500)) as http:
-        jobs = [open_loop(http, url, a, texts, rate, seconds, latencies)]
-        if b is not None:
-            jobs.append(open_loop(http, url, b, texts[::-1], b_rate, seconds, None))
-        await asyncio.gather(*jobs)
+        await open_loop(http, url, a, texts, rate, seconds, latencies)
+    if b_process is not None and b_process.wait() != 0:
+        raise SystemExit("tenant B's load failed")
     return latencies
+
+
+def b_load(spec: dict[str, Any]) -> None:
+    """Tenant B's open-loop load, in its own process (``--b-load``)."""
+
+    async def go() -> None:
+        limits = httpx.Limits(max_connections=500)
+        async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
+            print("ready", flush=True)
+            target = (spec["target"][0], spec["target"][1])
+            texts = probe_texts()[::-1]
+            await open_loop(http, spec["url"], target, texts, spec["rate"], spec["seconds"], None)
+
+    asyncio.run(go())
+
+
+def probe_texts() -> list[str]:
+    """Texts no tenant saw: health tweets, cut to 400 characters."""
+    held = datasets.sample(datasets.health_tweets(), 400, seed=9)
+    return [str(r["text"])[:400] for r in held]
 
 
 def late_answers(url: str, auditor: str) -> float:
@@ -368,12 +399,11 @@ def floor(texts: list[str], seconds: float) -> tuple[Row, Row]:
 def run(args: argparse.Namespace) -> Row:
     limit_threads()
     counts = sorted({int(n) for n in args.tenants.split(",")})
-    held = datasets.sample(datasets.health_tweets(), 400, seed=9)
-    texts = [str(r["text"])[:400] for r in held]
+    texts = probe_texts()
     settings = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in vars(args).items()
-        if k not in ("tables_from", "single_server")
+        if k not in ("tables_from", "single_server", "b_load")
     }
     result: Row = {"machine": machine(), "args": settings, "silolearn": [], "command": ""}
     with tempfile.TemporaryDirectory(prefix="silolearn-serve-") as tmp:
@@ -567,12 +597,16 @@ def main() -> None:
         "--tables-from", type=Path, help="print the tables of a --json result again"
     )
     parser.add_argument("--single-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--b-load", help=argparse.SUPPRESS)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--json", action="store_true", help="print the results as JSON only")
     group.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = parser.parse_args()
     if args.single_server is not None:
         single_server(args.single_server)
+        return
+    if args.b_load is not None:
+        b_load(json.loads(args.b_load))
         return
     if args.tables_from is not None:
         result = json.loads(args.tables_from.read_text())
