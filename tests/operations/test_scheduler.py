@@ -42,7 +42,7 @@ MONDAY = datetime(2025, 1, 6, tzinfo=UTC)
 
 
 def _scheduler(path: Path, clock: ManualClock) -> Scheduler:
-    return Scheduler(lambda: Workspace.open(path, actor="scheduler"), InlineLauncher(), clock)
+    return Scheduler(lambda: Workspace.open(path, actor="scheduler"), InlineLauncher(clock), clock)
 
 
 def _tick(scheduler: Scheduler, clock: ManualClock, moment: datetime) -> dict[str, Decision]:

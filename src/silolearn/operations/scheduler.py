@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from silolearn.clock import Clock, SystemClock
+from silolearn.clock import SYSTEM, Clock, SystemClock
 from silolearn.config import SchedulePolicy
 from silolearn.errors import MetadataSealed, NotFoundError, SiloError
 from silolearn.operations.policy import SchedulePolicies
@@ -119,11 +119,16 @@ class RoundLauncher(Protocol):
 
 
 class InlineLauncher:
-    """Runs the round in the tick, on the scheduler's workspace (``pipeline.Trainer``)."""
+    """Runs the round in the tick, on the scheduler's workspace (``pipeline.Trainer``), on
+    ``clock`` (give it the scheduler's, so what the round decides by time, a canary's
+    steps, keeps the same time)."""
+
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
 
     def launch(self, ws: Workspace, tenant: str, decision: str) -> Launched:
         try:
-            result = Trainer(ws).train(tenant)
+            result = Trainer(ws, clock=self._clock).train(tenant)
         except SiloError as exc:
             _log.warning("scheduled round of %s failed: %s", tenant, exc.code)
             return Launched(job=None, outcome="failed")
