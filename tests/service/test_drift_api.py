@@ -1,7 +1,8 @@
 """Drift monitoring in the service, against a real server: what alpha's version serves is
 handed to the background monitor off the request's path, kept sealed in alpha's scope and
 tested against its training window; `GET /v1/tenants/{t}/drift` shows it to the tenant's
-auditor only (another tenant's auditor gets the 404 of a tenant that does not exist)."""
+auditor, trainer and admin (like its performance; a reader is refused, another tenant's
+auditor gets the 404 of a tenant that does not exist)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ def test_drift_of_what_alpha_serves_is_monitored_and_shown_to_its_auditor(
     assert tested["evidence"]["size"] == view["policy"]["window"]
     assert 0.0 < tested["evidence"]["p_value"] <= 1.0
 
+    for role in ("trainer", "admin"):
+        read = server.call("GET", "/v1/tenants/alpha/drift", server.token("alpha", role))
+        assert read.status_code == 200, read.text
+        assert read.json()["policy"] == view["policy"]
     refused = server.call("GET", "/v1/tenants/alpha/drift", reader)
     assert refused.status_code == 403 and "error" in refused.json()
     other = server.call("GET", "/v1/tenants/alpha/drift", server.token("beta", "auditor"))

@@ -33,7 +33,7 @@ def monitor_show(
     """The tenant's monitors (each section is one monitor's state) and its newest signals,
     confirmed or not."""
     with opened(workspace) as ws:
-        signals = Signals(ws).since(tenant, _EPOCH, confirmed=False)[-limit:]
+        signals = Signals(ws).since(tenant, _EPOCH, confirmed=False, newest=limit)
         view: dict[str, Any] = {
             "tenant": tenant,
             "drift": drift_view(ws, tenant, limit=limit),

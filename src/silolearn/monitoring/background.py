@@ -2,7 +2,9 @@
 embeddings and predicted labels to a bounded queue and returns; one background thread,
 with its own workspace, feeds them to the ``DriftMonitor``. When the queue is full (the
 monitor cannot keep up) a batch is dropped and counted, never waited for: serving comes
-first, and a dropped batch only thins the sample the drift tests see."""
+first, and a dropped batch only thins the sample the drift tests see. When the queue stops,
+what was queued before is handled (within ``stop``'s timeout); a batch submitted after, or
+left when the timeout ends, is dropped and counted too."""
 
 from __future__ import annotations
 
@@ -45,7 +47,11 @@ class DriftQueue:
         self._open_handler = open_handler
         self._queue: queue.Queue[Served | None] = queue.Queue(maxsize=capacity)
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
         self.dropped = 0
+        """Batches never handled: the queue was full, stopped, or still held them when
+        ``stop`` gave up waiting."""
         self.failed = 0
 
     def start(self) -> None:
@@ -53,24 +59,40 @@ class DriftQueue:
         self._thread.start()
 
     def submit(self, served: Served) -> bool:
-        """Queue ``served`` without waiting; False (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(served)
-        except queue.Full:
+        """Queue ``served`` without waiting; False (and counted) when the queue is full or
+        stopped."""
+        with self._lock:  # request threads submit concurrently; the count must not race
+            if not self._closed:
+                try:
+                    self._queue.put_nowait(served)
+                    return True
+                except queue.Full:
+                    pass
             self.dropped += 1
             return False
-        return True
 
     def join(self) -> None:
         """Wait until every queued batch has been handled."""
         self._queue.join()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Handle what is queued, then close the handler; what is still queued after
+        ``timeout`` seconds is counted as dropped and logged."""
+        with self._lock:
+            self._closed = True
         if self._thread is None:
             return
-        self._queue.put(None)
+        self._queue.put(None)  # the thread is draining: room comes
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            left = max(0, self._queue.qsize() - 1)  # the stop marker is not a batch
+            with self._lock:
+                self.dropped += left
         self._thread = None
+        if self.dropped or self.failed:
+            _log.warning(
+                "drift monitor stopped: %d batches dropped, %d failed", self.dropped, self.failed
+            )
 
     def _run(self) -> None:
         handle, close = self._open_handler()

@@ -4,10 +4,10 @@ it against the version's training window and records what it finds as signals.
 
 The reference of a version is built the first time it serves: a seeded sample of the
 training records up to its cutoff, read through the tenant's ingest scope and answered by
-the version itself (``Answer``: the service passes its micro-batcher), which gives their
-embeddings and the version's own predicted labels; the true labels are kept beside them for
-label drift. It is cached as a blob sealed under the tenant's training key. The texts are
-never kept.
+the version itself (``Answer``: the service passes its micro-batcher, asked for that
+version, so a canary's reference is its own), which gives their embeddings and the
+version's own predicted labels; the true labels are kept beside them for label drift. It
+is cached as a blob sealed under the tenant's training key. The texts are never kept.
 
 Per tenant and version: the online MMD detector takes every served embedding (a confirmed
 ``drift.embedding`` signal when it fires, an unconfirmed one with its statistic at the end
@@ -20,6 +20,7 @@ an incident by policy (``[drift] incident``), one open per version and kind.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import numpy.typing as npt
 
 from silolearn.clock import SYSTEM, Clock
 from silolearn.config import DriftPolicy
-from silolearn.errors import InvalidInput, NotFoundError
+from silolearn.errors import InvalidInput, NotFoundError, SiloError
 from silolearn.monitoring.drift import OnlineMMD, label_shares, label_test, level
 from silolearn.monitoring.incidents import Incidents
 from silolearn.monitoring.signals import Signal, Signals
@@ -42,8 +43,11 @@ from silolearn.storage.served_embeddings import ServedBatch, ServedEmbeddings, p
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
 
-Answer = Callable[[str, Sequence[str]], tuple[int, npt.NDArray[np.float32] | None, list[str]]]
-"""The tenant's active version answering texts: ``(version, embeddings or None, labels)``."""
+Answer = Callable[[str, int, Sequence[str]], tuple[int, npt.NDArray[np.float32] | None, list[str]]]
+"""A tenant's version answering texts: ``(version that answered, embeddings or None,
+labels)``; asked for a version, a canary's included, while it serves."""
+
+_log = logging.getLogger("silolearn.monitoring")
 
 REFERENCE_BLOB = "monitoring/reference-v{version}"
 LABELS_BLOB = "monitoring/reference-labels-v{version}"
@@ -120,7 +124,7 @@ class DriftMonitor:
         picked = random.Random(f"{tenant}/{version}").sample(records, min(size, len(records)))
         if len(picked) < 2:
             raise InvalidInput(f"tenant {tenant!r} v{version} has no training window to watch")
-        answered, embeddings, predicted = self.answer(tenant, [r.text for r in picked])
+        answered, embeddings, predicted = self.answer(tenant, version, [r.text for r in picked])
         if answered != version:
             raise InvalidInput(f"tenant {tenant!r} serves v{answered}, not v{version}")
         rows = embeddings if embeddings is not None else np.zeros((len(picked), 0), np.float32)
@@ -189,12 +193,13 @@ class DriftMonitor:
         policy: DriftPolicy,
     ) -> None:
         """Keep what was served, sealed, once a window of it has come."""
-        now = self.clock.now()
         if not watch.unsaved:
-            watch.unsaved_since = _stamp(now)
+            watch.unsaved_since = _stamp(self.clock.now())
         watch.unsaved.append((rows, list(labels)))
-        if sum(len(b[1]) for b in watch.unsaved) < policy.window:
-            return
+        if sum(len(b[1]) for b in watch.unsaved) >= policy.window:
+            self._save(tenant, version, watch, policy)
+
+    def _save(self, tenant: str, version: int, watch: _Watch, policy: DriftPolicy) -> None:
         batch = ServedBatch(
             version,
             np.vstack([b[0] for b in watch.unsaved]),
@@ -203,8 +208,19 @@ class DriftMonitor:
         )
         watch.unsaved = []
         ServedEmbeddings(self.ws.scope(tenant, purpose=Purpose.SERVING)).keep(
-            batch, now=now, retention=timedelta(hours=policy.retention_hours)
+            batch, now=self.clock.now(), retention=timedelta(hours=policy.retention_hours)
         )
+
+    def flush(self) -> None:
+        """Keep what was served and not yet kept (less than a window per version): called
+        when the monitor stops, so nothing it received is lost."""
+        for (tenant, version), watch in self._watches.items():
+            if not watch.unsaved:
+                continue
+            try:
+                self._save(tenant, version, watch, self.policy(tenant))
+            except SiloError as exc:  # a tenant shredded meanwhile: the others are kept
+                _log.warning("served predictions of %s not kept: %s", tenant, exc)
 
     def _embedding(
         self, tenant: str, version: int, watch: _Watch, rows: Any, policy: DriftPolicy
@@ -345,7 +361,7 @@ def drift_view(ws: Workspace, tenant: str, *, limit: int = 20) -> dict[str, Any]
     info = ws.tenants.get(tenant)
     signals = Signals(ws)
     latest = {kind: signals.latest(tenant, kind) for kind in sorted(DRIFT_KINDS)}
-    alarms = signals.since(tenant, _EPOCH, kinds=DRIFT_KINDS)[-limit:]
+    alarms = signals.since(tenant, _EPOCH, kinds=DRIFT_KINDS, newest=limit)
     kept = ws.conn.execute(
         "SELECT COALESCE(SUM(count), 0) FROM served_embeddings WHERE tenant_id = ?", (info.id,)
     ).fetchone()[0]

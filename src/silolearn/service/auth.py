@@ -185,4 +185,6 @@ Trainer = Annotated[Principal, allow("trainer")]
 Auditor = Annotated[Principal, allow("auditor")]
 Admin = Annotated[Principal, allow("admin")]
 TrainerOrAuditor = Annotated[Principal, allow("trainer", "auditor")]
+MonitorReader = Annotated[Principal, allow("auditor", "trainer", "admin")]
+"""What the monitors found (drift, performance): it names labels and slice values."""
 AnyToken = Annotated[Principal, allow()]

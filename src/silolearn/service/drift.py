@@ -1,6 +1,7 @@
-"""Drift monitoring in the service: ``GET /v1/tenants/{tenant}/drift`` (role ``auditor``),
-and the background monitor the predict handler hands each answer to (``observe``), off the
-request's path (``monitoring.background``)."""
+"""Drift monitoring in the service: ``GET /v1/tenants/{tenant}/drift`` (roles ``auditor``,
+``trainer`` or ``admin`` of the tenant, like its performance), and the background monitor the
+predict handler hands each answer to (``observe``), off the request's path
+(``monitoring.background``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Request
 from silolearn.errors import ConflictError, SiloError
 from silolearn.monitoring.background import DriftQueue, Served
 from silolearn.monitoring.watch import DriftMonitor, drift_view
-from silolearn.service.auth import Auditor
+from silolearn.service.auth import MonitorReader
 from silolearn.service.batcher import MicroBatcher
 from silolearn.service.state import Answer, Service, service_of
 from silolearn.serving.predictor import Prediction
@@ -33,7 +34,7 @@ CHUNK = 64
 def drift(
     tenant: TenantPath,
     request: Request,
-    principal: Auditor,
+    principal: MonitorReader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> dict[str, Any]:
     """The tenant's drift: its policy, the newest result of each test (embeddings, predicted
@@ -59,15 +60,16 @@ def _embeddings(predictions: Sequence[Prediction]) -> npt.NDArray[np.float32] | 
 
 def start_drift_monitor(path: FsPath, batcher: MicroBatcher[Any, str, Answer]) -> DriftQueue:
     """The background drift monitor: its thread opens its own workspace and builds a
-    version's reference by asking the micro-batcher, like any request (by tenant: its active
-    version answers; a reference answered by another version is refused and built again
-    with the next batch)."""
+    version's reference by asking the micro-batcher for that version, like a request a
+    canary rollout assigned to it (a version that no longer serves is answered by the
+    active one: that reference is refused and built again with the next batch)."""
 
     def answer(
-        tenant: str, texts: Sequence[str]
+        tenant: str, version: int, texts: Sequence[str]
     ) -> tuple[int, npt.NDArray[np.float32] | None, list[str]]:
+        key = (tenant, version)  # that version while it serves, a canary's included
         tickets = [
-            batcher.submit(tenant, list(texts[i : i + CHUNK])) for i in range(0, len(texts), CHUNK)
+            batcher.submit(key, list(texts[i : i + CHUNK])) for i in range(0, len(texts), CHUNK)
         ]
         answered = []
         for ticket in tickets:
@@ -82,7 +84,14 @@ def start_drift_monitor(path: FsPath, batcher: MicroBatcher[Any, str, Answer]) -
     def open_handler() -> tuple[Callable[[Served], Any], Callable[[], None]]:
         ws = Workspace.open(path, actor="drift-monitor")
         monitor = DriftMonitor(ws, answer)
-        return (lambda s: monitor.observe(s.tenant, s.version, s.embeddings, s.labels)), ws.close
+
+        def close() -> None:
+            try:
+                monitor.flush()
+            finally:
+                ws.close()
+
+        return (lambda s: monitor.observe(s.tenant, s.version, s.embeddings, s.labels)), close
 
     queue = DriftQueue(open_handler)
     queue.start()

@@ -10,18 +10,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 
 from silolearn.monitoring.feedback import PerformanceMonitor
-from silolearn.service.auth import allow
+from silolearn.service.auth import MonitorReader
 from silolearn.service.state import service_of
-from silolearn.tenancy.access import Principal
 
 router = APIRouter(tags=["monitoring"])
 
 TenantPath = Annotated[str, Path(description="The tenant's name.", max_length=64)]
-PerformanceReader = Annotated[Principal, allow("auditor", "trainer", "admin")]
 
 
 @router.get("/tenants/{tenant}/performance")
-def performance(tenant: TenantPath, request: Request, principal: PerformanceReader) -> Any:
+def performance(tenant: TenantPath, request: Request, principal: MonitorReader) -> Any:
     """The tenant's performance monitoring, newest version first (see the module)."""
     with service_of(request).workspace(principal) as ws:
         report: dict[str, Any] = PerformanceMonitor(ws).report(tenant)
