@@ -11,6 +11,7 @@ version), with the record's real label as feedback; the one clock is a manual on
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import shutil
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import run_cli
 from silolearn import Workspace
 from silolearn.clock import ManualClock
 from silolearn.config import CONFIG_FILE, Settings
@@ -360,3 +362,20 @@ def test_decide_is_pure_and_waits_for_evidence_and_time(good: Scenario) -> None:
     assert decide(starved, policy, tolerance=0.03, now=later).reason == (
         "not enough feedback in this step"
     )
+
+
+def test_the_cli_shows_the_rollout_with_the_versions(worse: Scenario) -> None:
+    ws = worse[0]
+    listed = run_cli("adapters", "list", TENANT, "--workspace", str(ws.path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["version"]: r for r in json.loads(listed.stdout)}
+    assert rows[1]["rollout"] is None
+    assert rows[2]["rollout"]["role"] == "canary" and rows[2]["rollout"]["state"] == "rolled_back"
+    assert rows[2]["rollout"]["tallies"]["canary"]["feedback"] >= 1
+    wide = {"COLUMNS": "200"}  # one table row per line
+    human = run_cli("adapters", "list", TENANT, "--workspace", str(ws.path), env=wide)
+    assert human.returncode == 0 and "canary rolled back" in human.stdout, human.stdout
+    shown = run_cli("adapters", "show", TENANT, "2", "--workspace", str(ws.path))
+    assert shown.returncode == 0 and "rollout: canary rolled back (vs v1)" in shown.stdout
+    missing = run_cli("adapters", "show", TENANT, "9", "--workspace", str(ws.path), "--json")
+    assert missing.returncode != 0 and json.loads(missing.stderr)["error"]
