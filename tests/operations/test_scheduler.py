@@ -366,3 +366,25 @@ def test_a_round_in_another_live_process_holds_the_tenant_back(ws: Workspace) ->
         other.wait()
     assert rounds_running(ws) == set()
     assert _runs(ws.path, "busy") == 1
+
+
+def test_an_interrupted_round_leaves_its_triggers_due(ws: Workspace) -> None:
+    """A round the service stopped before it ran trained nothing: the tenant's last round
+    stays the one before it, so what was due is due again after the restart."""
+    path = ws.path
+    ws.create_tenant("paused")
+    ws.tenant("paused").ingest(sample(bbc_news(), 60, seed=8))
+    SchedulePolicies(ws).set("paused", {"triggers": ["volume"], "min_new_records": 20}, at=MONDAY)
+    info = ws.tenants.get("paused")
+    decisions = Decisions(ws)
+    done = decisions.record(info, MONDAY, Firing("volume", {}), reason=None, records_seq=5)
+    decisions.finish(info, done.id, Launched(job=None, outcome="active", version=1), MONDAY)
+    later = MONDAY + timedelta(hours=1)
+    stopped = decisions.record(info, later, Firing("volume", {}), reason=None, records_seq=50)
+    decisions.finish(info, stopped.id, Launched(job="j-1", outcome="interrupted"), later)
+
+    state = _view(path, "paused", later + timedelta(minutes=1))["state"]
+    assert (state["since"], state["records_mark"]) == (stamp(MONDAY), 5)
+    clock = ManualClock(later)
+    again = _tick(_scheduler(path, clock), clock, later + timedelta(minutes=1))["paused"]
+    assert (again.decision, again.trigger, again.evidence["after_seq"]) == ("trigger", "volume", 5)

@@ -209,6 +209,19 @@ class Decisions:
         found = self.list(tenant, limit=1, decision=decision)
         return found[0] if found else None
 
+    def last_round(self, tenant: str) -> Decision | None:
+        """The newest round the scheduler started that was not interrupted (one the service
+        stopped before it ran, or that never started, trained nothing: the triggers it
+        answered are still due)."""
+        info = self.ws.tenants.get(tenant)
+        row = self.ws.conn.execute(
+            f"SELECT {_COLUMNS} FROM schedule_decisions WHERE tenant_id = ? AND decision = "
+            "'trigger' AND (outcome IS NULL OR outcome != 'interrupted') "
+            "ORDER BY at DESC, rowid DESC LIMIT 1",
+            (info.id,),
+        ).fetchone()
+        return None if row is None else self._decision(info.name, row)
+
     def failures(self, tenant: str) -> int:
         """Unsuccessful rounds in a row, the newest last (interrupted ones skipped)."""
         info = self.ws.tenants.get(tenant)
@@ -446,7 +459,7 @@ def tenant_view(
 ) -> TenantView:
     """What the triggers see of the tenant now (``operations.triggers.TenantView``);
     ``wall``: the scheduler's clock is the system's."""
-    last = decisions.latest(info.name, decision="trigger")
+    last = decisions.last_round(info.name)
     run = ws.conn.execute(
         "SELECT MAX(started_at) FROM training_runs WHERE tenant_id = ?", (info.id,)
     ).fetchone()[0]
