@@ -15,7 +15,7 @@ from scipy.stats import binom, poisson
 
 from silolearn.datasets import health_tweets, rotten_tomatoes
 from silolearn.learning.encoder import FrozenEncoder, default_model_dir
-from silolearn.monitoring.drift import OnlineMMD, label_test, level, mmd_test
+from silolearn.monitoring.drift import OnlineMMD, label_test, level, mmd_test, permutations_for
 
 SHUFFLES = 100
 MARGIN = 0.999
@@ -156,3 +156,14 @@ def test_label_test_holds_its_false_alarm_rate_on_shuffled_real_labels(
     # a window of one outlet only is drift
     top = max(set(labels.tolist()), key=labels.tolist().count)
     assert label_test(labels[:300].tolist(), [top] * 100, alpha=alpha, permutations=100).drift
+
+
+def test_a_level_below_the_permutations_resolution_can_still_be_reached() -> None:
+    # one false alarm per million items in windows of 100: level 1e-4, finer than the
+    # smallest p-value of 1,000 permutations (1/1001)
+    alpha = level(100, 1e6)
+    assert not label_test(["a", "b"] * 150, ["c"] * 100, alpha=alpha, permutations=1000).drift
+    permutations = permutations_for(alpha, 1000)
+    assert 1 / (permutations + 1) <= alpha / 2
+    assert label_test(["a", "b"] * 150, ["c"] * 100, alpha=alpha, permutations=permutations).drift
+    assert permutations_for(0.05, 1000) == 1000  # never fewer than configured

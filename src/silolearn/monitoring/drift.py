@@ -88,6 +88,17 @@ def level(window: int, ert: float) -> float:
     return window / ert
 
 
+MAX_PERMUTATIONS = 100_000
+
+
+def permutations_for(alpha: float, at_least: int) -> int:
+    """Permutations enough for a p-value to reach ``alpha``: the smallest p-value of ``P``
+    permutations is ``1 / (P + 1)``, so at a level below it a test could never alarm
+    (``window / ert`` is 1e-4 for a window of 100 and one false alarm per million items).
+    At least ``at_least``, at most ``MAX_PERMUTATIONS``."""
+    return min(max(at_least, math.ceil(2.0 / alpha) - 1), MAX_PERMUTATIONS)
+
+
 def mmd_test(
     reference: npt.ArrayLike,
     window: npt.ArrayLike,

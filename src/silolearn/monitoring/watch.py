@@ -33,7 +33,13 @@ import numpy.typing as npt
 from silolearn.clock import SYSTEM, Clock
 from silolearn.config import DriftPolicy
 from silolearn.errors import InvalidInput, NotFoundError, SiloError
-from silolearn.monitoring.drift import OnlineMMD, label_shares, label_test, level
+from silolearn.monitoring.drift import (
+    OnlineMMD,
+    label_shares,
+    label_test,
+    level,
+    permutations_for,
+)
 from silolearn.monitoring.incidents import Incidents
 from silolearn.monitoring.signals import Signal, Signals
 from silolearn.registry.versions import AdapterRegistry
@@ -257,11 +263,12 @@ class DriftMonitor:
         self, tenant: str, version: int, kind: str, reference: list[str], window: list[str]
     ) -> Signal:
         policy = self.policy(tenant)
+        alpha = level(policy.window, policy.ert)
         test = label_test(
             reference,
             window,
-            alpha=level(policy.window, policy.ert),
-            permutations=policy.permutations,
+            alpha=alpha,
+            permutations=permutations_for(alpha, policy.permutations),
             seed=version,
         )
         evidence = {
