@@ -322,6 +322,14 @@ def test_values_are_formatted_and_statuses_coloured(document: str) -> None:
     assert "the trainer never reads it" in page
 
 
+def test_a_canary_version_gets_its_own_badge() -> None:
+    result = _result()
+    result["versions"]["newsroom"].append({"version": 4, "status": "canary", "accuracy": 0.9})
+    page = _page(render_report(result))
+    assert '<span class="status status-canary">canary</span>' in page
+    assert report.status_class("canary") == "status-canary"
+
+
 def test_failed_audit_and_partial_isolation_are_flagged() -> None:
     result = _result()
     result["audit"] = {"events": 10, "checkpoints": 0, "ok": False}

@@ -47,7 +47,7 @@ PALETTE = (
     "#bab0ac",
 )
 ROUND_STATUSES = frozenset({"active", "rejected", "failed"})
-VERSION_STATUSES = frozenset({"active", "rejected", "failed", "retired", "candidate"})
+VERSION_STATUSES = frozenset({"active", "rejected", "failed", "retired", "candidate", "canary"})
 MARKERS = {"active": "circle", "kept": "circle", "rejected": "circle-open", "failed": "square-open"}
 """What serves after a round: a promoted or kept version (filled), the previous version
 after a rejected candidate (hollow circle) or a failed run (hollow square)."""
