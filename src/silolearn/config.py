@@ -293,12 +293,15 @@ class RolloutPolicy(_Section):
 
 
 class RolloutConfig(RolloutPolicy):
+    tick_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    """How often the service checks every running rollout (besides on each feedback), so
+    that one without feedback still steps on time and rolls back when an incident opens."""
     tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-tenant overrides of any key above, by tenant name."""
 
     def for_tenant(self, name: str) -> RolloutPolicy:
         """The effective policy of one tenant: the defaults with its overrides."""
-        values = self.model_dump(exclude={"tenants"})
+        values = self.model_dump(exclude={"tenants", "tick_seconds"})
         try:
             return RolloutPolicy.model_validate({**values, **self.tenants.get(name, {})})
         except ValidationError as exc:

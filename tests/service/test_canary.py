@@ -2,13 +2,15 @@
 answered by the version its request key is assigned to, the same one every time; a stable
 request gets exactly what the stable version answers, never the canary's; feedback is
 counted per version in the rollout shown with the versions; /metrics labels serving by
-version; a rollback over the API ends the canary. The rollout's own decisions, on real
-feedback, are tests/operations/test_rollout.py's."""
+version; a rollback over the API ends the canary; the service's rollout tick rolls a canary
+back when an incident opens, without any feedback arriving. The rollout's own decisions, on
+real feedback, are tests/operations/test_rollout.py's."""
 
 from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -19,13 +21,19 @@ from service_helpers import SERVER_ENV, Server, start_server, stop_server
 from silolearn import Workspace
 from silolearn.config import CONFIG_FILE
 from silolearn.datasets import rotten_tomatoes
+from silolearn.monitoring.incidents import Incidents
 from silolearn.pipeline import Trainer
 from silolearn.serving.predictor import Predictor
 
 TENANT = "alpha"
-ENV = {**SERVER_ENV, "SILOLEARN_DRIFT__ENABLED": "false"}
+ENV = {
+    **SERVER_ENV,
+    "SILOLEARN_DRIFT__ENABLED": "false",
+    "SILOLEARN_ROLLOUT__TICK_SECONDS": "0.5",
+}
 """The drift monitor, which embeds each version's training window through the same
-micro-batcher, is not what these tests are about: off, so that they stay quick."""
+micro-batcher, is not what these tests are about: off, so that they stay quick. The
+rollouts are ticked often, so that the tick's test does not wait long."""
 POLICY = """
 [rollout.tenants.alpha]
 mode = "canary"
@@ -202,3 +210,49 @@ def test_a_rollback_over_the_api_ends_the_canary(canary_server: Server) -> None:
     for i in range(8):
         (prediction,) = _predict(server, ["A delight."], f"customer-{i}")
         assert prediction["version"] == 1
+
+
+def test_the_service_tick_rolls_a_canary_back_when_an_incident_opens_without_feedback(
+    canary_server: Server, rows: list[dict[str, Any]]
+) -> None:
+    server = canary_server
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ENV.items():
+            patch.setenv(name, value)
+        with Workspace.open(server.path, actor="test") as ws:
+            ws.tenant(TENANT).ingest(rows[330:])
+            canary = Trainer(ws).train(TENANT, seed=3)
+            assert canary.status == "canary", canary.decision
+            assert canary.version is not None
+            # no feedback at all: it holds
+            assert _rollout_of(server, canary.version)["state"] == "running"
+            Incidents(ws).open(
+                TENANT,
+                severity="SEV3",
+                kind="drift",
+                summary="served texts moved",
+                evidence={},
+                actions=[],
+            )
+    deadline = time.monotonic() + 300.0  # a bound for a loaded machine, not a measurement
+    rollout = _rollout_of(server, canary.version)
+    while rollout["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rollout = _rollout_of(server, canary.version)
+    assert rollout["state"] == "rolled_back", rollout
+    assert rollout["evidence"]["reason"] == "an incident opened on the tenant"
+    assert [i["kind"] for i in rollout["evidence"]["incidents"]] == ["drift"]
+    assert all(rollout["tallies"][arm]["feedback"] == 0 for arm in ("canary", "stable"))
+    trainer = server.token(TENANT, "trainer")
+    versions = {
+        v["version"]: v["status"]
+        for v in server.call("GET", f"/v1/tenants/{TENANT}/versions", trainer).json()
+    }
+    assert versions[canary.version] == "rejected" and versions[1] == "active"
+    with Workspace.open(server.path, actor="test") as ws:
+        (event,) = [
+            e
+            for e in ws.audit.events(tenant=TENANT, action="rollout.rollback")
+            if e.details["rollout"] == rollout["id"]
+        ]
+    assert event.details["automatic"] is True and event.actor == "service"

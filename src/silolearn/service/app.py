@@ -45,6 +45,7 @@ from silolearn.service.metrics import ServiceMetrics
 from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
+from silolearn.service.rollouts import start_rollout_ticks
 from silolearn.service.shutdown import DrainRequests
 from silolearn.service.schedule import start_scheduler
 from silolearn.service.state import Answer, Service
@@ -136,6 +137,7 @@ class Running:
         self._retention = retention
         self._batcher_ws = batcher_ws
         self._jobs = jobs
+        self.rollouts: Periodic | None = None
         self._stopped = False
         self._grace_ends: float | None = None
         self.cut_short: list[str] = []
@@ -192,6 +194,9 @@ class Running:
         retention.start()
         running = cls(service, retention, batcher_ws, jobs)
         running.scheduler = start_scheduler(path, jobs, SYSTEM)
+        running.rollouts = start_rollout_ticks(
+            pool, SYSTEM, interval=settings.rollout.tick_seconds
+        )
         return running
 
     def begin_drain(self) -> None:
@@ -234,6 +239,8 @@ class Running:
                 service.drift.stop()
             service.batcher.stop()
             self._retention.stop()
+            if self.rollouts is not None:
+                self.rollouts.stop()
             if self.scheduler is not None:
                 self.scheduler.stop()
             grace = max(0.0, self._grace_end() - time.monotonic())
