@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from silolearn.clock import SYSTEM, Clock, Periodic
 from silolearn.operations.policy import SchedulePolicies
 from silolearn.operations.scheduler import Launched, Scheduler, schedule_view
-from silolearn.service.auth import allow
+from silolearn.service.auth import MonitorReader, allow
 from silolearn.service.jobs import JobRunner
 from silolearn.service.state import service_of
 from silolearn.tenancy.access import Principal
@@ -89,10 +89,10 @@ class ScheduleUpdate(BaseModel):
 
 
 @router.get("/tenants/{tenant}/schedule")
-def show_schedule(
-    tenant: TenantPath, request: Request, principal: TrainerOrAdmin
-) -> dict[str, Any]:
-    """The tenant's schedule policy, state and newest decisions with their evidence."""
+def show_schedule(tenant: TenantPath, request: Request, principal: MonitorReader) -> dict[str, Any]:
+    """The tenant's schedule policy, state and newest decisions with their evidence (read
+    by its auditor, trainer or admin, like its performance and drift; set by its trainer
+    or admin)."""
     service = service_of(request)
     with service.workspace(principal) as ws:
         return schedule_view(ws, tenant, SYSTEM.now())
