@@ -2,8 +2,9 @@
 them; in the service a ``clock.Periodic`` ticks it every ``[schedule] tick_seconds``.
 
 A tick, for every tenant in name order: settle the outcome of its round in progress (a
-rejected or failed candidate sets a back-off, a promotion resets it), ask the triggers of
-its policy (``operations.triggers``) whether a round is due, and if one is, start it unless
+rejected or failed candidate sets a back-off, a promotion resets it, a canary counts as its
+rollout ends), ask the triggers of its policy (``operations.triggers``) whether a round is
+due, and if one is, start it unless
 
 - the tenant is quarantined (or being shredded): nothing runs for it;
 - it has a round in progress (started by the scheduler or by anyone over the API);
@@ -49,7 +50,9 @@ _log = logging.getLogger("silolearn.scheduler")
 
 UNSUCCESSFUL = frozenset({"rejected", "failed"})
 """Outcomes that back a tenant off; ``interrupted`` (the service stopped) neither backs
-off nor resets, any other (a promotion) resets."""
+off nor resets, nor does ``canary`` (a candidate that passed every gate, now serving a
+share of the traffic), any other (a promotion) resets."""
+UNDECIDED = frozenset({"interrupted", "canary"})
 
 SkipReason = Literal["quarantined", "running", "backoff", "capacity"]
 
@@ -223,17 +226,24 @@ class Decisions:
         return None if row is None else self._decision(info.name, row)
 
     def failures(self, tenant: str) -> int:
-        """Unsuccessful rounds in a row, the newest last (interrupted ones skipped)."""
+        """Unsuccessful rounds in a row, the newest last (interrupted ones skipped). A
+        round whose outcome was a canary counts as its rollout ended: once promoted it
+        resets the count, once rolled back it is one more unsuccessful round (for the
+        next back-off: it sets none itself), while it runs it is skipped."""
         info = self.ws.tenants.get(tenant)
         rows = self.ws.conn.execute(
-            "SELECT outcome FROM schedule_decisions WHERE tenant_id = ? AND decision = "
-            "'trigger' AND outcome IS NOT NULL AND outcome != 'interrupted' "
-            "ORDER BY at DESC, rowid DESC",
+            "SELECT d.outcome, v.status FROM schedule_decisions d LEFT JOIN adapter_versions v "
+            "ON v.tenant_id = d.tenant_id AND v.version = d.version "
+            "WHERE d.tenant_id = ? AND d.decision = 'trigger' AND d.outcome IS NOT NULL "
+            "AND d.outcome != 'interrupted' ORDER BY d.at DESC, d.rowid DESC",
             (info.id,),
         ).fetchall()
         count = 0
-        for (outcome,) in rows:
-            if outcome not in UNSUCCESSFUL:
+        for outcome, status in rows:
+            settled = status if outcome == "canary" else outcome
+            if settled == "canary":
+                continue
+            if settled not in UNSUCCESSFUL:
                 break
             count += 1
         return count
@@ -295,7 +305,7 @@ class Decisions:
         failures = self.failures(info.name)  # before this round's outcome is known
         if outcome in UNSUCCESSFUL:
             failures += 1
-        elif outcome != "interrupted":
+        elif outcome not in UNDECIDED:
             failures = 0
         wait = backoff(policy, failures) if outcome in UNSUCCESSFUL else timedelta(0)
         until = stamp(now + wait) if wait > timedelta(0) else None
