@@ -29,10 +29,14 @@ from silolearn.config import CONFIG_FILE, Settings
 from silolearn.datasets import rotten_tomatoes
 from silolearn.monitoring.incidents import Incidents
 from silolearn.operations.rollout import RolloutDriver, decide
+from silolearn.operations.scheduler import Decision as ScheduledRound
+from silolearn.operations.scheduler import Decisions, Launched
+from silolearn.operations.triggers import Firing
 from silolearn.pipeline import Trainer
 from silolearn.registry.rollout import RolloutStore, assign
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.serving.predictor import Prediction, Predictor
+from silolearn.storage.metadata import SEALED_TABLES
 from silolearn.storage.scope import Purpose
 from silolearn.validation.sequential import difference_bounds
 
@@ -379,3 +383,70 @@ def test_the_cli_shows_the_rollout_with_the_versions(worse: Scenario) -> None:
     assert shown.returncode == 0 and "rollout: canary rolled back (vs v1)" in shown.stdout
     missing = run_cli("adapters", "show", TENANT, "9", "--workspace", str(ws.path), "--json")
     assert missing.returncode != 0 and json.loads(missing.stderr)["error"]
+
+
+def test_a_data_key_rotation_reseals_the_rollouts_with_every_sealed_table(
+    worse: Scenario,
+) -> None:
+    ws = worse[0]
+    before = RolloutStore(ws.scope(TENANT, purpose=Purpose.REGISTRY)).history()
+    assert before and before[0].evidence  # tallies and evidence to re-seal
+    ws.tenants.rotate_data_key(TENANT)
+    info = ws.tenants.get(TENANT)
+    # every metadata row of the tenant, its rollouts too, is under the new metadata key
+    assert "rollouts" in {table.name for table in SEALED_TABLES}
+    for table in SEALED_TABLES:
+        versions = ws.conn.execute(
+            f"SELECT DISTINCT dek_version FROM {table.name} WHERE tenant_id = ?", (info.id,)
+        ).fetchall()
+        assert {int(v) for (v,) in versions} <= {info.dek_version}, table.name
+    (event,) = ws.audit.events(tenant=TENANT, action="keys.rotate_data_key")
+    assert event.details["rollouts"] == len(before)
+    # opened through a scope under the new key: the same rollouts
+    assert RolloutStore(ws.scope(TENANT, purpose=Purpose.REGISTRY)).history() == before
+
+
+def _canary_round(
+    ws: Workspace, decisions: Decisions, now: datetime, outcome: str, version: int | None
+) -> ScheduledRound:
+    info = ws.tenants.get(TENANT)
+    made = decisions.record(info, now, Firing("volume", {"new_records": 1}), reason=None)
+    return decisions.finish(
+        info, made.id, Launched(job=None, outcome=outcome, version=version), now
+    )
+
+
+def test_a_canary_round_neither_backs_off_nor_resets_until_its_rollout_ends(
+    tmp_path: Path,
+    base: tuple[Path, list[Prediction]],
+    rows: list[dict[str, Any]],
+    worse: Scenario,
+) -> None:
+    """The scheduler's back-off bookkeeping on real rounds: a rejected round backs off; a
+    round that made a canary sets no back-off and keeps the count while its rollout runs;
+    promoted, it resets the count; rolled back (``worse``), it counts as unsuccessful."""
+    clock = ManualClock(START)
+    ws, _ = _with_canary(base, tmp_path, rows[80:240], rows, clock)
+    decisions = Decisions(ws)
+    rejected = _canary_round(ws, decisions, START, "rejected", None)
+    assert decisions.failures(TENANT) == 1 and rejected.backoff_until is not None
+    canary = _canary_round(ws, decisions, START + timedelta(hours=2), "canary", 2)
+    assert canary.backoff_until is None
+    assert decisions.failures(TENANT) == 1  # neither a rejection nor a promotion yet
+    store = RolloutStore(ws.scope(TENANT, purpose=Purpose.REGISTRY))
+    running = store.running()
+    assert running is not None
+    store.promote(running, now=clock.now(), evidence={"decision": "test"})
+    assert decisions.failures(TENANT) == 0  # promoted: as a promotion does
+    ws.close()
+
+    rolled_back = worse[0]
+    assert {
+        v.version: v.status
+        for v in AdapterRegistry(rolled_back.scope(TENANT, purpose=Purpose.REGISTRY)).list()
+    }[2] == "rejected"
+    decisions = Decisions(rolled_back)
+    _canary_round(rolled_back, decisions, START, "rejected", None)
+    late = _canary_round(rolled_back, decisions, START + timedelta(hours=2), "canary", 2)
+    assert late.backoff_until is None
+    assert decisions.failures(TENANT) == 2  # its rollout rolled back: one more failure

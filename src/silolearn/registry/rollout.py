@@ -20,10 +20,9 @@ from typing import Any
 
 from silolearn.errors import ConflictError, InvalidInput
 from silolearn.registry.versions import AdapterRegistry
-from silolearn.storage.metadata import SealedTable
+from silolearn.storage.metadata import ROLLOUTS
 from silolearn.storage.scope import TenantScope
 
-ROLLOUTS = SealedTable("rollouts", "id", ("policy", "tallies", "evidence"))
 ARMS = ("canary", "stable")
 _SYSTEM_RANDOM = secrets.SystemRandom()
 _COLUMNS = (

@@ -64,6 +64,7 @@ SIGNALS = SealedTable("signals", "id", ("evidence",))
 SCHEDULE_POLICIES = SealedTable("schedule_policies", "tenant_id", ("policy",))
 SCHEDULE_DECISIONS = SealedTable("schedule_decisions", "id", ("evidence",))
 PERFORMANCE = SealedTable("performance_state", "id", ("state",))
+ROLLOUTS = SealedTable("rollouts", "id", ("policy", "tallies", "evidence"))
 SEALED_TABLES = (
     ADAPTER_VERSIONS,
     GATE_RUNS,
@@ -73,6 +74,7 @@ SEALED_TABLES = (
     SCHEDULE_POLICIES,
     SCHEDULE_DECISIONS,
     PERFORMANCE,
+    ROLLOUTS,
 )
 
 VERSIONS_TABLE = BoundTable(
