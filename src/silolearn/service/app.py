@@ -46,8 +46,8 @@ from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
 from silolearn.service.rollouts import start_rollout_ticks
-from silolearn.service.shutdown import DrainRequests
 from silolearn.service.schedule import start_scheduler
+from silolearn.service.shutdown import DrainRequests
 from silolearn.service.state import Answer, Service
 from silolearn.serving.predictor import Predictor, ServingKey
 from silolearn.version import __version__
@@ -95,7 +95,16 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.service.max_body_bytes)
     app.add_middleware(DrainRequests)
-    for module in (serving, data, labels, learning, governance, admin, performance, schedule):
+    for module in (
+        serving,
+        data,
+        labels,
+        learning,
+        governance,
+        admin,
+        schedule,
+        performance,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(drift.router, prefix=API_PREFIX)
     app.include_router(metrics.router)
@@ -139,11 +148,11 @@ class Running:
         self._jobs = jobs
         self.rollouts: Periodic | None = None
         self._stopped = False
+        self.scheduler: Periodic | None = None
         self._grace_ends: float | None = None
         self.cut_short: list[str] = []
         """Jobs whose rounds were still running when the grace ended: the process ends
         without waiting for their threads."""
-        self.scheduler: Periodic | None = None
 
     @classmethod
     def start(cls, path: Path, *, retention_interval: float = 60.0) -> Running:
@@ -202,6 +211,8 @@ class Running:
     def begin_drain(self) -> None:
         """Take no new request and start no queued round; the rounds' grace starts now."""
         self.service.drain.start()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self._jobs.stop_starting()
         self._grace_end()
         with self.service.pool.borrow() as ws:
