@@ -203,9 +203,7 @@ class Running:
         retention.start()
         running = cls(service, retention, batcher_ws, jobs)
         running.scheduler = start_scheduler(path, jobs, SYSTEM)
-        running.rollouts = start_rollout_ticks(
-            pool, SYSTEM, interval=settings.rollout.tick_seconds
-        )
+        running.rollouts = start_rollout_ticks(pool, SYSTEM, interval=settings.rollout.tick_seconds)
         return running
 
     def begin_drain(self) -> None:
