@@ -104,8 +104,13 @@ def test_drift_of_what_a_version_serves(tenant: Tenant, monkeypatch: pytest.Monk
         # the reference: its training window's sample (200, or all it has), answered once
         trained = ws.scope("desk", purpose=Purpose.INGEST).train.count()
         assert [c for c in calls if c != 10] == [min(200, trained)]
-        assert [s.kind for s in same if s.confirmed] == []
-        assert {s.kind for s in same} == {"drift.embedding", "drift.prediction"}
+        # what it serves of its own period raises no alarm; the labelled records stored after
+        # the round's cutoff (2012 tweets in time order, whose mix of outlets does move within
+        # the year) are tested too, and whether a window of them differs depends on which
+        # records the workspace's keyed routing sent to training: not asserted here
+        served_kinds = {"drift.embedding", "drift.prediction"}
+        assert [s.kind for s in same if s.confirmed and s.kind in served_kinds] == []
+        assert {s.kind for s in same} - {"drift.label"} == served_kinds
 
         later = _serve(monitor, tenant.late, clock)
         alarms = [s for s in later if s.confirmed]
