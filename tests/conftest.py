@@ -38,27 +38,11 @@ def ws(ws_path: Path) -> Iterator[Workspace]:
     workspace.close()
 
 
-# The longest files first, longest first: with `--dist loadfile --no-loadscope-reorder` a
-# worker takes the next file in this order whenever it runs short, so the long ones start
-# early and the short ones fill in at the end (xdist's own reorder, by number of tests, left
-# the two-test README tour of about 6 minutes to run alone at the end).
-_FIRST = (
-    "test_readme_tour.py",
-    "test_gates.py",
-    "test_rounds.py",
-    "test_demo_service.py",
-    "test_rollout.py",
-    "test_performance.py",
-    "test_scheduler.py",
-    "test_remediation.py",
-    "test_shared.py",
-    "test_dp_rounds.py",
-    "test_active_learning.py",
-    "test_cli_learning.py",
-    "test_drift.py",
-)
+# The longest test file first: `--dist loadfile` hands each worker its first batch of files in
+# collection order, so the README tour (several minutes in one file) starts at once instead of
+# running alone at the end while the other worker waits.
+_FIRST = ("test_readme_tour.py",)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: place for place, name in enumerate(_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(_FIRST)))  # stable otherwise
+    items.sort(key=lambda item: item.path.name not in _FIRST)  # stable: order kept otherwise
