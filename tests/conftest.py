@@ -36,13 +36,3 @@ def ws(ws_path: Path) -> Iterator[Workspace]:
     workspace = Workspace.init(ws_path, actor="test")
     yield workspace
     workspace.close()
-
-
-# The longest test file first: `--dist loadfile` hands each worker its first batch of files in
-# collection order, so the README tour (several minutes in one file) starts at once instead of
-# running alone at the end while the other worker waits.
-_FIRST = ("test_readme_tour.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name not in _FIRST)  # stable: order kept otherwise
