@@ -13,6 +13,7 @@ The tree, drawn once::
     ├── InvalidInput                  exit 6   HTTP 422   a request the caller can fix
     │   ├── InvalidTenantName
     │   ├── IngestAborted             --strict ingestion refused a file with bad lines
+    │   ├── FederationConfigError     a federation Flower would run wrongly, refused before it starts
     │   └── PayloadTooLarge                    HTTP 413   a request body over the size limit
     ├── AccessDenied                  exit 7   HTTP 403   a capability the caller does not hold
     │   ├── TenantQuarantined
@@ -25,7 +26,8 @@ The tree, drawn once::
     │   └── KeyDestroyed
     │       └── MetadataSealed        a tenant's metadata whose keys are destroyed (shredded)
     ├── TrainingFailed                exit 10  HTTP 500   a training or evaluation process died
-    │   └── ProtocolViolation         a worker sent what is not a message (a pickle, oversized)
+    │   ├── ProtocolViolation         a worker sent what is not a message (a pickle, oversized)
+    │   └── FederationRoundFailed     a federated round Flower would have passed off as done
     └── PrivacyBudgetExceeded         exit 11  HTTP 409   a DP run would overspend the budget
 """
 
@@ -98,6 +100,12 @@ class IngestAborted(InvalidInput):
     """Strict ingestion found bad lines and stored nothing."""
 
 
+class FederationConfigError(InvalidInput):
+    """A federation configuration that Flower would run wrongly without an error (an even
+    share count, server-side clipping with secure aggregation, ranges that would clip the
+    weights): refused before any site trains."""
+
+
 class AccessDenied(SiloError):
     exit_code = 7
     http_status = 403
@@ -168,6 +176,12 @@ class ProtocolViolation(TrainingFailed):
     Nothing of it was loaded or run; the worker was killed and its run failed."""
 
 
+class FederationRoundFailed(TrainingFailed):
+    """A federated round did not produce a valid aggregate: fewer replies than its minimum,
+    an aggregate equal to the round's input (Flower keeps the old weights and goes on), or
+    the ServerApp ended without its result. Nothing of the round was charged or versioned."""
+
+
 class PrivacyBudgetExceeded(SiloError):
     """A differentially private run was refused before it started: its planned cost would
     take the scope's cumulative epsilon past the budget. Nothing was trained or charged."""
@@ -182,6 +196,8 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DecryptionError",
+    "FederationConfigError",
+    "FederationRoundFailed",
     "IngestAborted",
     "IntegrityError",
     "InvalidInput",
