@@ -13,7 +13,7 @@ The tree, drawn once::
     ├── InvalidInput                  exit 6   HTTP 422   a request the caller can fix
     │   ├── InvalidTenantName
     │   ├── IngestAborted             --strict ingestion refused a file with bad lines
-    │   ├── FederationConfigError     a federation Flower would run wrongly, refused before it starts
+    │   ├── FederationConfigError     a federation Flower would run wrongly, refused up front
     │   └── PayloadTooLarge                    HTTP 413   a request body over the size limit
     ├── AccessDenied                  exit 7   HTTP 403   a capability the caller does not hold
     │   ├── TenantQuarantined
