@@ -14,7 +14,7 @@ from pathlib import Path
 
 from silolearn.errors import WorkspaceError
 
-SCHEMA_HEAD = "0017"
+SCHEMA_HEAD = "0018"
 """The newest migration; a test checks it equals Alembic's head."""
 
 MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
