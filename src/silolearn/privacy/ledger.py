@@ -1,12 +1,15 @@
 """The privacy ledger (invariant I9): per-scope budgets and the events that spend them.
 
-A scope is what a privacy guarantee is about: each tenant's adapter (``tenant:<id>``) and
-the shared model (``shared``). Every differentially private run *charges* its planned
-mechanism events before it starts, inside one write transaction that also recomputes the
-scope's cumulative epsilon over **all** its events with the configured accountant: if the
-projected total would exceed the budget the run is refused (``PrivacyBudgetExceeded``,
-audited as ``privacy.refused``) and nothing is charged; otherwise the events are appended
-(audited as ``privacy.charge``) and the run may start. A run executes exactly the steps it
+A scope is what a privacy guarantee is about: each tenant's adapter (``tenant:<id>``), the
+shared model (``shared``) and each federation's model across sites (``federation:<name>``,
+a client-level guarantee: ``silolearn.federation.privacy``). Every differentially private
+run *charges* its planned mechanism events before it starts (a federated round: its worst
+accepted case is prechecked before any site trains, its achieved noise charged after it),
+inside one write transaction that also recomputes the scope's cumulative epsilon over
+**all** its events with the configured accountant: if the projected total would exceed the
+budget the run is refused (``PrivacyBudgetExceeded``, audited as ``privacy.refused``) and
+nothing is charged; otherwise the events are appended (audited as ``privacy.charge``) and
+the run may start. A run executes exactly the steps it
 charged, so it never overshoots mid-way; a run that fails after charging stays charged (it
 may have touched the data), which errs on the safe side.
 
@@ -33,6 +36,7 @@ from silolearn.errors import InvalidInput, PrivacyBudgetExceeded
 from silolearn.privacy.accountant import MechanismEvent, epsilon
 
 SHARED = "shared"
+FEDERATION_PREFIX = "federation:"
 MODES = ("off", "dp")
 SLACK = 1e-9
 """Rounding slack when comparing a projected epsilon with the budget."""
@@ -64,6 +68,26 @@ BOUND_TABLES = (EVENTS_TABLE, SCOPES_TABLE)
 
 def tenant_scope(tenant_id: str) -> str:
     return f"tenant:{tenant_id}"
+
+
+def federation_scope(name: str) -> str:
+    """The scope of a federation's model: one site's whole contribution is the unit."""
+    if not name or "/" in name or not name.isprintable():
+        raise InvalidInput(f"federation name {name!r} is not a valid name")
+    return f"{FEDERATION_PREFIX}{name}"
+
+
+def always_private(scope: str) -> bool:
+    """Scopes whose model is shared beyond one tenant: trained only under DP (I9)."""
+    return scope == SHARED or scope.startswith(FEDERATION_PREFIX)
+
+
+def _subject(scope: str, tenant: str | None) -> str:
+    if scope == SHARED:
+        return "the shared model"
+    if scope.startswith(FEDERATION_PREFIX):
+        return f"federation {scope.removeprefix(FEDERATION_PREFIX)!r}"
+    return f"tenant {tenant!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +174,7 @@ class PrivacyLedger:
     # -- policy ----------------------------------------------------------------------------
 
     def _defaults(self, scope: str) -> tuple[float, float, float]:
-        if scope == SHARED:
+        if always_private(scope):
             s = self._settings.shared
             return s.epsilon_budget, s.delta, s.run_epsilon
         p = self._settings.privacy
@@ -200,8 +224,10 @@ class PrivacyLedger:
             raise InvalidInput(f"delta must be in (0, 1), not {delta}")
         if mode is not None and mode not in MODES:
             raise InvalidInput(f"unknown privacy mode {mode!r}: one of {', '.join(MODES)}")
-        if scope == SHARED and mode == "off":
-            raise InvalidInput("the shared model is always trained with differential privacy")
+        if always_private(scope) and mode == "off":
+            raise InvalidInput(
+                f"{_subject(scope, tenant)} is always trained with differential privacy"
+            )
         with self._audit.write() as conn:
             current = self.policy(scope, conn)
             new = ScopePolicy(
@@ -306,6 +332,31 @@ class PrivacyLedger:
         }
         self._refuse(scope, tenant, purpose, refused, policy, bound="at least ")
 
+    def precheck_events(
+        self,
+        scope: str,
+        *,
+        tenant: str | None,
+        run_id: str,
+        purpose: str,
+        planned: Sequence[MechanismEvent],
+    ) -> float:
+        """Refuse, before anything runs, events that would take the scope past its budget,
+        composed exactly with every event already charged; nothing is written unless refused
+        (``privacy.refused``). Returns the projected epsilon. For a run charged only after it
+        ran (a federated round, whose achieved noise is known only then), with its worst
+        accepted case as ``planned``."""
+        if not planned:
+            raise InvalidInput("a DP run charges at least one mechanism event")
+        policy = self.policy(scope)
+        before = [e.event for e in self.events(scope)]
+        spent = epsilon(before, policy.delta, self.accountant)
+        projected = epsilon([*before, *planned], policy.delta, self.accountant)
+        if projected > policy.epsilon_budget + SLACK:
+            refused = _refusal(run_id, purpose, spent, projected, policy, self.accountant, planned)
+            self._refuse(scope, tenant, purpose, refused, policy)
+        return projected
+
     def _refuse(
         self,
         scope: str,
@@ -317,7 +368,7 @@ class PrivacyLedger:
         bound: str = "",
     ) -> None:
         self._audit.append("privacy.refused", tenant=tenant, obj=scope, details=refused)
-        who = "the shared model" if scope == SHARED else f"tenant {tenant!r}"
+        who = _subject(scope, tenant)
         raise PrivacyBudgetExceeded(
             f"refused before starting: this {purpose} run of {who} would cost "
             f"epsilon {refused['asked']:.3f} and take the total to {bound}"
@@ -354,18 +405,9 @@ class PrivacyLedger:
                 eps_before = epsilon(before, policy.delta, self.accountant)
             eps_after = epsilon([*before, *planned], policy.delta, self.accountant)
             if eps_after > policy.epsilon_budget + SLACK:
-                refused = {
-                    "run_id": run_id,
-                    "purpose": purpose,
-                    "asked": eps_after - eps_before,
-                    "spent": eps_before,
-                    "projected": eps_after,
-                    "budget": policy.epsilon_budget,
-                    "remaining": max(policy.epsilon_budget - eps_before, 0.0),
-                    "delta": policy.delta,
-                    "accountant": self.accountant,
-                    "planned": [e.to_dict() for e in planned],
-                }
+                refused = _refusal(
+                    run_id, purpose, eps_before, eps_after, policy, self.accountant, planned
+                )
             else:
                 now = utcnow()
                 ids: list[tuple[int]] = []
@@ -417,3 +459,27 @@ class PrivacyLedger:
             self.accountant,
             tuple(planned),
         )
+
+
+def _refusal(
+    run_id: str,
+    purpose: str,
+    spent: float,
+    projected: float,
+    policy: ScopePolicy,
+    accountant: str,
+    planned: Sequence[MechanismEvent],
+) -> dict[str, Any]:
+    """The details of a refused run, as audited and carried by ``PrivacyBudgetExceeded``."""
+    return {
+        "run_id": run_id,
+        "purpose": purpose,
+        "asked": projected - spent,
+        "spent": spent,
+        "projected": projected,
+        "budget": policy.epsilon_budget,
+        "remaining": max(policy.epsilon_budget - spent, 0.0),
+        "delta": policy.delta,
+        "accountant": accountant,
+        "planned": [e.to_dict() for e in planned],
+    }
