@@ -22,8 +22,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from silolearn.clock import SYSTEM, Periodic
+from silolearn.clock import SYSTEM, Clock, Periodic, SystemClock
 from silolearn.errors import ServiceUnavailable
+from silolearn.operations.rollout import RolloutDriver
+from silolearn.operations.scheduler import Scheduler
 from silolearn.service import (
     admin,
     dashboard,
@@ -46,7 +48,7 @@ from silolearn.service.pool import WorkspacePool
 from silolearn.service.responses import BodyLimit, error_response, install_error_handlers
 from silolearn.service.retention import Retention
 from silolearn.service.rollouts import start_rollout_ticks
-from silolearn.service.schedule import start_scheduler
+from silolearn.service.schedule import service_scheduler, start_scheduler
 from silolearn.service.shutdown import DrainRequests
 from silolearn.service.state import Answer, Service
 from silolearn.serving.predictor import Predictor, ServingKey
@@ -148,16 +150,24 @@ class Running:
         self._jobs = jobs
         self.rollouts: Periodic | None = None
         self._stopped = False
-        self.scheduler: Periodic | None = None
+        self.scheduler: Scheduler | None = None
+        self.scheduler_loop: Periodic | None = None
         self._grace_ends: float | None = None
         self.cut_short: list[str] = []
         """Jobs whose rounds were still running when the grace ended: the process ends
         without waiting for their threads."""
 
     @classmethod
-    def start(cls, path: Path, *, retention_interval: float = 60.0) -> Running:
+    def start(
+        cls, path: Path, *, retention_interval: float = 60.0, clock: Clock = SYSTEM
+    ) -> Running:
         """Open the workspace, check the base model (I3), load the encoder, start the
-        micro-batcher and the retention purge."""
+        micro-batcher and the retention purge, the scheduler's and the rollouts' loops.
+
+        ``clock`` is what every decision by time reads (monitors, rollouts, the scheduler,
+        rounds). On the system's, the loops tick every ``tick_seconds``; on any other (a
+        manual clock a simulation advances) they do not run by themselves: time moves only
+        when the clock's owner moves it, and the owner then calls :meth:`tick`."""
         pool = WorkspacePool(path)
         # the micro-batcher's thread has a workspace of its own: it loads adapters
         batcher_ws = pool.open()
@@ -170,7 +180,7 @@ class Running:
                 max_items=settings.service.max_batch_texts,
                 release_delay=settings.service.release_delay_ms / 1000.0,
             )
-            jobs = JobRunner(path, max_workers=settings.training.max_workers)
+            jobs = JobRunner(path, max_workers=settings.training.max_workers, clock=clock)
             service = Service(
                 path=path,
                 settings=settings,
@@ -185,6 +195,7 @@ class Running:
                 jobs=jobs,
                 base_model_sha256=predictor.base_model_sha256,
                 metrics=ServiceMetrics(pool),
+                clock=clock,
             )
             with pool.borrow() as ws:
                 jobs.recover(ws)
@@ -199,18 +210,32 @@ class Running:
             pool.close()
             raise
         batcher.start()
-        service.drift = start_drift_monitor(path, batcher)
+        service.drift = start_drift_monitor(path, batcher, clock)
         retention.start()
         running = cls(service, retention, batcher_ws, jobs)
-        running.scheduler = start_scheduler(path, jobs, SYSTEM)
-        running.rollouts = start_rollout_ticks(pool, SYSTEM, interval=settings.rollout.tick_seconds)
+        running.scheduler = service_scheduler(path, jobs, clock)
+        if isinstance(clock, SystemClock):
+            if running.scheduler is not None:
+                interval = settings.schedule.tick_seconds
+                running.scheduler_loop = start_scheduler(running.scheduler, interval=interval)
+            running.rollouts = start_rollout_ticks(
+                pool, clock, interval=settings.rollout.tick_seconds
+            )
         return running
+
+    def tick(self) -> dict[str, Any]:
+        """What the loops do, once, now: the scheduler's decisions and the running
+        rollouts' (for a clock that its owner advances)."""
+        decisions = [] if self.scheduler is None else self.scheduler.tick()
+        with self.service.pool.borrow() as ws:
+            rollouts = RolloutDriver(ws, clock=self.service.clock).tick()
+        return {"schedule": decisions, "rollouts": rollouts}
 
     def begin_drain(self) -> None:
         """Take no new request and start no queued round; the rounds' grace starts now."""
         self.service.drain.start()
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        if self.scheduler_loop is not None:
+            self.scheduler_loop.stop()
         self._jobs.stop_starting()
         self._grace_end()
         with self.service.pool.borrow() as ws:
@@ -250,8 +275,8 @@ class Running:
             self._retention.stop()
             if self.rollouts is not None:
                 self.rollouts.stop()
-            if self.scheduler is not None:
-                self.scheduler.stop()
+            if self.scheduler_loop is not None:
+                self.scheduler_loop.stop()
             grace = max(0.0, self._grace_end() - time.monotonic())
             self.cut_short = self._jobs.shutdown(grace=grace)
             with service.pool.borrow() as ws:

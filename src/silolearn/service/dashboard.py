@@ -297,7 +297,9 @@ def tenant_view(
     if "incidents" in sections:
         view["incidents"] = _incidents(ws, tenant)
     if "schedule" in sections:
-        view["schedule"] = schedule_view(ws, tenant, SYSTEM.now(), limit=10)
+        view["schedule"] = schedule_view(
+            ws, tenant, service.clock.now(), limit=10, wall=service.clock is SYSTEM
+        )
     if "health" in sections:
         view["health"] = tenant_health(ws, tenant)
         view["stats"] = ws.tenants.stats(info)

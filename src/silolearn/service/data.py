@@ -170,7 +170,7 @@ def feedback(
             ServedStore(scope).mark_answered(served.prediction_id)
             given = report["accepted"] or report["repeats"] or report["contaminated"]
             if isinstance(body, PredictionFeedback) and given:  # not the same one again
-                PerformanceMonitor(ws).feedback(
+                PerformanceMonitor(ws, clock=service.clock).feedback(
                     tenant,
                     version=served.version,
                     served=served.label,
@@ -179,7 +179,9 @@ def feedback(
                 )
                 # a canary rollout compares its versions on it, and decides at once
                 right = served.label == body.label
-                RolloutDriver(ws).feedback(tenant, served.version, correct=right)
+                RolloutDriver(ws, clock=service.clock).feedback(
+                    tenant, served.version, correct=right
+                )
         if report["rejected"]:
             reason = report["errors"][0]["reason"] if report["errors"] else "rejected"
             service.metrics.record_ingest(tenant, report)

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Path, Query, Request
 
+from silolearn.clock import SYSTEM, Clock
 from silolearn.errors import ConflictError, SiloError
 from silolearn.monitoring.background import DriftQueue, Served
 from silolearn.monitoring.watch import DriftMonitor, drift_view
@@ -58,7 +59,9 @@ def _embeddings(predictions: Sequence[Prediction]) -> npt.NDArray[np.float32] | 
     return np.stack(rows) if rows and len(rows) == len(predictions) else None
 
 
-def start_drift_monitor(path: FsPath, batcher: MicroBatcher[Any, str, Answer]) -> DriftQueue:
+def start_drift_monitor(
+    path: FsPath, batcher: MicroBatcher[Any, str, Answer], clock: Clock = SYSTEM
+) -> DriftQueue:
     """The background drift monitor: its thread opens its own workspace and builds a
     version's reference by asking the micro-batcher for that version, like a request a
     canary rollout assigned to it (a version that no longer serves is answered by the
@@ -83,7 +86,7 @@ def start_drift_monitor(path: FsPath, batcher: MicroBatcher[Any, str, Answer]) -
 
     def open_handler() -> tuple[Callable[[Served], Any], Callable[[], None]]:
         ws = Workspace.open(path, actor="drift-monitor")
-        monitor = DriftMonitor(ws, answer)
+        monitor = DriftMonitor(ws, answer, clock=clock)
 
         def close() -> None:
             try:

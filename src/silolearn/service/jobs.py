@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from silolearn.audit.log import utcnow
+from silolearn.clock import SYSTEM, Clock
 from silolearn.db import transaction
 from silolearn.errors import ConflictError, NotFoundError, ServiceUnavailable, SiloError
 from silolearn.pipeline import Trainer
@@ -61,8 +62,9 @@ def _job(row: tuple[Any, ...]) -> dict[str, Any]:
 class JobRunner:
     """Runs rounds in the background, at most ``max_workers`` at once, one per tenant."""
 
-    def __init__(self, path: Path, *, max_workers: int) -> None:
+    def __init__(self, path: Path, *, max_workers: int, clock: Clock = SYSTEM) -> None:
         self._path = path
+        self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="job")
         self._lock = threading.Lock()
         self._busy: dict[str, str] = {}
@@ -198,7 +200,7 @@ class JobRunner:
             with Workspace.open(self._path, actor=actor) as ws:
                 self._set(ws, job_id, state="running", started_at=utcnow())
                 try:
-                    result = Trainer(ws).train(tenant, **params)
+                    result = Trainer(ws, clock=self._clock).train(tenant, **params)
                 except SiloError as exc:
                     self._errors[job_id] = exc.to_dict()
                     self._set(

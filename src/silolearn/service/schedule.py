@@ -60,14 +60,19 @@ class JobLauncher:
         return {str(tenant_id) for (tenant_id,) in rows}
 
 
-def start_scheduler(path: FilePath, jobs: JobRunner, clock: Clock) -> Periodic | None:
-    """The scheduler's thread, started (``None`` when ``[schedule] enabled`` is false)."""
+def service_scheduler(path: FilePath, jobs: JobRunner, clock: Clock) -> Scheduler | None:
+    """The service's scheduler, starting rounds as its jobs (``None`` when ``[schedule]
+    enabled`` is false)."""
     with Workspace.open(path, actor="scheduler") as ws:
         settings = ws.settings.schedule
     if not settings.enabled:
         return None
-    scheduler = Scheduler(lambda: Workspace.open(path, actor="scheduler"), JobLauncher(jobs), clock)
-    loop = Periodic(scheduler.tick, interval=settings.tick_seconds, name="scheduler")
+    return Scheduler(lambda: Workspace.open(path, actor="scheduler"), JobLauncher(jobs), clock)
+
+
+def start_scheduler(scheduler: Scheduler, *, interval: float) -> Periodic:
+    """The scheduler's thread, ticking every ``interval`` seconds, started."""
+    loop = Periodic(scheduler.tick, interval=interval, name="scheduler")
     loop.start()
     return loop
 
@@ -95,7 +100,7 @@ def show_schedule(tenant: TenantPath, request: Request, principal: MonitorReader
     or admin)."""
     service = service_of(request)
     with service.workspace(principal) as ws:
-        return schedule_view(ws, tenant, SYSTEM.now())
+        return schedule_view(ws, tenant, service.clock.now(), wall=service.clock is SYSTEM)
 
 
 @router.put("/tenants/{tenant}/schedule")
@@ -105,7 +110,7 @@ def set_schedule(
     """Set keys of the tenant's schedule policy (audited ``schedule.policy``)."""
     service = service_of(request)
     changes = body.model_dump(exclude={"reset"}, exclude_none=True)
-    now = SYSTEM.now()
+    now = service.clock.now()
     with service.workspace(principal) as ws:
         SchedulePolicies(ws).set(tenant, changes, at=now, reset=body.reset)
-        return schedule_view(ws, tenant, now)
+        return schedule_view(ws, tenant, now, wall=service.clock is SYSTEM)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fastapi import Request
 
+from silolearn.clock import SYSTEM, Clock
 from silolearn.config import Settings
 from silolearn.errors import SiloError
 from silolearn.monitoring.background import DriftQueue
@@ -71,6 +72,9 @@ class Service:
     metrics: ServiceMetrics
     drift: DriftQueue | None = None
     """The background drift monitor (``service.drift``), once started."""
+    clock: Clock = SYSTEM
+    """What decides by time (monitors, rollouts, the scheduler, rounds) reads it: the
+    system's, or a manual clock a simulation advances (``Running.start(clock=...)``)."""
     drain: Drain = field(default_factory=Drain)
     _serving_scopes: dict[tuple[int, str], tuple[str, int, TenantScope]] = field(
         default_factory=dict
