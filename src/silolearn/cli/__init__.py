@@ -7,7 +7,7 @@ their type (see ``silolearn.errors``).
 
 # ruff: noqa: I001 -- the modules register their commands on import, in the order `--help` lists
 from silolearn.cli import tenants, data, learning, audit, adapters, privacy, gates, schedule
-from silolearn.cli import access, serve, monitor
+from silolearn.cli import access, serve, monitor, federation
 from silolearn.cli.base import app
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "app",
     "audit",
     "data",
+    "federation",
     "gates",
     "learning",
     "main",

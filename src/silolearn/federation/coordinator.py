@@ -1,0 +1,173 @@
+"""The coordinator's side of ``silolearn federation run``: the plan checked before anything
+starts, a SuperLink of its own, the run submitted, and its outcome read from the ServerApp's
+result file (``flwr run`` exits 0 whatever the ServerApp did)."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from silolearn import errors
+from silolearn.errors import FederationConfigError, FederationRoundFailed, SiloError
+from silolearn.federation import processes
+from silolearn.federation.plan import NOISE_TAILS, FederationPlan, plan_for
+
+if TYPE_CHECKING:
+    from silolearn.workspace import Workspace
+
+CONNECT_SECONDS = 120.0
+"""How long a run waits for its sites to connect, beside its rounds' timeouts."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    sites: int
+    rounds: int
+    secagg: bool = False
+    epsilon: float | None = None
+    min_sites: int | None = None
+    max_update_norm: float = 1.0
+    num_shares: int | None = None
+    round_timeout: float = 600.0
+    address: str = "127.0.0.1:9092"
+    server_side_clipping: bool = False
+
+
+def refuse_tenant_data(ws: Workspace) -> None:
+    """The coordinator holds no tenant data: a workspace with tenants does not coordinate."""
+    names = [t.name for t in ws.tenants.list()]
+    if names:
+        raise FederationConfigError(
+            f"the coordinating workspace holds tenant(s) {', '.join(names)}: a federation's "
+            "coordinator holds no tenant data (run it from a workspace of its own)",
+            tenants=names,
+        )
+
+
+def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> FederationPlan:
+    """The run's plan: noise calibrated to the run's epsilon over its rounds, SecAgg+ ranges
+    derived from the model. ``weight_bound`` is the largest weight at the start; every round
+    moves a coordinate by at most C plus the noise's tails, so the weights stay below
+    ``weight_bound + rounds x (C + 8 sigma_site)`` and the clipping range covers them."""
+    from silolearn.privacy.accountant import calibrate_noise
+
+    min_sites = request.min_sites or max(2, math.ceil(2 * request.sites / 3))
+    min_sites = min(min_sites, request.sites)
+    delta = ws.settings.shared.delta
+    z = 0.0
+    if request.epsilon is not None:
+        if not request.epsilon > 0 or not math.isfinite(request.epsilon):
+            raise FederationConfigError(f"epsilon must be positive, not {request.epsilon}")
+        z = calibrate_noise(
+            target_epsilon=request.epsilon,
+            delta=delta,
+            sampling_rate=1.0,
+            steps=request.rounds,
+            accountant=ws.settings.privacy.accountant,
+        )
+    sigma_site = z * request.max_update_norm / math.sqrt(min_sites)
+    drift = request.rounds * (request.max_update_norm + NOISE_TAILS * sigma_site)
+    plan = plan_for(
+        sites=request.sites,
+        rounds=request.rounds,
+        min_sites=min_sites,
+        secagg=request.secagg,
+        max_update_norm=request.max_update_norm,
+        noise_multiplier=z,
+        weight_bound=weight_bound + drift,
+        num_shares=request.num_shares,
+        round_timeout=request.round_timeout,
+        epsilon=request.epsilon,
+        delta=delta if request.epsilon is not None else None,
+    )
+    if request.server_side_clipping:
+        from dataclasses import replace
+
+        plan = replace(plan, server_side_clipping=True).check()
+    return plan
+
+
+def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
+    """A federated run from this (coordinating) workspace; its result, or a typed error."""
+    from silolearn.federation.book import initial_weights
+
+    refuse_tenant_data(ws)
+    weights = initial_weights(ws)
+    plan = plan_run(ws, request, max(float(np.abs(w).max()) for w in weights))
+    run_id = secrets.token_hex(8)
+    workdir = ws.path / "federation" / run_id
+    workdir.mkdir(parents=True)
+    (workdir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+    ws.audit.append(
+        "federation.start", obj=f"federation/{run_id}", details={"plan": plan.to_dict()}
+    )
+    started = time.monotonic()
+    link = processes.start(
+        processes.superlink_command(request.address, workdir / "superlink.db"),
+        workdir / "flwr-link",
+        workdir / "superlink.log",
+    )
+    with processes.running(link):
+        if not processes.wait_listening(request.address, link, started + CONNECT_SECONDS):
+            raise FederationRoundFailed(
+                f"the SuperLink did not start listening on {request.address}",
+                reason="superlink",
+                log=_tail(workdir / "superlink.log"),
+            )
+        cli_home = workdir / "flwr-cli"
+        processes.write_cli_config(cli_home, request.address)
+        app = processes.write_app(workdir / "app")
+        submitted = processes.submit(app, cli_home, workdir, workdir / "run.log")
+        with processes.running(submitted):
+            deadline = started + CONNECT_SECONDS + plan.rounds * 2 * plan.round_timeout
+            ended = processes.wait(submitted, deadline)
+    return _outcome(ws, workdir, plan, ended, time.monotonic() - started)
+
+
+def _outcome(
+    ws: Workspace, workdir: Path, plan: FederationPlan, ended: bool, seconds: float
+) -> dict[str, Any]:
+    path = workdir / "result.json"
+    if not path.exists():
+        tail = _tail(workdir / "run.log")
+        raise FederationRoundFailed(
+            "the ServerApp ended without its result"
+            if ended
+            else "the federated run did not end before its deadline",
+            run_id=workdir.name,
+            reason="no-result",
+            log=tail,
+        )
+    result: dict[str, Any] = json.loads(path.read_text())
+    if result["status"] != "done":
+        raise _error(result.get("error") or {}, workdir.name)
+    return {
+        "run_id": workdir.name,
+        "version": result["version"],
+        "rounds": result["rounds"],
+        "plan": plan.to_dict(),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _error(error: dict[str, Any], run_id: str) -> SiloError:
+    """The ServerApp's typed error, as raised there."""
+    cls = getattr(errors, str(error.get("error")), None)
+    message = str(error.get("message") or "the federated run failed")
+    details = {**(error.get("details") or {}), "run_id": run_id}
+    if isinstance(cls, type) and issubclass(cls, SiloError):
+        return cls(message, **details)
+    return FederationRoundFailed(f"the ServerApp failed: {message}", **details)
+
+
+def _tail(path: Path, lines: int = 20) -> list[str]:
+    if not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-lines:]

@@ -1,0 +1,194 @@
+"""The coordinator's Flower ServerApp: the round as stages around Flower's own round.
+
+plan (the guards, checked before the run; the ledger's preflight before each round) → run
+(Flower's fit round: FedAvg, through SecAgg+ when asked) → judge (``judge_round``: enough
+replies, an aggregate that moved) → commit (the ledger's charge of the achieved noise, the
+round's audit, and at the end a shared version). Whatever happens, the ServerApp writes its
+result file: ``flwr run`` exits 0 even when the ServerApp crashed, so the coordinator reads
+that file, never the CLI's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Grid, LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import ServerApp
+
+from silolearn.errors import FederationRoundFailed, SiloError
+from silolearn.federation.aggregate import digest, judge_round
+from silolearn.federation.book import RoundBook
+from silolearn.federation.plan import FederationPlan
+
+PARAMS_RECORD = "parameters"
+"""Where flwr's legacy workflows keep the current weights in the ServerApp's state."""
+
+
+class SiloFedAvg(FedAvg):
+    """Flower's legacy FedAvg that gives each round its settings and records what reached
+    it: under SecAgg+, n copies of the unmasked aggregate, never one site's update."""
+
+    def __init__(self, plan: FederationPlan, run_id: str, initial: list[np.ndarray]) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=plan.min_sites,
+            min_evaluate_clients=plan.min_sites,
+            min_available_clients=plan.min_sites,
+            initial_parameters=ndarrays_to_parameters(initial),
+            on_fit_config_fn=self._fit_config,
+            on_evaluate_config_fn=self._evaluate_config,
+        )
+        self.plan = plan
+        self.run_id = run_id
+        self.received: dict[int, dict[str, Any]] = {}
+        self.epsilon_after: float | None = None
+
+    def _fit_config(self, server_round: int) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "run": self.run_id,
+            "round": server_round,
+            "clipping_norm": plan.max_update_norm,
+            "noise_std": plan.site_noise_std,
+            "unweighted": plan.private or plan.secagg,
+        }
+
+    def _evaluate_config(self, server_round: int) -> dict[str, Any]:
+        config: dict[str, Any] = {"run": self.run_id, "round": server_round}
+        if self.epsilon_after is not None:
+            config["epsilon"] = self.epsilon_after
+        return config
+
+    def aggregate_fit(
+        self, server_round: int, results: list[Any], failures: list[Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        self.received[server_round] = {
+            "replies": len(results),
+            "failures": len(failures),
+            "nodes": [str(proxy.node_id) for proxy, _ in results],
+            "weights": [int(res.num_examples) for _, res in results],
+            "sha256": [digest(parameters_to_ndarrays(res.parameters)) for _, res in results],
+        }
+        return super().aggregate_fit(server_round, results, failures)
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[Any], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Any]]:
+        return None, {}
+
+
+class JudgedFit:
+    """Flower's fit round between the ledger's preflight and the judge and charge."""
+
+    def __init__(self, inner: Any, strategy: SiloFedAvg, book: RoundBook) -> None:
+        self.inner = inner
+        self.strategy = strategy
+        self.book = book
+
+    def __call__(self, grid: Grid, context: Any) -> None:
+        server_round = int(str(context.state.config_records["config"]["current_round"]))
+        before = _weights(context)
+        self.book.before_round(server_round)
+        started = time.monotonic()
+        self.inner(grid, context)
+        got = self.strategy.received.get(server_round)
+        after = _weights(context) if got is not None else None
+        judge_round(
+            server_round,
+            before,
+            after,
+            replies=0 if got is None else int(got["replies"]),
+            failures=0 if got is None else int(got["failures"]),
+            min_sites=self.strategy.plan.min_sites,
+        )
+        assert after is not None and got is not None
+        self.strategy.epsilon_after = self.book.after_round(
+            server_round, got, after, seconds=time.monotonic() - started
+        )
+
+
+def _weights(context: LegacyContext) -> list[np.ndarray]:
+    from flwr.compat.common import recorddict_compat as compat
+
+    record = context.state.array_records[PARAMS_RECORD]
+    return parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
+
+
+def _wait_for_sites(grid: Grid, plan: FederationPlan, deadline: float) -> None:
+    """Flower's ServerApp waits for its sites forever: this wait has a deadline."""
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected >= plan.sites:
+            return
+        if time.monotonic() > deadline:
+            raise FederationRoundFailed(
+                f"{connected} of the {plan.sites} site(s) connected before the deadline",
+                connected=connected,
+                sites=plan.sites,
+                reason="sites-missing",
+            )
+        time.sleep(1.0)
+
+
+def serve(grid: Grid, context: Any) -> None:
+    """The ServerApp's body: the run described by its plan file in the coordinator's
+    workspace, and its result file, whatever happens."""
+    workdir = Path(str(context.run_config["workdir"]))
+    plan = FederationPlan.from_dict(json.loads((workdir / "plan.json").read_text()))
+    result: dict[str, Any] = {"status": "failed", "rounds": []}
+    book = RoundBook(workdir, plan, result)
+    try:
+        strategy = SiloFedAvg(plan, book.run_id, book.initial_weights())
+        inner: Any = (
+            SecAggPlusWorkflow(
+                num_shares=plan.num_shares,
+                reconstruction_threshold=plan.min_sites,
+                max_weight=1.0,
+                clipping_range=plan.clipping_range,
+                quantization_range=plan.quantization_range,
+                timeout=plan.round_timeout,
+            )
+            if plan.secagg
+            else None
+        )
+        fit = JudgedFit(inner or _default_fit, strategy, book)
+        legacy = LegacyContext(
+            context=context,
+            config=ServerConfig(num_rounds=plan.rounds, round_timeout=plan.round_timeout),
+            strategy=strategy,
+        )
+        _wait_for_sites(grid, plan, time.monotonic() + plan.round_timeout)
+        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+        result["version"] = book.commit()
+        result["status"] = "done"
+    except SiloError as exc:
+        result["error"] = exc.to_dict()
+        book.failed(exc)
+        raise
+    except BaseException as exc:
+        result["error"] = {"error": type(exc).__name__, "message": str(exc), "details": {}}
+        raise
+    finally:
+        book.write_result()
+
+
+def _default_fit(grid: Grid, context: LegacyContext) -> None:
+    from flwr.server.workflow.default_workflows import default_fit_workflow
+
+    default_fit_workflow(grid, context)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Any) -> None:
+    serve(grid, context)

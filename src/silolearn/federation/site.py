@@ -1,0 +1,276 @@
+"""A site's part of a federated round: the shared layer trained on the site's own members.
+
+The ClientApp never trains in the SuperNode's process. Its ``fit`` opens the site's
+workspace and runs the shared layer's engine (``silolearn.rounds.shared``) over the site's
+joined tenants' isolated workers (their scope, their key, their sandbox: I2, I11), starting
+from the round's trunk and the site's own output rows, with no noise of its own: the
+federation adds client-level noise to the site's whole update. Then, in that order on the
+way out: ``fixedclipping_mod`` clips the update to C, ``site_noise_mod`` adds N(0,
+sigma_site^2) per coordinate and audits what is sent, and ``secaggplus_mod`` masks it. The
+site's data, keys, output rows and unmasked update never leave it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from silolearn.errors import InvalidInput, SiloError, TenantQuarantined
+from silolearn.federation.aggregate import digest
+from silolearn.learning.dp import DpPlan, sampling
+from silolearn.learning.shared import SharedStore, trunk_artefact
+from silolearn.rounds.context import Coordinator
+from silolearn.rounds.plan import cutoff_for
+from silolearn.rounds.run import job_for
+from silolearn.rounds.shared import SharedTrainer, _Member, _Round
+
+if TYPE_CHECKING:
+    import torch
+    from flwr.app import Context, Message
+    from flwr.clientapp.typing import ClientAppCallable
+
+    from silolearn.workspace import Workspace
+
+ROWS_RECORD = "silolearn-rows"
+"""The SuperNode's per-run state where a site keeps its members' output rows between rounds."""
+
+
+class SiteTrainer(SharedTrainer):
+    """The shared layer's engine on one site: its members' workers, the round's trunk, no
+    noise (the federation's client-level noise is added to the site's whole update)."""
+
+    def __init__(
+        self, ws: Workspace, trunk: Sequence[np.ndarray], rows: dict[str, np.ndarray]
+    ) -> None:
+        super().__init__(ws)
+        self.trunk = [np.asarray(a, dtype=np.float32) for a in trunk]
+        self.rows = rows
+
+    def local_round(self, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The site's members' parameters after local training, and what to audit."""
+        from silolearn.learning.encoder import verify_base_model
+
+        ws = self.ws
+        names = self._participants(None)
+        run_id = secrets.token_hex(8)
+        verify_base_model(ws, when="federation.before")
+        ctx = Coordinator.of(ws)
+        cutoffs = {n: cutoff_for(ctx, n, None, None) for n in names}
+        round_ = _Round(
+            [_Member(n, ws.tenants.get(n).id) for n in names], ws.settings.training.timeout_seconds
+        )
+        threads = [
+            threading.Thread(
+                target=self._relay,
+                args=(round_, n, job_for(ctx, n, "shared", {"cutoff": cutoffs[n]}), None),
+                name=f"federation-{n}",
+                daemon=True,
+            )
+            for n in names
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._coordinate(round_, names, 0.0, run_id, self.store.latest(), seed)
+        except SiloError as exc:
+            round_.fail(exc)
+            raise
+        finally:
+            for thread in threads:
+                thread.join(timeout=ws.settings.training.timeout_seconds)
+        if round_.error is not None:
+            raise round_.error
+        verify_base_model(ws, when="federation.after")
+        members = [
+            {"tenant": n, "records": round_.members[n].records, **(round_.members[n].result or {})}
+            for n in names
+        ]
+        return dict(round_.params), {"run_id": run_id, "members": members}
+
+    def _participants(self, tenants: Sequence[str] | None) -> list[str]:
+        names = [m["tenant"] for m in self.store.members()]
+        if not names:
+            raise InvalidInput("no tenant of this site has joined the shared layer")
+        for name in names:
+            if self.ws.tenants.get(name).status != "active":
+                raise TenantQuarantined(f"tenant {name!r} takes no part in training", tenant=name)
+        return names
+
+    def _plan(self, round_: _Round, target: float, run_id: str) -> tuple[DpPlan, Any]:
+        """Local epochs over the members' records, without noise and without a ledger charge:
+        the federation's ledger charges the client-level mechanism on the coordinator."""
+        cfg = self.config
+        with round_.cond:
+            round_._wait(lambda: all(m.ready for m in round_.members.values()))
+        total = sum(m.records for m in round_.members.values())
+        q, steps = sampling(total, cfg.batch_size, cfg.epochs)
+        plan = DpPlan(total, q, 0.0, steps, cfg.max_grad_norm, cfg.learning_rate, 0.0, 0.0)
+        return plan, None
+
+    def _initial(
+        self, names: list[str], members: dict[str, _Member], parent: Any, seed: int
+    ) -> dict[str, torch.Tensor]:
+        import torch
+
+        params = super()._initial(names, members, parent, seed)
+        params["trunk.weight"] = torch.from_numpy(self.trunk[0].copy())
+        params["trunk.bias"] = torch.from_numpy(self.trunk[1].copy())
+        for key, value in self.rows.items():
+            if key in params and params[key].shape == value.shape:
+                params[key] = torch.from_numpy(np.array(value, dtype=np.float32))
+        return params
+
+
+def _rows_of(context: Context) -> dict[str, np.ndarray]:
+    record = context.state.array_records.get(ROWS_RECORD)
+    return {} if record is None else {k: v.numpy() for k, v in record.items()}
+
+
+def _keep_rows(context: Context, params: dict[str, np.ndarray]) -> None:
+    from flwr.app import Array, ArrayRecord
+
+    rows = {k: Array(np.ascontiguousarray(v)) for k, v in params.items() if k.startswith("rows.")}
+    context.state.array_records[ROWS_RECORD] = ArrayRecord(rows)
+
+
+def _workspace(context: Context) -> Workspace:
+    from silolearn.workspace import Workspace
+
+    return Workspace.open(Path(str(context.node_config["workspace"])), actor="federation")
+
+
+def fit(
+    context: Context, trunk: list[np.ndarray], config: dict[str, Any]
+) -> tuple[list[np.ndarray], int]:
+    """One round's local training on the site; the new trunk and the weight it reports."""
+    ws = _workspace(context)
+    try:
+        trainer = SiteTrainer(ws, trunk, _rows_of(context))
+        params, info = trainer.local_round(seed=int(config["round"]))
+    finally:
+        ws.close()
+    _keep_rows(context, params)
+    new = [params["trunk.weight"], params["trunk.bias"]]
+    update = _distance(new, trunk)
+    context.state.config_records["silolearn-fit"] = _fit_record(info, update)
+    records = sum(int(m["records"]) for m in info["members"])
+    # an unweighted average when the aggregate is private or masked: weighting by the
+    # record counts would leak them and change the sensitivity
+    weight = 1 if bool(config["unweighted"]) else records
+    return [np.asarray(a, dtype=np.float32) for a in new], weight
+
+
+def _distance(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    pairs = zip(a, b, strict=True)
+    return math.sqrt(sum(float(((np.asarray(x) - np.asarray(y)) ** 2).sum()) for x, y in pairs))
+
+
+def _fit_record(info: dict[str, Any], update_norm: float) -> Any:
+    """What the site's audit of the round says about its training, for ``site_noise_mod``."""
+    from flwr.app import ConfigRecord
+
+    summary = {
+        "run_id": str(info["run_id"]),
+        "records": [int(m["records"]) for m in info["members"]],
+        "tenants": [str(m["tenant"]) for m in info["members"]],
+        "worker_pids": [int(m.get("worker_pid", 0)) for m in info["members"]],
+        "update_norm_before_clipping": float(update_norm),
+    }
+    return ConfigRecord({"json": json.dumps(summary)})
+
+
+def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Between ``secaggplus_mod`` and ``fixedclipping_mod``: adds the site's Gaussian noise to
+    the clipped weights and audits, on the site, what leaves it (before masking)."""
+    from flwr.app import MessageType
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, ctxt)
+    fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    received = parameters_to_ndarrays(fit_ins.parameters)
+    out = call_next(msg, ctxt)
+    if out.has_error():
+        return out
+    fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    clipped = parameters_to_ndarrays(fit_res.parameters)
+    std = float(fit_ins.config["noise_std"])
+    rng = np.random.default_rng(secrets.randbits(128))
+    sent = [(a + rng.normal(0.0, std, a.shape)).astype(np.float32) if std else a for a in clipped]
+    fit_res.parameters = ndarrays_to_parameters(sent)
+    out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+    record = ctxt.state.config_records.get("silolearn-fit")
+    info: dict[str, Any] = {} if record is None else json.loads(str(record["json"]))
+    norm = math.sqrt(
+        sum(float(((c - r) ** 2).sum()) for c, r in zip(clipped, received, strict=True))
+    )
+    ws = _workspace(ctxt)
+    try:
+        ws.audit.append(
+            "federation.contribute",
+            obj=f"federation/{fit_ins.config['run']!s}",
+            details={
+                **info,
+                "round": int(str(fit_ins.config["round"])),
+                "received_sha256": digest(received),
+                "sent_sha256": digest(sent),
+                "update_norm_after_clipping": norm,
+                "clipping_norm": float(str(fit_ins.config["clipping_norm"])),
+                "noise_std": std,
+            },
+        )
+    finally:
+        ws.close()
+    return out
+
+
+def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, Any]) -> int:
+    """The round's aggregate as the site's own shared version (the global trunk beside the
+    site's members' rows), which its tenants pin or refuse like any other."""
+    import torch
+
+    from silolearn.learning.adapters import pack_artefact
+
+    ws = _workspace(context)
+    try:
+        store = SharedStore(ws)
+        rows = _rows_of(context)
+        members = store.members()
+        ids = {m["tenant"]: m["tenant_id"] for m in members}
+        tensors = {
+            "trunk.weight": torch.from_numpy(np.array(trunk[0], dtype=np.float32)),
+            "trunk.bias": torch.from_numpy(np.array(trunk[1], dtype=np.float32)),
+        }
+        for key, value in rows.items():
+            _, name, part = key.split(".", 2)
+            if name in ids:
+                tensors[f"rows.{ids[name]}.{part}"] = torch.from_numpy(np.array(value))
+        hidden = int(tensors["trunk.weight"].shape[0])
+        header = {"kind": "shared", "dim": 384, "hidden": hidden, "members": {}}
+        parent = store.latest()
+        trunk_bytes = trunk_artefact(
+            tensors["trunk.weight"], tensors["trunk.bias"], 1 + (parent.version if parent else 0)
+        )
+        lineage = {
+            "origin": "federation",
+            "run_id": str(config["run"]),
+            "round": int(config["round"]),
+            "parent": None if parent is None else parent.version,
+            "hidden": hidden,
+            "trunk_sha256": hashlib.sha256(trunk_bytes).hexdigest(),
+            "aggregate_sha256": digest(trunk),
+            "members": [{"tenant": m["tenant"], "tenant_id": m["tenant_id"]} for m in members],
+            "privacy": {"mode": "federated", "charge": {"epsilon_after": config.get("epsilon")}},
+        }
+        return store.add(pack_artefact(header, tensors), lineage).version
+    finally:
+        ws.close()
