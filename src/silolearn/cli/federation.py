@@ -79,7 +79,11 @@ def federation_run(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+).")] = False,
     epsilon: Annotated[
-        float | None, typer.Option(help="Client-level DP: the run's epsilon over all rounds.")
+        float | None,
+        typer.Option(
+            help="Client-level DP: the run's epsilon over all its rounds "
+            "(default: the federation scope's run epsilon; never without DP, I9)."
+        ),
     ] = None,
     min_sites: Annotated[
         int | None, typer.Option(help="Fewest replies a round accepts (default 2/3 of sites).")
@@ -91,6 +95,9 @@ def federation_run(
     max_update_norm: Annotated[float, typer.Option(help="C: a site's update's L2 bound.")] = 1.0,
     round_timeout: Annotated[float, typer.Option(help="Seconds a round waits.")] = 600.0,
     address: Annotated[str, typer.Option(help="Where the SuperLink listens.")] = "127.0.0.1:9092",
+    name: Annotated[
+        str, typer.Option(help="The federation's name (its ledger scope federation:NAME).")
+    ] = "federation",
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -111,6 +118,7 @@ def federation_run(
         round_timeout=round_timeout,
         address=address,
         server_side_clipping=clipping == "server",
+        federation=name,
     )
     with opened(workspace) as ws:
         result = run_federation(ws, request)

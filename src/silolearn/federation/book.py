@@ -46,17 +46,33 @@ class RoundBook:
         return initial_weights(self.ws)
 
     def before_round(self, server_round: int) -> None:
-        """The ledger's preflight: a round past the budget is refused before any site
-        trains (the worst accepted case: ``min_sites`` survivors)."""
+        """The ledger's preflight: a round that could pass the federation's budget in its
+        worst accepted case (``min_sites`` survivors) is refused before any site trains."""
+        from silolearn.federation.privacy import preflight
+
+        dp = self.plan.client_dp()
+        if dp is not None:
+            preflight(self.ws, self.plan.federation, dp, run_id=self.run_id)
 
     def after_round(
         self, server_round: int, got: dict[str, Any], weights: list[np.ndarray], *, seconds: float
     ) -> float | None:
-        """The ledger's charge of the achieved noise, and the round's audit; the epsilon
-        after the round."""
+        """The ledger's charge of the noise the survivors achieved, and the round's audit;
+        the epsilon after the round."""
+        from silolearn.federation.privacy import charge
+
         survivors = int(got["replies"])
-        z_eff = self.plan.achieved_noise_multiplier(survivors) if self.plan.private else None
-        epsilon_after: float | None = None
+        dp = self.plan.client_dp()
+        charged = None
+        if dp is not None:
+            charged = charge(
+                self.ws,
+                self.plan.federation,
+                dp,
+                run_id=self.run_id,
+                round_no=server_round,
+                survivors=survivors,
+            ).to_dict()
         record = {
             "round": server_round,
             "sites_sampled": survivors + int(got["failures"]),
@@ -65,15 +81,14 @@ class RoundBook:
             "nodes": got["nodes"],
             "received_sha256": got["sha256"],
             "aggregate_sha256": digest(weights),
-            "noise_multiplier": self.plan.noise_multiplier,
-            "achieved_noise_multiplier": z_eff,
-            "epsilon_after": epsilon_after,
+            "charge": charged,
+            "epsilon_after": None if charged is None else charged["epsilon_after"],
             "seconds": round(seconds, 3),
         }
         self.ws.audit.append("federation.round", obj=self.obj, details=record)
         self.result["rounds"].append(record)
         self.weights = weights
-        return epsilon_after
+        return None if charged is None else float(charged["epsilon_after"])
 
     def failed(self, error: SiloError) -> None:
         self.ws.audit.append(

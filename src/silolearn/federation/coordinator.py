@@ -8,7 +8,7 @@ import json
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ class RunRequest:
     round_timeout: float = 600.0
     address: str = "127.0.0.1:9092"
     server_side_clipping: bool = False
+    federation: str = "federation"
 
 
 def refuse_tenant_data(ws: Workspace) -> None:
@@ -52,26 +53,32 @@ def refuse_tenant_data(ws: Workspace) -> None:
 
 
 def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> FederationPlan:
-    """The run's plan: noise calibrated to the run's epsilon over its rounds, SecAgg+ ranges
-    derived from the model. ``weight_bound`` is the largest weight at the start; every round
-    moves a coordinate by at most C plus the noise's tails, so the weights stay below
-    ``weight_bound + rounds x (C + 8 sigma_site)`` and the clipping range covers them."""
-    from silolearn.privacy.accountant import calibrate_noise
+    """The run's plan: client-level noise calibrated to the run's epsilon (the scope's run
+    epsilon unless asked) over its rounds (``federation.privacy.calibrate``), SecAgg+
+    ranges derived from the model.
+    ``weight_bound`` is the largest weight at the start; every round moves a coordinate by at
+    most C plus the noise's tails, so the weights stay below ``weight_bound + rounds x (C +
+    8 sigma_site)`` and the clipping range covers them."""
+    from silolearn.federation.privacy import calibrate
+    from silolearn.privacy.ledger import federation_scope
 
     min_sites = request.min_sites or max(2, math.ceil(2 * request.sites / 3))
     min_sites = min(min_sites, request.sites)
-    delta = ws.settings.shared.delta
-    z = 0.0
-    if request.epsilon is not None:
-        if not request.epsilon > 0 or not math.isfinite(request.epsilon):
-            raise FederationConfigError(f"epsilon must be positive, not {request.epsilon}")
-        z = calibrate_noise(
-            target_epsilon=request.epsilon,
-            delta=delta,
-            sampling_rate=1.0,
-            steps=request.rounds,
-            accountant=ws.settings.privacy.accountant,
-        )
+    # a model shared beyond one tenant is trained only under DP (I9): no epsilon asked,
+    # the federation scope's run epsilon
+    policy = ws.ledger().policy(federation_scope(request.federation))
+    epsilon = policy.run_epsilon if request.epsilon is None else request.epsilon
+    if not epsilon > 0 or not math.isfinite(epsilon):
+        raise FederationConfigError(f"epsilon must be positive, not {epsilon}")
+    z = calibrate(
+        target_epsilon=epsilon,
+        delta=policy.delta,
+        rounds=request.rounds,
+        clip_norm=request.max_update_norm,
+        min_sites=min_sites,
+        secure_aggregation=request.secagg,
+        accountant=ws.settings.privacy.accountant,
+    ).noise_multiplier
     sigma_site = z * request.max_update_norm / math.sqrt(min_sites)
     drift = request.rounds * (request.max_update_norm + NOISE_TAILS * sigma_site)
     plan = plan_for(
@@ -84,12 +91,11 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
         weight_bound=weight_bound + drift,
         num_shares=request.num_shares,
         round_timeout=request.round_timeout,
-        epsilon=request.epsilon,
-        delta=delta if request.epsilon is not None else None,
+        epsilon=epsilon,
+        delta=policy.delta,
+        federation=request.federation,
     )
     if request.server_side_clipping:
-        from dataclasses import replace
-
         plan = replace(plan, server_side_clipping=True).check()
     return plan
 
@@ -97,11 +103,16 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
 def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
     """A federated run from this (coordinating) workspace; its result, or a typed error."""
     from silolearn.federation.book import initial_weights
+    from silolearn.federation.privacy import preflight
 
     refuse_tenant_data(ws)
     weights = initial_weights(ws)
     plan = plan_run(ws, request, max(float(np.abs(w).max()) for w in weights))
     run_id = secrets.token_hex(8)
+    dp = plan.client_dp()
+    if dp is not None:
+        # the whole run's worst case, before anything starts (each round checks again)
+        preflight(ws, plan.federation, dp, run_id=run_id, rounds=plan.rounds)
     workdir = ws.path / "federation" / run_id
     workdir.mkdir(parents=True)
     (workdir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True))

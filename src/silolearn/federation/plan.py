@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from silolearn.errors import FederationConfigError
+from silolearn.federation.privacy import ClientDp
 
 QUANTIZATION_RANGE = 1 << 22
 """Flower's default: 2**22 levels; with the modulus 2**32 it leaves room for 1,024 sites."""
@@ -53,6 +54,8 @@ class FederationPlan:
     round_timeout: float = 600.0
     epsilon: float | None = None
     delta: float | None = None
+    federation: str = "federation"
+    """The federation's name: its ledger scope is ``federation:<name>``."""
 
     @property
     def private(self) -> bool:
@@ -72,9 +75,17 @@ class FederationPlan:
     def quantization_step(self) -> float:
         return 2 * self.clipping_range / self.quantization_range
 
-    def achieved_noise_multiplier(self, survivors: int) -> float:
-        """z_eff = z sqrt(k/m): the noise multiplier of an aggregate of ``k`` survivors."""
-        return self.noise_multiplier * math.sqrt(survivors / self.min_sites)
+    def client_dp(self) -> ClientDp | None:
+        """The client-level DP every site applies (``None``: not private)."""
+        if not self.private:
+            return None
+        return ClientDp(
+            clip_norm=self.max_update_norm,
+            noise_multiplier=self.noise_multiplier,
+            sized_for=self.min_sites,
+            min_sites=self.min_sites,
+            secure_aggregation=self.secagg,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +182,7 @@ def plan_for(
     round_timeout: float = 600.0,
     epsilon: float | None = None,
     delta: float | None = None,
+    federation: str = "federation",
 ) -> FederationPlan:
     """A checked plan whose SecAgg+ ranges are derived from the model and the noise."""
     plan = FederationPlan(
@@ -186,5 +198,6 @@ def plan_for(
         round_timeout=round_timeout,
         epsilon=epsilon,
         delta=delta,
+        federation=federation,
     )
     return replace(plan, clipping_range=plan.needed_clipping_range).check()

@@ -53,11 +53,12 @@ class SiloFedAvg(FedAvg):
 
     def _fit_config(self, server_round: int) -> dict[str, Any]:
         plan = self.plan
+        dp = plan.client_dp()
         return {
             "run": self.run_id,
             "round": server_round,
             "clipping_norm": plan.max_update_norm,
-            "noise_std": plan.site_noise_std,
+            "dp": "" if dp is None else json.dumps(dp.to_dict()),
             "unweighted": plan.private or plan.secagg,
         }
 
@@ -78,6 +79,15 @@ class SiloFedAvg(FedAvg):
             "sha256": [digest(parameters_to_ndarrays(res.parameters)) for _, res in results],
         }
         return super().aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Any, client_manager: Any
+    ) -> list[Any]:
+        """Only the last round's aggregate goes back to the sites (as their own shared
+        version): an evaluation round costs every site a message and a process."""
+        if server_round < self.plan.rounds:
+            return []
+        return list(super().configure_evaluate(server_round, parameters, client_manager))
 
     def aggregate_evaluate(
         self, server_round: int, results: list[Any], failures: list[Any]

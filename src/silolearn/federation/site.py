@@ -188,11 +188,14 @@ def _fit_record(info: dict[str, Any], update_norm: float) -> Any:
 
 
 def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Between ``secaggplus_mod`` and ``fixedclipping_mod``: adds the site's Gaussian noise to
-    the clipped weights and audits, on the site, what leaves it (before masking)."""
+    """Between ``secaggplus_mod`` and ``fixedclipping_mod``: adds the site's Gaussian noise
+    (``federation.privacy.privatise_update``) to the clipped update and audits, on the site,
+    what leaves it before masking."""
     from flwr.app import MessageType
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
+
+    from silolearn.federation.privacy import ClientDp, privatise_update
 
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
@@ -203,16 +206,17 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
         return out
     fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
     clipped = parameters_to_ndarrays(fit_res.parameters)
-    std = float(fit_ins.config["noise_std"])
-    rng = np.random.default_rng(secrets.randbits(128))
-    sent = [(a + rng.normal(0.0, std, a.shape)).astype(np.float32) if std else a for a in clipped]
+    update = [c - r for c, r in zip(clipped, received, strict=True)]
+    asked = str(fit_ins.config["dp"])
+    noise: dict[str, Any] = {"noise_std": 0.0}
+    if asked:
+        update, site_noise = privatise_update(update, ClientDp.from_dict(json.loads(asked)))
+        noise = site_noise.to_dict()
+    sent = [(r + u).astype(r.dtype) for r, u in zip(received, update, strict=True)]
     fit_res.parameters = ndarrays_to_parameters(sent)
     out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
     record = ctxt.state.config_records.get("silolearn-fit")
     info: dict[str, Any] = {} if record is None else json.loads(str(record["json"]))
-    norm = math.sqrt(
-        sum(float(((c - r) ** 2).sum()) for c, r in zip(clipped, received, strict=True))
-    )
     ws = _workspace(ctxt)
     try:
         ws.audit.append(
@@ -220,12 +224,11 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
             obj=f"federation/{fit_ins.config['run']!s}",
             details={
                 **info,
+                **noise,
                 "round": int(str(fit_ins.config["round"])),
                 "received_sha256": digest(received),
                 "sent_sha256": digest(sent),
-                "update_norm_after_clipping": norm,
                 "clipping_norm": float(str(fit_ins.config["clipping_norm"])),
-                "noise_std": std,
             },
         )
     finally:
