@@ -24,6 +24,8 @@ from silolearn.registry.versions import VERSIONS_TABLE, AdapterRegistry
 from silolearn.storage.scope import Purpose
 
 TABLES = (*BOUND_TABLES, VERSIONS_TABLE)
+NO_FEDERATION = {"federated_lineage": 0, "federation_decisions": 0}
+"""The federation's bound rows (tests/federation/test_lineage.py), none here."""
 DROP_TRIGGERS = "DROP TRIGGER privacy_events_no_update; DROP TRIGGER privacy_events_no_delete;"
 
 
@@ -111,7 +113,12 @@ def test_I7_untampered_workspace_verifies_clean(original: Path, tmp_path: Path) 
     code, report = _verify_json(copy)
     assert code == 0, report
     assert report["ok"] is True and report["findings"] == []
-    assert report["rows"] == {"privacy_events": 3, "privacy_scopes": 1, "adapter_versions": 3}
+    assert report["rows"] == {
+        "privacy_events": 3,
+        "privacy_scopes": 1,
+        "adapter_versions": 3,
+        **NO_FEDERATION,
+    }
     human = run_cli("audit", "verify", "--workspace", str(copy))
     assert human.returncode == 0, human.stderr
     assert "bound rows OK: 3 privacy_events, 1 privacy_scopes, 3 adapter_versions" in human.stdout
@@ -309,7 +316,12 @@ def test_I7_rows_written_before_binding_are_backfilled_by_the_migration(tmp_path
 
     code, report = _verify_json(path)
     assert code == 0, report
-    assert report["rows"] == {"privacy_events": 1, "privacy_scopes": 0, "adapter_versions": 1}
+    assert report["rows"] == {
+        "privacy_events": 1,
+        "privacy_scopes": 0,
+        "adapter_versions": 1,
+        **NO_FEDERATION,
+    }
     with Workspace.open(path) as ws:
         backfills = {e.actor: e for e in ws.audit.events(action="audit.rows_bound")}
         assert backfills["silolearn:migration-0010"].details["rows"] == {

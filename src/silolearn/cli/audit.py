@@ -32,10 +32,11 @@ from silolearn.workspace import Workspace
 @audit_app.command("verify")
 @command
 def audit_verify(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the hash chain, every signed checkpoint and the head, and every privacy-ledger
-    and adapter-version row against the digest the chain holds for it (exit 8, one line per
-    finding: which table, which row, what is wrong)."""
+    """Check the hash chain, every signed checkpoint and the head, and every privacy-ledger,
+    adapter-version and federation row against the digest the chain holds for it (exit 8,
+    one line per finding: which table, which row, what is wrong)."""
     from silolearn.audit.rows import verify_rows
+    from silolearn.federation.lineage import BOUND_TABLES as FEDERATION_TABLES
     from silolearn.privacy.ledger import BOUND_TABLES
     from silolearn.registry.versions import VERSIONS_TABLE
 
@@ -47,7 +48,9 @@ def audit_verify(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> No
         except AuditChainBroken as exc:
             broken = exc
         rows = verify_rows(
-            ws.conn, (*BOUND_TABLES, VERSIONS_TABLE), signed_seq=ws.audit.signed_seq()
+            ws.conn,
+            (*BOUND_TABLES, VERSIONS_TABLE, *FEDERATION_TABLES),
+            signed_seq=ws.audit.signed_seq(),
         )
     finally:
         ws.conn.close()

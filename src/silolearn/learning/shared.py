@@ -22,9 +22,11 @@ and what a member's round receives. The output rows are a training scaffold: a m
 rows only ever see that member's gradients, and the coordinator knows a member's labels
 only as keyed digests. Members never receive another member's rows, and tenants that have
 not joined never receive anything.
-A member *pins* a shared version (or follows the latest); its next round trains its head on
-that version's trunk, frozen inside its own adapter artefact, so a new shared version
-changes nothing a tenant serves until that tenant's own round passes its gates.
+A member *pins* a shared version (or follows the latest its site has not refused: a
+federated site refuses versions with ``silolearn.federation.lineage.refuse``); its next
+round trains its head on that version's trunk, frozen inside its own adapter artefact, so
+a new shared version changes nothing a tenant serves until that tenant's own round passes
+its gates.
 """
 
 from __future__ import annotations
@@ -202,6 +204,12 @@ class SharedStore:
             raise ConflictError(f"tenant {tenant!r} has not joined the shared layer")
         if version is not None:
             self.get(version)
+            if version in self.refused():
+                raise ConflictError(
+                    f"shared version {version} was refused on this site: it is never given "
+                    "to a tenant",
+                    version=version,
+                )
         with self.ws.audit.write() as conn:
             conn.execute(
                 "UPDATE shared_members SET pinned_version = ? WHERE tenant_id = ?",
@@ -214,15 +222,25 @@ class SharedStore:
         assert member is not None
         return member
 
+    def refused(self) -> set[int]:
+        """Versions this site refused (``silolearn.federation.lineage.refuse``, final):
+        never given to a tenant."""
+        rows = self.ws.conn.execute(
+            "SELECT DISTINCT version FROM federation_decisions WHERE decision = 'refuse'"
+        ).fetchall()
+        return {int(r[0]) for r in rows}
+
     def pinned(self, tenant: str) -> SharedVersion | None:
         """The shared version ``tenant``'s next round trains on (``None``: not a member, or
-        no version yet)."""
+        no version yet): its pinned one, or the latest this site has not refused."""
         member = self.member(tenant)
         if member is None:
             return None
-        if member["pinned_version"] is not None:
+        refused = self.refused()
+        if member["pinned_version"] is not None and member["pinned_version"] not in refused:
             return self.get(int(member["pinned_version"]))
-        return self.latest()
+        usable = [v for v in self.versions() if v.version not in refused]
+        return usable[-1] if usable else None
 
 
 def shared_trunk_for(ws: Workspace, tenant: str) -> dict[str, Any] | None:
