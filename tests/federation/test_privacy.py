@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -154,11 +155,18 @@ def test_I9_federation_refuses_the_round_past_the_budget_before_any_site_trains(
     assert _independent([alive] * 3) < budget
 
 
-def test_I9_a_failed_round_is_not_charged(ws: Workspace, net: str) -> None:
+def test_I9_a_failed_secure_round_is_not_charged_an_update_seen_in_clear_is(
+    ws: Workspace, net: str
+) -> None:
     dp = ClientDp(clip_norm=1.0, noise_multiplier=2.0, sized_for=3, min_sites=2)
     with pytest.raises(InvalidInput, match="failed round released nothing"):
         charge(ws, net, dp, run_id="run-1", round_no=1, survivors=1)
     assert ws.ledger().events(federation_scope(net)) == []
+    # without SecAgg+ the coordinator saw the one update that arrived: it is charged
+    clear = replace(dp, secure_aggregation=False)
+    got = charge(ws, net, clear, run_id="run-1", round_no=1, survivors=1)
+    assert got.achieved_noise_multiplier == pytest.approx(2.0 / math.sqrt(3))
+    assert len(ws.ledger().events(federation_scope(net))) == 1
 
 
 def test_site_sampling_is_amplified_for_the_released_model_not_for_the_coordinator(

@@ -39,13 +39,16 @@ round accepts (``k = min_sites``) and raises ``PrivacyBudgetExceeded`` before an
 trains if that could pass the budget; ``charge`` records the achieved ``z_eff`` after the
 round, which is never below the worst case, so a round that passed its preflight is charged
 within the budget (unless another run charged the scope meanwhile: one run per federation at
-a time). A round that failed (too few survivors: SecAgg+ unmasked nothing) is not charged.
+a time). A SecAgg+ round with fewer survivors than ``min_sites`` unmasked nothing and is
+not charged; without SecAgg+ every update that reached the coordinator is charged, whether
+its round then failed or not.
 
-**Sampling.** ``sampling_rate`` is ``q`` only when each site is included independently with
-probability ``q`` (Poisson) by a draw the observer does not see; Flower's ``fraction``
-samples a fixed number and the coordinator knows whom it sampled, so the amplified figure
-holds against observers of the released versions, not against the coordinator:
-``RoundCharge.epsilon_unamplified`` (every event at ``q = 1``) is the coordinator's.
+**Sampling.** ``sampling_rate < 1`` is Poisson site sampling only (each site takes part
+independently with probability ``q``); Flower's ``fraction`` samples a fixed number of
+sites: charge ``q = 1`` for it. Amplification holds only against an observer who does not
+know whom the round sampled: the users of the released versions, not the coordinator, which
+samples and records the sites. ``RoundCharge.epsilon_unamplified`` (every event at
+``q = 1``) is the coordinator's figure.
 
 **Record level.** Sites whose tenants train their part of a round with DP-SGD charge those
 runs to the tenants' own ``tenant:<id>`` scopes (purpose ``federation``) as any DP run does;
@@ -262,9 +265,10 @@ def charge(
     ws: Workspace, federation: str, dp: ClientDp, *, run_id: str, round_no: int, survivors: int
 ) -> RoundCharge:
     """Charge a round that released an aggregate of ``survivors`` sites with the noise it
-    achieved (``privacy.charge`` audit event). ``InvalidInput`` for fewer survivors than
-    the round accepts: such a round failed and is not charged."""
-    if survivors < dp.min_sites:
+    achieved (``privacy.charge`` audit event). Under SecAgg+, ``InvalidInput`` for fewer
+    survivors than the round accepts: such a round unmasked nothing and is not charged;
+    without it, ``survivors`` is the number of updates that reached the coordinator."""
+    if dp.secure_aggregation and survivors < dp.min_sites:
         raise InvalidInput(
             f"round {round_no} had {survivors} survivor(s), fewer than the {dp.min_sites} it "
             "accepts: a failed round released nothing and is not charged"
