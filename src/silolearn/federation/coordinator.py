@@ -62,14 +62,21 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
     from silolearn.federation.privacy import calibrate
     from silolearn.privacy.ledger import federation_scope
 
-    min_sites = request.min_sites or max(2, math.ceil(2 * request.sites / 3))
-    min_sites = min(min_sites, request.sites)
+    min_sites = _structure(request)
     # a model shared beyond one tenant is trained only under DP (I9): no epsilon asked,
     # the federation scope's run epsilon
     policy = ws.ledger().policy(federation_scope(request.federation))
     epsilon = policy.run_epsilon if request.epsilon is None else request.epsilon
     if not epsilon > 0 or not math.isfinite(epsilon):
         raise FederationConfigError(f"epsilon must be positive, not {epsilon}")
+    # a run whose target alone passes the budget is refused before calibrating its noise
+    ws.ledger().precheck(
+        federation_scope(request.federation),
+        tenant=None,
+        run_id="plan",
+        purpose="federation",
+        at_least=epsilon,
+    )
     z = calibrate(
         target_epsilon=epsilon,
         delta=policy.delta,
@@ -95,9 +102,28 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
         delta=policy.delta,
         federation=request.federation,
     )
-    if request.server_side_clipping:
-        plan = replace(plan, server_side_clipping=True).check()
     return plan
+
+
+def _structure(request: RunRequest) -> int:
+    """The guards that do not depend on the model or the noise, checked before loading the
+    one or calibrating the other; the fewest replies a round accepts (default: two thirds
+    of the sites, at least 2)."""
+    min_sites = request.min_sites or max(2, math.ceil(2 * request.sites / 3))
+    min_sites = min(min_sites, request.sites)
+    plan = plan_for(
+        sites=request.sites,
+        rounds=request.rounds,
+        min_sites=min_sites,
+        secagg=request.secagg,
+        max_update_norm=request.max_update_norm,
+        noise_multiplier=0.0,
+        weight_bound=0.0,
+        num_shares=request.num_shares,
+    )
+    if request.server_side_clipping:
+        replace(plan, server_side_clipping=True).check()
+    return min_sites
 
 
 def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
@@ -106,6 +132,7 @@ def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
     from silolearn.federation.privacy import preflight
 
     refuse_tenant_data(ws)
+    _structure(request)
     weights = initial_weights(ws)
     plan = plan_run(ws, request, max(float(np.abs(w).max()) for w in weights))
     run_id = secrets.token_hex(8)
@@ -139,12 +166,10 @@ def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
         with processes.running(submitted):
             deadline = started + CONNECT_SECONDS + plan.rounds * 2 * plan.round_timeout
             ended = processes.wait(submitted, deadline)
-    return _outcome(ws, workdir, plan, ended, time.monotonic() - started)
+    return _outcome(workdir, plan, ended, time.monotonic() - started)
 
 
-def _outcome(
-    ws: Workspace, workdir: Path, plan: FederationPlan, ended: bool, seconds: float
-) -> dict[str, Any]:
+def _outcome(workdir: Path, plan: FederationPlan, ended: bool, seconds: float) -> dict[str, Any]:
     path = workdir / "result.json"
     if not path.exists():
         tail = _tail(workdir / "run.log")
