@@ -9,9 +9,9 @@ inside one write transaction that also recomputes the scope's cumulative epsilon
 **all** its events with the configured accountant: if the projected total would exceed the
 budget the run is refused (``PrivacyBudgetExceeded``, audited as ``privacy.refused``) and
 nothing is charged; otherwise the events are appended (audited as ``privacy.charge``) and
-the run may start. A run executes exactly the steps it
-charged, so it never overshoots mid-way; a run that fails after charging stays charged (it
-may have touched the data), which errs on the safe side.
+the run may start. A run executes exactly the steps it charged, so it never overshoots
+mid-way; a run that fails after charging stays charged (it may have touched the data),
+which errs on the safe side.
 
 Events are append-only (database triggers refuse UPDATE and DELETE) and each one records
 the cumulative epsilon after it, so the ledger can be re-derived and checked at any time.
