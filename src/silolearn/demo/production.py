@@ -32,11 +32,13 @@ def held_out_traffic(
     streams: dict[str, list[Row]], rounds: int, per_round: int = TRAFFIC_PER_ROUND
 ) -> dict[str, list[list[Row]]]:
     """Per tenant, ``rounds`` slices of records of its dataset that never arrive through
-    ingest: the texts its application sends for predictions, in time order."""
+    ingest: the texts its application sends for predictions, in time order. A record whose
+    text is blank is no request an application makes (``predict`` refuses it), so none is
+    picked."""
     traffic: dict[str, list[list[Row]]] = {}
     for name, rows in streams.items():
         seen = {r["id"] for r in rows}
-        unseen = [r for r in DATASETS[name]() if r["id"] not in seen]
+        unseen = [r for r in DATASETS[name]() if r["id"] not in seen and str(r["text"]).strip()]
         picked = sample(unseen, per_round * rounds, seed=TRAFFIC_SEED)
         traffic[name] = [picked[i * per_round : (i + 1) * per_round] for i in range(rounds)]
     return traffic
