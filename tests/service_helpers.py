@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -78,6 +79,20 @@ class Server:
             if job["state"] not in ("queued", "running"):
                 return job
             time.sleep(0.5)
+
+
+def grant_tokens(
+    ws: Workspace, grants: Iterable[tuple[str | None, str]]
+) -> dict[tuple[str | None, str], str]:
+    """One token per (tenant, or None for the workspace; role), an hour long: the tokens of
+    a test server's :attr:`Server.tokens`."""
+    access = ws.access()
+    return {
+        (tenant, role): access.grant(
+            tenant=tenant, roles=[role], duration=timedelta(hours=1), reason="test"
+        ).token
+        for tenant, role in grants
+    }
 
 
 def start_server(path: Path, log: Path, env: dict[str, str], *, port: int | None = None) -> Server:

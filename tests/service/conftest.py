@@ -11,11 +11,10 @@ tests are about who may do what over HTTP, not about the gates.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 
-from service_helpers import SERVER_ENV, TENANTS, Server, start_server, stop_server
+from service_helpers import SERVER_ENV, TENANTS, Server, grant_tokens, start_server, stop_server
 from silolearn import Workspace
 from silolearn.datasets import rotten_tomatoes, sample
 from silolearn.tenancy.access import ROLES
@@ -26,7 +25,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("service")
     path = root / "ws"
     rows = sample(rotten_tomatoes(), 240, seed=7)
-    tokens: dict[tuple[str | None, str], str] = {}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in SERVER_ENV.items():
             patch.setenv(name, value)
@@ -35,15 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 ws.create_tenant(tenant)
             ws.tenant("alpha").ingest(rows[:200])
             ws.tenant("beta").ingest(rows[200:])
-            access = ws.access()
-            for tenant in TENANTS:
-                for role in ROLES:
-                    tokens[(tenant, role)] = access.grant(
-                        tenant=tenant, roles=[role], duration=timedelta(hours=1), reason="test"
-                    ).token
-            tokens[(None, "admin")] = access.grant(
-                tenant=None, roles=["admin"], duration=timedelta(hours=1), reason="test"
-            ).token
+            tokens = grant_tokens(
+                ws, [*((tenant, role) for tenant in TENANTS for role in ROLES), (None, "admin")]
+            )
         running = start_server(path, root / "server.log", SERVER_ENV)
     running.tokens = tokens
     try:

@@ -12,12 +12,11 @@ import random
 import re
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from service_helpers import SERVER_ENV, Server, start_server, stop_server
+from service_helpers import SERVER_ENV, Server, grant_tokens, start_server, stop_server
 from silolearn import Workspace
 from silolearn.config import CONFIG_FILE
 from silolearn.datasets import rotten_tomatoes
@@ -66,16 +65,8 @@ def canary_server(
             assert Trainer(ws).train(TENANT, seed=1).status == "active"
             ws.tenant(TENANT).ingest(rows[60:300])
             assert Trainer(ws).train(TENANT, seed=2).status == "canary"
-            access = ws.access()
-            tokens = {
-                (TENANT, role): access.grant(
-                    tenant=TENANT, roles=[role], duration=timedelta(hours=1), reason="test"
-                ).token
-                for role in ("reader", "contributor", "trainer")
-            }
-            tokens[(None, "admin")] = access.grant(
-                tenant=None, roles=["admin"], duration=timedelta(hours=1), reason="test"
-            ).token
+            roles = ("reader", "contributor", "trainer")
+            tokens = grant_tokens(ws, [*((TENANT, role) for role in roles), (None, "admin")])
         running = start_server(path, root / "server.log", ENV)
     running.tokens = tokens
     try:

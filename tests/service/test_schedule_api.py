@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from service_helpers import SERVER_ENV, Server, audit_verify, start_server, stop_server
+from service_helpers import (
+    SERVER_ENV,
+    Server,
+    audit_verify,
+    grant_tokens,
+    start_server,
+    stop_server,
+)
 from silolearn import Workspace
 from silolearn.datasets import bbc_news, sample
 
@@ -23,7 +29,6 @@ ENV = {**SERVER_ENV, "SILOLEARN_SCHEDULE__TICK_SECONDS": "0.5"}
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("schedule")
     path = root / "ws"
-    tokens: dict[tuple[str | None, str], str] = {}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in ENV.items():
             patch.setenv(name, value)
@@ -31,14 +36,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             ws.create_tenant("alpha")
             ws.create_tenant("beta")
             ws.tenant("alpha").ingest(sample(bbc_news(), 120, seed=4))
-            access = ws.access()
-            for tenant, role in [("alpha", "trainer"), ("alpha", "reader"), ("beta", "trainer")]:
-                tokens[(tenant, role)] = access.grant(
-                    tenant=tenant, roles=[role], duration=timedelta(hours=1), reason="test"
-                ).token
-            tokens[(None, "admin")] = access.grant(
-                tenant=None, roles=["admin"], duration=timedelta(hours=1), reason="test"
-            ).token
+            tokens = grant_tokens(
+                ws,
+                [("alpha", "trainer"), ("alpha", "reader"), ("beta", "trainer"), (None, "admin")],
+            )
         running = start_server(path, root / "server.log", ENV)
     running.tokens = tokens
     try:
