@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import shutil
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from silolearn.datasets import rotten_tomatoes
 from silolearn.monitoring.incidents import Incidents
 from silolearn.operations.rollout import RolloutDriver, decide
 from silolearn.operations.scheduler import Decision as ScheduledRound
-from silolearn.operations.scheduler import Decisions, Launched
+from silolearn.operations.scheduler import Decisions, Launched, Scheduler
 from silolearn.operations.triggers import Firing
 from silolearn.pipeline import Trainer
 from silolearn.registry.rollout import RolloutStore, assign
@@ -252,7 +253,11 @@ def test_assignment_is_sticky_per_request_key_and_keyed_per_tenant(good: Scenari
     at_5 = {k for k in keys if assign(scope, 7, 0.05, k)}
     assert at_1 <= at_5  # a key answered by the canary at 1% still is at 5%
     assert at_1 == {k for k in keys if assign(scope, 7, 0.01, k)}  # sticky
-    assert 0.007 < len(at_1) / len(keys) < 0.013 and 0.045 < len(at_5) / len(keys) < 0.055
+    # each cohort is a binomial draw under the tenant's random secret: within 4.5 standard
+    # deviations of its share (7e-6 two-sided); +-0.005 at 5% was 3.2 of them (1.2e-3)
+    for cohort, share in ((at_1, 0.01), (at_5, 0.05)):
+        deviation = math.sqrt(share * (1 - share) / len(keys))
+        assert abs(len(cohort) / len(keys) - share) < 4.5 * deviation, (share, len(cohort))
     # another rollout (another canary version) draws another cohort
     assert at_5 != {k for k in keys if assign(scope, 8, 0.05, k)}
     # without a request key: a fresh draw per request, at the share
@@ -285,6 +290,19 @@ def test_stable_requests_never_get_the_canary_and_an_incident_rolls_it_back(
     driver = RolloutDriver(ws, clock=clock)
     held = driver.check(TENANT)
     assert held is not None and held.action == "hold"  # no evidence yet
+    # a monitor's SEV3 finding about the stable version is why a candidate rolls out: the
+    # canary holds
+    Incidents(ws).open(
+        TENANT,
+        severity="SEV3",
+        kind="drift.embedding",
+        summary="stable's served texts moved",
+        evidence={},
+        actions=[],
+        version=1,
+    )
+    held = driver.check(TENANT)
+    assert held is not None and held.action == "hold", held
     Incidents(ws).open(
         TENANT, severity="SEV3", kind="drift", summary="served texts moved", evidence={}, actions=[]
     )
@@ -436,7 +454,11 @@ def test_a_canary_round_neither_backs_off_nor_resets_until_its_rollout_ends(
     store = RolloutStore(ws.scope(TENANT, purpose=Purpose.REGISTRY))
     running = store.running()
     assert running is not None
+    # while the canary runs, a due round waits: it would supersede the canary
+    info = ws.tenants.get(TENANT)
+    assert Scheduler._held_back(decisions, info, clock.now(), False, 1) == "rollout"
     store.promote(running, now=clock.now(), evidence={"decision": "test"})
+    assert Scheduler._held_back(decisions, info, clock.now(), False, 1) is None
     assert decisions.failures(TENANT) == 0  # promoted: as a promotion does
     ws.close()
 
