@@ -123,7 +123,7 @@ def federation_run(
     with opened(workspace) as ws:
         result = run_federation(ws, request)
     rows = [
-        [r["round"], r["sites_replied"], r["sites_failed"], r["epsilon_after"], r["seconds"]]
+        [r["round"], r["sites_replied"], len(r["dropped"]), r["epsilon_after"], r["seconds"]]
         for r in result["rounds"]
     ]
     emit(
@@ -132,7 +132,7 @@ def federation_run(
         lambda: out.print(
             _table(
                 f"federated run {result['run_id']}: shared v{result['version']}",
-                ["round", "replied", "failed", "epsilon after", "seconds"],
+                ["round", "replied", "dropped", "epsilon after", "seconds"],
                 rows,
             )
         ),

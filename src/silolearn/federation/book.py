@@ -59,6 +59,7 @@ class RoundBook:
     ) -> float | None:
         """The ledger's charge of the noise the survivors achieved, and the round's audit;
         the epsilon after the round."""
+        from silolearn.federation.lineage import RoundRecord, audit_round
         from silolearn.federation.privacy import charge
 
         survivors = int(got["replies"])
@@ -72,33 +73,46 @@ class RoundBook:
                 run_id=self.run_id,
                 round_no=server_round,
                 survivors=survivors,
-            ).to_dict()
-        record = {
-            "round": server_round,
-            "sites_sampled": survivors + int(got["failures"]),
-            "sites_replied": survivors,
-            "sites_failed": int(got["failures"]),
-            "nodes": got["nodes"],
-            "received_sha256": got["sha256"],
-            "aggregate_sha256": digest(weights),
-            "charge": charged,
-            "epsilon_after": None if charged is None else charged["epsilon_after"],
-            "seconds": round(seconds, 3),
-        }
-        self.ws.audit.append("federation.round", obj=self.obj, details=record)
-        self.result["rounds"].append(record)
+            )
+        record = RoundRecord.of(
+            server_round,
+            sampled=got["sampled"],
+            replied=got["nodes"],
+            charge=charged,
+            aggregate_sha256=digest(weights),
+            seconds=round(seconds, 3),
+            failures=int(got["failures"]),
+            received_sha256=got["sha256"],
+        )
+        audit_round(self.ws, self.plan.federation, self.run_id, record)
+        self.result["rounds"].append(record.to_dict())
         self.weights = weights
-        return None if charged is None else float(charged["epsilon_after"])
+        return record.epsilon_after
+
+    def round_failed(self, server_round: int, error: SiloError, got: dict[str, Any]) -> None:
+        """A failed round: audited, not charged, not versioned."""
+        from silolearn.federation.lineage import audit_round_failed
+
+        audit_round_failed(
+            self.ws,
+            self.plan.federation,
+            self.run_id,
+            server_round,
+            error,
+            sampled=got.get("sampled", ()),
+            replied=got.get("nodes", ()),
+        )
 
     def failed(self, error: SiloError) -> None:
         self.ws.audit.append(
             "federation.failed", obj=self.obj, details={"error": error.code, **error.details}
         )
 
-    def commit(self) -> int:
+    def commit(self, superlink_run_id: str | None) -> int:
         """The last round's aggregate as a new shared version with its federated lineage."""
         import torch
 
+        from silolearn.federation.lineage import RoundRecord, record_lineage
         from silolearn.learning.adapters import pack_artefact
 
         assert self.weights is not None
@@ -112,23 +126,29 @@ class RoundBook:
         rounds = self.result["rounds"]
         lineage: dict[str, Any] = {
             "origin": "federation",
+            "federation": self.plan.federation,
             "run_id": self.run_id,
             "parent": self.parent,
             "hidden": hidden,
             "trunk_sha256": hashlib.sha256(trunk_bytes).hexdigest(),
             "members": [],
-            "federation": {
-                "rounds": len(rounds),
-                "sites_per_round": [r["sites_replied"] for r in rounds],
-                "plan": self.plan.to_dict(),
-            },
+            "plan": self.plan.to_dict(),
             "privacy": {
                 "mode": "client-level dp" if self.plan.private else "none",
                 "charge": {"epsilon_after": rounds[-1]["epsilon_after"] if rounds else None},
             },
         }
         header = {"kind": "shared", "dim": DIM, "hidden": hidden, "members": {}}
-        return self.store.add(pack_artefact(header, tensors), lineage).version
+        version = self.store.add(pack_artefact(header, tensors), lineage).version
+        record_lineage(
+            self.ws,
+            version=version,
+            federation=self.plan.federation,
+            run_id=self.run_id,
+            rounds=[RoundRecord.from_dict(r) for r in rounds],
+            superlink_run_id=superlink_run_id,
+        )
+        return version
 
     def write_result(self) -> None:
         path = self.workdir / "result.json"

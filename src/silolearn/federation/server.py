@@ -48,13 +48,21 @@ class SiloFedAvg(FedAvg):
         )
         self.plan = plan
         self.run_id = run_id
+        self.sampled: dict[int, list[str]] = {}
         self.received: dict[int, dict[str, Any]] = {}
-        self.epsilon_after: float | None = None
+        self.rounds: list[dict[str, Any]] = []
+        """The rounds' records so far, sent to the sites with the last round's aggregate."""
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[Any]:
+        instructions = list(super().configure_fit(server_round, parameters, client_manager))
+        self.sampled[server_round] = [str(proxy.node_id) for proxy, _ in instructions]
+        return instructions
 
     def _fit_config(self, server_round: int) -> dict[str, Any]:
         plan = self.plan
         dp = plan.client_dp()
         return {
+            "federation": plan.federation,
             "run": self.run_id,
             "round": server_round,
             "clipping_norm": plan.max_update_norm,
@@ -63,15 +71,18 @@ class SiloFedAvg(FedAvg):
         }
 
     def _evaluate_config(self, server_round: int) -> dict[str, Any]:
-        config: dict[str, Any] = {"run": self.run_id, "round": server_round}
-        if self.epsilon_after is not None:
-            config["epsilon"] = self.epsilon_after
-        return config
+        return {
+            "federation": self.plan.federation,
+            "run": self.run_id,
+            "round": server_round,
+            "rounds": json.dumps(self.rounds),
+        }
 
     def aggregate_fit(
         self, server_round: int, results: list[Any], failures: list[Any]
     ) -> tuple[Any, dict[str, Any]]:
         self.received[server_round] = {
+            "sampled": self.sampled.get(server_round, []),
             "replies": len(results),
             "failures": len(failures),
             "nodes": [str(proxy.node_id) for proxy, _ in results],
@@ -111,18 +122,21 @@ class JudgedFit:
         self.inner(grid, context)
         got = self.strategy.received.get(server_round)
         after = _weights(context) if got is not None else None
-        judge_round(
-            server_round,
-            before,
-            after,
-            replies=0 if got is None else int(got["replies"]),
-            failures=0 if got is None else int(got["failures"]),
-            min_sites=self.strategy.plan.min_sites,
-        )
+        try:
+            judge_round(
+                server_round,
+                before,
+                after,
+                replies=0 if got is None else int(got["replies"]),
+                failures=0 if got is None else int(got["failures"]),
+                min_sites=self.strategy.plan.min_sites,
+            )
+        except FederationRoundFailed as exc:
+            self.book.round_failed(server_round, exc, got or {})
+            raise
         assert after is not None and got is not None
-        self.strategy.epsilon_after = self.book.after_round(
-            server_round, got, after, seconds=time.monotonic() - started
-        )
+        self.book.after_round(server_round, got, after, seconds=time.monotonic() - started)
+        self.strategy.rounds = self.book.result["rounds"]
 
 
 def _weights(context: LegacyContext) -> list[np.ndarray]:
@@ -177,7 +191,7 @@ def serve(grid: Grid, context: Any) -> None:
         )
         _wait_for_sites(grid, plan, time.monotonic() + plan.round_timeout)
         DefaultWorkflow(fit_workflow=fit)(grid, legacy)
-        result["version"] = book.commit()
+        result["version"] = book.commit(str(context.run_id))
         result["status"] = "done"
     except SiloError as exc:
         result["error"] = exc.to_dict()

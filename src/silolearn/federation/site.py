@@ -195,7 +195,8 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
-    from silolearn.federation.privacy import ClientDp, privatise_update
+    from silolearn.federation.lineage import audit_contribution
+    from silolearn.federation.privacy import ClientDp, SiteNoise, privatise_update
 
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
@@ -208,10 +209,11 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     clipped = parameters_to_ndarrays(fit_res.parameters)
     update = [c - r for c, r in zip(clipped, received, strict=True)]
     asked = str(fit_ins.config["dp"])
-    noise: dict[str, Any] = {"noise_std": 0.0}
     if asked:
-        update, site_noise = privatise_update(update, ClientDp.from_dict(json.loads(asked)))
-        noise = site_noise.to_dict()
+        update, noise = privatise_update(update, ClientDp.from_dict(json.loads(asked)))
+    else:
+        norm = _distance(update, [np.zeros_like(u) for u in update])
+        noise = SiteNoise(norm, False, 0.0, sum(u.size for u in update))
     sent = [(r + u).astype(r.dtype) for r, u in zip(received, update, strict=True)]
     fit_res.parameters = ndarrays_to_parameters(sent)
     out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
@@ -219,17 +221,19 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     info: dict[str, Any] = {} if record is None else json.loads(str(record["json"]))
     ws = _workspace(ctxt)
     try:
-        ws.audit.append(
-            "federation.contribute",
-            obj=f"federation/{fit_ins.config['run']!s}",
-            details={
-                **info,
-                **noise,
-                "round": int(str(fit_ins.config["round"])),
-                "received_sha256": digest(received),
-                "sent_sha256": digest(sent),
-                "clipping_norm": float(str(fit_ins.config["clipping_norm"])),
-            },
+        audit_contribution(
+            ws,
+            str(fit_ins.config["federation"]),
+            str(fit_ins.config["run"]),
+            int(str(fit_ins.config["round"])),
+            noise,
+            tenants=info.get("tenants", []),
+            records=info.get("records", []),
+            trained_from=digest(received),
+            sent_sha256=digest(sent),
+            update_norm_before_clipping=info.get("update_norm_before_clipping"),
+            worker_pids=info.get("worker_pids", []),
+            local_run_id=info.get("run_id"),
         )
     finally:
         ws.close()
@@ -237,8 +241,10 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
 
 
 def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, Any]) -> int:
-    """The round's aggregate as the site's own shared version (the global trunk beside the
-    site's members' rows), which its tenants pin or refuse like any other."""
+    """The last round's aggregate as the site's own shared version, which its tenants pin or
+    refuse like any other: the federation's trunk beside the site's members' rows, fitted
+    again on that trunk (they were fitted on the site's local trunk, which the aggregate
+    and its noise replaced)."""
     import torch
 
     from silolearn.learning.adapters import pack_artefact
@@ -246,7 +252,10 @@ def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, An
     ws = _workspace(context)
     try:
         store = SharedStore(ws)
-        rows = _rows_of(context)
+        refit, _ = SiteTrainer(ws, trunk, _rows_of(context)).local_round(
+            seed=int(str(config["round"]))
+        )
+        rows = {k: v for k, v in refit.items() if k.startswith("rows.")}
         members = store.members()
         ids = {m["tenant"]: m["tenant_id"] for m in members}
         tensors = {
@@ -260,11 +269,14 @@ def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, An
         hidden = int(tensors["trunk.weight"].shape[0])
         header = {"kind": "shared", "dim": 384, "hidden": hidden, "members": {}}
         parent = store.latest()
+        rounds = json.loads(str(config["rounds"]))
+        epsilon = rounds[-1]["epsilon_after"] if rounds else None
         trunk_bytes = trunk_artefact(
             tensors["trunk.weight"], tensors["trunk.bias"], 1 + (parent.version if parent else 0)
         )
         lineage = {
             "origin": "federation",
+            "federation": str(config["federation"]),
             "run_id": str(config["run"]),
             "round": int(config["round"]),
             "parent": None if parent is None else parent.version,
@@ -272,8 +284,22 @@ def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, An
             "trunk_sha256": hashlib.sha256(trunk_bytes).hexdigest(),
             "aggregate_sha256": digest(trunk),
             "members": [{"tenant": m["tenant"], "tenant_id": m["tenant_id"]} for m in members],
-            "privacy": {"mode": "federated", "charge": {"epsilon_after": config.get("epsilon")}},
+            "privacy": {"mode": "client-level dp", "charge": {"epsilon_after": epsilon}},
         }
-        return store.add(pack_artefact(header, tensors), lineage).version
+        version = store.add(pack_artefact(header, tensors), lineage).version
+        _record_rounds(ws, version, config)
+        return version
     finally:
         ws.close()
+
+
+def _record_rounds(ws: Workspace, version: int, config: dict[str, Any]) -> None:
+    """The coordinator's round records, audited on the site too, and the site's version's
+    federated lineage."""
+    from silolearn.federation.lineage import RoundRecord, audit_round, record_lineage
+
+    federation, run_id = str(config["federation"]), str(config["run"])
+    rounds = [RoundRecord.from_dict(r) for r in json.loads(str(config["rounds"]))]
+    for record in rounds:
+        audit_round(ws, federation, run_id, record, side="site")
+    record_lineage(ws, version=version, federation=federation, run_id=run_id, rounds=rounds)
