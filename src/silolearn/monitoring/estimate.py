@@ -71,14 +71,20 @@ class ServedProbabilities:
         }
 
     def estimate(self, *, ece: float | None, max_ece: float) -> dict[str, Any]:
-        """The estimate with its interval (sampling error of the mean confidence plus the
-        calibration error) and whether it can be relied on."""
+        """The estimate with its interval for the accuracy that labels of these served
+        predictions would measure, and whether it can be relied on.
+
+        Under calibration the prediction served with confidence ``p`` is right with
+        probability ``p``, so the measured accuracy is a mean of independent Bernoulli draws:
+        its standard error is ``sqrt(sum p (1 - p)) / n`` (``sampling_sd``). The interval
+        is the estimate plus or minus 1.96 of those plus the calibration error, which bounds
+        how far the mean confidence can sit from the mean correctness."""
         if self.count == 0:
             return {"estimate": True, "served": 0, "reliable": False, "reason": "nothing served"}
         n = self.count
         accuracy = self.confidence / n
-        variance = max(0.0, self.confidence_sq / n - accuracy * accuracy)
-        sampling = Z95 * math.sqrt(variance / n)
+        sampling_sd = math.sqrt(max(0.0, self.confidence - self.confidence_sq)) / n
+        sampling = Z95 * sampling_sd
         miscalibration = ece if ece is not None else 0.0
         reliable = ece is not None and ece <= max_ece
         if ece is None:
@@ -96,6 +102,7 @@ class ServedProbabilities:
                 max(0.0, accuracy - sampling - miscalibration),
                 min(1.0, accuracy + sampling + miscalibration),
             ],
+            "sampling_sd": sampling_sd,
             "macro_f1": expected_macro_f1(self.matrix),
             "ece": ece,
             "reliable": reliable,

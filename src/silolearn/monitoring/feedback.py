@@ -262,9 +262,10 @@ class PerformanceMonitor:
             )
             self._incident(tenant, version, evidence)
         for alarm in slice_alarms:
-            # a slice that degrades while the aggregate holds is its own alarm; with the
-            # aggregate it is evidence of the aggregate's
-            holds = not alarmed and chart.armed and chart.level() < 0.5
+            # a slice that degrades while the aggregate holds (armed, not alarming) is its
+            # own alarm; with the aggregate it is evidence of the aggregate's. A degraded
+            # slice pulls the aggregate's statistic up too: how far is no test of "holds"
+            holds = not alarmed and chart.armed
             recorded.append(
                 signals.record(
                     Signal(
