@@ -5,7 +5,8 @@ through the registry (``registry.rollout``), on each feedback and on a periodic 
 the one clock.
 
 The decision, in order: an incident opened on the tenant since the rollout started rolls
-it back; so does the canary's predicted labels drifting abnormally from stable's (a
+it back (but for a monitor's SEV3 finding about the stable version: the reason a candidate
+is rolling out); so does the canary's predicted labels drifting abnormally from stable's (a
 chi-square test at looks of doubling counts, ``validation.sequential``); so does the
 canary being shown worse than stable (the upper end of the always-valid confidence
 sequence of the accuracy difference below 0). After enough feedback and time in a step,
@@ -159,7 +160,7 @@ class RolloutDriver:
             policy,
             tolerance=self.ws.settings.training.promotion_tolerance,
             now=now,
-            incidents=self._incidents_since(info.id, current.incident_mark),
+            incidents=self._incidents_since(info.id, current.incident_mark, current.stable),
         )
         evidence = {**decision.evidence, "decision": decision.reason}
         try:
@@ -188,10 +189,14 @@ class RolloutDriver:
                 decisions[str(tenant)] = decision
         return decisions
 
-    def _incidents_since(self, tenant_id: str, mark: int) -> list[dict[str, Any]]:
+    def _incidents_since(self, tenant_id: str, mark: int, stable: int) -> list[dict[str, Any]]:
+        """Incidents opened on the tenant since the rollout started, but for a monitor's
+        SEV3 finding about the stable version (its drift or its drop in accuracy): that is
+        why a candidate is rolling out, and rolling back would answer it with stable."""
         rows = self.ws.conn.execute(
             "SELECT id, severity, kind FROM incidents "
-            "WHERE tenant_id = ? AND status = 'open' AND id > ? ORDER BY id",
-            (tenant_id, mark),
+            "WHERE tenant_id = ? AND status = 'open' AND id > ? "
+            "AND NOT (severity = 'SEV3' AND version IS NOT NULL AND version = ?) ORDER BY id",
+            (tenant_id, mark, stable),
         ).fetchall()
         return [{"id": int(r[0]), "severity": str(r[1]), "kind": str(r[2])} for r in rows]

@@ -8,6 +8,8 @@ due, and if one is, start it unless
 
 - the tenant is quarantined (or being shredded): nothing runs for it;
 - it has a round in progress (started by the scheduler or by anyone over the API);
+- its canary rollout runs: a new candidate would supersede the canary before its live
+  feedback decides it (the triggers wait for the rollout to end);
 - it is backing off: after ``n`` unsuccessful rounds in a row no triggered round for
   ``min(backoff_minutes x 2^(n-1), backoff_max_hours)`` after the last one ended;
 - the service runs ``[schedule] max_concurrent_rounds`` rounds already.
@@ -54,7 +56,7 @@ off nor resets, nor does ``canary`` (a candidate that passed every gate, now ser
 share of the traffic), any other (a promotion) resets."""
 UNDECIDED = frozenset({"interrupted", "canary"})
 
-SkipReason = Literal["quarantined", "running", "backoff", "capacity"]
+SkipReason = Literal["quarantined", "running", "rollout", "backoff", "capacity"]
 
 _COLUMNS = (
     "id, tenant_id, at, decision, trigger, reason, sealed, dek_version, records_seq, job, "
@@ -428,6 +430,8 @@ class Scheduler:
             return "quarantined"
         if running:
             return "running"
+        if rollout_running(decisions.ws, info):
+            return "rollout"
         last = decisions.latest(info.name, decision="trigger")
         if last is not None and last.backoff_until is not None and now < parse(last.backoff_until):
             return "backoff"
@@ -441,6 +445,14 @@ class Scheduler:
             "SELECT COALESCE(MAX(seq), 0) FROM train_records WHERE tenant_id = ?", (info.id,)
         ).fetchone()
         return int(seq)
+
+
+def rollout_running(ws: Workspace, info: TenantInfo) -> bool:
+    """Whether a canary rollout of the tenant runs (``registry.rollout``)."""
+    row = ws.conn.execute(
+        "SELECT 1 FROM rollouts WHERE tenant_id = ? AND state = 'running' LIMIT 1", (info.id,)
+    ).fetchone()
+    return row is not None
 
 
 def rounds_running(ws: Workspace) -> set[str]:
