@@ -28,7 +28,7 @@ $(CHROMEDRIVER):
 		chromium chromium-driver >/dev/null
 
 demo: $(STAMP)
-	$(BIN)/silolearn demo
+	$(BIN)/silolearn demo --days 6
 
 test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check src tests benchmarks

@@ -265,6 +265,14 @@ def demo(
     keep_serving: Annotated[
         bool, typer.Option(help="Leave silolearn serve running (the dashboard) at the end.")
     ] = False,
+    days: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=60,
+            help="Then simulated days of production: scheduler, drift, canary, a drill.",
+        ),
+    ] = 0,
 ) -> None:
     """Run the main job on real data through the HTTP service: four tenants, records
     arriving in rounds, each round started over the API, trained in isolated processes,
@@ -279,6 +287,7 @@ def demo(
         console=None if as_json else out,
         report=report,
         keep_serving=keep_serving,
+        days=days,
     )
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))

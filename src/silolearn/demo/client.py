@@ -53,18 +53,118 @@ def free_port() -> int:
         return port
 
 
-@dataclass
-class ServiceClient:
-    """A running server and the tokens granted on it; :meth:`stop` (or leaving the
-    ``with`` block) sends SIGTERM and waits for the graceful shutdown."""
+@dataclass(kw_only=True)
+class ApiClient:
+    """The calls an application makes to a server at ``url`` with the tokens granted on it."""
 
-    workspace: Path
     url: str
-    process: subprocess.Popen[bytes]
-    log: Path
     tokens: dict[tuple[str | None, str], str] = field(default_factory=dict)
     """(tenant, or None for workspace-wide; purpose) -> token."""
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=600.0))
+
+    def token(self, tenant: str | None, purpose: str) -> str:
+        return self.tokens[(tenant, purpose)]
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
+        """The JSON answer, or the typed error the service answered (:func:`error_of`)."""
+        response = self.http.request(
+            method, self.url + path, headers={"Authorization": f"Bearer {token}"}, **kwargs
+        )
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text[:500]}
+            raise error_of(response.status_code, body, f"{method} {path}")
+        return response.json()
+
+    def predict(
+        self, tenant: str, texts: Sequence[str], *, request_key: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Each text's ``label``, ``probabilities``, ``version`` and ``prediction_id``;
+        ``request_key`` (a user or session id) keeps a canary rollout's assignment sticky."""
+        body: dict[str, Any] = {"texts": list(texts)}
+        if request_key is not None:
+            body["request_key"] = request_key
+        answer = self.call(
+            "POST", f"/v1/tenants/{tenant}/predict", self.token(tenant, "app"), json=body
+        )
+        predictions: list[dict[str, Any]] = answer["predictions"]
+        return predictions
+
+    def feedback(self, tenant: str, prediction_id: str, label: str) -> dict[str, Any]:
+        """The true label of a served prediction; the answer is the gateway's report."""
+        report: dict[str, Any] = self.call(
+            "POST",
+            f"/v1/tenants/{tenant}/feedback",
+            self.token(tenant, "app"),
+            json={"prediction_id": prediction_id, "label": label},
+        )
+        return report
+
+    def start_round(self, tenant: str, **params: Any) -> dict[str, Any]:
+        job: dict[str, Any] = self.call(
+            "POST", f"/v1/tenants/{tenant}/rounds", self.token(tenant, "trainer"), json=params
+        )
+        return job
+
+    def wait_for_job(self, tenant: str, job_id: str) -> dict[str, Any]:
+        while True:
+            job: dict[str, Any] = self.call(
+                "GET", f"/v1/jobs/{job_id}", self.token(tenant, "trainer")
+            )
+            if job["state"] not in ("queued", "running"):
+                return job
+            time.sleep(POLL_SECONDS)
+
+    def version(self, tenant: str, version: int) -> dict[str, Any]:
+        """A version of the tenant's adapter: status, metrics, lineage, gate verdicts."""
+        found: dict[str, Any] = self.call(
+            "GET", f"/v1/tenants/{tenant}/versions/{version}", self.token(tenant, "trainer")
+        )
+        return found
+
+    def versions(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's versions, each with its ``rollout`` (``None`` outside any)."""
+        found = self.call("GET", f"/v1/tenants/{tenant}/versions", self.token(tenant, "trainer"))
+        return list(found)
+
+    def schedule(self, tenant: str, **changes: Any) -> dict[str, Any]:
+        """Set keys of the tenant's schedule policy (none: read it) with its trainer's token;
+        its policy, state and newest decisions."""
+        path, token = f"/v1/tenants/{tenant}/schedule", self.token(tenant, "trainer")
+        if not changes:
+            shown: dict[str, Any] = self.call("GET", path, token)
+            return shown
+        updated: dict[str, Any] = self.call("PUT", path, token, json=changes)
+        return updated
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """``/metrics`` parsed: sample name -> (labels, value), with a workspace-wide
+        auditor token."""
+        response = self.http.get(
+            self.url + "/metrics",
+            headers={"Authorization": f"Bearer {self.token(None, 'auditor')}"},
+        )
+        if response.status_code != 200:
+            raise error_of(response.status_code, response.json(), "GET /metrics")
+        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        return samples
+
+
+@dataclass(kw_only=True)
+class ServiceClient(ApiClient):
+    """A running ``silolearn serve`` process and the tokens granted on it; :meth:`stop` (or
+    leaving the ``with`` block) sends SIGTERM and waits for the graceful shutdown."""
+
+    workspace: Path
+    process: subprocess.Popen[bytes]
+    log: Path
 
     @classmethod
     def start(
@@ -149,79 +249,3 @@ class ServiceClient:
         token = str(json.loads(done.stdout)["token"])
         self.tokens[(tenant, purpose)] = token
         return token
-
-    def token(self, tenant: str | None, purpose: str) -> str:
-        return self.tokens[(tenant, purpose)]
-
-    # -- calls -------------------------------------------------------------------------------
-
-    def call(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
-        """The JSON answer, or the typed error the service answered (:func:`error_of`)."""
-        response = self.http.request(
-            method, self.url + path, headers={"Authorization": f"Bearer {token}"}, **kwargs
-        )
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"message": response.text[:500]}
-            raise error_of(response.status_code, body, f"{method} {path}")
-        return response.json()
-
-    def predict(self, tenant: str, texts: Sequence[str]) -> list[dict[str, Any]]:
-        """Each text's ``label``, ``probabilities``, ``version`` and ``prediction_id``."""
-        answer = self.call(
-            "POST",
-            f"/v1/tenants/{tenant}/predict",
-            self.token(tenant, "app"),
-            json={"texts": list(texts)},
-        )
-        predictions: list[dict[str, Any]] = answer["predictions"]
-        return predictions
-
-    def feedback(self, tenant: str, prediction_id: str, label: str) -> dict[str, Any]:
-        """The true label of a served prediction; the answer is the gateway's report."""
-        report: dict[str, Any] = self.call(
-            "POST",
-            f"/v1/tenants/{tenant}/feedback",
-            self.token(tenant, "app"),
-            json={"prediction_id": prediction_id, "label": label},
-        )
-        return report
-
-    def start_round(self, tenant: str, **params: Any) -> dict[str, Any]:
-        job: dict[str, Any] = self.call(
-            "POST", f"/v1/tenants/{tenant}/rounds", self.token(tenant, "trainer"), json=params
-        )
-        return job
-
-    def wait_for_job(self, tenant: str, job_id: str) -> dict[str, Any]:
-        while True:
-            job: dict[str, Any] = self.call(
-                "GET", f"/v1/jobs/{job_id}", self.token(tenant, "trainer")
-            )
-            if job["state"] not in ("queued", "running"):
-                return job
-            time.sleep(POLL_SECONDS)
-
-    def version(self, tenant: str, version: int) -> dict[str, Any]:
-        """A version of the tenant's adapter: status, metrics, lineage, gate verdicts."""
-        found: dict[str, Any] = self.call(
-            "GET", f"/v1/tenants/{tenant}/versions/{version}", self.token(tenant, "trainer")
-        )
-        return found
-
-    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """``/metrics`` parsed: sample name -> (labels, value), with a workspace-wide
-        auditor token."""
-        response = self.http.get(
-            self.url + "/metrics",
-            headers={"Authorization": f"Bearer {self.token(None, 'auditor')}"},
-        )
-        if response.status_code != 200:
-            raise error_of(response.status_code, response.json(), "GET /metrics")
-        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-        return samples

@@ -14,7 +14,10 @@ to ``predict`` and returns the true label of half of them through ``feedback``: 
 round learns from them (its lineage counts them). At the end a deliberately leaky candidate
 is rejected with its incident printed, the isolation attack suite runs, the audit chain is
 verified, the service's ``/metrics`` are read and printed with the dashboard's address, an
-HTML report is written and the server is stopped with SIGTERM (or left serving).
+HTML report is written and the server is stopped with SIGTERM (or left serving). With
+``days``, simulated days of production follow the rounds (``silolearn.demo.days``): the
+scheduler's triggers, canary rollouts on live feedback and a drill, served from this process
+on a manual clock.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from silolearn.config import CONFIG_FILE
 from silolearn.datasets import DATASETS, sample
 from silolearn.demo import production
 from silolearn.demo.client import ServiceClient
+from silolearn.demo.days import DAY_TRAFFIC, run_days
 from silolearn.demo.governance import (
     first_vs_last,
     gates_part,
@@ -179,6 +183,7 @@ def run_demo(
     console: Console | None,
     report: Path | None = None,
     keep_serving: bool = False,
+    days: int = 0,
 ) -> Row:
     sizes = dict(DEFAULT_SIZES) if per_tenant is None else dict.fromkeys(DATASETS, per_tenant)
     if rounds < 1 or min(sizes.values()) < 20 * rounds:
@@ -208,6 +213,14 @@ def run_demo(
         )
         _rounds(ws, client, streams, rounds, result, say)
         _epilogue(ws, client, streams, rounds, result, say)
+        if days > 0:
+            # the days serve the workspace from this process, on a manual clock
+            result["server"] = {"url": client.url, "exit_code": client.stop()}
+            say(f"[bold]{days} simulated days of production[/] (silolearn.demo.days)")
+            result["days"] = run_days(path, days=days, per_day=DAY_TRAFFIC, say=say)
+            if keep_serving:  # the dashboard on the system's clock again
+                client = ServiceClient.start(path, log=client.log)
+                grant_tokens(client, [])
         result["seconds"] = round(time.perf_counter() - started, 2)
         report_path = write_report(result, report or path / "report.html")
         result["report"] = str(report_path.resolve())
@@ -291,6 +304,8 @@ def _leave_server(client: ServiceClient, keep_serving: bool, result: Row, say: A
         )
         return
     code = client.stop()
+    if code is None:  # stopped before the simulated days
+        code = (result.get("server") or {}).get("exit_code")
     result["server"] = {"url": client.url, "pid": client.process.pid, "exit_code": code}
     say(
         f"dashboard: {dashboard} while it served; to browse it, run the demo with "

@@ -35,6 +35,7 @@ from silolearn.monitoring.incidents import Incidents
 from silolearn.operations.scheduler import schedule_view
 from silolearn.pipeline import list_gate_runs
 from silolearn.privacy.ledger import tenant_scope
+from silolearn.registry.rollout import RolloutStore
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.service.auth import gatekeeper
 from silolearn.service.state import Service, service_of
@@ -263,7 +264,8 @@ def tenant_view(
     """What a tenant's page shows of ``sections``: metadata and counts, never a record's
     text; what a section not shown would hold is not read."""
     info = ws.tenants.get(tenant)
-    registry = AdapterRegistry(ws.scope(tenant, purpose=Purpose.REGISTRY))
+    scope = ws.scope(tenant, purpose=Purpose.REGISTRY)
+    registry = AdapterRegistry(scope)
     versions = [
         {
             "version": v.version,
@@ -290,6 +292,7 @@ def tenant_view(
         }
         view["versions"] = versions
         view["figure"] = versions_figure(versions, feedback)
+        view["rollouts"] = [r.to_dict() for r in reversed(RolloutStore(scope).history())]
     if "gates" in sections:
         view["gate_runs"] = _gate_runs(ws, tenant)
     if "ledger" in sections:
