@@ -90,8 +90,22 @@ class RoundBook:
         return record.epsilon_after
 
     def round_failed(self, server_round: int, error: SiloError, got: dict[str, Any]) -> None:
-        """A failed round: audited, not charged, not versioned."""
+        """A failed round: audited and never versioned; charged only without SecAgg+, where
+        every update that reached the coordinator was seen (SecAgg+ unmasked nothing)."""
         from silolearn.federation.lineage import audit_round_failed
+        from silolearn.federation.privacy import charge
+
+        dp = self.plan.client_dp()
+        replies = int(got.get("replies", 0))
+        if dp is not None and not self.plan.secagg and replies:
+            charge(
+                self.ws,
+                self.plan.federation,
+                dp,
+                run_id=self.run_id,
+                round_no=server_round,
+                survivors=replies,
+            )
 
         audit_round_failed(
             self.ws,
