@@ -17,7 +17,7 @@ import numpy as np
 from silolearn import errors
 from silolearn.errors import FederationConfigError, FederationRoundFailed, SiloError
 from silolearn.federation import processes
-from silolearn.federation.plan import NOISE_TAILS, FederationPlan, plan_for
+from silolearn.federation.plan import NOISE_TAILS, FederationPlan, plan_for, with_ranges
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -62,7 +62,7 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
     from silolearn.federation.privacy import calibrate
     from silolearn.privacy.ledger import federation_scope
 
-    min_sites = _structure(request)
+    structure = _structure(request)
     # a model shared beyond one tenant is trained only under DP (I9): no epsilon asked,
     # the federation scope's run epsilon
     policy = ws.ledger().policy(federation_scope(request.federation))
@@ -82,39 +82,32 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
         delta=policy.delta,
         rounds=request.rounds,
         clip_norm=request.max_update_norm,
-        min_sites=min_sites,
+        min_sites=structure.min_sites,
         secure_aggregation=request.secagg,
         accountant=ws.settings.privacy.accountant,
     ).noise_multiplier
-    sigma_site = z * request.max_update_norm / math.sqrt(min_sites)
+    sigma_site = z * request.max_update_norm / math.sqrt(structure.min_sites)
     drift = request.rounds * (request.max_update_norm + NOISE_TAILS * sigma_site)
-    plan = plan_for(
-        sites=request.sites,
-        rounds=request.rounds,
-        min_sites=min_sites,
-        secagg=request.secagg,
-        max_update_norm=request.max_update_norm,
+    plan = replace(
+        structure,
         noise_multiplier=z,
         weight_bound=weight_bound + drift,
-        num_shares=request.num_shares,
         round_timeout=request.round_timeout,
         epsilon=epsilon,
         delta=policy.delta,
         federation=request.federation,
     )
-    return plan
+    return with_ranges(plan)
 
 
-def _structure(request: RunRequest) -> int:
-    """The guards that do not depend on the model or the noise, checked before loading the
-    one or calibrating the other; the fewest replies a round accepts (default: two thirds
-    of the sites, at least 2)."""
+def _structure(request: RunRequest) -> FederationPlan:
+    """The plan without the model or the noise, its guards checked before loading the one
+    or calibrating the other; ``min_sites`` defaults to two thirds of the sites, at least 2."""
     min_sites = request.min_sites or max(2, math.ceil(2 * request.sites / 3))
-    min_sites = min(min_sites, request.sites)
     plan = plan_for(
         sites=request.sites,
         rounds=request.rounds,
-        min_sites=min_sites,
+        min_sites=min(min_sites, request.sites),
         secagg=request.secagg,
         max_update_norm=request.max_update_norm,
         noise_multiplier=0.0,
@@ -123,7 +116,7 @@ def _structure(request: RunRequest) -> int:
     )
     if request.server_side_clipping:
         replace(plan, server_side_clipping=True).check()
-    return min_sites
+    return plan
 
 
 def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:

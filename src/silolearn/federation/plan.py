@@ -200,4 +200,9 @@ def plan_for(
         delta=delta,
         federation=federation,
     )
+    return with_ranges(plan)
+
+
+def with_ranges(plan: FederationPlan) -> FederationPlan:
+    """``plan`` with the smallest clipping range that clips nothing it sends, checked."""
     return replace(plan, clipping_range=plan.needed_clipping_range).check()
