@@ -427,6 +427,10 @@ class PerformanceConfig(_Section):
     the reference accuracy being estimated."""
     incident: Literal["none", "SEV3", "SEV2"] = "SEV3"
     """The incident a confirmed degradation opens (one open at a time per version)."""
+    estimate: bool = True
+    """Add every served prediction's probabilities to its version's sums for the estimate
+    without labels (one sealed row updated per predict request); off, no estimate is kept
+    or reported (monitoring from feedback is unaffected)."""
     max_ece: float = Field(default=0.05, ge=0.0, le=1.0)
     """The estimate from served probabilities is marked reliable only for a version whose
     recorded calibration error is at most this."""

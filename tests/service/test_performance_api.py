@@ -6,9 +6,11 @@ no one else, and `silolearn monitor show` shows the same."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from helpers import run_cli
-from service_helpers import Server
+from service_helpers import SERVER_ENV, Server, start_server, stop_server
 from silolearn.datasets import rotten_tomatoes, sample
 
 
@@ -100,3 +102,57 @@ def test_feedback_meta_must_be_a_flat_mapping_of_plain_values(server: Server) ->
         },
     )
     assert refused.status_code == 422 and "error" in refused.json()
+
+
+def test_estimate_switched_off_keeps_no_sums_while_feedback_is_still_counted(
+    server: Server, tmp_path: Path
+) -> None:
+    """``[performance] estimate = false`` (a second server on the same workspace): what it
+    serves adds nothing to the estimate's sums, feedback on it is counted as before; the
+    first server, on the default, adds its predictions."""
+
+    def version_entry(version: object) -> dict[str, Any]:
+        report = server.call(
+            "GET", "/v1/tenants/alpha/performance", server.token("alpha", "auditor")
+        )
+        assert report.status_code == 200, report.text
+        entry: dict[str, Any] = next(
+            v for v in report.json()["versions"] if v["version"] == version
+        )
+        return entry
+
+    rows = sample(rotten_tomatoes(), 400, seed=29)[-6:]
+    texts = [r["text"] for r in rows]
+    version = _served(server, texts[:1])[0]["version"]
+    before = version_entry(version)
+    off = start_server(
+        server.path,
+        tmp_path / "estimate-off.log",
+        {**SERVER_ENV, "SILOLEARN_PERFORMANCE__ESTIMATE": "false"},
+    )
+    try:
+        answer = off.call(
+            "POST",
+            "/v1/tenants/alpha/predict",
+            server.token("alpha", "reader"),
+            json={"texts": texts[1:4]},
+        )
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert {p["version"] for p in predictions} == {version}
+        given = off.call(
+            "POST",
+            "/v1/tenants/alpha/feedback",
+            server.token("alpha", "contributor"),
+            json={"prediction_id": predictions[0]["prediction_id"], "label": rows[1]["label"]},
+        )
+        assert given.status_code == 200 and given.json()["accepted"] == 1, given.text
+    finally:
+        stop_server(off)
+    during = version_entry(version)
+    assert during["estimate"]["served"] == before["estimate"]["served"]
+    assert during["feedback"]["items"] == before["feedback"]["items"] + 1
+
+    _served(server, texts[4:])
+    after = version_entry(version)
+    assert after["estimate"]["served"] == during["estimate"]["served"] + len(texts[4:])

@@ -193,7 +193,10 @@ class PerformanceMonitor:
         probabilities: Sequence[Mapping[str, float]],
     ) -> None:
         """Add what a version just served to its sums, inside the caller's write
-        transaction (the one that keeps and audits the prediction)."""
+        transaction (the one that keeps and audits the prediction); nothing when
+        ``[performance] estimate`` is off."""
+        if not self.settings.estimate:
+            return
         served = ServedProbabilities(self._load(conn, tenant_id, version, SERVED))
         served.add(probabilities, day=self._day())
         state = served.state(keep_days=self.settings.keep_days)
