@@ -156,3 +156,15 @@ def test_a_coordinator_holding_tenant_data_is_refused(ws: Workspace) -> None:
     ws.create_tenant("clinic")
     with pytest.raises(FederationConfigError):
         refuse_tenant_data(ws)
+
+
+def test_a_site_without_members_is_refused_before_starting(ws_path: Path) -> None:
+    Workspace.init(ws_path, actor="test").close()
+    base = ["federation", "site", "--workspace", str(ws_path), "--superlink", "127.0.0.1:9"]
+    human = run_cli(*base)
+    assert human.returncode == FederationConfigError.exit_code
+    assert "has joined the shared" in human.stderr
+    as_json = run_cli(*base, "--json")
+    assert as_json.returncode == FederationConfigError.exit_code
+    assert json.loads(as_json.stderr)["error"] == "FederationConfigError"
+    assert not (ws_path / "federation").exists()
