@@ -148,10 +148,15 @@ def build_workspace(path: Path, tenants: int, records: int) -> tuple[dict[str, s
     return tokens, auditor, seconds
 
 
-def start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **SERVER_ENV}
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **SERVER_ENV, **(env or {})},
         )
     while True:
         if process.poll() is not None:
@@ -596,6 +601,16 @@ def main() -> None:
     parser.add_argument(
         "--tables-from", type=Path, help="print the tables of a --json result again"
     )
+    parser.add_argument(
+        "--overhead",
+        type=int,
+        metavar="PAIRS",
+        help="measure instead the monitors' and scheduler's overhead: PAIRS interleaved "
+        "loads with them on (defaults) and off (benchmarks/serve_overhead.py)",
+    )
+    parser.add_argument(
+        "--overhead-tenants", type=int, default=10, help="tenants of the --overhead loads"
+    )
     parser.add_argument("--single-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--b-load", help=argparse.SUPPRESS)
     group = parser.add_mutually_exclusive_group()
@@ -610,7 +625,25 @@ def main() -> None:
         return
     if args.tables_from is not None:
         result = json.loads(args.tables_from.read_text())
-        render(tables(result), markdown=args.markdown)
+        if result.get("mode") == "overhead":
+            from serve_overhead import tables as overhead_tables
+
+            render(overhead_tables(result), markdown=args.markdown)
+        else:
+            render(tables(result), markdown=args.markdown)
+        return
+    if args.overhead is not None:
+        from serve_overhead import overhead
+        from serve_overhead import tables as overhead_tables
+
+        limit_threads()
+        os.environ.update(SERVER_ENV)
+        result = overhead(args)
+        result["command"] = "python benchmarks/serve.py " + shlex.join(sys.argv[1:])
+        if args.json:
+            print_json(result)
+        else:
+            render(overhead_tables(result), markdown=args.markdown)
         return
     result = run(args)
     result["command"] = "python benchmarks/serve.py " + shlex.join(sys.argv[1:])
