@@ -108,13 +108,16 @@ def _federate(root: Path) -> dict[str, Any]:
                     log=root / f"{name}.out",
                 )
             )
-        run.wait(timeout=1800)
+        run.wait(timeout=900)
         output = (root / "run.out").read_text()
         assert run.returncode == 0, output[-3000:]
         result = json.loads(output[output.index("{") :])
     finally:
         for process in reversed(started):
             _end(process)
+    # no SuperLink, SuperNode, ServerApp or ClientApp of this federation outlived it
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert not [line for line in ps.stdout.splitlines() if str(root) in line]
     return {"root": root, "coordinator": coordinator, "result": result, "start": start}
 
 
