@@ -303,6 +303,18 @@ def test_stable_requests_never_get_the_canary_and_an_incident_rolls_it_back(
     )
     held = driver.check(TENANT)
     assert held is not None and held.action == "hold", held
+    # so is a drift monitor's about the canary: the traffic moved, for both versions
+    Incidents(ws).open(
+        TENANT,
+        severity="SEV3",
+        kind="drift.prediction",
+        summary="the canary's served texts moved",
+        evidence={},
+        actions=[],
+        version=2,
+    )
+    held = driver.check(TENANT)
+    assert held is not None and held.action == "hold", held
     Incidents(ws).open(
         TENANT, severity="SEV3", kind="drift", summary="served texts moved", evidence={}, actions=[]
     )

@@ -5,9 +5,11 @@ through the registry (``registry.rollout``), on each feedback and on a periodic 
 the one clock.
 
 The decision, in order: an incident opened on the tenant since the rollout started rolls
-it back (but for a monitor's SEV3 finding about the stable version: the reason a candidate
-is rolling out); so does the canary's predicted labels drifting abnormally from stable's (a
-chi-square test at looks of doubling counts, ``validation.sequential``); so does the
+it back (but for a monitor's SEV3 finding about the stable version, the reason a candidate
+is rolling out, and a drift monitor's about either version: the traffic moved, which both
+versions serve alike; the canary is judged against stable below); so does the canary's
+predicted labels drifting abnormally from stable's (a chi-square test at looks of doubling
+counts, ``validation.sequential``); so does the
 canary being shown worse than stable (the upper end of the always-valid confidence
 sequence of the accuracy difference below 0). After enough feedback and time in a step,
 the canary steps up to the next share while it is not shown worse and its accuracy so far
@@ -191,12 +193,16 @@ class RolloutDriver:
 
     def _incidents_since(self, tenant_id: str, mark: int, stable: int) -> list[dict[str, Any]]:
         """Incidents opened on the tenant since the rollout started, but for a monitor's
-        SEV3 finding about the stable version (its drift or its drop in accuracy): that is
-        why a candidate is rolling out, and rolling back would answer it with stable."""
+        SEV3 finding about the stable version (its drift or its drop in accuracy: that is
+        why a candidate is rolling out, and rolling back would answer it with stable) and a
+        drift monitor's SEV3 finding about the canary (``drift.*``: the traffic moved away
+        from its training window, as it did from stable's; the canary is judged against
+        stable on the same traffic, by its predicted labels and its live feedback)."""
         rows = self.ws.conn.execute(
             "SELECT id, severity, kind FROM incidents "
             "WHERE tenant_id = ? AND status = 'open' AND id > ? "
-            "AND NOT (severity = 'SEV3' AND version IS NOT NULL AND version = ?) ORDER BY id",
+            "AND NOT (severity = 'SEV3' AND version IS NOT NULL "
+            "AND (version = ? OR kind LIKE 'drift.%')) ORDER BY id",
             (tenant_id, mark, stable),
         ).fetchall()
         return [{"id": int(r[0]), "severity": str(r[1]), "kind": str(r[2])} for r in rows]
