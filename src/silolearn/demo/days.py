@@ -75,6 +75,8 @@ DAY_TRAFFIC = 2000
 """Texts health-wire's users send a day (the drill's, half as many, on the first day and
 while its canary runs)."""
 USERS_AT_ONCE = 8
+REVIEWS = 8000
+"""The stretch of film reviews the drill's tenant lives on."""
 PARTS = 4
 """A day's traffic comes in this many parts, the clock moving a quarter of a day after each,
 the scheduler and the rollouts ticking then (a rollout's step lasts an hour at least)."""
@@ -114,12 +116,14 @@ def streams() -> dict[str, Any]:
     wire_train = sample(first, FIRST_RECORDS, seed=SEED)
     seen = {r["id"] for r in wire_train}
     first_rest = [r for r in first if r["id"] not in seen]
-    reviews = _texts(rotten_tomatoes())
-    honest = sample(reviews[:3000], FIRST_RECORDS, seed=SEED)
+    # the reviews are grouped by film: the drill's records, traffic and batch come from one
+    # stretch of them, so its traffic is like what its first version learned from
+    reviews = _texts(rotten_tomatoes())[:REVIEWS]
+    honest = sample(reviews, FIRST_RECORDS, seed=SEED)
     taken = {r["id"] for r in honest}
     rest = [r for r in reviews if r["id"] not in taken]
     random.Random(SEED).shuffle(rest)
-    traffic_n = 4000
+    traffic_n = len(rest) // 2
     return {
         "wire_train": wire_train,
         "wire_day1": first_rest,
