@@ -28,7 +28,7 @@ $(CHROMEDRIVER):
 		chromium chromium-driver >/dev/null
 
 demo: $(STAMP)
-	$(BIN)/silolearn demo --days 6
+	$(BIN)/silolearn demo --days 8
 
 test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check src tests benchmarks
