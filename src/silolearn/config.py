@@ -65,10 +65,13 @@ class TrainingConfig(_Section):
     """``auto``: the head is fitted by L-BFGS with its L2 strength chosen by k-fold
     cross-validation on the run's own training records (``learning.tuning``); ``fixed``:
     AdamW with the epochs, batch size, learning rate and weight decay below."""
-    objective: Literal["log_loss", "macro_f1"] = "log_loss"
-    """What a fit optimises and cross-validation scores: log loss (unweighted, calibrated
-    probabilities, the most accurate answers) or macro-F1 (inverse-frequency class weights,
-    so that rare labels count as much as common ones)."""
+    objective: Literal["auto", "log_loss", "macro_f1"] = "auto"
+    """What a fit optimises and cross-validation scores: ``auto`` cross-validates an
+    unweighted fit and an inverse-frequency weighted one (each's L2 chosen by its own log
+    loss) and keeps the one with the better out-of-fold accuracy plus macro-F1
+    (``learning.tuning``); ``log_loss`` (unweighted, calibrated probabilities, the most
+    accurate answers) or ``macro_f1`` (inverse-frequency class weights, so that rare labels
+    count as much as common ones) asks for one of them."""
     cv_folds: int = Field(default=5, ge=2, le=20)
     """Folds of the cross-validation, grouped so that copies of one text share a fold."""
     l2_choice: Literal["best", "one_standard_error"] = "best"

@@ -191,17 +191,31 @@ def test_tuned_head_is_deterministic_and_reports_what_cross_validation_chose(
     tuning = report.tuning
     assert tuning is not None
     assert tuning["c"] in C_GRID and tuning["grid"] == list(C_GRID)
-    assert tuning["folds"] == 5 and tuning["objective"] == "log_loss"
-    assert len(tuning["cv_scores"]) == len(C_GRID) and 0.0 <= tuning["ece"] <= 1.0
-    # the chosen strength has the best held-out log loss on the grid
+    assert tuning["folds"] == 5 and len(tuning["cv_scores"]) == len(C_GRID)
+    assert 0.0 <= tuning["ece"] <= 1.0
+    # both class weightings were cross-validated; the kept one has the better out-of-fold
+    # accuracy plus macro-F1
+    [other] = tuning["alternatives"]
+    assert {tuning["weighting"], other["weighting"]} == {"none", "balanced"}
+    assert (
+        tuning["oof_accuracy"] + tuning["oof_macro_f1"]
+        >= other["oof_accuracy"] + other["oof_macro_f1"]
+    )
+    # held-out log loss (class-weighted for a balanced fit): the lower the better
+    assert tuning["objective"] == "log_loss"
     assert tuning["cv_scores"][C_GRID.index(tuning["c"])] == min(tuning["cv_scores"])
+    unweighted = HeadAdapter(labels, hidden=0, seed=5).fit(
+        Features(texts=texts, embeddings=x), y, config=TrainingConfig(objective="log_loss"), seed=5
+    )
+    assert unweighted.tuning is not None and unweighted.tuning["weighting"] == "none"
+    assert unweighted.tuning["alternatives"] == []
     strong = HeadAdapter(labels, hidden=0, seed=5).fit(
         Features(texts=texts, embeddings=x),
         y,
-        config=TrainingConfig(l2_choice="one_standard_error"),
+        config=TrainingConfig(l2_choice="one_standard_error", objective="log_loss"),
         seed=5,
     )
-    assert strong.tuning is not None and strong.tuning["c"] <= tuning["c"]
+    assert strong.tuning is not None and strong.tuning["c"] <= unweighted.tuning["c"]
     assert report.examples == 150 and report.epochs == 0
 
 

@@ -117,11 +117,12 @@ def _output_layer(head: torch.nn.Module) -> torch.nn.Linear:
 
 
 def _objective_weights(
-    y: npt.NDArray[np.int64], n_labels: int, objective: str
+    y: npt.NDArray[np.int64], n_labels: int, weighting: str
 ) -> torch.Tensor | None:
-    """The class weights of a training objective: none for log loss (the probabilities
-    stay calibrated), inverse frequency for macro-F1."""
-    return _class_weights(y, n_labels) if objective == "macro_f1" else None
+    """The class weights of a class weighting (or of an objective asked for by name):
+    inverse frequency for ``balanced`` (and the ``macro_f1`` objective), else none (log
+    loss: the probabilities stay calibrated)."""
+    return _class_weights(y, n_labels) if weighting in ("balanced", "macro_f1") else None
 
 
 def _class_weights(y: npt.NDArray[np.int64], n_labels: int) -> torch.Tensor:
@@ -659,8 +660,9 @@ class LoraAdapter(Adapter):
                 seed=seed,
             )
         generator = torch.Generator().manual_seed(seed + 1)
+        weighting = config.objective if tuned is None else tuned.weighting
         loss_fn = torch.nn.CrossEntropyLoss(
-            weight=_objective_weights(y_np, len(self.labels), config.objective)
+            weight=_objective_weights(y_np, len(self.labels), weighting)
         )
         head_lr = config.lora_learning_rate if auto else config.learning_rate
         optimiser = torch.optim.AdamW(
@@ -768,8 +770,10 @@ def fit_tuned_head(
     from silolearn.learning.tuning import (
         C_GRID,
         MLP_C_GRID,
+        WEIGHTINGS,
         LbfgsProblem,
         assign_folds,
+        choose_weighting,
         fold_count,
         grid_below,
         select_c,
@@ -779,7 +783,6 @@ def fit_tuned_head(
     linear = isinstance(head, torch.nn.Linear)
     grid = grid_below(C_GRID if linear else MLP_C_GRID, config.max_c)
     max_iter = 150 if linear else 300
-    weights = _objective_weights(y_np, n_labels, config.objective)
     start = copy.deepcopy(head)
     if linear:
         # convex: start from the prior (or zero), which the optimum does not depend on but
@@ -788,30 +791,41 @@ def fit_tuned_head(
             for name, p in start.named_parameters():
                 p.copy_(prior[name] if prior is not None else torch.zeros_like(p))
 
-    def make() -> LbfgsProblem:
-        return LbfgsProblem(
-            copy.deepcopy(start), class_weights=weights, prior=prior, max_iter=max_iter
-        )
+    def maker(weights: torch.Tensor | None) -> Callable[[], LbfgsProblem]:
+        def make() -> LbfgsProblem:
+            return LbfgsProblem(
+                copy.deepcopy(start), class_weights=weights, prior=prior, max_iter=max_iter
+            )
+
+        return make
 
     xd = x.float()
     y = torch.from_numpy(y_np)
     k = fold_count(groups, y_np, config.cv_folds)
     tuned: Tuned | None = None
     c = min(1.0, config.max_c or 1.0)
+    weighting = "balanced" if config.objective == "macro_f1" else "none"
     if k >= 2:
         folds = assign_folds(groups, y_np, k, seed)
-        tuned = select_c(
-            make,
-            xd,
-            y,
-            folds,
-            grid=grid,
-            objective=config.objective,
-            n_labels=n_labels,
-            input_scale=INPUT_SCALE,
-            one_standard_error=config.l2_choice == "one_standard_error",
-        )
-        c = tuned.c
+        candidates = []
+        for option in WEIGHTINGS[config.objective]:
+            candidates.append(
+                select_c(
+                    maker(_objective_weights(y_np, n_labels, option)),
+                    xd,
+                    y,
+                    folds,
+                    grid=grid,
+                    objective="log_loss",
+                    n_labels=n_labels,
+                    input_scale=INPUT_SCALE,
+                    one_standard_error=config.l2_choice == "one_standard_error",
+                    weighting=option,
+                )
+            )
+        tuned = choose_weighting(candidates)
+        c, weighting = tuned.c, tuned.weighting
+    make = maker(_objective_weights(y_np, n_labels, weighting))
     problem = make()
     calls = problem.fit(xd, y, strength_for(c, len(y), INPUT_SCALE))
     with torch.no_grad():

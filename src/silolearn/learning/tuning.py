@@ -10,9 +10,18 @@ head learn well on a tenant nobody tuned for.
 - Folds are grouped by content: every copy of a normalised text falls in one fold, so a
   text repeated many times cannot score itself and make weak regularisation look good.
   Groups are dealt to folds round-robin in (label, keyed order), which stratifies them.
-- The objective is a policy: ``log_loss`` (the default; unweighted cross-entropy, chosen
-  by held-out log loss, so the probabilities stay calibrated) or ``macro_f1``
-  (inverse-frequency class weights, chosen by held-out macro-F1).
+- Class weighting is chosen by the same cross-validation (objective ``auto``, the default):
+  an unweighted fit and an inverse-frequency (``balanced``) fit, each with its C chosen by
+  its own held-out log loss (class-weighted for the balanced fit; macro-F1, a step function
+  of the scores, ties across strengths and would pick the strongest penalty), are both
+  cross-validated on the same folds, and the one whose out-of-fold predictions score the
+  higher mean of accuracy and macro-F1 is kept (ties: unweighted). A tenant is judged on
+  both: accuracy rewards the label prior, which balancing throws away, and macro-F1 (what
+  the quality gate compares) rewards the rare labels, which an unweighted fit neglects
+  when they are hard to separate. Neither always wins: on speaker attribution with a few
+  dominant speakers, balancing raised both (out of sample +0.01-0.05 accuracy, +0.07-0.12
+  macro-F1); on an 88/12 tabular tenant it costs accuracy. ``log_loss`` or ``macro_f1``
+  asks for one of the two.
 - A warm start is a prior: the penalty is ``lambda/2 * ||W - W_parent||^2`` (L2-SP), so a
   round on new records and a replay sample keeps what its parent knew unless the data say
   otherwise; labels new in the round are pulled towards zero.
@@ -29,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +52,12 @@ C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 (penalty ``||W||^2 / (2 C)`` on the summed loss); from strongest to weakest, so each fit
 warm-starts from the previous one."""
 MLP_C_GRID = (1.0, 10.0, 100.0)
+WEIGHTINGS = {
+    "auto": ("none", "balanced"),
+    "log_loss": ("none",),
+    "macro_f1": ("balanced",),
+}
+"""The class weightings cross-validation tries, per objective."""
 STRONGER_C = (0.001, 0.003, 0.01, 0.03, 0.1)
 """Where a grid extends when an upper bound on C (``TrainingConfig.max_c``) leaves little
 of it: the penalties a remediation may need beyond the usual strongest."""
@@ -117,6 +132,10 @@ class Tuned:
     oof_accuracy: float
     oof_macro_f1: float
     rule: str
+    weighting: str = "none"
+    """``none`` (unweighted log loss) or ``balanced`` (inverse-frequency class weights)."""
+    alternatives: tuple[dict[str, Any], ...] = ()
+    """The other weightings cross-validated: their chosen C and out-of-fold scores."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +149,16 @@ class Tuned:
             "oof_accuracy": round(self.oof_accuracy, 6),
             "oof_macro_f1": round(self.oof_macro_f1, 6),
             "rule": self.rule,
+            "weighting": self.weighting,
+            "alternatives": list(self.alternatives),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "weighting": self.weighting,
+            "c": self.c,
+            "oof_accuracy": round(self.oof_accuracy, 6),
+            "oof_macro_f1": round(self.oof_macro_f1, 6),
         }
 
 
@@ -217,6 +246,7 @@ def select_c(
     n_labels: int,
     input_scale: float,
     one_standard_error: bool,
+    weighting: str = "none",
 ) -> Tuned:
     """The grid value with the best mean held-out score over the folds (ties and, with
     ``one_standard_error``, anything within one standard error of the best go to the
@@ -225,6 +255,11 @@ def select_c(
 
     k = int(folds.max()) + 1 if len(folds) else 0
     y_np = y.numpy()
+    # held-out log loss weighs each record as the fit does: by its class weight
+    counts = np.bincount(y_np, minlength=n_labels).astype(np.float64)
+    row_weight = (
+        (1.0 / np.maximum(counts, 1.0))[y_np] if weighting == "balanced" else np.ones(len(y_np))
+    )
     per_fold = np.full((len(grid), k), np.nan)
     oof = np.zeros((len(grid), len(y), n_labels))
     for f in range(k):
@@ -241,7 +276,9 @@ def select_c(
             if objective == "macro_f1":
                 per_fold[j, f] = macro_f1(y_np[test_rows], lp.argmax(axis=1), n_labels)
             else:
-                per_fold[j, f] = -float(lp[np.arange(len(test_rows)), y_np[test_rows]].mean())
+                w = row_weight[test_rows]
+                true_lp = lp[np.arange(len(test_rows)), y_np[test_rows]]
+                per_fold[j, f] = -float((w * true_lp).sum() / w.sum())
     valid = ~np.isnan(per_fold[0])
     used = per_fold[:, valid]
     means = used.mean(axis=1) if used.size else np.zeros(len(grid))
@@ -272,7 +309,19 @@ def select_c(
         oof_accuracy=float((predicted == y_np).mean()) if len(y_np) else 0.0,
         oof_macro_f1=macro_f1(y_np, predicted, n_labels),
         rule=rule,
+        weighting=weighting,
     )
+
+
+def choose_weighting(candidates: Sequence[Tuned]) -> Tuned:
+    """The cross-validated fit whose out-of-fold predictions have the higher mean of
+    accuracy and macro-F1 (the first, unweighted, on a tie), with the others recorded."""
+    best = max(
+        range(len(candidates)),
+        key=lambda i: (candidates[i].oof_accuracy + candidates[i].oof_macro_f1, -i),
+    )
+    others = tuple(t.summary() for i, t in enumerate(candidates) if i != best)
+    return replace(candidates[best], alternatives=others)
 
 
 def grid_below(grid: Sequence[float], max_c: float | None) -> tuple[float, ...]:

@@ -346,7 +346,7 @@ def is_default_learner(config: Any, adapter: Any) -> bool:
         and adapter.hidden == 0
         and config.l2_choice == "best"
         and config.max_c is None
-        and config.objective == "log_loss"
+        and config.objective == "auto"
     )
 
 
