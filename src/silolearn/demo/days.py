@@ -474,6 +474,7 @@ def run_days(
             ws.audit.checkpoint()
             result["audit"] = ws.audit.verify().to_dict()
     finally:
+        api.http.close()
         server.stop()
     result["outcomes"] = outcomes(result["timeline"])
     return result
