@@ -23,3 +23,11 @@ FOLD_MAP = _FoldMap()
 def normalise(text: str) -> str:
     folded = unicodedata.normalize("NFKC", text).casefold()
     return " ".join(folded.translate(FOLD_MAP).split())
+
+
+def content_form(text: str) -> str:
+    """What identifies a text's content for exact copies and routing: ``normalise(text)``,
+    or, for a text with no letter or number (an emoticon, a kaomoji, a row of symbols),
+    its NFKC, case-folded form with whitespace collapsed, so that distinct symbol strings
+    are not all taken for copies of the empty text."""
+    return normalise(text) or " ".join(unicodedata.normalize("NFKC", text).casefold().split())

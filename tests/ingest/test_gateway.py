@@ -242,9 +242,16 @@ def test_I5_exact_copies_of_eval_records_never_reach_training_in_either_order(
     assert ws.audit.events(tenant="fresh", action="contamination.quarantine")
 
 
-def test_exact_duplicate_texts_under_new_ids_are_suppressed(ws: Workspace) -> None:
+def test_exact_duplicate_texts_under_new_ids_are_stored_as_copies(ws: Workspace) -> None:
+    """A copy is evidence of how often a text occurs; an answer about a text (feedback,
+    ``keep_copies=False``) whose text is in training is not stored again."""
     ws.create_tenant("acme")
     report = ws.tenant("acme").ingest(
         [record("a", "Same words here", label=None), record("b", "same  WORDS here.", label=None)]
     )
-    assert report.accepted == 1 and report.duplicates == 1
+    assert (report.accepted, report.train, report.copies, report.duplicates) == (2, 2, 1, 0)
+    answer = Gateway(ws).ingest(
+        "acme", [record("c", "SAME words, here", label=None)], keep_copies=False
+    )
+    assert (answer.accepted, answer.repeats, answer.duplicates) == (0, 1, 1)
+    assert ws.scope("acme").train.count() == 2

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import record, run_cli, write_jsonl
 from silolearn import Workspace
-from silolearn.datasets import bbc_news, health_tweets, sample
+from silolearn.datasets import bbc_news, health_tweets, kaomoji, sample
 from silolearn.ingest.gateway import Gateway, route_to_eval
 from silolearn.ingest.health import (
     MIN_EVAL_TEXTS,
@@ -22,7 +22,7 @@ from silolearn.ingest.health import (
     label_warnings,
 )
 from silolearn.storage.scope import Purpose
-from silolearn.text import normalise
+from silolearn.text import content_form, normalise
 
 TOPICS = 8
 PER_TOPIC = 40
@@ -66,9 +66,11 @@ def test_repeated_texts_keep_every_label_in_training(
     assert all(counts["train"] > 0 for counts in labels.values()), labels
     support = labels["support"]
     assert support["arrived"] == COPIES and support["contaminated"] == 0
-    # the train store keeps one copy of a text, the eval store every copy of its texts
-    assert support["train"] + support["eval_texts"] == REPEATED_TEXTS
-    assert support["train"] + support["repeats"] + support["eval"] == COPIES
+    # both stores keep every copy: how often a text occurs is evidence of the label mix
+    assert support["train_texts"] + support["eval_texts"] == REPEATED_TEXTS
+    assert support["train"] + support["eval"] == COPIES and support["repeats"] == 0
+    assert support["train"] > support["train_texts"] > 0
+    assert report["copies"] == sum(c["train"] - c["train_texts"] for c in labels.values())
     for counts in labels.values():
         assert counts["arrived"] == sum(
             counts[k] for k in ("train", "eval", "duplicates", "repeats", "contaminated")
@@ -93,6 +95,7 @@ def test_repeated_texts_keep_every_label_in_training(
     assert view["warnings"] == [] and set(view["labels"]) == set(labels)
     for name, counts in view["labels"].items():
         assert counts["train"] == labels[name]["train"] > 0
+        assert counts["train_texts"] == labels[name]["train_texts"] > 0
         assert counts["eval"] == labels[name]["eval"]
         assert counts["quarantined"] == 0 and counts["warnings"] == []
     assert sum(c["train_share"] for c in view["labels"].values()) == pytest.approx(1, abs=1e-3)
@@ -184,6 +187,7 @@ def test_label_with_eval_records_but_no_training_records_warns_and_is_audited(
     assert [(w["label"], w["kind"]) for w in view["warnings"]] == [("rare", NO_TRAINING)]
     assert view["labels"]["rare"] == {
         "train": 0,
+        "train_texts": 0,
         "eval": 3,
         "eval_texts": 3,
         "quarantined": 0,
@@ -300,3 +304,21 @@ def test_tenant_health_of_an_unknown_tenant_is_a_typed_error(ws: Workspace) -> N
     as_json = run_cli("tenant", "health", "nobody", "--workspace", str(ws.path), "--json")
     assert as_json.returncode == 4 and as_json.stdout == ""
     assert json.loads(as_json.stderr)["error"] == "TenantNotFound"
+
+
+def test_texts_of_symbols_only_are_not_copies_of_one_another(ws: Workspace) -> None:
+    """A kaomoji normalises to the empty string; distinct ones are still distinct texts:
+    each is stored for training, and routing spreads them over both sides."""
+    faces = [r for r in kaomoji() if not normalise(str(r["text"]))]
+    faces = list({content_form(str(r["text"])): r for r in faces}.values())[:200]
+    assert len(faces) == 200
+    ws.create_tenant("faces")
+    report = ws.tenant("faces").ingest(
+        [record(f"k{i}", str(r["text"]), label=str(r["label"])) for i, r in enumerate(faces)]
+    )
+    assert report.repeats == 0 and report.copies == 0 and report.contaminated == 0
+    assert report.train + report.eval == 200 and 0 < report.eval < 50
+    # the same face under another id is a copy, stored beside the first
+    face = next(s.record for s in ws.scope("faces", purpose=Purpose.AUDIT).train.read())
+    again = ws.tenant("faces").ingest([record("again", face.text, label=str(face.label))])
+    assert (again.train, again.copies) == (1, 1)

@@ -12,7 +12,9 @@ goes to eval by a keyed hash of its normalised text (deterministic, not guessabl
 the workspace key), so ``eval_fraction`` counts distinct texts; a near-duplicate joins the
 side the contamination index already knows for it: eval when an eval record is a near-copy
 (it would otherwise be dropped as contaminated), else train when a stored training record
-is. Every training-bound record is still checked against the eval records (I5). Each ingest
+is. Every training-bound record is still checked against the eval records (I5). Both stores
+keep every copy of a text (``copies``): how often a text occurs is evidence of the label
+distribution; feedback keeps none (``keep_copies=False``, counted as ``repeats``). Each ingest
 reports per label what it did, and warns (and audits ``ingest.label_warning``) when a label
 is missing from training (``silolearn.ingest.health``).
 
@@ -44,7 +46,7 @@ from silolearn.ingest.minimise import MinimisationPolicy, Minimiser
 from silolearn.ingest.parse import ParsedLine, parse
 from silolearn.records import LabelOrigin, Record
 from silolearn.storage.scope import PreparedRecord, Purpose, TenantScope, check_suite
-from silolearn.text import normalise
+from silolearn.text import content_form
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -60,9 +62,12 @@ class IngestReport:
     train: int = 0
     eval: int = 0
     duplicates: int = 0
-    """Ids already stored with the same content, and texts already in training under
-    another id (``repeats``)."""
+    """Ids already stored with the same content, and, for an ingest that keeps no copies,
+    texts already in training under another id (``repeats``)."""
     repeats: int = 0
+    copies: int = 0
+    """Records stored for training whose text was already there (``keep_copies``): how
+    often a text occurs is evidence of the tenant's label distribution."""
     joined_eval: int = 0
     """Training-bound records sent to eval because an eval record is a near-copy of them."""
     contaminated: int = 0
@@ -98,6 +103,7 @@ class IngestReport:
             "eval": self.eval,
             "duplicates": self.duplicates,
             "repeats": self.repeats,
+            "copies": self.copies,
             "joined_eval": self.joined_eval,
             "contaminated": self.contaminated,
             "quarantined": self.quarantined,
@@ -132,7 +138,7 @@ def route_to_eval(routing_key: bytes, tenant_id: str, text: str, fraction: float
     """Keyed, deterministic choice of the eval store for a labelled record, by its text
     (normalised: every copy of a text, whatever its case, punctuation or spacing, and
     whatever its id, lands on the same side)."""
-    message = f"{tenant_id}\x00{normalise(text)}".encode()
+    message = f"{tenant_id}\x00{content_form(text)}".encode()
     digest = hmac.new(routing_key, message, hashlib.sha256).digest()
     position: int = struct.unpack(">Q", digest[:8])[0]
     return position < fraction * 2**64
@@ -159,10 +165,14 @@ class Gateway:
         all_to_eval: bool = False,
         suite: str | None = None,
         origin: LabelOrigin | None = None,
+        keep_copies: bool = True,
     ) -> IngestReport:
         """Ingest ``source`` into ``tenant``; ``all_to_eval`` registers a whole eval set
         (every record to the eval store, labelled or not) instead of routing. ``origin``
         is where the labels came from, sealed with each training record (default ``bulk``).
+        ``keep_copies=False`` drops a record whose text is already in training (a
+        ``repeat``) instead of storing it as another copy: for answers about a text, such
+        as feedback, where a copy is not a new observation of the tenant's traffic.
 
         ``suite="golden"`` (requires ``all_to_eval``) stores the records as the tenant's
         golden suite: each line must be labelled (an unlabelled one is rejected), and an id
@@ -191,6 +201,7 @@ class Gateway:
             strict=strict,
             suite=suite,
             origin=origin or LabelOrigin(),
+            keep_copies=keep_copies,
         )
         lines = parse(source, fmt=fmt)
         if strict:
@@ -337,6 +348,10 @@ class Gateway:
                 report.redactions.update(c.redactions)
             for c in to_train:
                 report.of(c.prepared.record).train += 1
+                if c.prepared.record.label is not None:
+                    run.train_texts.setdefault(c.prepared.record.label, set()).add(
+                        c.prepared.fingerprint
+                    )
             for c in to_eval:
                 report.of(c.prepared.record).eval += 1
                 if c.prepared.record.label is not None:
@@ -435,13 +450,16 @@ class Gateway:
         known = scope.train.fingerprints_present(c.prepared.fingerprint for c in staying)
         to_train: list[_Candidate] = []
         for c in staying:
-            if c.prepared.fingerprint in known:
+            if c.prepared.fingerprint not in known:
+                known.add(c.prepared.fingerprint)
+                to_train.append(c)
+            elif run.keep_copies:
+                report.copies += 1
+                to_train.append(c)
+            else:
                 report.duplicates += 1
                 report.repeats += 1
                 report.of(c.prepared.record).repeats += 1
-            else:
-                known.add(c.prepared.fingerprint)
-                to_train.append(c)
         return to_train, joined
 
     def _finish(self, run: _Run) -> None:
@@ -454,8 +472,10 @@ class Gateway:
                     report.of(stored.record).quarantined += 1
         for label, texts in run.eval_texts.items():
             report.labels[label].eval_texts = len(texts)
+        for label, texts in run.train_texts.items():
+            report.labels[label].train_texts = len(texts)
         warnings = label_warnings(
-            {k: v.train for k, v in report.labels.items()},
+            {k: v.train_texts for k, v in report.labels.items()},
             {k: v.eval_texts for k, v in report.labels.items()},
         )
         if run.all_to_eval:
@@ -485,7 +505,11 @@ class _Run:
     """The eval suite every record of this run goes to (``None``: the regular stores)."""
     origin: LabelOrigin = field(default_factory=LabelOrigin)
     """Where this run's labels came from, sealed with each training record."""
+    keep_copies: bool = True
+    """Whether a record whose text is already in training is stored as another copy."""
     seen: dict[str, int] = field(default_factory=dict)
+    train_texts: dict[str, set[bytes]] = field(default_factory=dict)
+    """Text fingerprints stored for training, by label."""
     eval_texts: dict[str, set[bytes]] = field(default_factory=dict)
     """Text fingerprints sent to eval, by label."""
     quarantined_seqs: set[int] = field(default_factory=set)

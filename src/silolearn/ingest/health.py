@@ -2,14 +2,15 @@
 stores hold per label, and the rule that says when a label is missing from training.
 
 Routing puts about ``eval_fraction`` of a tenant's distinct texts in the eval store, label by
-label, so a label's share of the training records should be close to its share of the eval
-set's distinct texts. A label is flagged when it has eval records but no training record at
-all, or when its training share has collapsed: below a quarter of its eval share, judged
-only once the label has at least ``MIN_EVAL_TEXTS`` distinct eval texts (with fewer, a share
-estimated from a handful of texts says nothing). Shares count distinct texts on the eval
-side because the train store keeps one copy of each text while the eval store keeps every
-copy. Under routing alone, a label with 32 distinct texts, the worst case at the default
-eval fraction of 0.1, is flagged by chance with probability under 0.001.
+label, so a label's share of the training set's distinct texts should be close to its share
+of the eval set's distinct texts. A label is flagged when it has eval records but no training
+record at all, or when its training share has collapsed: below a quarter of its eval share,
+judged only once the label has at least ``MIN_EVAL_TEXTS`` distinct eval texts (with fewer, a
+share estimated from a handful of texts says nothing). Shares count distinct texts on both
+sides, because both stores keep every copy of a text (a text repeated many times would
+otherwise crowd every other label's share down). Under routing alone, a label with 32
+distinct texts, the worst case at the default eval fraction of 0.1, is flagged by chance
+with probability under 0.001.
 
 Label names are tenant data: they appear in the tenant's own outputs and in the tenant's
 ``ingest.label_warning`` audit events (with counts only), never in anything shared.
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from silolearn.storage.scope import Purpose
-from silolearn.text import normalise
+from silolearn.text import content_form
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -43,12 +44,15 @@ class LabelCounts:
     arrived: int = 0
     train: int = 0
     eval: int = 0
+    train_texts: int = 0
+    """Distinct normalised texts among the records of this ingest stored for training."""
     eval_texts: int = 0
     """Distinct normalised texts among the records of this ingest sent to eval."""
     duplicates: int = 0
     """Ids already stored with the same content."""
     repeats: int = 0
-    """Texts already in training under another id: training keeps one copy of a text."""
+    """Texts already in training under another id, not stored: only for an ingest that keeps
+    no copies (feedback); otherwise a copy is stored and counted in ``train``."""
     contaminated: int = 0
     """Training-bound records that copy a workspace benchmark item (or, unlabelled, an eval
     record): not stored."""
@@ -99,7 +103,7 @@ class LabelWarning:
 
 def label_warnings(train: Mapping[str, int], eval_texts: Mapping[str, int]) -> list[LabelWarning]:
     """The labels that vanished from training or whose training share collapsed, given the
-    training records and distinct eval texts of every label (see the module docstring)."""
+    distinct training and eval texts of every label (see the module docstring)."""
     total_train = sum(train.values())
     total_eval = sum(eval_texts.values())
     warnings: list[LabelWarning] = []
@@ -123,6 +127,7 @@ def label_warnings(train: Mapping[str, int], eval_texts: Mapping[str, int]) -> l
 @dataclass
 class _Tally:
     train: int = 0
+    train_texts: set[str] = field(default_factory=set)
     eval: int = 0
     eval_texts: set[str] = field(default_factory=set)
     quarantined: int = 0
@@ -141,7 +146,9 @@ def tenant_health(ws: Workspace, tenant: str) -> dict[str, Any]:
         if label is None:
             unlabelled["train"] += 1
         else:
-            tallies.setdefault(label, _Tally()).train += 1
+            tally = tallies.setdefault(label, _Tally())
+            tally.train += 1
+            tally.train_texts.add(content_form(stored.record.text))
     for stored in scope.train.quarantined():
         label = stored.record.label
         if label is None:
@@ -153,11 +160,12 @@ def tenant_health(ws: Workspace, tenant: str) -> dict[str, Any]:
         if label is not None:
             tally = tallies.setdefault(label, _Tally())
             tally.eval += 1
-            tally.eval_texts.add(normalise(stored.record.text))
+            tally.eval_texts.add(content_form(stored.record.text))
     warnings = label_warnings(
-        {k: t.train for k, t in tallies.items()}, {k: len(t.eval_texts) for k, t in tallies.items()}
+        {k: len(t.train_texts) for k, t in tallies.items()},
+        {k: len(t.eval_texts) for k, t in tallies.items()},
     )
-    total_train = sum(t.train for t in tallies.values())
+    total_train = sum(len(t.train_texts) for t in tallies.values())
     total_texts = sum(len(t.eval_texts) for t in tallies.values())
     flagged: dict[str, list[str]] = {}
     for w in warnings:
@@ -165,10 +173,11 @@ def tenant_health(ws: Workspace, tenant: str) -> dict[str, Any]:
     labels = {
         label: {
             "train": t.train,
+            "train_texts": len(t.train_texts),
             "eval": t.eval,
             "eval_texts": len(t.eval_texts),
             "quarantined": t.quarantined,
-            "train_share": round(t.train / total_train, 4) if total_train else 0.0,
+            "train_share": round(len(t.train_texts) / total_train, 4) if total_train else 0.0,
             "eval_share": round(len(t.eval_texts) / total_texts, 4) if total_texts else 0.0,
             "warnings": flagged.get(label, []),
         }

@@ -164,7 +164,8 @@ def feedback(
                 raise InvalidInput("feedback is a labelled record: give its label")
             record = json.loads(body.canonical_json())
             origin = LabelOrigin(LabelSource.HUMAN, reviewed=True)
-        report = Gateway(ws).ingest(tenant, [record], origin=origin).to_dict()
+        # an answer about a text: a copy of a training text is not a new observation
+        report = Gateway(ws).ingest(tenant, [record], origin=origin, keep_copies=False).to_dict()
         if served is not None and not report["rejected"]:
             # answered: it leaves the label queue
             ServedStore(scope).mark_answered(served.prediction_id)

@@ -38,7 +38,7 @@ from silolearn.locks import replace_durably
 from silolearn.records import LabelOrigin, Record
 from silolearn.security.envelope import DataKey
 from silolearn.storage.metadata import MetadataKeys, SealedTable
-from silolearn.text import normalise
+from silolearn.text import content_form
 
 
 class Capability(enum.StrEnum):
@@ -282,7 +282,7 @@ class TenantScope:
             record=record,
             rid=rid if rid is not None else self.record_id_hash(record),
             digest=digest if digest is not None else self.keyed_hash("record", canonical),
-            fingerprint=self.keyed_hash("text", normalise(record.text)),
+            fingerprint=self.keyed_hash("text", content_form(record.text)),
             plaintext=canonical.encode(),
         )
 
