@@ -39,7 +39,9 @@ recorded with each probe, and ``--probe-repeats N`` runs the idle/busy pair N ti
 
 Building 100 tenants' versions takes most of the run (100 rounds, each a training and an
 evaluation worker process); ``--workspace PATH`` keeps the workspace so that a second run
-reuses it, and ``--tables-from PATH`` prints the tables of a ``--json`` result again. Quick
+reuses it, and ``--tables-from PATH`` prints the tables of a ``--json`` result again.
+``--overhead PAIRS`` measures instead the monitors' and the scheduler's cost on predict, on
+and off interleaved (``benchmarks/serve_overhead.py`` says how). Quick
 run: ``python benchmarks/serve.py --tenants 1,10 --records 10 --seconds 5
 --probe-seconds 5``.
 """
