@@ -34,7 +34,7 @@ from silolearn.operations.scheduler import Decision as ScheduledRound
 from silolearn.operations.scheduler import Decisions, Launched, Scheduler
 from silolearn.operations.triggers import Firing
 from silolearn.pipeline import Trainer
-from silolearn.registry.rollout import RolloutStore, assign
+from silolearn.registry.rollout import Rollout, RolloutStore, Tally, assign
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.serving.predictor import Prediction, Predictor
 from silolearn.storage.metadata import SEALED_TABLES
@@ -396,6 +396,43 @@ def test_decide_is_pure_and_waits_for_evidence_and_time(good: Scenario) -> None:
     assert decide(starved, policy, tolerance=0.03, now=later).reason == (
         "not enough feedback in this step"
     )
+
+
+def test_unlike_predictions_roll_back_only_while_feedback_does_not_favour_the_canary() -> None:
+    """A candidate retrained after a shift predicts labels stable cannot: its predicted
+    labels differ from stable's, abnormally by the chi-square test; while its accuracy so
+    far is above stable's that is no reason to roll it back (rules 3 and 4 judge it)."""
+    policy = Settings().rollout.for_tenant(TENANT)
+    moment = "2026-03-01T00:00:00Z"
+    ahead = Rollout(
+        id=1,
+        tenant=TENANT,
+        version=2,
+        stable=1,
+        state="running",
+        step=1,
+        share=0.05,
+        started_at=moment,
+        step_started_at=moment,
+        updated_at=moment,
+        ended_at=None,
+        steps=[0.01, 0.05, 1.0],
+        incident_mark=0,
+        canary_tally=Tally(served=100, labels={"new": 60, "old": 40}, feedback=40, correct=30),
+        stable_tally=Tally(served=2000, labels={"old": 2000}, feedback=400, correct=100),
+        step_feedback=10,
+        drift_looks=0,
+        evidence={},
+    )
+    now = datetime(2026, 3, 1, 0, 30, tzinfo=UTC)
+    spared = decide(ahead, policy, tolerance=0.03, now=now)
+    assert spared.evidence["drift"]["abnormal"] and spared.action != "rollback", spared
+    behind = dataclasses.replace(
+        ahead, canary_tally=dataclasses.replace(ahead.canary_tally, correct=8)
+    )
+    rolled = decide(behind, policy, tolerance=0.03, now=now)
+    assert rolled.action == "rollback"
+    assert rolled.reason == "the canary's predicted labels drifted from stable's"
 
 
 def test_the_cli_shows_the_rollout_with_the_versions(worse: Scenario) -> None:

@@ -9,7 +9,8 @@ it back (but for a monitor's SEV3 finding about the stable version, the reason a
 is rolling out, and a drift monitor's about either version: the traffic moved, which both
 versions serve alike; the canary is judged against stable below); so does the canary's
 predicted labels drifting abnormally from stable's (a chi-square test at looks of doubling
-counts, ``validation.sequential``); so does the
+counts, ``validation.sequential``) while its accuracy so far is not above stable's; so does
+the
 canary being shown worse than stable (the upper end of the always-valid confidence
 sequence of the accuracy difference below 0). After enough feedback and time in a step,
 the canary steps up to the next share while it is not shown worse and its accuracy so far
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from silolearn.clock import SYSTEM, Clock
 from silolearn.config import RolloutPolicy
 from silolearn.errors import ConflictError
-from silolearn.registry.rollout import Rollout, RolloutStore
+from silolearn.registry.rollout import Rollout, RolloutStore, Tally
 from silolearn.storage.scope import Purpose, TenantScope
 from silolearn.validation.sequential import difference_bounds, label_drift, look_due
 
@@ -85,7 +86,11 @@ def decide(
         )
         looks += 1
         evidence["drift"] = look.to_dict()
-        if look.abnormal:
+        # predicted labels unlike stable's are a warning while live feedback does not speak
+        # for the canary; once its accuracy so far is above stable's, they are the change
+        # that made it better (a candidate retrained after a shift predicts what stable
+        # cannot): rules 3 and 4 judge it, and this only ever spares a rollback
+        if look.abnormal and not _ahead(canary.correct, canary.feedback, stable):
             return Decision(
                 "rollback", "the canary's predicted labels drifted from stable's", evidence, looks
             )
@@ -112,6 +117,13 @@ def decide(
     if lower < -tolerance:
         return Decision("hold", "not yet shown within the tolerance", evidence, looks)
     return Decision("promote", "not worse than stable within the tolerance", evidence, looks)
+
+
+def _ahead(correct: int, feedback: int, stable: Tally) -> bool:
+    """Whether the canary's accuracy so far is above stable's (both with feedback)."""
+    if feedback == 0 or stable.feedback == 0:
+        return False
+    return correct * stable.feedback > stable.correct * feedback
 
 
 def _arm(correct: int, feedback: int) -> dict[str, Any]:
