@@ -109,7 +109,10 @@ def test_drift_of_what_a_version_serves(tenant: Tenant, monkeypatch: pytest.Monk
         # the year) are tested too, and whether a window of them differs depends on which
         # records the workspace's keyed routing sent to training: not asserted here
         served_kinds = {"drift.embedding", "drift.prediction"}
-        assert [s.kind for s in same if s.confirmed and s.kind in served_kinds] == []
+        assert [s.kind for s in same if s.confirmed and s.kind == "drift.embedding"] == []
+        # each window's prediction test runs at 25 / 5,000: over its six windows one false
+        # alarm has odds of 3% by design, two of 4e-4
+        assert sum(s.confirmed and s.kind == "drift.prediction" for s in same) <= 1
         assert {s.kind for s in same} - {"drift.label"} == served_kinds
 
         later = _serve(monitor, tenant.late, clock)
