@@ -518,7 +518,9 @@ def test_predict_then_feedback_by_prediction_id_stores_the_served_text_with_its_
     predictions = response.json()["predictions"]
     assert len(predictions) == 2
     for p in predictions:
-        assert p["label"] in ("fresh", "rotten") and p["version"] >= 1
+        # the reviews' three labels: a head weighted by class may well answer "plot"
+        assert p["label"] in ("fresh", "rotten", "plot") and p["version"] >= 1
+        assert set(p["probabilities"]) <= {"fresh", "rotten", "plot"}
         assert abs(sum(p["probabilities"].values()) - 1.0) < 1e-4
     pid = predictions[1]["prediction_id"]
 
