@@ -96,7 +96,7 @@ class RoundRecord:
 
     @property
     def dropped(self) -> tuple[str, ...]:
-        return tuple(s for s in self.sampled if s not in set(self.replied))
+        return _dropped(self.sampled, self.replied)
 
     @property
     def epsilon_after(self) -> float | None:
@@ -154,6 +154,12 @@ class RoundRecord:
         )
 
 
+def _dropped(sampled: Sequence[str], replied: Sequence[str]) -> tuple[str, ...]:
+    """The sampled sites whose update is not in the aggregate, in sampling order."""
+    answered = set(replied)
+    return tuple(s for s in sampled if s not in answered)
+
+
 def audit_round(
     ws: Workspace, federation: str, run_id: str, record: RoundRecord, *, side: str = "coordinator"
 ) -> None:
@@ -187,7 +193,7 @@ def audit_round_failed(
             "round": round_no,
             "sampled": [str(s) for s in sampled],
             "replied": [str(s) for s in replied],
-            "dropped": [str(s) for s in sampled if str(s) not in {str(r) for r in replied}],
+            "dropped": list(_dropped([str(s) for s in sampled], [str(r) for r in replied])),
             "error": error.code,
             "message": error.message,
             "charged": False,
