@@ -29,8 +29,8 @@ Each load runs ``--seconds`` after a warm-up of 2 seconds; throughput is answere
 requests per second; latency is per request, from send to answer. "vs single" is the
 throughput divided by the single-model server's.
 
-**Timing channel**: tenant A sends ``--probe-rate`` requests per second (open loop, a
-fixed schedule) for ``--probe-seconds``, first with tenant B idle, then with B sending at
+**Timing channel**: tenant A sends ``--probe-rate`` requests per second (open loop,
+Poisson arrivals) for ``--probe-seconds``, first with tenant B idle, then with B sending at
 80% of capacity (the 1-tenant throughput above, open loop, sent by a process of its own so
 that its client work does not share A's event loop). The two samples of A's
 latencies are compared with Mann-Whitney U and Kolmogorov-Smirnov (scipy); "significant"
@@ -179,6 +179,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # ----------------------------------------------------------------------------- load
 
 
+def client_limits(connections: int) -> httpx.Limits:
+    """At most ``connections``, each dropped by the client after 2 s idle: the server
+    (uvicorn) closes a connection idle for 5 s, and a client that kept it as long could
+    send a request on it as it closes (a read error, not an answer)."""
+    return httpx.Limits(max_connections=connections, keepalive_expiry=2.0)
+
+
 async def closed_loop(
     url: str, targets: list[tuple[str, str]], texts: list[str], concurrency: int, seconds: float
 ) -> list[float]:
@@ -203,7 +210,7 @@ async def closed_loop(
             if now >= measure_from:
                 latencies.append(time.perf_counter() - now)
 
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    limits = client_limits(concurrency + 4)
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     return latencies
@@ -218,9 +225,14 @@ async def open_loop(
     seconds: float,
     latencies: list[float] | None,
 ) -> None:
-    """Requests on a fixed schedule of ``rate`` per second, whatever the answers do."""
+    """Requests at ``rate`` per second on average, whatever the answers do, as Poisson
+    arrivals (seeded): a fixed period would keep every request at one phase of the
+    server's batching cadence (5 req/s is every 40th tick of 5 ms), so each probe would
+    carry its own constant offset of up to a tick, and two probes would differ by that
+    offset whatever the other tenant did."""
     path, token = target
     pending = []
+    gaps = np.random.default_rng(int(rate * 1000)).exponential(1.0 / rate, size=10**6)
 
     async def one(n: int) -> None:
         sent = time.perf_counter()
@@ -235,8 +247,8 @@ async def open_loop(
             latencies.append(time.perf_counter() - sent)
 
     begin = time.perf_counter()
-    n = 0
-    while (at := begin + n / rate) < begin + WARMUP + seconds:
+    n, at = 0, begin
+    while (at := at + float(gaps[n])) < begin + WARMUP + seconds:
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
         pending.append(asyncio.create_task(one(n)))
         n += 1
@@ -264,7 +276,7 @@ async def probe(
         )  # fmt: skip
         assert b_process.stdout is not None
         b_process.stdout.readline()  # "ready": B's schedule starts now, with A's
-    async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=500)) as http:
+    async with httpx.AsyncClient(timeout=120.0, limits=client_limits(500)) as http:
         await open_loop(http, url, a, texts, rate, seconds, latencies)
     if b_process is not None and b_process.wait() != 0:
         raise SystemExit("tenant B's load failed")
@@ -275,7 +287,7 @@ def b_load(spec: dict[str, Any]) -> None:
     """Tenant B's open-loop load, in its own process (``--b-load``)."""
 
     async def go() -> None:
-        limits = httpx.Limits(max_connections=500)
+        limits = client_limits(500)
         async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
             print("ready", flush=True)
             target = (spec["target"][0], spec["target"][1])
@@ -590,7 +602,13 @@ def main() -> None:
     parser.add_argument("--tenants", default="1,10,100", help="tenant counts, comma-separated")
     parser.add_argument("--records", type=int, default=12, help="records per tenant")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of each load")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        help="closed-loop clients: enough that throughput measures the server's compute, "
+        "not the release delay (N clients / 0.2 s caps it at 5N requests/s)",
+    )
     parser.add_argument("--probe-rate", type=float, default=5.0, help="tenant A's req/s")
     parser.add_argument("--probe-seconds", type=float, default=30.0)
     parser.add_argument("--probe-repeats", type=int, default=1, help="idle/busy probe pairs")
