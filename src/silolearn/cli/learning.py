@@ -273,13 +273,29 @@ def demo(
             help="Then simulated days of production: scheduler, drift, canary, a drill.",
         ),
     ] = 0,
+    federated: Annotated[
+        bool,
+        typer.Option(
+            "--federated",
+            help="Instead: three sites (workspaces of their own) federated over Flower on "
+            "loopback, SecAgg+ and client-level DP, for --rounds rounds.",
+        ),
+    ] = False,
 ) -> None:
     """Run the main job on real data through the HTTP service: four tenants, records
     arriving in rounds, each round started over the API, trained in isolated processes,
     gated, promoted or rejected; production traffic through predict, feedback that the next
-    round learns from; /metrics read, an HTML report written."""
+    round learns from; /metrics read, an HTML report written. With --federated: three
+    sites federated over Flower on loopback, their accuracy per round and the ledger."""
     from silolearn.demo import run_demo
 
+    if federated:
+        from silolearn.demo.federated import run_federated_demo
+
+        outcome = run_federated_demo(workspace, rounds=rounds, console=None if as_json else out)
+        if as_json:
+            print(json.dumps(outcome, indent=2, sort_keys=True, default=str))
+        return
     result = run_demo(
         workspace,
         per_tenant=per_tenant,

@@ -17,7 +17,13 @@ import numpy as np
 from silolearn import errors
 from silolearn.errors import FederationConfigError, FederationRoundFailed, SiloError
 from silolearn.federation import processes
-from silolearn.federation.plan import NOISE_TAILS, FederationPlan, plan_for, with_ranges
+from silolearn.federation.plan import (
+    NOISE_TAILS,
+    FederationPlan,
+    largest_threshold,
+    plan_for,
+    with_ranges,
+)
 
 if TYPE_CHECKING:
     from silolearn.workspace import Workspace
@@ -102,8 +108,12 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
 
 def _structure(request: RunRequest) -> FederationPlan:
     """The plan without the model or the noise, its guards checked before loading the one
-    or calibrating the other; ``min_sites`` defaults to two thirds of the sites, at least 2."""
-    min_sites = request.min_sites or max(2, math.ceil(2 * request.sites / 3))
+    or calibrating the other; ``min_sites`` defaults to two thirds of the sites, at least 2
+    (under SecAgg+, at most the largest reconstruction threshold the sites allow)."""
+    default = max(2, math.ceil(2 * request.sites / 3))
+    if request.secagg:
+        default = max(2, min(default, largest_threshold(request.sites)))
+    min_sites = request.min_sites or default
     plan = plan_for(
         sites=request.sites,
         rounds=request.rounds,
@@ -122,12 +132,22 @@ def _structure(request: RunRequest) -> FederationPlan:
 def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
     """A federated run from this (coordinating) workspace; its result, or a typed error."""
     from silolearn.federation.book import initial_weights
-    from silolearn.federation.privacy import preflight
 
     refuse_tenant_data(ws)
     _structure(request)
     weights = initial_weights(ws)
     plan = plan_run(ws, request, max(float(np.abs(w).max()) for w in weights))
+    return run_plan(ws, plan, request.address)
+
+
+def run_plan(ws: Workspace, plan: FederationPlan, address: str) -> dict[str, Any]:
+    """A run of ``plan`` from this (coordinating) workspace, its SuperLink on ``address``.
+    ``run_federation`` plans it from a request, always private (I9); a benchmark's
+    non-private yardstick in a throwaway workspace runs a plan without noise."""
+    from silolearn.federation.privacy import preflight
+
+    refuse_tenant_data(ws)
+    plan.check()
     run_id = secrets.token_hex(8)
     dp = plan.client_dp()
     if dp is not None:
@@ -141,19 +161,19 @@ def run_federation(ws: Workspace, request: RunRequest) -> dict[str, Any]:
     )
     started = time.monotonic()
     link = processes.start(
-        processes.superlink_command(request.address, workdir / "superlink.db"),
+        processes.superlink_command(address, workdir / "superlink.db"),
         workdir / "flwr-link",
         workdir / "superlink.log",
     )
     with processes.running(link):
-        if not processes.wait_listening(request.address, link, started + CONNECT_SECONDS):
+        if not processes.wait_listening(address, link, started + CONNECT_SECONDS):
             raise FederationRoundFailed(
-                f"the SuperLink did not start listening on {request.address}",
+                f"the SuperLink did not start listening on {address}",
                 reason="superlink",
                 log=_tail(workdir / "superlink.log"),
             )
         cli_home = workdir / "flwr-cli"
-        processes.write_cli_config(cli_home, request.address)
+        processes.write_cli_config(cli_home, address)
         app = processes.write_app(workdir / "app")
         submitted = processes.submit(app, cli_home, workdir, workdir / "run.log")
         with processes.running(submitted):
