@@ -26,7 +26,7 @@ from silolearn.datasets import health_tweets, sample
 from silolearn.errors import NotFoundError, TenantNotFound
 from silolearn.monitoring.incidents import Incidents
 from silolearn.monitoring.signals import Signal
-from silolearn.monitoring.watch import DriftMonitor, drift_view
+from silolearn.monitoring.watch import CALIBRATION_BLOB, DriftMonitor, drift_view
 from silolearn.storage.scope import Purpose
 from silolearn.storage.served_embeddings import ServedEmbeddings
 from silolearn.workspace import DB_FILE
@@ -171,9 +171,28 @@ def test_drift_of_what_a_version_serves(tenant: Tenant, monkeypatch: pytest.Monk
             raise AssertionError("the reference was built again")
 
         again = DriftMonitor(ws, refuse, clock=clock)
-        assert again.reference("desk", 1).labels == monitor.reference("desk", 1).labels
+        cached = again.reference("desk", 1)
+        assert cached.labels == monitor.reference("desk", 1).labels
+        # its predicted labels are the round's out-of-fold ones, not answers on its training
+        assert cached.predicted_from == "out-of-fold" and len(cached.predicted) >= 25
         with pytest.raises(NotFoundError):
             again.reference("other", 1)
+        # and the online test's calibrated threshold, cached beside it under its key
+        assert monitor.calibrations == 1
+        restarted = again._watch("desk", 1).detector
+        assert restarted is not None and not restarted.calibrated_ and again.calibrations == 0
+        assert restarted.threshold_ == monitor._watch("desk", 1).detector.threshold_  # type: ignore[union-attr]
+
+    # a policy change (another window) invalidates the cached threshold: calibrated again
+    monkeypatch.setenv("SILOLEARN_DRIFT__WINDOW", "30")
+    with Workspace.open(tenant.path, actor="test") as ws:
+        changed = DriftMonitor(ws, refuse, clock=clock)
+        assert changed._watch("desk", 1).detector.calibrated_  # type: ignore[union-attr]
+        assert changed.calibrations == 1
+        blob = ws.scope("desk", purpose=Purpose.INGEST).blobs.get(
+            CALIBRATION_BLOB.format(version=1)
+        )
+        assert json.loads(blob)["key"]["window"] == 30
 
 
 def test_monitor_show_reports_drift(tenant: Tenant) -> None:

@@ -76,6 +76,10 @@ class FitReport:
     losses: tuple[float, ...]
     tuning: dict[str, Any] | None = None
     """What the self-tuning fit chose (``learning.tuning.Tuned``); None for a fixed one."""
+    oof_predicted: tuple[int, ...] | None = None
+    """Each training row's out-of-fold predicted label index at the chosen setting (a head
+    fitted by cross-validation only: LoRA, DP and fixed fits have none). Not in
+    ``to_dict``: the worker returns it apart, sealed as the run's ``oof`` blob."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -485,6 +489,7 @@ class HeadAdapter(Adapter):
             final_loss,
             (final_loss,),
             tuning=None if tuned is None else tuned.to_dict(),
+            oof_predicted=None if tuned is None else tuned.oof_predicted,
         )
 
     def predict_proba(self, features: Features) -> FloatArray:

@@ -136,6 +136,10 @@ class Tuned:
     """``none`` (unweighted log loss) or ``balanced`` (inverse-frequency class weights)."""
     alternatives: tuple[dict[str, Any], ...] = ()
     """The other weightings cross-validated: their chosen C and out-of-fold scores."""
+    oof_predicted: tuple[int, ...] = ()
+    """Each record's out-of-fold predicted label (an index) at the chosen ``c``: what the
+    head answers on texts it did not train on (drift monitoring's reference); not in
+    ``to_dict``, it is no summary."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -310,6 +314,7 @@ def select_c(
         oof_macro_f1=macro_f1(y_np, predicted, n_labels),
         rule=rule,
         weighting=weighting,
+        oof_predicted=tuple(int(p) for p in predicted),
     )
 
 

@@ -21,10 +21,12 @@ docs/monitoring.md says why these were written here rather than taken from a lib
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +91,9 @@ def level(window: int, ert: float) -> float:
 
 
 MAX_PERMUTATIONS = 100_000
+CALIBRATION_METHOD = 1
+"""The online threshold's calibration method (``OnlineMMD._calibrate``): raised when it
+changes, so that thresholds cached by an older one are calibrated again."""
 
 
 def permutations_for(alpha: float, at_least: int) -> int:
@@ -212,9 +217,27 @@ class OnlineMMD:
 
     # -- calibration ------------------------------------------------------------------------
 
-    def fit(self, reference: npt.ArrayLike) -> OnlineMMD:
+    def calibration_key(self, reference: npt.ArrayLike) -> dict[str, Any]:
+        """Everything the calibrated threshold depends on: the settings, the reference's
+        bytes (by digest) and the method's version. A threshold cached under another key is
+        stale."""
+        points = np.ascontiguousarray(np.asarray(reference, dtype="<f4"))
+        return {
+            "method": CALIBRATION_METHOD,
+            "window": self.window,
+            "ert": self.ert,
+            "bootstraps": self.bootstraps,
+            "seed": self.seed,
+            "reference": hashlib.sha256(
+                np.asarray(points.shape, dtype="<i8").tobytes() + points.tobytes()
+            ).hexdigest(),
+        }
+
+    def fit(self, reference: npt.ArrayLike, *, threshold: float | None = None) -> OnlineMMD:
         """Half of ``reference`` (shuffled, seeded) is what windows are compared with, the
-        other half draws the null streams the threshold is calibrated on."""
+        other half draws the null streams the threshold is calibrated on. ``threshold``: one
+        calibrated before under the same ``calibration_key``, taken instead of calibrating
+        again (``calibrated_`` says which happened)."""
         points = np.asarray(reference, dtype=np.float64)
         half = len(points) // 2
         if half < self.window or half < 2:
@@ -230,7 +253,8 @@ class OnlineMMD:
         k_ref = rbf_kernel(self.reference_, self.reference_, self.sigma_)
         self.within_ref_ = float((k_ref.sum() - np.trace(k_ref)) / (half * (half - 1)))
         self.steps_ = int(min(max(self.ert / 2, 10 * self.window), 4000))
-        self.threshold_ = self._calibrate(held_out, rng)
+        self.calibrated_ = threshold is None
+        self.threshold_ = self._calibrate(held_out, rng) if threshold is None else threshold
         self._restart()
         return self
 

@@ -5,9 +5,14 @@ it against the version's training window and records what it finds as signals.
 The reference of a version is built the first time it serves: a seeded sample of the
 training records up to its cutoff, read through the tenant's ingest scope and answered by
 the version itself (``Answer``: the service passes its micro-batcher, asked for that
-version, so a canary's reference is its own), which gives their embeddings and the
-version's own predicted labels; the true labels are kept beside them for label drift. It
-is cached as a blob sealed under the tenant's training key. The texts are never kept.
+version, so a canary's reference is its own), which gives their embeddings; the true
+labels are kept beside them for label drift. Its predicted labels are not the version's
+answers on those texts, which it trained on (more often right and more confident than on
+anything it serves), but its round's out-of-fold predictions (``run/<id>/oof``): what it
+answers on texts of its period it did not train on. A version without them (LoRA, DP, a
+fixed fit, or older) gets no prediction test, and each window's signal says so. The
+reference, and the online test's calibrated threshold keyed by what it depends on, are
+cached as blobs sealed under the tenant's training key. The texts are never kept.
 
 Per tenant and version: the online MMD detector takes every served embedding (a confirmed
 ``drift.embedding`` signal when it fires, an unconfirmed one with its statistic at the end
@@ -19,6 +24,7 @@ an incident by policy (``[drift] incident``), one open per version and kind.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -44,9 +50,10 @@ from silolearn.monitoring.incidents import Incidents
 from silolearn.monitoring.signals import Signal, Signals
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.storage.scope import Purpose
-from silolearn.storage.served_embeddings import ServedBatch, ServedEmbeddings, pack, unpack
+from silolearn.storage.served_embeddings import ServedBatch, ServedEmbeddings
 
 if TYPE_CHECKING:
+    from silolearn.storage.scope import TenantScope
     from silolearn.workspace import Workspace
 
 Answer = Callable[[str, int, Sequence[str]], tuple[int, npt.NDArray[np.float32] | None, list[str]]]
@@ -57,6 +64,13 @@ _log = logging.getLogger("silolearn.monitoring")
 
 REFERENCE_BLOB = "monitoring/reference-v{version}"
 LABELS_BLOB = "monitoring/reference-labels-v{version}"
+CALIBRATION_BLOB = "monitoring/reference-calibration-v{version}"
+OOF_BLOB = "run/{run_id}/oof"
+REFERENCE_FORMAT = 2
+"""2: the reference's predicted labels are the round's out-of-fold predictions (a reference
+cached in an older format, the version's answers on its own training texts, is built
+again)."""
+OUT_OF_FOLD = "out-of-fold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +80,12 @@ class Reference:
     version: int
     embeddings: npt.NDArray[np.float32] | None
     predicted: list[str]
+    """What the version answers on texts of its period it did not train on: its round's
+    out-of-fold predictions; empty when the round kept none (no prediction test)."""
     labels: list[str]
     cutoff: str
+    predicted_from: str | None = None
+    """``out-of-fold``, or None: the version has no honest reference for its predictions."""
 
 
 @dataclass
@@ -97,6 +115,8 @@ class DriftMonitor:
         self.answer = answer
         self.clock = clock
         self.signals = Signals(ws)
+        self.calibrations = 0
+        """Online thresholds calibrated by this monitor (a cached one is not counted)."""
         self._watches: dict[tuple[str, int], _Watch] = {}
 
     def policy(self, tenant: str) -> DriftPolicy:
@@ -108,37 +128,58 @@ class DriftMonitor:
         """The version's reference, from its cached blob or built now."""
         scope = self.ws.scope(tenant, purpose=Purpose.INGEST)
         try:
-            embeddings, predicted = unpack(scope.blobs.get(REFERENCE_BLOB.format(version=version)))
             meta = json.loads(scope.blobs.get(LABELS_BLOB.format(version=version)))
+            if meta.get("format") != REFERENCE_FORMAT:
+                return self._build_reference(tenant, version)
+            blob = scope.blobs.get(REFERENCE_BLOB.format(version=version))
         except NotFoundError:
             return self._build_reference(tenant, version)
-        has_embeddings = bool(meta["embedded"])
+        embeddings = np.load(io.BytesIO(blob), allow_pickle=False)
         return Reference(
             version,
-            embeddings if has_embeddings else None,
-            predicted,
+            embeddings if meta["embedded"] else None,
+            list(meta["predicted"]),
             list(meta["labels"]),
             str(meta["cutoff"]),
+            meta["predicted_from"],
         )
 
     def _build_reference(self, tenant: str, version: int) -> Reference:
+        """Embeddings and true labels of a seeded sample of the training window (the
+        version answers the texts: the embedding of a text does not depend on whether it
+        was trained on), and the predicted labels of its round's out-of-fold predictions
+        (what it answers on texts it did not train on: its answers on its own training
+        texts are more often right and more confident than on any served text)."""
         scope = self.ws.scope(tenant, purpose=Purpose.INGEST)
         entry = AdapterRegistry(scope).get(version)
         cutoff = str(entry.lineage.get("cutoff") or "")
         records = [s.record for s in scope.train.read(until=cutoff or None)]
-        size = self.policy(tenant).reference_size
+        policy = self.policy(tenant)
+        size = policy.reference_size
         picked = random.Random(f"{tenant}/{version}").sample(records, min(size, len(records)))
         if len(picked) < 2:
             raise InvalidInput(f"tenant {tenant!r} v{version} has no training window to watch")
-        answered, embeddings, predicted = self.answer(tenant, version, [r.text for r in picked])
+        answered, embeddings, _ = self.answer(tenant, version, [r.text for r in picked])
         if answered != version:
             raise InvalidInput(f"tenant {tenant!r} serves v{answered}, not v{version}")
+        predicted = _out_of_fold(scope, entry.run_id, entry.lineage, policy, f"{tenant}/{version}")
         rows = embeddings if embeddings is not None else np.zeros((len(picked), 0), np.float32)
         labels = [r.label for r in picked if r.label is not None]
-        scope.blobs.put(REFERENCE_BLOB.format(version=version), pack(rows, predicted))
-        meta = {"labels": labels, "cutoff": cutoff, "embedded": embeddings is not None}
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(rows, dtype="<f4"), allow_pickle=False)
+        scope.blobs.put(REFERENCE_BLOB.format(version=version), buffer.getvalue())
+        meta = {
+            "format": REFERENCE_FORMAT,
+            "labels": labels,
+            "predicted": predicted,
+            "predicted_from": OUT_OF_FOLD if predicted else None,
+            "cutoff": cutoff,
+            "embedded": embeddings is not None,
+        }
         scope.blobs.put(LABELS_BLOB.format(version=version), json.dumps(meta).encode())
-        return Reference(version, embeddings, predicted, labels, cutoff)
+        return Reference(
+            version, embeddings, predicted, labels, cutoff, OUT_OF_FOLD if predicted else None
+        )
 
     def _watch(self, tenant: str, version: int) -> _Watch:
         watch = self._watches.get((tenant, version))
@@ -147,15 +188,35 @@ class DriftMonitor:
             reference = self.reference(tenant, version)
             detector = None
             if reference.embeddings is not None and len(reference.embeddings) >= 2 * policy.window:
-                detector = OnlineMMD(
-                    window=policy.window,
-                    ert=policy.ert,
-                    bootstraps=policy.bootstraps,
-                    seed=version,
-                ).fit(reference.embeddings)
+                detector = self._detector(tenant, version, reference.embeddings, policy)
             watch = _Watch(reference, detector, labels_seen=reference.cutoff)
             self._watches[(tenant, version)] = watch
         return watch
+
+    def _detector(
+        self, tenant: str, version: int, embeddings: npt.NDArray[np.float32], policy: DriftPolicy
+    ) -> OnlineMMD:
+        """The version's online MMD detector, its threshold taken from the sealed calibration
+        cached beside the reference when that was calibrated under the same key (settings,
+        reference, method), else calibrated now and cached: a restart does not pay for it
+        again, a policy change does."""
+        detector = OnlineMMD(
+            window=policy.window, ert=policy.ert, bootstraps=policy.bootstraps, seed=version
+        )
+        key = detector.calibration_key(embeddings)
+        scope = self.ws.scope(tenant, purpose=Purpose.INGEST)
+        name = CALIBRATION_BLOB.format(version=version)
+        try:
+            cached = json.loads(scope.blobs.get(name))
+        except NotFoundError:
+            cached = {}
+        threshold = float(cached["threshold"]) if cached.get("key") == key else None
+        detector.fit(embeddings, threshold=threshold)
+        if detector.calibrated_:
+            self.calibrations += 1
+            calibration = {"key": key, "threshold": detector.threshold_}
+            scope.blobs.put(name, json.dumps(calibration).encode())
+        return detector
 
     # -- what was served --------------------------------------------------------------------
 
@@ -183,9 +244,7 @@ class DriftMonitor:
                 watch.predicted[: policy.window],
                 watch.predicted[policy.window :],
             )
-            raised.append(
-                self._labels(tenant, version, "drift.prediction", watch.reference.predicted, window)
-            )
+            raised.append(self._predictions(tenant, version, watch.reference, window))
             raised += self.check_labels(tenant, version)
         return raised
 
@@ -258,6 +317,26 @@ class DriftMonitor:
                     )
                 )
         return raised
+
+    def _predictions(
+        self, tenant: str, version: int, reference: Reference, window: list[str]
+    ) -> Signal:
+        """A window of predicted labels against the out-of-fold ones; without them (a LoRA,
+        DP or fixed fit, or a version trained before they were kept) an unconfirmed signal
+        that says the test was not run: answers on its own training texts would be no
+        honest reference, and a test against them alarms on in-control traffic."""
+        if reference.predicted:
+            return self._labels(tenant, version, "drift.prediction", reference.predicted, window)
+        evidence = {
+            "test": "none",
+            "size": len(window),
+            "reason": (
+                f"v{version} kept no out-of-fold predictions (a LoRA, DP or fixed fit, or "
+                "trained before they were kept): its predicted labels are not tested"
+            ),
+            "window_shares": label_shares(window),
+        }
+        return self._record(tenant, version, "drift.prediction", 0.0, 1.0, False, evidence)
 
     def _labels(
         self, tenant: str, version: int, kind: str, reference: list[str], window: list[str]
@@ -379,6 +458,26 @@ def drift_view(ws: Workspace, tenant: str, *, limit: int = 20) -> dict[str, Any]
         "alarms": [s.to_dict() for s in reversed(alarms)],
         "kept_predictions": int(kept),
     }
+
+
+def _out_of_fold(
+    scope: TenantScope, run_id: str | None, lineage: dict[str, Any], policy: DriftPolicy, seed: str
+) -> list[str]:
+    """A seeded sample of at most ``reference_size`` of the round's out-of-fold predicted
+    labels: of its new records when they fill a window or more (the warm-start prior of
+    their fold models never saw them), else of every record it trained on; empty when the
+    round kept none."""
+    if run_id is None:
+        return []
+    try:
+        oof = json.loads(scope.blobs.get(OOF_BLOB.format(run_id=run_id)))
+    except NotFoundError:
+        return []
+    predicted = [str(p) for p in oof["predicted"]]
+    new = int(lineage.get("new_records") or 0)
+    if lineage.get("replay_records") and new >= policy.window:
+        predicted = predicted[:new]  # a warm round trains on its new records, then replay
+    return random.Random(seed).sample(predicted, min(policy.reference_size, len(predicted)))
 
 
 def _stamp(moment: datetime) -> str:

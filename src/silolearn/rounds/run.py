@@ -204,7 +204,11 @@ def train_candidate(
         lineage=lineage,
         metrics={},
         run_id=run.run_id,
-        extra={k: trained[k] for k in ("replay", "records", "canaries")},
+        extra={
+            k: trained[k]
+            for k in ("replay", "records", "canaries", "oof")
+            if trained.get(k) is not None
+        },
     )
     loop = lineage.get("feedback_loop") or {}
     if loop.get("left_out"):

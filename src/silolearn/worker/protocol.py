@@ -211,6 +211,8 @@ class TrainResult(_Strict):
     replay: bytes
     records: bytes
     canaries: bytes
+    oof: bytes | None = None
+    """Out-of-fold predicted labels by record id (a cross-validated head only)."""
     lineage: dict[str, Any]
     timings: dict[str, float]
 

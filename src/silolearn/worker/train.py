@@ -121,9 +121,23 @@ def train(job: WorkerJob, send: Send) -> dict[str, Any]:
         "replay": chosen.buffer.to_bytes(),
         "records": json.dumps([[job.tenant_id, i] for i in ids]).encode(),
         "canaries": canaries.to_bytes(),
+        "oof": _out_of_fold(fit.oof_predicted, list(adapter.labels), ids),
         "lineage": lineage,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+
+
+def _out_of_fold(
+    predicted: tuple[int, ...] | None, labels: list[str], ids: list[str]
+) -> bytes | None:
+    """The out-of-fold predicted label of each trained record (the canaries, last, left
+    out), by record id: what the candidate answers on texts it did not train on, which drift
+    monitoring compares served predictions with. None when the fit kept none."""
+    if predicted is None or len(predicted) < len(ids):
+        return None
+    return json.dumps(
+        {"ids": ids, "predicted": [labels[p] for p in predicted[: len(ids)]]}
+    ).encode()
 
 
 def _select(job: WorkerJob, scope: RemoteScope, config: Any, trunk: Any) -> _Selection:
