@@ -17,7 +17,7 @@ from silolearn import Workspace
 from silolearn.errors import FederationConfigError, FederationRoundFailed, PrivacyBudgetExceeded
 from silolearn.federation.aggregate import fedavg, judge_round
 from silolearn.federation.book import initial_weights
-from silolearn.federation.coordinator import RunRequest, _outcome, plan_run
+from silolearn.federation.coordinator import RunRequest, _outcome, _structure, plan_run
 from silolearn.federation.plan import FederationPlan, plan_for
 
 
@@ -47,7 +47,19 @@ def test_an_even_share_count_is_refused_before_the_run() -> None:
     assert caught.value.details["guard"] == "even-num-shares"
     assert plan_for(**_plan(num_shares=5)).num_shares == 5  # type: ignore[arg-type]
     # the default is the largest odd count the sites allow
-    assert plan_for(**_plan(sites=4)).num_shares == 3  # type: ignore[arg-type]
+    assert plan_for(**_plan(sites=4, min_sites=2)).num_shares == 3  # type: ignore[arg-type]
+
+
+def test_a_threshold_not_below_the_share_count_is_refused_before_the_run() -> None:
+    """Flower's SecAggPlusWorkflow raises ValueError in the ServerApp when the
+    reconstruction threshold is not below the share count (3 of 4 sites: 3 odd shares)."""
+    for changes in ({"sites": 4}, {"min_sites": 5}, {"min_sites": 3, "num_shares": 3}):
+        with pytest.raises(FederationConfigError) as caught:
+            plan_for(**_plan(**changes))  # type: ignore[arg-type]
+        assert caught.value.details["guard"] == "shares", changes
+    # a run's default threshold stays below the share count its sites allow
+    assert _structure(RunRequest(sites=4, rounds=1, secagg=True)).min_sites == 2
+    assert _structure(RunRequest(sites=6, rounds=1, secagg=True)).min_sites == 4
 
 
 def test_server_side_clipping_with_secure_aggregation_is_refused() -> None:

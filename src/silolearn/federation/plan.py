@@ -136,9 +136,11 @@ class FederationPlan:
                 guard="even-num-shares",
                 num_shares=self.num_shares,
             )
-        if not 2 <= self.min_sites <= self.num_shares <= self.sites:
+        # Flower's SecAggPlusWorkflow raises ValueError in the ServerApp for a threshold
+        # equal to the share count: refused here, before anything starts
+        if not 2 <= self.min_sites < self.num_shares <= self.sites:
             raise FederationConfigError(
-                f"SecAgg+ needs 2 <= reconstruction threshold ({self.min_sites}) <= shares "
+                f"SecAgg+ needs 2 <= reconstruction threshold ({self.min_sites}) < shares "
                 f"({self.num_shares}) <= sites ({self.sites})",
                 guard="shares",
             )
@@ -164,9 +166,17 @@ class FederationPlan:
 
 
 def odd_share_count(sites: int, min_sites: int) -> int:
-    """The largest odd share count between the threshold and the number of sites."""
+    """The largest odd share count above the threshold and at most the number of sites
+    (or, when there is none, the smallest odd one above the threshold, which ``check``
+    refuses with the reason)."""
     shares = sites if sites % 2 else sites - 1
-    return max(shares, min_sites if min_sites % 2 else min_sites + 1)
+    return max(shares, min_sites + 1 if min_sites % 2 == 0 else min_sites + 2)
+
+
+def largest_threshold(sites: int) -> int:
+    """The largest SecAgg+ reconstruction threshold ``sites`` sites allow: one below the
+    largest odd share count."""
+    return (sites if sites % 2 else sites - 1) - 1
 
 
 def plan_for(
