@@ -31,7 +31,8 @@ from silolearn.errors import (
 from silolearn.records import Record
 from silolearn.security.envelope import DataKey
 from silolearn.security.keys import TRAIN_KEY, WrappedKey
-from silolearn.storage.scope import Purpose
+from silolearn.storage.scope import Purpose, TenantScope
+from silolearn.tenancy.tenants import TenantInfo
 from silolearn.workspace import DB_FILE, HEAD_FILE, Workspace
 
 
@@ -77,137 +78,180 @@ def run_isolation_suite(ws: Workspace) -> list[AttackResult]:
     ws.create_tenant(name_b)
     results: list[AttackResult] = []
     try:
-        a = ws.scope(name_a)
-        b = ws.scope(name_b)
-        for scope in (a, b):
-            scope.train.append(_probe_records(4))
-            scope.eval.append(_probe_records(2))
-            scope.blobs.put("adapter", secrets.token_bytes(256))
-        info_a, info_b = ws.tenants.get(name_a), ws.tenants.get(name_b)
-        key_a = ws.tenants.data_key(info_a)
-        key_b = ws.tenants.data_key(info_b)
-        rows_b = ws.conn.execute(
-            "SELECT rid, box FROM train_records WHERE tenant_id = ? ORDER BY seq LIMIT 2",
-            (info_b.id,),
-        ).fetchall()
-        (rid_b1, box_b1), (rid_b2, _) = rows_b
-        blob_b = ws.conn.execute(
-            "SELECT object_id, file FROM blobs WHERE tenant_id = ?", (info_b.id,)
-        ).fetchone()
-        blob_b_bytes = (ws.tenants.blob_dir(info_b.id) / blob_b[1]).read_bytes()
-
+        probes = _set_up_probes(ws, name_a, name_b)
         results.extend(_worker_attacks(ws, name_a, name_b))
-        attacks: list[tuple[str, Callable[[], str]]] = [
-            (
-                "open tenant B's blob with tenant A's key",
-                lambda: _expect(
-                    (DecryptionError,),
-                    lambda: key_a.open(blob_b_bytes, kind="blob", object_id=blob_b[0]),
-                ),
-            ),
-            (
-                "move tenant B's record ciphertext into tenant A",
-                lambda: _moved_into_other_tenant(ws, info_a.id, bytes(box_b1), name_a),
-            ),
-            (
-                "re-bind tenant B's ciphertext to tenant A with B's own key",
-                lambda: _expect(
-                    (DecryptionError,),
-                    lambda: DataKey(info_a.id, key_b.version, key_b.material).open(
-                        bytes(box_b1), kind="train", object_id=bytes(rid_b1).hex()
-                    ),
-                ),
-            ),
-            (
-                "move a ciphertext to another object id of the same tenant",
-                lambda: _expect(
-                    (DecryptionError,),
-                    lambda: key_b.open(bytes(box_b1), kind="train", object_id=bytes(rid_b2).hex()),
-                ),
-            ),
-            (
-                "open a train ciphertext as an eval record",
-                lambda: _expect(
-                    (DecryptionError,),
-                    lambda: key_b.open(bytes(box_b1), kind="eval", object_id=bytes(rid_b1).hex()),
-                ),
-            ),
-            (
-                "unwrap tenant B's data key with tenant A's key-encryption key",
-                lambda: _unwrap_with_other_kek(ws, info_a.id, info_b.id),
-            ),
-            (
-                "read the eval store through a training scope",
-                lambda: _expect(
-                    (AccessDenied,), ws.scope(name_a, purpose=Purpose.TRAINING).eval.read
-                ),
-            ),
-            (
-                "append to the eval store through a training scope",
-                lambda: _expect(
-                    (AccessDenied,),
-                    lambda: ws.scope(name_a, purpose=Purpose.TRAINING).eval.append(
-                        _probe_records(1)
-                    ),
-                ),
-            ),
-            (
-                "use the eval-derived contamination index through a training scope",
-                lambda: _expect(
-                    (AccessDenied,), ws.scope(name_a, purpose=Purpose.TRAINING).index_key
-                ),
-            ),
-            (
-                "read the eval store through an ingestion scope",
-                lambda: _expect((AccessDenied,), a.eval.read),
-            ),
-            (
-                "UPDATE an eval record in the database",
-                lambda: _expect(
-                    (sqlite3.DatabaseError,),
-                    lambda: ws.conn.execute(
-                        "UPDATE eval_records SET box = x'00' WHERE tenant_id = ?", (info_a.id,)
-                    ),
-                ),
-            ),
-            (
-                "DELETE an eval record in the database",
-                lambda: _expect(
-                    (sqlite3.DatabaseError,),
-                    lambda: ws.conn.execute(
-                        "DELETE FROM eval_records WHERE tenant_id = ?", (info_a.id,)
-                    ),
-                ),
-            ),
-            (
-                "write into a quarantined tenant",
-                lambda: _write_quarantined(ws, name_a),
-            ),
-            (
-                "edit, delete or truncate the audit log (in a copy)",
-                lambda: _tamper_audit_copy(ws),
-            ),
-            (
-                "read a shredded tenant from a database copy taken before shredding",
-                lambda: _read_after_shred(ws, name_b, info_b.id, rid_b1, box_b1),
-            ),
-        ]
-        for name, attack in attacks:
-            try:
-                evidence, blocked = attack(), True
-            except _NotBlocked as exc:
-                evidence, blocked = str(exc), False
-            except Exception as exc:
-                evidence, blocked = f"unexpected {type(exc).__name__}: {exc}"[:160], False
-            results.append(AttackResult(name, blocked, evidence))
-            ws.audit.append(
-                "verify.attack", obj=name, details={"blocked": blocked, "evidence": evidence}
-            )
+        for name, attack in [*_ciphertext_attacks(ws, probes), *_store_attacks(ws, probes)]:
+            results.append(_run_attack(ws, name, attack))
     finally:
         for probe in (name_a, name_b):
             if any(t.name == probe for t in ws.tenants.list()):
                 ws.tenants.shred(probe)
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class _Probes:
+    """The two probe tenants, with what the attacks aim at: A's ingestion scope, both data
+    keys, two of B's training records and B's blob as stored."""
+
+    name_a: str
+    name_b: str
+    a: TenantScope
+    info_a: TenantInfo
+    info_b: TenantInfo
+    key_a: DataKey
+    key_b: DataKey
+    rid_b1: bytes
+    box_b1: bytes
+    rid_b2: bytes
+    blob_b_id: str
+    blob_b_bytes: bytes
+
+
+def _set_up_probes(ws: Workspace, name_a: str, name_b: str) -> _Probes:
+    """Give both probe tenants records, eval records and a blob; collect the targets."""
+    a = ws.scope(name_a)
+    b = ws.scope(name_b)
+    for scope in (a, b):
+        scope.train.append(_probe_records(4))
+        scope.eval.append(_probe_records(2))
+        scope.blobs.put("adapter", secrets.token_bytes(256))
+    info_a, info_b = ws.tenants.get(name_a), ws.tenants.get(name_b)
+    key_a = ws.tenants.data_key(info_a)
+    key_b = ws.tenants.data_key(info_b)
+    rows_b = ws.conn.execute(
+        "SELECT rid, box FROM train_records WHERE tenant_id = ? ORDER BY seq LIMIT 2",
+        (info_b.id,),
+    ).fetchall()
+    (rid_b1, box_b1), (rid_b2, _) = rows_b
+    blob_b = ws.conn.execute(
+        "SELECT object_id, file FROM blobs WHERE tenant_id = ?", (info_b.id,)
+    ).fetchone()
+    return _Probes(
+        name_a=name_a,
+        name_b=name_b,
+        a=a,
+        info_a=info_a,
+        info_b=info_b,
+        key_a=key_a,
+        key_b=key_b,
+        rid_b1=rid_b1,
+        box_b1=box_b1,
+        rid_b2=rid_b2,
+        blob_b_id=blob_b[0],
+        blob_b_bytes=(ws.tenants.blob_dir(info_b.id) / blob_b[1]).read_bytes(),
+    )
+
+
+def _run_attack(ws: Workspace, name: str, attack: Callable[[], str]) -> AttackResult:
+    """Run one attack and audit its outcome: blocked only by the typed error it expects."""
+    try:
+        evidence, blocked = attack(), True
+    except _NotBlocked as exc:
+        evidence, blocked = str(exc), False
+    except Exception as exc:
+        evidence, blocked = f"unexpected {type(exc).__name__}: {exc}"[:160], False
+    ws.audit.append("verify.attack", obj=name, details={"blocked": blocked, "evidence": evidence})
+    return AttackResult(name, blocked, evidence)
+
+
+def _ciphertext_attacks(ws: Workspace, p: _Probes) -> list[tuple[str, Callable[[], str]]]:
+    """Attacks on the encryption: the wrong tenant's key, a ciphertext moved to another
+    tenant, object or kind, a data key unwrapped with another tenant's KEK (I1, I6)."""
+    return [
+        (
+            "open tenant B's blob with tenant A's key",
+            lambda: _expect(
+                (DecryptionError,),
+                lambda: p.key_a.open(p.blob_b_bytes, kind="blob", object_id=p.blob_b_id),
+            ),
+        ),
+        (
+            "move tenant B's record ciphertext into tenant A",
+            lambda: _moved_into_other_tenant(ws, p.info_a.id, bytes(p.box_b1), p.name_a),
+        ),
+        (
+            "re-bind tenant B's ciphertext to tenant A with B's own key",
+            lambda: _expect(
+                (DecryptionError,),
+                lambda: DataKey(p.info_a.id, p.key_b.version, p.key_b.material).open(
+                    bytes(p.box_b1), kind="train", object_id=bytes(p.rid_b1).hex()
+                ),
+            ),
+        ),
+        (
+            "move a ciphertext to another object id of the same tenant",
+            lambda: _expect(
+                (DecryptionError,),
+                lambda: p.key_b.open(
+                    bytes(p.box_b1), kind="train", object_id=bytes(p.rid_b2).hex()
+                ),
+            ),
+        ),
+        (
+            "open a train ciphertext as an eval record",
+            lambda: _expect(
+                (DecryptionError,),
+                lambda: p.key_b.open(bytes(p.box_b1), kind="eval", object_id=bytes(p.rid_b1).hex()),
+            ),
+        ),
+        (
+            "unwrap tenant B's data key with tenant A's key-encryption key",
+            lambda: _unwrap_with_other_kek(ws, p.info_a.id, p.info_b.id),
+        ),
+    ]
+
+
+def _store_attacks(ws: Workspace, p: _Probes) -> list[tuple[str, Callable[[], str]]]:
+    """Attacks on the stores and the records kept about them: eval data through scopes
+    that may not touch it (I5), eval rows edited in the database, a write into a quarantined
+    tenant, the audit log tampered with (I7), a shredded tenant read from an old copy."""
+    name_a = p.name_a
+    return [
+        (
+            "read the eval store through a training scope",
+            lambda: _expect((AccessDenied,), ws.scope(name_a, purpose=Purpose.TRAINING).eval.read),
+        ),
+        (
+            "append to the eval store through a training scope",
+            lambda: _expect(
+                (AccessDenied,),
+                lambda: ws.scope(name_a, purpose=Purpose.TRAINING).eval.append(_probe_records(1)),
+            ),
+        ),
+        (
+            "use the eval-derived contamination index through a training scope",
+            lambda: _expect((AccessDenied,), ws.scope(name_a, purpose=Purpose.TRAINING).index_key),
+        ),
+        (
+            "read the eval store through an ingestion scope",
+            lambda: _expect((AccessDenied,), p.a.eval.read),
+        ),
+        (
+            "UPDATE an eval record in the database",
+            lambda: _expect(
+                (sqlite3.DatabaseError,),
+                lambda: ws.conn.execute(
+                    "UPDATE eval_records SET box = x'00' WHERE tenant_id = ?", (p.info_a.id,)
+                ),
+            ),
+        ),
+        (
+            "DELETE an eval record in the database",
+            lambda: _expect(
+                (sqlite3.DatabaseError,),
+                lambda: ws.conn.execute(
+                    "DELETE FROM eval_records WHERE tenant_id = ?", (p.info_a.id,)
+                ),
+            ),
+        ),
+        ("write into a quarantined tenant", lambda: _write_quarantined(ws, name_a)),
+        ("edit, delete or truncate the audit log (in a copy)", lambda: _tamper_audit_copy(ws)),
+        (
+            "read a shredded tenant from a database copy taken before shredding",
+            lambda: _read_after_shred(ws, p.name_b, p.info_b.id, p.rid_b1, p.box_b1),
+        ),
+    ]
 
 
 def _worker_attacks(ws: Workspace, name_a: str, name_b: str) -> list[AttackResult]:
