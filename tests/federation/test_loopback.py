@@ -6,15 +6,10 @@ by the test, whatever happens."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
-import os
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +18,7 @@ import numpy as np
 import pytest
 
 from silolearn import Workspace
-from silolearn.datasets import bbc_news, chatterbot_dialogues, rotten_tomatoes, sample
+from silolearn.datasets import bbc_news, chatterbot_dialogues, rotten_tomatoes
 from silolearn.federation.book import initial_weights
 from silolearn.learning.shared import SharedStore
 from silolearn.storage.scope import Purpose
@@ -33,61 +28,28 @@ ROUNDS = 3
 EPSILON = 8.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """The real command line in its own process group (its Flower children with it)."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "silolearn.cli", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _end(process: subprocess.Popen[bytes]) -> None:
-    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=grace)
-    # the group outlives its leader: a SuperNode and the ClientApps it started
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def federation(tmp_path_factory: pytest.TempPathFactory, loopback: Any) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("federation")
     with pytest.MonkeyPatch.context() as patch:
         # a narrow trunk: 16 x 384 weights to mask and to noise instead of 256 x 384
         patch.setenv("SILOLEARN_SHARED__HIDDEN", "16")
         # half of each site's records judge it: about 100 eval records a site
         patch.setenv("SILOLEARN_INGEST__EVAL_FRACTION", "0.5")
-        yield _federate(root)
+        yield _federate(root, loopback)
 
 
-def _federate(root: Path) -> dict[str, Any]:
+def _federate(root: Path, loopback: Any) -> dict[str, Any]:
     for name, source in SITES.items():
-        ws = Workspace.init(root / name, actor="test")
-        ws.create_tenant(name)
-        ws.tenant(name).ingest(sample(source(), 200, seed=11))
-        SharedStore(ws).join(name)
-        ws.close()
+        loopback.site(root / name, name, source(), 200)
     coordinator = root / "coordinator"
     ws = Workspace.init(coordinator, actor="test")
     start = initial_weights(ws)  # round 0: the seeded trunk the run starts from
     ws.close()
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{loopback.free_port()}"
     started: list[subprocess.Popen[bytes]] = []
     try:
-        run = _cli(
+        run = loopback.cli(
             "federation", "run", "--workspace", str(coordinator), "--json",
             "--sites", str(len(SITES)), "--rounds", str(ROUNDS), "--secagg",
             "--epsilon", str(EPSILON), "--address", address, "--round-timeout", "300",
@@ -96,7 +58,7 @@ def _federate(root: Path) -> dict[str, Any]:
         started.append(run)
         for name in SITES:
             started.append(
-                _cli(
+                loopback.cli(
                     "federation",
                     "site",
                     "--workspace",
@@ -104,7 +66,7 @@ def _federate(root: Path) -> dict[str, Any]:
                     "--superlink",
                     address,
                     "--port",
-                    str(_free_port()),
+                    str(loopback.free_port()),
                     log=root / f"{name}.out",
                 )
             )
@@ -114,10 +76,9 @@ def _federate(root: Path) -> dict[str, Any]:
         result = json.loads(output[output.index("{") :])
     finally:
         for process in reversed(started):
-            _end(process)
+            loopback.end(process)
     # no SuperLink, SuperNode, ServerApp or ClientApp of this federation outlived it
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert not [line for line in ps.stdout.splitlines() if str(root) in line]
+    assert not loopback.leftovers(root)
     return {"root": root, "coordinator": coordinator, "result": result, "start": start}
 
 

@@ -2,7 +2,8 @@
 
 Flower goes on after a round that aggregated nothing: fewer replies than asked for are
 averaged as they are, and after "Not enough shares to recover secret" SecAgg+ keeps the old
-weights. ``judge_round`` turns both into a ``FederationRoundFailed``.
+weights. ``judge_round`` turns both into a ``FederationRoundFailed``; ``halted_round`` is
+the error of a SecAgg+ round that stopped with fewer sites left than its threshold.
 """
 
 from __future__ import annotations
@@ -76,8 +77,29 @@ def judge_round(
         )
 
 
-def _same(after: Arrays, before: Arrays) -> bool:
-    if len(after) != len(before):
-        return False
-    pairs = zip(after, before, strict=True)
-    return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+def halted_round(
+    round_no: int,
+    *,
+    stage: str,
+    sampled: Sequence[str],
+    survivors: Sequence[str],
+    threshold: int,
+) -> FederationRoundFailed:
+    """The error of a SecAgg+ round that halted in ``stage`` ("Insufficient available
+    nodes" or "Not enough shares" in Flower's log, nothing else): too few of the sampled
+    sites were left to unmask the aggregate, so nothing was released."""
+    left = set(survivors)
+    dropped = [s for s in sampled if s not in left]
+    return FederationRoundFailed(
+        f"round {round_no}: secure aggregation halted in its {stage} stage with "
+        f"{len(survivors)} of the {len(sampled)} sampled site(s) left, fewer than the "
+        f"{threshold} needed to unmask the aggregate; nothing was released, charged or "
+        "versioned",
+        round=round_no,
+        stage=stage,
+        sampled=list(sampled),
+        survivors=list(survivors),
+        dropped=dropped,
+        threshold=threshold,
+        reason="too-few-survivors",
+    )

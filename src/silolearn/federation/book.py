@@ -83,6 +83,7 @@ class RoundBook:
             seconds=round(seconds, 3),
             failures=int(got["failures"]),
             received_sha256=got["sha256"],
+            **({"stages": got["stages"]} if "stages" in got else {}),
         )
         audit_round(self.ws, self.plan.federation, self.run_id, record)
         self.result["rounds"].append(record.to_dict())
@@ -97,8 +98,9 @@ class RoundBook:
 
         dp = self.plan.client_dp()
         replies = int(got.get("replies", 0))
+        charged = None
         if dp is not None and not self.plan.secagg and replies:
-            charge(
+            charged = charge(
                 self.ws,
                 self.plan.federation,
                 dp,
@@ -106,7 +108,6 @@ class RoundBook:
                 round_no=server_round,
                 survivors=replies,
             )
-
         audit_round_failed(
             self.ws,
             self.plan.federation,
@@ -115,6 +116,8 @@ class RoundBook:
             error,
             sampled=got.get("sampled", ()),
             replied=got.get("nodes", ()),
+            charge=charged,
+            **({"stages": got["stages"]} if "stages" in got else {}),
         )
 
     def failed(self, error: SiloError) -> None:

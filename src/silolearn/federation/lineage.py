@@ -181,8 +181,12 @@ def audit_round_failed(
     sampled: Sequence[str | int] = (),
     replied: Sequence[str | int] = (),
     side: str = "coordinator",
+    charge: RoundCharge | None = None,
+    **extra: Any,
 ) -> None:
-    """``federation.round_failed``: the round released nothing and was not charged."""
+    """``federation.round_failed``: the round released no aggregate. ``charge`` is what the
+    ledger charged for it anyway (without SecAgg+ the coordinator saw every update that
+    reached it), ``None`` when nothing was charged."""
     ws.audit.append(
         "federation.round_failed",
         obj=_obj(run_id),
@@ -196,7 +200,9 @@ def audit_round_failed(
             "dropped": list(_dropped([str(s) for s in sampled], [str(r) for r in replied])),
             "error": error.code,
             "message": error.message,
-            "charged": False,
+            "charged": charge is not None,
+            "privacy": None if charge is None else charge.to_dict(),
+            **extra,
         },
     )
 

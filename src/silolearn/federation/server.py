@@ -20,10 +20,11 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import ServerApp
 
 from silolearn.errors import FederationRoundFailed, SiloError
-from silolearn.federation.aggregate import digest, judge_round
+from silolearn.federation.aggregate import digest, halted_round, judge_round
 from silolearn.federation.book import RoundBook
 from silolearn.federation.plan import FederationPlan
 
@@ -106,6 +107,47 @@ class SiloFedAvg(FedAvg):
         return None, {}
 
 
+class TrackedSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow that keeps, for the round in progress, the sites still
+    taking part after each of its stages. Flower keeps them in the round's local state and
+    only logs "Secure aggregation halted": the round's audit says who dropped at which stage
+    (a site lost after share-keys is unmasked from the survivors' shares of its key), and a
+    halted round fails with how many were left."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sampled: list[str] = []
+        self.stages: dict[str, list[str]] = {}
+        """Each stage reached in the round, the sites still taking part after it."""
+        self.halted: str | None = None
+        self.threshold = 0
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        self.sampled, self.stages, self.halted = [], {}, None
+        return self._after("setup", super().setup_stage(grid, context, state), state)
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        return self._after("share-keys", super().share_keys_stage(grid, context, state), state)
+
+    def collect_masked_vectors_stage(
+        self, grid: Grid, context: LegacyContext, state: WorkflowState
+    ) -> bool:
+        done = super().collect_masked_vectors_stage(grid, context, state)
+        return self._after("collect-masked-vectors", done, state)
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        return self._after("unmask", super().unmask_stage(grid, context, state), state)
+
+    def _after(self, stage: str, done: bool, state: WorkflowState) -> bool:
+        if not self.sampled:
+            self.sampled = [str(n) for n in sorted(state.sampled_node_ids)]
+        self.threshold = state.threshold
+        self.stages[stage] = [str(n) for n in sorted(state.active_node_ids)]
+        if not done:
+            self.halted = stage
+        return done
+
+
 class JudgedFit:
     """Flower's fit round between the ledger's preflight and the judge and charge."""
 
@@ -121,6 +163,13 @@ class JudgedFit:
         started = time.monotonic()
         self.inner(grid, context)
         got = self.strategy.received.get(server_round)
+        tracked = self.inner if isinstance(self.inner, TrackedSecAggPlus) else None
+        if tracked is not None and tracked.halted is not None and got is None:
+            self._halted(server_round, tracked)
+        if tracked is not None and got is not None:
+            got["stages"] = {stage: len(nodes) for stage, nodes in tracked.stages.items()}
+            # Flower's collect-masked-vectors stage lists each of its failures twice
+            got["failures"] = len(tracked.sampled) - int(got["replies"])
         after = _weights(context) if got is not None else None
         try:
             judge_round(
@@ -137,6 +186,26 @@ class JudgedFit:
         assert after is not None and got is not None
         self.book.after_round(server_round, got, after, seconds=time.monotonic() - started)
         self.strategy.rounds = self.book.result["rounds"]
+
+    def _halted(self, server_round: int, tracked: TrackedSecAggPlus) -> None:
+        """A SecAgg+ round that stopped with too few sites: failed, audited, not charged."""
+        assert tracked.halted is not None
+        survivors = tracked.stages[tracked.halted]
+        error = halted_round(
+            server_round,
+            stage=tracked.halted,
+            sampled=tracked.sampled,
+            survivors=survivors,
+            threshold=tracked.threshold or self.strategy.plan.min_sites,
+        )
+        got = {
+            "sampled": tracked.sampled,
+            "nodes": survivors,
+            "replies": len(survivors),
+            "stages": {stage: len(nodes) for stage, nodes in tracked.stages.items()},
+        }
+        self.book.round_failed(server_round, error, got)
+        raise error
 
 
 def _weights(context: LegacyContext) -> list[np.ndarray]:
@@ -172,7 +241,7 @@ def serve(grid: Grid, context: Any) -> None:
     try:
         strategy = SiloFedAvg(plan, book.run_id, book.initial_weights())
         inner: Any = (
-            SecAggPlusWorkflow(
+            TrackedSecAggPlus(
                 num_shares=plan.num_shares,
                 reconstruction_threshold=plan.min_sites,
                 max_weight=1.0,

@@ -7,12 +7,14 @@ from the round's trunk and the site's own output rows, with no noise of its own:
 federation adds client-level noise to the site's whole update. Then, in that order on the
 way out: ``fixedclipping_mod`` clips the update to C, ``site_noise_mod`` adds N(0,
 sigma_site^2) per coordinate and audits what is sent, and ``secaggplus_mod`` masks it. The
-site's data, keys, output rows and unmasked update never leave it.
+site's data, keys, output rows and unmasked update never leave it; the site keeps what it
+received and sent in each round sealed in its own workspace (``exchange``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import secrets
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from silolearn.errors import InvalidInput, SiloError, TenantQuarantined
+from silolearn.errors import InvalidInput, NotFoundError, SiloError, TenantQuarantined
 from silolearn.federation.aggregate import digest
 from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.shared import SharedStore, trunk_artefact
@@ -219,13 +221,15 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
     record = ctxt.state.config_records.get("silolearn-fit")
     info: dict[str, Any] = {} if record is None else json.loads(str(record["json"]))
+    run_id, round_no = str(fit_ins.config["run"]), int(str(fit_ins.config["round"]))
     ws = _workspace(ctxt)
     try:
+        keep_exchange(ws, run_id, round_no, received=received, sent=sent)
         audit_contribution(
             ws,
             str(fit_ins.config["federation"]),
-            str(fit_ins.config["run"]),
-            int(str(fit_ins.config["round"])),
+            run_id,
+            round_no,
             noise,
             tenants=info.get("tenants", []),
             records=info.get("records", []),
@@ -234,10 +238,70 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
             update_norm_before_clipping=info.get("update_norm_before_clipping"),
             worker_pids=info.get("worker_pids", []),
             local_run_id=info.get("run_id"),
+            node_id=str(msg.metadata.dst_node_id),
         )
     finally:
         ws.close()
     return out
+
+
+EXCHANGE_KIND = "federated-exchange"
+"""The kind bound into a site's sealed record of one round (object id ``<run>/<round>``)."""
+
+
+def _exchange_path(ws: Workspace, run_id: str, round_no: int) -> Path:
+    if not run_id.isalnum():
+        raise InvalidInput(f"a federated run id is alphanumeric, not {run_id!r}")
+    return ws.path / "federation" / "exchanges" / run_id / f"round-{int(round_no)}.sealed"
+
+
+def keep_exchange(
+    ws: Workspace,
+    run_id: str,
+    round_no: int,
+    *,
+    received: Sequence[np.ndarray],
+    sent: Sequence[np.ndarray],
+) -> None:
+    """The site's own record of round ``round_no``: the weights it received and those it
+    sent (clipped and noised, before masking; their digest is in its
+    ``federation.contribute``), sealed under its shared-model key in its own workspace. The
+    coordinator never sees what was sent unmasked; the site can show it."""
+    buffer = io.BytesIO()
+    arrays = {f"received_{i}": np.asarray(a) for i, a in enumerate(received)}
+    arrays |= {f"sent_{i}": np.asarray(a) for i, a in enumerate(sent)}
+    np.savez(buffer, allow_pickle=False, **arrays)  # arrays, never pickled objects
+    box = ws.shared_key().seal(
+        buffer.getvalue(), kind=EXCHANGE_KIND, object_id=f"{run_id}/{int(round_no)}"
+    )
+    path = _exchange_path(ws, run_id, round_no)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(box)
+    partial.replace(path)
+
+
+def exchange(
+    ws: Workspace, run_id: str, round_no: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What this site received and sent in round ``round_no`` of run ``run_id``;
+    ``NotFoundError`` when it sent nothing in that round."""
+    path = _exchange_path(ws, run_id, round_no)
+    if not path.exists():
+        raise NotFoundError(
+            f"this site sent nothing in round {round_no} of run {run_id}",
+            run_id=run_id,
+            round=round_no,
+        )
+    plain = ws.shared_key().open(
+        path.read_bytes(), kind=EXCHANGE_KIND, object_id=f"{run_id}/{int(round_no)}"
+    )
+    with np.load(io.BytesIO(plain), allow_pickle=False) as arrays:
+        parts = {name: arrays[name] for name in arrays.files}
+    count = len(parts) // 2
+    return [parts[f"received_{i}"] for i in range(count)], [
+        parts[f"sent_{i}"] for i in range(count)
+    ]
 
 
 def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, Any]) -> int:
