@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve bench-monitors clean
+.PHONY: demo test lint bench bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve bench-monitors bench-federated clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve bench-monitors
+bench: bench-ingest bench-audit bench-contamination bench-round bench-dp bench-gates bench-tenants bench-serve bench-monitors bench-federated
 
 bench-ingest: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
@@ -67,6 +67,9 @@ bench-tenants: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve.py
+
+bench-federated: $(STAMP)
+	$(BIN)/python benchmarks/federated.py
 
 # Evidently, for the monitors' comparison only, pins plotly < 6 (we pin 7): its own environment
 EVIDENTLY := .venv-evidently
