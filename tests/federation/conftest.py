@@ -79,8 +79,10 @@ class Loopback:
         root = psutil.Process(process.pid)
         stopped: dict[int, psutil.Process] = {}
         while True:
-            with contextlib.suppress(psutil.NoSuchProcess):
+            try:
                 tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:  # it had ended: nothing of it is left to stop
+                tree = []
             fresh = [p for p in tree if p.pid not in stopped]
             if not fresh:
                 break

@@ -139,6 +139,15 @@ def _node(path: Path, run_id: str) -> str:
     return str(contributed["node_id"])
 
 
+def _killed_in_collect_stage(site: Path) -> bool:
+    """Whether the site's SuperNode answered the round's first two SecAgg+ messages (its
+    keys, its key shares) and received the third (collect-masked-vectors) without answering
+    it: killed while it trained, not failed (a site whose training failed sends an error
+    reply)."""
+    log = (site / "federation" / "supernode.log").read_text()
+    return log.count("Receiving: train message") == 3 and log.count("Sending: train message") == 2
+
+
 def _error(output: str) -> dict[str, Any]:
     error: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     return error
@@ -162,6 +171,7 @@ def test_a_site_killed_mid_round_leaves_the_round_to_its_survivors(
     assert round_["failures"] == 1
     assert round_["dropped"][0] not in survivors
     # the killed site sent nothing: it was killed before it could mask its update...
+    assert _killed_in_collect_stage(root / "support")
     assert _events(root / "support", "federation.contribute", run_id) == []
     with Workspace.open(root / "support", actor="test") as ws, pytest.raises(NotFoundError):
         exchange(ws, run_id, 1)
@@ -257,6 +267,7 @@ def test_too_few_survivors_fail_the_round_with_nothing_charged_or_versioned(
     assert "with 1 of the 3 sampled site(s) left, fewer than the 2" in error["message"]
     run_id, two = details["run_id"], dropouts["two"]
     assert details["survivors"] == [_node(two / "news", run_id)]
+    assert _killed_in_collect_stage(two / "critics") and _killed_in_collect_stage(two / "support")
     coordinator = two / "coordinator"
     (failed,) = _events(coordinator, "federation.round_failed", run_id)
     assert failed["dropped"] == details["dropped"] and failed["replied"] == details["survivors"]
