@@ -55,3 +55,11 @@ def test_the_demo_refuses_zero_rounds(tmp_path: Path) -> None:
     assert done.returncode == 3
     assert json.loads(done.stderr)["message"] == "the federated demo needs rounds >= 1"
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_refuses_options_of_the_other_demo(tmp_path: Path) -> None:
+    done = _demo("--workspace", str(tmp_path / "demo"), "--days", "2")
+    assert done.returncode == 6 and "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())
+    assert "--federated takes --workspace, --rounds and --json only" in message
+    assert not (tmp_path / "demo").exists()

@@ -292,6 +292,12 @@ def demo(
     if federated:
         from silolearn.demo.federated import run_federated_demo
 
+        if per_tenant is not None or report is not None or keep_serving or days:
+            raise InvalidInput(
+                "--federated takes --workspace, --rounds and --json only (not --per-tenant, "
+                "--report, --keep-serving or --days)"
+            )
+
         outcome = run_federated_demo(workspace, rounds=rounds, console=None if as_json else out)
         if as_json:
             print(json.dumps(outcome, indent=2, sort_keys=True, default=str))
