@@ -317,6 +317,7 @@ def run_tenant(name: str, args: argparse.Namespace, model: Any) -> dict[str, Any
         "majority": scores(truth, [majority] * len(held)),
     }
     print(f"{name}: {len(rows)} records, {result['labels']} labels", file=sys.stderr)
+    load_before = os.getloadavg()[0]
     result["tfidf"] = tfidf_yardstick(train, held)
     result["minilm"] = minilm_yardstick(model, train, held)
     with tempfile.TemporaryDirectory(prefix="silolearn-bench-tenants-") as tmp:
@@ -329,6 +330,8 @@ def run_tenant(name: str, args: argparse.Namespace, model: Any) -> dict[str, Any
                 result["lora"] = first_round(ws, f"{name}-lora", train, held, kind="lora")
         finally:
             ws.close()
+    # the box is shared: times and ratios read against the load they ran under
+    result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
 
 
@@ -660,6 +663,12 @@ def report(payload: dict[str, Any], *, lora: bool, streamed: bool) -> None:
         f"{info.get('sentence-transformers')}, scikit-learn {info.get('scikit-learn')}; "
         f"whole run {payload.get('seconds', float('nan')):.0f} s.\n"
     )
+    loads = [x for t in payload["tenants"] for x in t.get("load_average", ())]
+    if loads:
+        print(
+            "Load average (1 min) at each tenant's start and end: "
+            f"{min(loads):.1f}-{max(loads):.1f}.\n"
+        )
     render(tables_for(payload["tenants"], lora=lora, streamed=streamed), markdown=True)
 
 
