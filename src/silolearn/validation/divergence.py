@@ -37,6 +37,8 @@ from silolearn.registry.versions import AdapterRegistry, AdapterVersion
 from silolearn.storage.scope import Purpose
 
 if TYPE_CHECKING:
+    from silolearn.learning.shared import SharedStore, SharedVersion
+    from silolearn.tenancy.tenants import TenantInfo
     from silolearn.workspace import Workspace
 
 FloatArray = npt.NDArray[np.float32]
@@ -178,7 +180,6 @@ def check(
     its snapshot after ``event``; record each comparison and open incidents. Returns the
     rows recorded."""
     from silolearn.learning.shared import SharedStore
-    from silolearn.monitoring.incidents import Incidents
 
     runner = ProbeRunner(ws)
     store = SharedStore(ws)
@@ -189,103 +190,164 @@ def check(
         name = info.name
         if name == source or name in exclude or info.status == "shredding":
             continue
-        registry = AdapterRegistry(ws.scope(name, purpose=Purpose.REGISTRY))
-        active = registry.active()
-        if active is None:
-            continue
-        before = _snapshot_of(ws, name, active.version)
-        if before is None:
-            continue
-        member = members.get(name)
-        serving_trunk = (active.lineage.get("trunk") or {}).get("version")
-        trunk = None
-        shared_version = serving_trunk
-        if (
-            shared_update
-            and member is not None
-            and member.get("pinned_version") is None
-            and latest is not None
-            and serving_trunk is not None
-            and latest.version != serving_trunk
-        ):
-            data, sha = store.trunk(latest.version)
-            ws.audit.append(
-                "shared.read",
-                tenant=name,
-                obj=f"shared/v{latest.version}",
-                details={"trunk_sha256": sha, "purpose": "divergence preview"},
-            )
-            trunk = {"version": latest.version, "sha256": sha, "artefact": data}
-            shared_version = latest.version
-        # the probe set grows until it is full: compare on the records the snapshot saw
-        after = runner.run(name, active, trunk=trunk, probes=int(before.shape[0]))
-        if after is None:
-            continue
-        identical = bool(np.array_equal(before, after))
-        kl = mean_kl(before, after)
-        on_shared = serving_trunk is not None
-        row = {
-            "event": event,
-            "source": source,
-            "tenant": name,
-            "version": active.version,
-            "shared": on_shared,
-            "shared_version": shared_version,
-            "probes": int(after.shape[0]),
-            "identical": identical,
-            "kl": kl,
-        }
-        with ws.audit.write() as conn:
-            conn.execute(
-                "INSERT INTO divergence_checks (event, source, tenant_id, version, shared, "
-                "shared_version, probes, identical, kl, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event,
-                    source,
-                    info.id,
-                    active.version,
-                    int(on_shared),
-                    shared_version,
-                    row["probes"],
-                    int(identical),
-                    kl,
-                    utcnow(),
-                ),
-            )
-            ws.audit.append_in(
-                conn,
-                "divergence.check",
-                tenant=name,
-                obj=f"v{active.version}",
-                details={k: row[k] for k in ("event", "source", "identical", "kl", "probes")},
-            )
-        rows.append(row)
-        policy = ws.settings.gates.for_tenant(name)
-        if not on_shared and not identical:
-            Incidents(ws).open(
-                name,
-                severity="SEV1",
-                kind="divergence",
-                version=active.version,
-                summary=f"predictions of {name} v{active.version} moved (KL {kl:.3g}) after "
-                f"{event}: an isolated tenant must be bit-identical",
-                evidence=row,
-                actions=["alert"],
-            )
-        elif trunk is not None and kl > policy.shared_kl_bound:
-            store.pin(name, serving_trunk)
-            Incidents(ws).open(
-                name,
-                severity="SEV2",
-                kind="shared_divergence",
-                version=active.version,
-                summary=f"shared v{latest.version if latest else '?'} would move {name}'s "
-                f"predictions by KL {kl:.3g} > {policy.shared_kl_bound}",
-                evidence=row,
-                actions=[f"pinned to shared v{serving_trunk}"],
-            )
+        row = _check_tenant(
+            ws,
+            runner,
+            store,
+            info,
+            member=members.get(name),
+            latest=latest,
+            event=event,
+            source=source,
+            shared_update=shared_update,
+        )
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def _check_tenant(
+    ws: Workspace,
+    runner: ProbeRunner,
+    store: SharedStore,
+    info: TenantInfo,
+    *,
+    member: dict[str, Any] | None,
+    latest: SharedVersion | None,
+    event: str,
+    source: str | None,
+    shared_update: bool,
+) -> dict[str, Any] | None:
+    """Compare one tenant's active predictions with its snapshot, record the comparison and
+    open its incidents; ``None`` if it has no active version or snapshot to compare."""
+    name = info.name
+    registry = AdapterRegistry(ws.scope(name, purpose=Purpose.REGISTRY))
+    active = registry.active()
+    if active is None:
+        return None
+    before = _snapshot_of(ws, name, active.version)
+    if before is None:
+        return None
+    serving_trunk = (active.lineage.get("trunk") or {}).get("version")
+    trunk = None
+    shared_version = serving_trunk
+    if (
+        shared_update
+        and member is not None
+        and member.get("pinned_version") is None
+        and latest is not None
+        and serving_trunk is not None
+        and latest.version != serving_trunk
+    ):
+        trunk = _preview_trunk(ws, store, name, latest.version)
+        shared_version = latest.version
+    # the probe set grows until it is full: compare on the records the snapshot saw
+    after = runner.run(name, active, trunk=trunk, probes=int(before.shape[0]))
+    if after is None:
+        return None
+    identical = bool(np.array_equal(before, after))
+    kl = mean_kl(before, after)
+    on_shared = serving_trunk is not None
+    row = {
+        "event": event,
+        "source": source,
+        "tenant": name,
+        "version": active.version,
+        "shared": on_shared,
+        "shared_version": shared_version,
+        "probes": int(after.shape[0]),
+        "identical": identical,
+        "kl": kl,
+    }
+    _record(ws, info.id, row)
+    policy = ws.settings.gates.for_tenant(name)
+    if not on_shared and not identical:
+        _open_moved_incident(ws, row)
+    elif trunk is not None and kl > policy.shared_kl_bound:
+        store.pin(name, serving_trunk)
+        _open_shared_incident(ws, row, latest, serving_trunk, policy.shared_kl_bound)
+    return row
+
+
+def _preview_trunk(ws: Workspace, store: SharedStore, tenant: str, version: int) -> dict[str, Any]:
+    """The latest shared trunk, read (and audited) to preview a member on it."""
+    data, sha = store.trunk(version)
+    ws.audit.append(
+        "shared.read",
+        tenant=tenant,
+        obj=f"shared/v{version}",
+        details={"trunk_sha256": sha, "purpose": "divergence preview"},
+    )
+    return {"version": version, "sha256": sha, "artefact": data}
+
+
+def _record(ws: Workspace, tenant_id: str, row: dict[str, Any]) -> None:
+    """Store one comparison and append its audit event, in one transaction."""
+    with ws.audit.write() as conn:
+        conn.execute(
+            "INSERT INTO divergence_checks (event, source, tenant_id, version, shared, "
+            "shared_version, probes, identical, kl, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["event"],
+                row["source"],
+                tenant_id,
+                row["version"],
+                int(row["shared"]),
+                row["shared_version"],
+                row["probes"],
+                int(row["identical"]),
+                row["kl"],
+                utcnow(),
+            ),
+        )
+        ws.audit.append_in(
+            conn,
+            "divergence.check",
+            tenant=row["tenant"],
+            obj=f"v{row['version']}",
+            details={k: row[k] for k in ("event", "source", "identical", "kl", "probes")},
+        )
+
+
+def _open_moved_incident(ws: Workspace, row: dict[str, Any]) -> None:
+    """SEV1: an isolated tenant's predictions moved (I4 broken in production)."""
+    from silolearn.monitoring.incidents import Incidents
+
+    name, version = row["tenant"], row["version"]
+    Incidents(ws).open(
+        name,
+        severity="SEV1",
+        kind="divergence",
+        version=version,
+        summary=f"predictions of {name} v{version} moved (KL {row['kl']:.3g}) after "
+        f"{row['event']}: an isolated tenant must be bit-identical",
+        evidence=row,
+        actions=["alert"],
+    )
+
+
+def _open_shared_incident(
+    ws: Workspace,
+    row: dict[str, Any],
+    latest: SharedVersion | None,
+    serving_trunk: int | None,
+    bound: float,
+) -> None:
+    """SEV2: the latest shared trunk would move a member too far; it stays pinned."""
+    from silolearn.monitoring.incidents import Incidents
+
+    name = row["tenant"]
+    Incidents(ws).open(
+        name,
+        severity="SEV2",
+        kind="shared_divergence",
+        version=row["version"],
+        summary=f"shared v{latest.version if latest else '?'} would move {name}'s "
+        f"predictions by KL {row['kl']:.3g} > {bound}",
+        evidence=row,
+        actions=[f"pinned to shared v{serving_trunk}"],
+    )
 
 
 def history(ws: Workspace, tenant: str | None = None) -> list[dict[str, Any]]:
