@@ -6,7 +6,7 @@ by the test, whatever happens."""
 
 from __future__ import annotations
 
-import functools
+import io
 import json
 import math
 import subprocess
@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from silolearn import Workspace
 from silolearn.datasets import bbc_news, chatterbot_dialogues, rotten_tomatoes
+from silolearn.demo import federated as demo
+from silolearn.demo.site_eval import EvalSet
 from silolearn.federation.book import initial_weights
 from silolearn.learning.shared import SharedStore
-from silolearn.storage.scope import Purpose
 
 SITES = {"news": bbc_news, "critics": rotten_tomatoes, "support": chatterbot_dialogues}
 ROUNDS = 3
@@ -126,69 +126,52 @@ def test_the_coordinator_never_holds_a_sites_update_in_clear(federation: dict[st
         assert not received & sent[r["round"]]
 
 
-@functools.cache
-def _encoder() -> Any:
-    from silolearn.learning.encoder import FrozenEncoder, default_model_dir
-
-    return FrozenEncoder.load(default_model_dir(), expected_sha256=None)
-
-
-def _accuracy_and_loss(site: Path, tenant: str, trunk: list[np.ndarray], rows: Any) -> Any:
-    """Accuracy and mean cross-entropy of trunk + rows on the site's eval records."""
-    import torch
-
-    from silolearn.learning.adapters import INPUT_SCALE
-
-    ws = Workspace.open(site, actor="test")
-    try:
-        train = ws.scope(tenant, purpose=Purpose.TRAINING).train.read()
-        labels = sorted({str(s.record.label) for s in train if s.record.label is not None})
-        stored = [
-            s
-            for s in ws.scope(tenant, purpose=Purpose.EVALUATION).eval.read()
-            if s.record.label in labels
-        ]
-    finally:
-        ws.close()
-    x = torch.from_numpy(_encoder().embed([s.record.text for s in stored])) * INPUT_SCALE
-    y = torch.tensor([labels.index(str(s.record.label)) for s in stored])
-    w, b = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in trunk)
-    features = torch.cat([x, torch.relu(x @ w.T + b)], dim=1)
-    if rows is None:  # before any round: no row learned, every label equally likely
-        logits = torch.zeros(len(stored), len(labels))
-    else:
-        logits = features @ rows[0].T + rows[1]
-    loss = float(torch.nn.functional.cross_entropy(logits, y))
-    majority = max(float((y == k).float().mean()) for k in range(len(labels)))
-    return float((logits.argmax(1) == y).float().mean()), loss, majority
+@pytest.fixture(scope="module")
+def eval_sets(federation: dict[str, Any]) -> dict[str, EvalSet]:
+    """Each site's eval records, embedded once for the tests that judge the run."""
+    return demo.eval_sets(demo.Layout(federation["root"], tuple(SITES)))
 
 
-def test_the_shared_model_improves_on_each_sites_eval_data(federation: dict[str, Any]) -> None:
+def test_the_shared_model_improves_on_each_sites_eval_data(
+    federation: dict[str, Any], eval_sets: dict[str, EvalSet]
+) -> None:
     """Each site's version of the last round (the federation's trunk and the site's own
     rows, fitted on it) against round 0 (the trunk the run started from, no row learned:
     every label equally likely) and against the best constant answer of the same eval set.
     With three sites, client-level noise swamps the trunk's own signal (docs/federation.md);
     what improves is the model each site serves from it."""
-    from silolearn.learning.adapters import read_artefact
+    layout = demo.Layout(federation["root"], tuple(SITES))
+    run_id = federation["result"]["run_id"]
+    scores = demo.accuracy(layout, run_id, federation["start"], eval_sets)
+    for name, score in scores.items():
+        print(name, score)
+        assert score["final"] > max(score["round_0"], score["constant_answer"]), name
 
-    start = federation["start"]
-    for name in SITES:
-        site = federation["root"] / name
-        ws = Workspace.open(site, actor="test")
-        try:
-            store = SharedStore(ws)
-            latest = store.latest()
-            assert latest is not None and latest.lineage["run_id"] == federation["result"]["run_id"]
-            _, tensors = read_artefact(store.artefact(latest.version))
-            tenant_id = ws.tenants.get(name).id
-        finally:
-            ws.close()
-        trunk = [tensors["trunk.weight"].numpy(), tensors["trunk.bias"].numpy()]
-        rows = (tensors[f"rows.{tenant_id}.weight"], tensors[f"rows.{tenant_id}.bias"])
-        before, _, majority = _accuracy_and_loss(site, name, start, None)
-        after, _, _ = _accuracy_and_loss(site, name, trunk, rows)
-        print(name, {"round 0": before, "after": after, "constant answer": majority})
-        assert after > max(before, majority), name
+
+def test_the_federated_demo_reports_the_run(
+    federation: dict[str, Any], eval_sets: dict[str, EvalSet]
+) -> None:
+    """``silolearn demo --federated``'s report, tables and JSON, from this real run (the
+    demo's layout: a coordinator and the sites beside it): every round with its replies and
+    epsilon, each site's accuracy, and the coordinator's ledger charging every round."""
+    from rich.console import Console
+
+    layout = demo.Layout(federation["root"], tuple(SITES))
+    result = federation["result"]
+    report = demo.report_of(layout, result, federation["start"], eval_sets, "federation")
+    assert json.loads(json.dumps(report)) == report
+    events = report["ledger"]["events"]
+    assert [e["run_id"] for e in events] == [result["run_id"]] * ROUNDS
+    assert [e["epsilon_after"] for e in events] == [r["epsilon_after"] for r in result["rounds"]]
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(demo.rounds_table(report))
+    console.print(demo.ledger_table(report["ledger"]))
+    text = console.export_text()
+    for r in result["rounds"]:
+        assert f"{r['epsilon_after']:.3f}" in text
+    for score in report["accuracy"].values():
+        assert f"{score['round_0']:.3f}" in text and f"{score['final']:.3f}" in text
+    assert f"privacy ledger of federation:federation: ε {events[-1]['epsilon_after']:.3f}" in text
 
 
 def test_every_audit_log_verifies_and_tells_the_rounds(federation: dict[str, Any]) -> None:

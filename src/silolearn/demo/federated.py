@@ -353,17 +353,20 @@ def run_federated_demo(path: Path, *, rounds: int, console: Any | None) -> Row:
     return report
 
 
-def sites_table(setup: Row) -> Table:
-    table = Table(
-        title=(
-            f"sites (trunk {setup['trunk_width']} wide, not {setup['trunk_width_default']}: "
-            f"{len(setup['sites'])} sites under noise multiplier "
-            f"{setup['noise_multiplier']:.2f}; {EVAL_FRACTION:.0%} of records judge)"
-        ),
-        title_justify="left",
-    )
-    for column in ("site", "records from", "train", "eval"):
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
         table.add_column(column)
+    return table
+
+
+def sites_table(setup: Row) -> Table:
+    table = _table(
+        f"sites (trunk {setup['trunk_width']} wide, not {setup['trunk_width_default']}: "
+        f"{len(setup['sites'])} sites under noise multiplier "
+        f"{setup['noise_multiplier']:.2f}; {EVAL_FRACTION:.0%} of records judge)",
+        ["site", "records from", "train", "eval"],
+    )
     for s in setup["sites"]:
         table.add_row(s["site"], s["source"], str(s["train"]), str(s["eval"]))
     return table
@@ -375,12 +378,10 @@ def rounds_table(report: Row) -> Table:
     version between rounds, so the rounds in between have none)."""
     sites = list(report["accuracy"])
     privacy = f"SecAgg+, client-level DP ε {report['epsilon']:g}"
-    table = Table(
-        title=f"federated run {report['run_id']} ({privacy})",
-        title_justify="left",
+    table = _table(
+        f"federated run {report['run_id']} ({privacy})",
+        ["round", "replies", "dropped", "ε spent", "seconds", *sites],
     )
-    for column in ("round", "replies", "dropped", "ε spent", "seconds", *sites):
-        table.add_column(column)
     acc = report["accuracy"]
     table.add_row("0", "", "", "0", "", *(f"{acc[s]['round_0']:.3f}" for s in sites))
     last = report["rounds"][-1]["round"] if report["rounds"] else 0
@@ -400,15 +401,11 @@ def rounds_table(report: Row) -> Table:
 
 
 def ledger_table(summary: Row) -> Table:
-    table = Table(
-        title=(
-            f"privacy ledger of {summary['scope']}: ε {summary['epsilon_spent']:.3f} spent "
-            f"of {summary['epsilon_budget']:g} at δ {summary['delta']:g} ({summary['accountant']})"
-        ),
-        title_justify="left",
+    table = _table(
+        f"privacy ledger of {summary['scope']}: ε {summary['epsilon_spent']:.3f} spent "
+        f"of {summary['epsilon_budget']:g} at δ {summary['delta']:g} ({summary['accountant']})",
+        ["#", "run", "purpose", "q", "achieved z", "steps", "ε after"],
     )
-    for column in ("#", "run", "purpose", "q", "achieved z", "steps", "ε after"):
-        table.add_column(column)
     for e in summary["events"]:
         table.add_row(
             str(e["id"]),
