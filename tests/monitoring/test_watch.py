@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy.stats import binom
 
 from helpers import run_cli
 from silolearn import Workspace
 from silolearn.clock import ManualClock
-from silolearn.datasets import health_tweets, sample
+from silolearn.datasets import health_tweets, rotten_tomatoes, sample
 from silolearn.errors import NotFoundError, TenantNotFound
+from silolearn.monitoring.drift import label_test, level
 from silolearn.monitoring.incidents import Incidents
 from silolearn.monitoring.signals import Signal
 from silolearn.monitoring.watch import CALIBRATION_BLOB, DriftMonitor, drift_view
@@ -32,6 +34,9 @@ from silolearn.storage.served_embeddings import ServedEmbeddings
 from silolearn.workspace import DB_FILE
 
 START = datetime(2026, 5, 1, tzinfo=UTC)
+IN_CONTROL = 800
+"""In-control texts served by the prediction test's false-alarm check: 32 windows of 25."""
+POLICY = {"WINDOW": "25", "ERT": "5000", "REFERENCE_SIZE": "200", "BOOTSTRAPS": "100"}
 
 
 @dataclass
@@ -39,6 +44,8 @@ class Tenant:
     path: Path
     early: list[dict[str, str]]
     late: list[dict[str, str]]
+    held: list[dict[str, str]]
+    """More tweets of the training period, never ingested: in-control traffic."""
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +55,13 @@ def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenant]:
     # served and trained on alike: a time-ordered split would drift within 2012 already
     random.Random(0).shuffle(early)
     late = sample([r for r in tweets if r["timestamp"][:4] == "2015"], 160, seed=1)
+    taken = {r["id"] for r in early}
+    rest = [r for r in tweets if r["timestamp"][:4] == "2012" and r["id"] not in taken]
+    held = sample([r for r in rest if r["text"].strip()], IN_CONTROL, seed=2)
+    random.Random(2).shuffle(held)  # in time order, a window is a week of 2012: its own mix
     path = tmp_path_factory.mktemp("drift") / "ws"
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in {
-            "WINDOW": "25",
-            "ERT": "5000",
-            "REFERENCE_SIZE": "200",
-            "BOOTSTRAPS": "100",
-        }.items():
+        for key, value in POLICY.items():
             patch.setenv(f"SILOLEARN_DRIFT__{key}", value)
         with Workspace.init(path, actor="test") as ws:
             ws.create_tenant("desk")
@@ -63,7 +69,7 @@ def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenant]:
             ws.tenant("desk").ingest(early[:260])
             result = ws.tenant("desk").train(seed=0)
             assert result.status == "active", result
-        yield Tenant(path, early[260:], late)
+        yield Tenant(path, early[260:], late, held)
 
 
 def _answer(ws: Workspace) -> tuple[list[int], object]:
@@ -81,7 +87,9 @@ def _answer(ws: Workspace) -> tuple[list[int], object]:
     return calls, answer
 
 
-def _serve(monitor: DriftMonitor, rows: list[dict[str, str]], clock: ManualClock) -> list[Signal]:
+def _serve(
+    monitor: DriftMonitor, rows: Sequence[dict[str, str]], clock: ManualClock
+) -> list[Signal]:
     raised = []
     for start in range(0, len(rows), 10):
         version, embeddings, labels = monitor.answer(
@@ -195,6 +203,75 @@ def test_drift_of_what_a_version_serves(tenant: Tenant, monkeypatch: pytest.Monk
         assert json.loads(blob)["key"]["window"] == 30
 
 
+def test_prediction_drift_holds_its_false_alarm_rate_on_in_control_traffic(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version serves tweets of its own period it never saw: the prediction test, whose
+    reference is the round's out-of-fold predictions, alarms within its configured rate
+    (each window of 25 at level 25 / 5,000; over 32 windows the count is allowed up to its
+    binomial quantile at 0.999, so a correct test fails this one run in a thousand); film
+    reviews served next (another source) are detected. The reference the monitor kept before
+    (the version's answers on its own training texts) is measured on the same windows as
+    the yardstick and printed."""
+    for key, value in POLICY.items():
+        monkeypatch.setenv(f"SILOLEARN_DRIFT__{key}", value)
+    clock = ManualClock(START + timedelta(days=30))
+    with Workspace.open(tenant.path, actor="test") as ws:
+        _, answer = _answer(ws)
+        monitor = DriftMonitor(ws, answer, clock=clock)  # type: ignore[arg-type]
+        reference = monitor.reference("desk", 1)
+        assert reference.predicted_from == "out-of-fold"
+        served = _serve(monitor, tenant.held, clock)
+        tests = [s for s in served if s.kind == "drift.prediction"]
+        alarms = sum(s.confirmed for s in tests)
+        alpha = level(25, 5000)
+        allowed = int(binom.ppf(0.999, len(tests), alpha))
+
+        # the yardstick: the same windows against the version's answers on its training texts
+        scope = ws.scope("desk", purpose=Purpose.INGEST)
+        trained = [s.record for s in scope.train.read(until=reference.cutoff)]
+        picked = random.Random("desk/1").sample(trained, min(200, len(trained)))
+        _, _, on_training = monitor.answer("desk", 1, [r.text for r in picked])
+        before = [
+            label_test(on_training, _window_of(s), alpha=alpha, permutations=1000, seed=1)
+            for s in tests
+        ]
+        print(
+            f"\nprediction drift on {len(tests)} in-control windows of 25 at level {alpha}: "
+            f"{alarms} alarms (allowed {allowed}), median p "
+            f"{np.median([s.evidence['p_value'] for s in tests]):.3f}; against answers on its "
+            f"training texts: {sum(t.drift for t in before)} alarms, median p "
+            f"{np.median([t.p_value for t in before]):.3f}"
+        )
+        assert len(tests) == IN_CONTROL // 25
+        assert alarms <= allowed
+
+        # another source: ten windows, each at level 0.005 (two of four alarmed in a trial)
+        shifted = _serve(monitor, sample(rotten_tomatoes(), 250, seed=3), clock)
+        detected = [s.confirmed for s in shifted if s.kind == "drift.prediction"]
+        print(f"film reviews served next: {sum(detected)} of {len(detected)} windows alarmed")
+        assert any(detected)
+
+        # a version without out-of-fold predictions (LoRA, DP, a fixed fit, an older one) is
+        # not tested on its predicted labels, and its signal says so instead of alarming
+        clock.advance(timedelta(days=1))
+        without = replace(reference, predicted=[], predicted_from=None)
+        untested = monitor._predictions("desk", 1, without, ["a"] * 25)
+        assert not untested.confirmed and untested.evidence["test"] == "none"
+        assert "out-of-fold" in untested.evidence["reason"]
+
+
+def _window_of(signal: Signal) -> list[str]:
+    """A tested window's predicted labels, back from its shares (the order does not matter
+    to the test)."""
+    size = int(signal.evidence["size"])
+    return [
+        label
+        for label, share in signal.evidence["window_shares"].items()
+        for _ in range(round(share * size))
+    ]
+
+
 def test_monitor_show_reports_drift(tenant: Tenant) -> None:
     shown = run_cli("monitor", "show", "desk", "--workspace", str(tenant.path), "--json")
     assert shown.returncode == 0, shown.stderr
@@ -203,6 +280,9 @@ def test_monitor_show_reports_drift(tenant: Tenant) -> None:
     human = run_cli("monitor", "show", "desk", "--workspace", str(tenant.path))
     assert human.returncode == 0, human.stderr
     assert "drift of desk" in human.stdout and "drift.embedding" in human.stdout
+    # the newest prediction signal is the untested version's: said as such
+    assert "not tested" in human.stdout
+    assert view["drift"]["latest"]["drift.prediction"]["evidence"]["test"] == "none"
     missing = run_cli("monitor", "show", "nobody", "--workspace", str(tenant.path))
     assert missing.returncode != 0 and "nobody" in missing.stderr
     missing_json = run_cli("monitor", "show", "nobody", "--workspace", str(tenant.path), "--json")

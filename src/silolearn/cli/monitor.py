@@ -63,6 +63,8 @@ def _print_drift(drift: dict[str, Any]) -> None:
             else f"MMD^2 {signal['statistic']:.4g} vs {signal['threshold']:.4g}"
         )
         state = "DRIFT" if signal["confirmed"] else "no drift"
+        if evidence.get("test") == "none":  # no honest reference for this version
+            state, detail = "not tested", str(evidence.get("reason", ""))
         rows.append([kind, f"v{signal['version']}", signal["at"], state, detail])
     title = (
         f"drift of {drift['tenant']} (window {policy['window']}, one false alarm per "
