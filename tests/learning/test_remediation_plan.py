@@ -1,7 +1,8 @@
-"""Which remediation a leaking candidate gets: a stronger L2 penalty only where it can mend
-the leak (a membership failure, or a hand-set schedule the default learner replaces), each
-further step bounding C at a tenth of the chosen one; a canary failure of the default
-learner goes straight to DP-SGD, at the largest epsilon the tenant's budget pays."""
+"""Which remediation a leaking candidate gets: the one-standard-error penalty only where it
+can mend the leak (a membership failure, or a hand-set schedule the default learner
+replaces), then steps each bounding C at a tenth of the chosen one (for a canary failure of
+the default learner too: they can pull a canary of a small label off zero loss), then
+DP-SGD at the largest epsilon the tenant's budget pays."""
 
 from __future__ import annotations
 
@@ -43,10 +44,22 @@ def test_membership_leak_is_met_with_a_ladder_of_stronger_penalties(tmp_path: Pa
         assert what == "dp epsilon 4" and plan == {"dp": True, "epsilon": 4.0}
 
 
-def test_canary_leak_of_the_default_learner_goes_straight_to_dp(tmp_path: Path) -> None:
+def test_canary_leak_of_the_default_learner_bounds_c_before_dp(tmp_path: Path) -> None:
+    """No one-standard-error attempt (a grid step does not move a canary's exposure); each
+    bound is a tenth of the C the attempt before chose, then DP-SGD."""
     with Workspace.init(tmp_path / "ws", actor="test") as ws:
         ws.create_tenant("ward")
-        plans = Trainer(ws)._remediations("ward", [_rejected(["canary"], c=100.0)])
+        made = [_rejected(["canary"], c=10.0)]
+        plans = Trainer(ws)._remediations("ward", made)
+        what, plan = next(plans)
+        assert what == "stronger regularisation, C at most 1"
+        assert plan == {
+            "overrides": {"tuning": "auto", "l2_choice": "one_standard_error", "max_c": 1.0}
+        }
+        made.append(_rejected(["canary"], c=0.3))
+        what, plan = next(plans)
+        assert what == "stronger regularisation, C at most 0.03"
+        made.append(_rejected(["canary"], c=0.03))
         assert [what for what, _ in plans] == ["dp epsilon 4", "dp epsilon 1"]
 
 
