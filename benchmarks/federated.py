@@ -57,6 +57,7 @@ from silolearn.demo.federated import (
     Layout,
     configure,
     federate,
+    free_address,
     trunk_width,
 )
 from silolearn.demo.site_eval import EvalSet, encoder_for, shared_model, train_labels
@@ -164,7 +165,7 @@ def federated(layout: Layout, rounds: int, epsilon: float | None) -> Row:
             )
             return run_plan(ws, plan, address)
 
-        result = federate(layout, coordinate)
+        result = federate(layout, free_address(), coordinate)
     models = {}
     for name in layout.sites:
         with Workspace.open(layout.site(name), actor="benchmark") as ws:

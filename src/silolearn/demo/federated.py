@@ -119,20 +119,30 @@ def configure(path: Path, hidden: int, eval_fraction: float = EVAL_FRACTION) -> 
     (path / CONFIG_FILE).write_text(settings.model_copy(update=update).to_toml(), "utf-8")
 
 
-def build(root: Path, *, rounds: int, records: int = RECORDS) -> Row:
-    """The coordinator (no tenant) and the sites (one tenant each, its records ingested,
-    joined to the shared layer); the plan's noise and the trunk width derived from it."""
-    layout = _fresh(root)
+def plan_coordinator(layout: Layout, *, rounds: int) -> Row:
+    """The coordinator's workspace (no tenant), the plan's noise and the trunk width derived
+    from it, set in the coordinator's settings."""
     request = RunRequest(
-        sites=len(SITES), rounds=rounds, secagg=True, epsilon=EPSILON, federation=FEDERATION
+        sites=len(layout.sites), rounds=rounds, secagg=True, epsilon=EPSILON, federation=FEDERATION
     )
     with Workspace.init(layout.coordinator, actor="demo") as ws:
         plan = plan_run(ws, request, weight_bound=0.0)
         widest = ws.settings.shared.hidden
     hidden = trunk_width(plan.sites, plan.noise_multiplier, widest)
     configure(layout.coordinator, hidden)
+    return {
+        "noise_multiplier": plan.noise_multiplier,
+        "min_sites": plan.min_sites,
+        "trunk_width": hidden,
+        "trunk_width_default": widest,
+    }
+
+
+def build_sites(layout: Layout, hidden: int, records: int = RECORDS) -> list[Row]:
+    """The sites: one tenant each, its records ingested, joined to the shared layer."""
     sites = []
-    for name, (loader, source) in SITES.items():
+    for name in layout.sites:
+        loader, source = SITES[name]
         Workspace.init(layout.site(name), actor="demo").close()
         configure(layout.site(name), hidden)
         with Workspace.open(layout.site(name), actor="demo") as ws:
@@ -140,13 +150,7 @@ def build(root: Path, *, rounds: int, records: int = RECORDS) -> Row:
             report = ws.tenant(name).ingest(sample(loader(), records, seed=11))
             SharedStore(ws).join(name)
         sites.append({"site": name, "source": source, **report.to_dict()})
-    return {
-        "sites": sites,
-        "noise_multiplier": plan.noise_multiplier,
-        "min_sites": plan.min_sites,
-        "trunk_width": hidden,
-        "trunk_width_default": widest,
-    }
+    return sites
 
 
 def _free_port() -> int:
@@ -171,16 +175,18 @@ def _cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 Processes = dict[str, subprocess.Popen[bytes]]
 
 
-def federate(layout: Layout, coordinate: Callable[[str, Processes], Any]) -> Any:
-    """Every site's ``silolearn federation site``, and ``coordinate(address, sites)`` (the
-    coordinator's part, with the SuperLink on ``address``) meanwhile; every site's process
+def federate(layout: Layout, address: str, coordinate: Callable[[str, Processes], Any]) -> Any:
+    """Every site's ``silolearn federation site`` (the SuperLink on ``address``), and
+    ``coordinate(address, sites)`` (the coordinator's part) meanwhile; every site's process
     group is ended before this returns."""
-    address = f"127.0.0.1:{_free_port()}"
-    log = layout.root / "logs"
-    log.mkdir(exist_ok=True)
+    (layout.root / "logs").mkdir(exist_ok=True)
     sites = {name: _site(layout, name, address) for name in layout.sites}
     with processes.running(*sites.values()):
         return coordinate(address, sites)
+
+
+def free_address() -> str:
+    return f"127.0.0.1:{_free_port()}"
 
 
 def _site(layout: Layout, name: str, address: str) -> subprocess.Popen[bytes]:
@@ -193,25 +199,31 @@ def _site(layout: Layout, name: str, address: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def coordinate_cli(
-    layout: Layout, rounds: int, meanwhile: Callable[[], Any]
+def start_run(layout: Layout, address: str, rounds: int) -> subprocess.Popen[bytes]:
+    """``silolearn federation run --json`` on the coordinator (SecAgg+, client-level DP at
+    ``EPSILON``): it starts the SuperLink and waits for the sites to connect."""
+    (layout.root / "logs").mkdir(exist_ok=True)
+    return _cli(
+        [
+            "federation", "run", "--workspace", str(layout.coordinator), "--json",
+            "--sites", str(len(layout.sites)), "--rounds", str(rounds), "--secagg",
+            "--epsilon", str(EPSILON), "--address", address,
+            "--round-timeout", str(ROUND_TIMEOUT), "--name", FEDERATION,
+        ],
+        layout.root / "logs" / "run.out",
+    )  # fmt: skip
+
+
+def await_run(
+    layout: Layout, run: subprocess.Popen[bytes], rounds: int, meanwhile: Callable[[], Any]
 ) -> Callable[[str, Processes], Row]:
-    """The coordinator's part as ``silolearn federation run --json`` (SecAgg+, client-level
-    DP at ``EPSILON``), with ``meanwhile`` run in a thread while it works; the run's result
-    with ``"meanwhile"``: what that returned."""
+    """The coordinator's part: wait for ``run`` (a site that stops fails it), with
+    ``meanwhile`` run in a thread; the run's result with ``"meanwhile"``: what that
+    returned."""
     log = layout.root / "logs"
 
     def coordinate(address: str, sites: Processes) -> Row:
-        run = _cli(
-            [
-                "federation", "run", "--workspace", str(layout.coordinator), "--json",
-                "--sites", str(len(layout.sites)), "--rounds", str(rounds), "--secagg",
-                "--epsilon", str(EPSILON), "--address", address,
-                "--round-timeout", str(ROUND_TIMEOUT), "--name", FEDERATION,
-            ],
-            log / "run.out",
-        )  # fmt: skip
-        with processes.running(run), ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(1) as pool:
             done = pool.submit(meanwhile)
             _wait(run, sites, CONNECT_SECONDS + rounds * 2 * ROUND_TIMEOUT, log)
             result = done.result()
@@ -321,22 +333,28 @@ def report_of(
 
 
 def run_federated_demo(path: Path, *, rounds: int, console: Any | None) -> Row:
-    """Build the sites, federate them for ``rounds`` rounds, and report."""
+    """Build the sites, federate them for ``rounds`` rounds, and report. The coordinator's
+    run starts (and plans, and starts its SuperLink) while the sites are built."""
     if rounds < 1:
         raise WorkspaceError("the federated demo needs rounds >= 1")
     say = console.print if console is not None else (lambda *a, **k: None)
     started = time.perf_counter()
-    setup = build(path, rounds=rounds)
+    layout = _fresh(path)
+    setup = plan_coordinator(layout, rounds=rounds)
     say(f"[bold]silolearn demo --federated[/] — {len(SITES)} sites, {rounds} rounds in {path}")
-    layout = Layout(path)
-    say(sites_table(setup))
     with Workspace.open(layout.coordinator, actor="demo") as ws:
         start = initial_weights(ws)
-    say(
-        f"silolearn federation run (SuperLink, ServerApp) and {len(SITES)} x silolearn "
-        "federation site (SuperNodes) started…"
-    )
-    result = federate(layout, coordinate_cli(layout, rounds, lambda: eval_sets(layout)))
+    address = free_address()
+    run = start_run(layout, address, rounds)
+    with processes.running(run):
+        setup["sites"] = build_sites(layout, setup["trunk_width"])
+        say(sites_table(setup))
+        say(
+            f"silolearn federation run (SuperLink, ServerApp) and {len(SITES)} x silolearn "
+            "federation site (SuperNodes) started…"
+        )
+        coordinate = await_run(layout, run, rounds, lambda: eval_sets(layout))
+        result = federate(layout, address, coordinate)
     report: Row = {
         "workspace": str(path.resolve()),
         **setup,
