@@ -106,6 +106,21 @@ def base(
     return path, stable
 
 
+def _canary_made(
+    base: tuple[Path, list[Prediction]],
+    root: Path,
+    records: list[dict[str, Any]],
+    clock: ManualClock,
+) -> Workspace:
+    """A copy of the base workspace where a round on ``records`` made a canary (v2)."""
+    shutil.copytree(base[0], root / "ws")
+    ws = Workspace.open(root / "ws", actor="test")
+    ws.tenant(TENANT).ingest(records)
+    second = Trainer(ws, clock=clock).train(TENANT, seed=2)
+    assert second.status == "canary", second.decision  # every offline gate passed
+    return ws
+
+
 def _with_canary(
     base: tuple[Path, list[Prediction]],
     root: Path,
@@ -115,13 +130,27 @@ def _with_canary(
 ) -> tuple[Workspace, dict[int, list[Prediction]]]:
     """A copy of the base workspace where a round on ``records`` made a canary (v2), and
     both versions' answers on the pool."""
-    shutil.copytree(base[0], root / "ws")
-    ws = Workspace.open(root / "ws", actor="test")
-    ws.tenant(TENANT).ingest(records)
-    second = Trainer(ws, clock=clock).train(TENANT, seed=2)
-    assert second.status == "canary", second.decision  # every offline gate passed
+    ws = _canary_made(base, root, records, clock)
     (canary,) = _answers(ws, [2], [r["text"] for r in _pool(rows)])
     return ws, {1: base[1], 2: canary}
+
+
+@pytest.fixture(scope="module")
+def canary(
+    tmp_path_factory: pytest.TempPathFactory,
+    base: tuple[Path, list[Prediction]],
+    rows: list[dict[str, Any]],
+) -> Path:
+    """A closed workspace whose tenant has a canary (v2, learned from 220 more records) in
+    its first step beside the stable version, its rollout started at ``START``: each test
+    that changes it works on a copy of its own."""
+    ws = _canary_made(base, tmp_path_factory.mktemp("canary"), rows[80:300], ManualClock(START))
+    ws.close()
+    return ws.path
+
+
+def _copy(canary: Path, root: Path) -> Workspace:
+    return Workspace.open(Path(shutil.copytree(canary, root / "ws")), actor="test")
 
 
 def _drive(
@@ -270,12 +299,10 @@ def test_assignment_is_sticky_per_request_key_and_keyed_per_tenant(good: Scenari
 
 
 def test_stable_requests_never_get_the_canary_and_an_incident_rolls_it_back(
-    tmp_path_factory: pytest.TempPathFactory,
-    base: tuple[Path, list[Prediction]],
-    rows: list[dict[str, Any]],
+    tmp_path: Path, canary: Path, rows: list[dict[str, Any]]
 ) -> None:
     clock = ManualClock(START)
-    ws, _ = _with_canary(base, tmp_path_factory.mktemp("incident"), rows[80:300], rows, clock)
+    ws = _copy(canary, tmp_path)
     # both versions' requests in one micro-batch: each answered by its own version only,
     # exactly as that version answers alone
     texts = [r["text"] for r in _pool(rows)[:16]]
@@ -484,16 +511,13 @@ def _canary_round(
 
 
 def test_a_canary_round_neither_backs_off_nor_resets_until_its_rollout_ends(
-    tmp_path: Path,
-    base: tuple[Path, list[Prediction]],
-    rows: list[dict[str, Any]],
-    worse: Scenario,
+    tmp_path: Path, canary: Path, worse: Scenario
 ) -> None:
     """The scheduler's back-off bookkeeping on real rounds: a rejected round backs off; a
     round that made a canary sets no back-off and keeps the count while its rollout runs;
     promoted, it resets the count; rolled back (``worse``), it counts as unsuccessful."""
     clock = ManualClock(START)
-    ws, _ = _with_canary(base, tmp_path, rows[80:240], rows, clock)
+    ws = _copy(canary, tmp_path)
     decisions = Decisions(ws)
     rejected = _canary_round(ws, decisions, START, "rejected", None)
     assert decisions.failures(TENANT) == 1 and rejected.backoff_until is not None
