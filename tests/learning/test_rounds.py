@@ -17,7 +17,12 @@ import pytest
 from silolearn import Workspace
 from silolearn.datasets import bbc_news, health_tweets, rotten_tomatoes, sample
 from silolearn.errors import InvalidInput, NotFoundError, TrainingFailed
-from silolearn.learning.encoder import BaseModelTampered, default_model_dir, record_base_model
+from silolearn.learning.encoder import (
+    BaseModelTampered,
+    default_model_dir,
+    record_base_model,
+    verify_base_model,
+)
 from silolearn.pipeline import Trainer, list_runs, train_many
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.security.sandbox import landlock_abi
@@ -62,6 +67,24 @@ def trained(
     result = Trainer(ws).train(CRITICS, seed=3, cutoff=cutoff)
     yield ws, result
     ws.close()
+
+
+@pytest.fixture(scope="module")
+def first_version(
+    tmp_path_factory: pytest.TempPathFactory, critics_rows: list[dict[str, Any]]
+) -> Path:
+    """A closed workspace whose tenant ``alpha`` serves a first version learned from 150
+    reviews: the tests that start from there work on copies of their own."""
+    path = tmp_path_factory.mktemp("first") / "ws"
+    with Workspace.init(path, actor="test") as ws:
+        ws.create_tenant("alpha")
+        ws.tenant("alpha").ingest(critics_rows[:150])
+        assert ws.tenant("alpha").train().status == "active"
+    return path
+
+
+def _copy(workspace: Path, root: Path) -> Workspace:
+    return Workspace.open(Path(shutil.copytree(workspace, root / "ws")), actor="test")
 
 
 # -- I2 -------------------------------------------------------------------------------------
@@ -220,15 +243,13 @@ def test_a_worker_started_ahead_of_a_job_that_never_comes_is_stopped() -> None:
 
 
 def test_I3_one_changed_byte_in_the_base_stops_training_and_serving(
-    tmp_path: Path, critics_rows: list[dict[str, Any]]
+    tmp_path: Path, first_version: Path
 ) -> None:
     copy = Path(shutil.copytree(default_model_dir(), tmp_path / "model"))
-    ws = Workspace.init(tmp_path / "ws", actor="test")
+    ws = _copy(first_version, tmp_path)
     try:
-        record_base_model(ws, copy)
-        ws.create_tenant("alpha")
-        ws.tenant("alpha").ingest(critics_rows[:150])
-        assert ws.tenant("alpha").train().status == "active"
+        record_base_model(ws, copy)  # an identical copy: the same digest, recorded again
+        verify_base_model(ws, when="train.before")  # intact, it passes
         weights = copy / "model.safetensors"
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -292,14 +313,10 @@ def test_I4_tenant_b_adapter_is_bit_identical_whatever_tenant_a_does(
 
 
 def test_I8_sigkill_mid_run_leaves_registry_consistent_and_next_run_succeeds(
-    tmp_path: Path, critics_rows: list[dict[str, Any]]
+    tmp_path: Path, critics_rows: list[dict[str, Any]], first_version: Path
 ) -> None:
-    ws = Workspace.init(tmp_path / "ws", actor="test")
+    ws = _copy(first_version, tmp_path)
     try:
-        ws.create_tenant("alpha")
-        ws.tenant("alpha").ingest(critics_rows[:150])
-        first = ws.tenant("alpha").train()
-        assert first.status == "active"
         served = ws.tenant("alpha").predict(["a tender, funny film"])
         ws.tenant("alpha").ingest(critics_rows[150:300])
         killed: list[int] = []
