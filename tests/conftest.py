@@ -17,7 +17,7 @@ from silolearn import Workspace
 torch.set_num_threads(1)
 
 FILE_SECONDS = Path(__file__).with_name("file_seconds.toml")
-"""What each long test file costs, in seconds of one `-n 0` run; a file not listed counts
+"""What each long test file costs, in rough seconds; a file not listed counts
 ``SECONDS_PER_TEST`` per test."""
 SECONDS_PER_TEST = 1.0
 
