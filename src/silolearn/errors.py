@@ -179,7 +179,9 @@ class ProtocolViolation(TrainingFailed):
 class FederationRoundFailed(TrainingFailed):
     """A federated round did not produce a valid aggregate: fewer replies than its minimum,
     an aggregate equal to the round's input (Flower keeps the old weights and goes on), or
-    the ServerApp ended without its result. Nothing of the round was charged or versioned."""
+    the ServerApp ended without its result. Nothing of the round was versioned; under SecAgg+
+    nothing was charged either (without it, the updates that reached the coordinator were
+    seen, and the round is charged: docs/federation.md, "Dropouts")."""
 
 
 class PrivacyBudgetExceeded(SiloError):

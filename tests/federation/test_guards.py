@@ -180,3 +180,29 @@ def test_a_site_without_members_is_refused_before_starting(ws_path: Path) -> Non
     assert as_json.returncode == FederationConfigError.exit_code
     assert json.loads(as_json.stderr)["error"] == "FederationConfigError"
     assert not (ws_path / "federation").exists()
+
+
+def test_addresses_counts_and_timeouts_flower_cannot_use_are_refused(ws_path: Path) -> None:
+    """Not a traceback from a division or an unpacking, nor a SuperLink started on a port
+    that does not exist, nor a site starting its SuperNode again and again: a typed error
+    before anything starts."""
+    for request in (
+        RunRequest(sites=0, rounds=1),
+        RunRequest(sites=3, rounds=1, round_timeout=-5.0),
+        RunRequest(sites=3, rounds=1, address="127.0.0.1"),
+        RunRequest(sites=3, rounds=1, address="127.0.0.1:99999"),
+        RunRequest(sites=3, rounds=1, address=":9092"),
+    ):
+        with pytest.raises(FederationConfigError):
+            _structure(request)
+    Workspace.init(ws_path, actor="test").close()
+    run = ["federation", "run", "--workspace", str(ws_path), "--sites", "3", "--json"]
+    as_json = run_cli(*run, "--address", "coordinator.example")
+    assert as_json.returncode == FederationConfigError.exit_code, as_json.stderr
+    error = json.loads(as_json.stderr)
+    assert error["error"] == "FederationConfigError" and error["details"]["option"] == "--address"
+    site = ["federation", "site", "--workspace", str(ws_path), "--superlink", "127.0.0.1:9"]
+    human = run_cli(*site, "--port", "70000")
+    assert human.returncode == FederationConfigError.exit_code, human.stderr
+    assert "Traceback" not in human.stderr and "--port is a TCP port" in human.stderr
+    assert not (ws_path / "federation").exists()

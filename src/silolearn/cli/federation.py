@@ -32,6 +32,9 @@ def federation_site(
     from silolearn.federation import processes
     from silolearn.learning.shared import SharedStore
 
+    processes.host_port(superlink, "--superlink")
+    if not 1 <= port <= 65535:
+        raise FederationConfigError(f"--port is a TCP port from 1 to 65535, not {port}")
     with opened(workspace) as ws:
         members = [m["tenant"] for m in SharedStore(ws).members()]
         if not members:

@@ -114,6 +114,7 @@ def _structure(request: RunRequest) -> FederationPlan:
     if request.secagg:
         default = max(2, min(default, largest_threshold(request.sites)))
     min_sites = request.min_sites or default
+    processes.host_port(request.address, "--address")
     plan = plan_for(
         sites=request.sites,
         rounds=request.rounds,
@@ -123,6 +124,7 @@ def _structure(request: RunRequest) -> FederationPlan:
         noise_multiplier=0.0,
         weight_bound=0.0,
         num_shares=request.num_shares,
+        round_timeout=request.round_timeout,
     )
     if request.server_side_clipping:
         replace(plan, server_side_clipping=True).check()

@@ -96,6 +96,20 @@ class FederationPlan:
 
     def check(self) -> FederationPlan:
         """This plan, or a ``FederationConfigError`` naming what Flower would run wrongly."""
+        self.check_counts()
+        if self.secagg:
+            self._check_secagg()
+        elif self.server_side_clipping:
+            raise FederationConfigError(
+                "silolearn clips each site's update on the site, never on the server",
+                guard="server-side-clipping",
+            )
+        return self
+
+    def check_counts(self) -> None:
+        """The sites, rounds, minimum of replies, update bound and round timeout, which
+        everything derived from the plan (the noise per site, the ranges) divides by or
+        waits on."""
         if self.sites < 1 or self.rounds < 1:
             raise FederationConfigError(
                 f"a federation needs at least one site and one round, not {self.sites} "
@@ -112,14 +126,10 @@ class FederationPlan:
             raise FederationConfigError(
                 f"the update bound must be positive, not {self.max_update_norm}"
             )
-        if self.secagg:
-            self._check_secagg()
-        elif self.server_side_clipping:
+        if not self.round_timeout > 0 or not math.isfinite(self.round_timeout):
             raise FederationConfigError(
-                "silolearn clips each site's update on the site, never on the server",
-                guard="server-side-clipping",
+                f"a round's timeout must be a positive number of seconds, not {self.round_timeout}"
             )
-        return self
 
     def _check_secagg(self) -> None:
         if self.server_side_clipping:
@@ -215,4 +225,5 @@ def plan_for(
 
 def with_ranges(plan: FederationPlan) -> FederationPlan:
     """``plan`` with the smallest clipping range that clips nothing it sends, checked."""
+    plan.check_counts()  # before the range divides by its minimum of sites
     return replace(plan, clipping_range=plan.needed_clipping_range).check()

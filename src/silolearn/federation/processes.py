@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from silolearn.errors import FederationConfigError
+
 BIN = Path(sys.executable).parent
 """The environment's scripts: the SuperLink starts ``flower-superexec`` by name."""
 
@@ -83,8 +85,22 @@ def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
             stop(process)
 
 
+def host_port(address: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` split, its port a TCP port; a ``FederationConfigError`` naming
+    ``option`` otherwise (Flower would fail on it in a child process, or a site would start
+    its SuperNode again and again)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise FederationConfigError(
+            f"{option} is HOST:PORT with a port from 1 to 65535, not {address!r}",
+            option=option,
+            address=address,
+        )
+    return host, int(port)
+
+
 def superlink_command(address: str, database: Path) -> list[str]:
-    host, port = address.rsplit(":", 1)
+    host, port = host_port(address, "--address")
     return [
         str(BIN / "flower-superlink"),
         "--insecure",
@@ -92,7 +108,7 @@ def superlink_command(address: str, database: Path) -> list[str]:
         "--host",
         host,
         "--port",
-        port,
+        str(port),
         "--database",
         str(database),
     ]
@@ -163,9 +179,9 @@ def wait(process: subprocess.Popen[bytes], deadline: float, poll: float = 0.5) -
 
 def wait_listening(address: str, process: subprocess.Popen[bytes], deadline: float) -> bool:
     """Whether ``address`` accepts connections before ``deadline`` while ``process`` runs."""
-    host, port = address.rsplit(":", 1)
+    host, port = host_port(address, "--address")
     while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 1.0):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 1.0):
             return True
         time.sleep(0.2)
     return False
