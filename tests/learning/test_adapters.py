@@ -193,6 +193,11 @@ def test_tuned_head_is_deterministic_and_reports_what_cross_validation_chose(
     assert tuning["c"] in C_GRID and tuning["grid"] == list(C_GRID)
     assert tuning["folds"] == 5 and len(tuning["cv_scores"]) == len(C_GRID)
     assert 0.0 <= tuning["ece"] <= 1.0
+    # the out-of-fold predictions kept for drift monitoring are the ones the folds scored
+    oof = report.oof_predicted
+    assert oof is not None and len(oof) == len(y)
+    right = np.mean([labels[p] == truth for p, truth in zip(oof, y, strict=True)])
+    assert right == pytest.approx(tuning["oof_accuracy"], abs=1e-6)
     # both class weightings were cross-validated; the kept one has the better out-of-fold
     # accuracy plus macro-F1
     [other] = tuning["alternatives"]
