@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from scipy.sparse import csc_matrix  # type: ignore[import-untyped]  # scipy ships no stubs
 from scipy.sparse.linalg import spsolve  # type: ignore[import-untyped]
-from scipy.stats import norm  # type: ignore[import-untyped]
 
 RESOLUTION = 100
 """Grid steps in the larger of the two log-likelihood ratios."""
@@ -100,6 +99,8 @@ def design_chart(
 ) -> ChartDesign | None:
     """The chart calibrated on a burn-in of ``items`` feedback, ``correct`` of them right;
     None when the burn-in cannot yet guarantee ``arl0`` at level ``guarantee``."""
+    from scipy.stats import norm  # type: ignore[import-untyped]  # here: ~0.5 s a process to import
+
     if items <= 0:
         return None
     p0 = (correct + 0.5) / (items + 1.0)  # never 0 or 1: both steps stay finite

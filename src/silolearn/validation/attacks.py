@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special, stats  # type: ignore[import-untyped]
+from scipy import special  # type: ignore[import-untyped]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -310,6 +310,8 @@ class ExposureReport:
 
 def _fit_logcdf(alt: FloatArray, x: FloatArray) -> tuple[FloatArray, str]:
     """log CDF at ``x`` of a skew-normal fitted to ``alt``; a normal fit when that fails."""
+    from scipy import stats  # here: ~0.5 s a process to import
+
     if alt.size >= _MIN_SKEWNORM_SAMPLES and alt.std() > 0:
         try:
             with warnings.catch_warnings():
@@ -384,6 +386,8 @@ def shift_test(inserted: npt.ArrayLike, controls: npt.ArrayLike) -> ShiftTest:
     20,000 splits; otherwise the normal approximation with the tie correction. Deterministic:
     no sampling, so a verdict is reproducible from the numbers it stores.
     """
+    from scipy import stats  # here: ~0.5 s a process to import
+
     x = _scores(inserted, "inserted")
     y = _scores(controls, "controls")
     splits = math.comb(x.size + y.size, x.size)
@@ -430,6 +434,8 @@ def _p_values(eps: FloatArray, m: int, r: int, v: int, delta: float) -> FloatArr
     f(v) + 2 m delta max_{1<=i<=v} (f(v - i) - f(v)) / i, f(u) = P[Binomial(r, q) >= u],
     q = e^eps / (1 + e^eps). For i > v, f(v - i) = 1 and the ratio only falls, so i <= v.
     """
+    from scipy import stats  # here: ~0.5 s a process to import
+
     q = special.expit(eps)
     tail = np.asarray(stats.binom.sf(v - 1, r, q), dtype=np.float64)
     if delta == 0.0 or v == 0:

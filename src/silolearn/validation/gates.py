@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats  # type: ignore[import-untyped]
 
 from silolearn.config import Audience, GatePolicy
 from silolearn.validation.attacks import shift_test
@@ -100,6 +99,8 @@ def records_needed(evidence: dict[str, Any], margin: float, confidence: float) -
     per-record standard deviation sd1 is the bootstrap's times sqrt(n), and the interval's
     half-width z sd1 / sqrt(n') must fit in ``margin``. None when no number of records
     would do (``margin`` <= 0)."""
+    from scipy import stats  # type: ignore[import-untyped]  # here: ~0.5 s a process to import
+
     n, sd = int(evidence["n"]), float(evidence.get("difference_sd") or 0.0)
     if margin <= 0 or sd <= 0:
         return None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import special, stats  # type: ignore[import-untyped]
+from scipy import special  # type: ignore[import-untyped]
 
 FloatArray = NDArray[np.float64]
 _BISECTIONS = 60
@@ -132,6 +132,8 @@ def label_drift(
     when the chi-square test rejects at ``alpha / 2^(look+1)`` and the distributions are at
     least ``min_distance`` apart in total variation (a large, not merely detectable,
     change)."""
+    from scipy import stats  # here: ~0.5 s a process to import
+
     labels = sorted(set(canary) | set(stable))
     table = np.array([[canary.get(x, 0) for x in labels], [stable.get(x, 0) for x in labels]])
     table = table[:, table.sum(axis=0) > 0]
