@@ -192,6 +192,9 @@ def test_addresses_counts_and_timeouts_flower_cannot_use_are_refused(ws_path: Pa
         RunRequest(sites=3, rounds=1, address="127.0.0.1"),
         RunRequest(sites=3, rounds=1, address="127.0.0.1:99999"),
         RunRequest(sites=3, rounds=1, address=":9092"),
+        # a minimum of replies asked for is refused, not replaced by the default or the sites
+        RunRequest(sites=3, rounds=1, min_sites=0),
+        RunRequest(sites=3, rounds=1, min_sites=5),
     ):
         with pytest.raises(FederationConfigError):
             _structure(request)

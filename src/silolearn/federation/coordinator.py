@@ -109,16 +109,17 @@ def plan_run(ws: Workspace, request: RunRequest, weight_bound: float) -> Federat
 def _structure(request: RunRequest) -> FederationPlan:
     """The plan without the model or the noise, its guards checked before loading the one
     or calibrating the other; ``min_sites`` defaults to two thirds of the sites, at least 2
-    (under SecAgg+, at most the largest reconstruction threshold the sites allow)."""
+    (under SecAgg+, at most the largest reconstruction threshold the sites allow, and never
+    more than the sites); one asked for is checked as it is, never rewritten."""
     default = max(2, math.ceil(2 * request.sites / 3))
     if request.secagg:
         default = max(2, min(default, largest_threshold(request.sites)))
-    min_sites = request.min_sites or default
+    min_sites = min(default, request.sites) if request.min_sites is None else request.min_sites
     processes.host_port(request.address, "--address")
     plan = plan_for(
         sites=request.sites,
         rounds=request.rounds,
-        min_sites=min(min_sites, request.sites),
+        min_sites=min_sites,
         secagg=request.secagg,
         max_update_norm=request.max_update_norm,
         noise_multiplier=0.0,
