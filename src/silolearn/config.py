@@ -489,6 +489,16 @@ class DriftConfig(DriftPolicy):
             raise ConfigError(f"[drift.tenants.{name}]: {problems}") from None
 
 
+class FederationConfig(_Section):
+    """This workspace as a federation's site (``silolearn federation site``)."""
+
+    allow_non_private: bool = False
+    """Take part in rounds without client-level DP (no clipping, no noise: the site's update
+    leaves it in clear to the coordinator). Off, such a round is refused on the site,
+    whatever the coordinator asks (I9); on only in throwaway workspaces (a benchmark's
+    non-private yardstick)."""
+
+
 class Settings(_Section):
     keys: KeysConfig = KeysConfig()
     ingest: IngestConfig = IngestConfig()
@@ -503,6 +513,7 @@ class Settings(_Section):
     rollout: RolloutConfig = RolloutConfig()
     performance: PerformanceConfig = PerformanceConfig()
     drift: DriftConfig = DriftConfig()
+    federation: FederationConfig = FederationConfig()
 
     @classmethod
     def load(cls, workspace: Path) -> Settings:
