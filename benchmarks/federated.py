@@ -19,7 +19,8 @@ of the shared layer's local training (``[shared]`` epochs, batch size, learning 
 * **federated FedAvg**: three site workspaces and a coordinator, a SuperLink and three
   SuperNodes on loopback (``silolearn federation site`` processes), FedAvg weighted by record
   counts, no clipping (C = 1e6), no noise: a plan the CLI refuses (I9) run through
-  ``federation.coordinator.run_plan``, as a yardstick in throwaway workspaces;
+  ``federation.coordinator.run_plan``, as a yardstick in throwaway workspaces whose sites
+  opt in to it (``[federation] allow_non_private``; a site refuses such a round otherwise);
 * **federated SecAgg+ and DP**: the same, fresh workspaces, ``run_federation`` as ``silolearn
   federation run --secagg --epsilon`` runs it: client-level DP at ``--epsilon`` (site-level:
   one site's whole contribution), SecAgg+.
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from _common import Table, add_output_flags, machine, print_json, render
+from silolearn.config import CONFIG_FILE
 from silolearn.datasets import sample
 from silolearn.demo.federated import (
     EPSILON,
@@ -86,11 +88,20 @@ def site_data(records: int, holdout: int) -> dict[str, tuple[list[Row], list[Row
     return data
 
 
-def make_workspace(path: Path, hidden: int, tenants: dict[str, list[Row]]) -> None:
+def make_workspace(
+    path: Path, hidden: int, tenants: dict[str, list[Row]], *, non_private: bool = False
+) -> None:
     """A workspace with the benchmark's settings and ``tenants`` (their records ingested,
-    joined to the shared layer); none for a coordinator."""
+    joined to the shared layer); none for a coordinator. ``non_private``: a throwaway site
+    of the FedAvg yardstick, opted in to rounds without DP (a site refuses them otherwise)."""
     Workspace.init(path, actor="benchmark").close()
     configure(path, hidden, eval_fraction=0.0)
+    if non_private:
+        with Workspace.open(path, actor="benchmark") as ws:
+            settings = ws.settings
+        opt_in = settings.federation.model_copy(update={"allow_non_private": True})
+        config = settings.model_copy(update={"federation": opt_in})
+        (path / CONFIG_FILE).write_text(config.to_toml(), "utf-8")
     with Workspace.open(path, actor="benchmark") as ws:
         for name, rows in tenants.items():
             ws.create_tenant(name)
@@ -98,11 +109,13 @@ def make_workspace(path: Path, hidden: int, tenants: dict[str, list[Row]]) -> No
             SharedStore(ws).join(name)
 
 
-def sites_layout(root: Path, hidden: int, data: dict[str, Any]) -> Layout:
+def sites_layout(
+    root: Path, hidden: int, data: dict[str, Any], *, non_private: bool = False
+) -> Layout:
     layout = Layout(root)
     make_workspace(layout.coordinator, hidden, {})
     for name in layout.sites:
-        make_workspace(layout.site(name), hidden, {name: data[name][0]})
+        make_workspace(layout.site(name), hidden, {name: data[name][0]}, non_private=non_private)
     return layout
 
 
@@ -240,7 +253,9 @@ def run(args: argparse.Namespace, root: Path) -> Row:
         ("centralised DP (record-level)", lambda: central_dp(central, args.rounds, args.epsilon)),
         (
             "federated FedAvg",
-            lambda: federated(sites_layout(root / "fedavg", hidden, data), args.rounds, None),
+            lambda: federated(
+                sites_layout(root / "fedavg", hidden, data, non_private=True), args.rounds, None
+            ),
         ),
         (
             "federated SecAgg+ and DP (site-level)",

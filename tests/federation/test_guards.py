@@ -10,15 +10,22 @@ from pathlib import Path
 import flwr
 import numpy as np
 import pytest
+from flwr.app import Context, Message, MessageType, Metadata, RecordDict
+from flwr.common import FitIns, ndarrays_to_parameters
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
+from flwr.compat.common import recorddict_compat as compat
 
 from helpers import run_cli
 from silolearn import Workspace
+from silolearn.config import CONFIG_FILE
 from silolearn.errors import FederationConfigError, FederationRoundFailed, PrivacyBudgetExceeded
+from silolearn.federation import site
 from silolearn.federation.aggregate import fedavg, judge_round
 from silolearn.federation.book import initial_weights
 from silolearn.federation.coordinator import RunRequest, _outcome, _structure, plan_run
 from silolearn.federation.plan import FederationPlan, plan_for
+from silolearn.federation.privacy import ClientDp
+from silolearn.learning.shared import SharedStore
 
 
 def test_flwr_is_the_pinned_release() -> None:
@@ -209,3 +216,70 @@ def test_addresses_counts_and_timeouts_flower_cannot_use_are_refused(ws_path: Pa
     assert human.returncode == FederationConfigError.exit_code, human.stderr
     assert "Traceback" not in human.stderr and "--port is a TCP port" in human.stderr
     assert not (ws_path / "federation").exists()
+
+
+def _fit_message(path: Path, config: dict[str, object]) -> tuple[Message, Context]:
+    """A round's fit instruction as it reaches the site's ClientApp, and the site's context."""
+    fit_ins = FitIns(ndarrays_to_parameters([np.zeros((2, 3), np.float32)]), config)  # type: ignore[arg-type]
+    metadata = Metadata(
+        run_id=1, message_id="m", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+        group_id="1", created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN,
+    )  # fmt: skip
+    message = Message(compat.fitins_to_recorddict(fit_ins, keep_input=True), metadata=metadata)
+    node = {"workspace": str(path)}
+    return message, Context(
+        run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={}
+    )
+
+
+def _round_config(dp: str) -> dict[str, object]:
+    return {"federation": "f", "run": "ab12", "round": 1, "clipping_norm": 1.0, "dp": dp}
+
+
+def test_a_site_refuses_a_round_without_client_level_dp(ws_path: Path) -> None:
+    """Whatever its coordinator asks (``run_plan`` runs a plan without noise): the site
+    refuses before it trains, sends nothing and keeps nothing, and audits the refusal."""
+    Workspace.init(ws_path, actor="test").close()  # a site with the default settings
+    message, context = _fit_message(ws_path, _round_config(""))
+
+    def train(msg: Message, ctxt: Context) -> Message:
+        raise AssertionError("a refused round reached the site's training")
+
+    with pytest.raises(FederationConfigError) as caught:
+        site.site_noise_mod(message, context, train)
+    assert caught.value.details["guard"] == "non-private-round"
+    aggregate = [np.zeros((2, 3), np.float32)]
+    with pytest.raises(FederationConfigError):  # nor keeps an aggregate of the run
+        site.keep_version(context, aggregate, {"federation": "f", "run": "ab12", "round": 1})
+    reopened = Workspace.open(ws_path, actor="test")
+    try:
+        refused = [e for e in reopened.audit.events() if e.action == "federation.refused"]
+        assert [e.details["run_id"] for e in refused] == ["ab12", "ab12"]
+        assert not [e for e in reopened.audit.events() if e.action == "federation.contribute"]
+        assert SharedStore(reopened).latest() is None
+        assert not (ws_path / "federation").exists()  # no exchange kept
+        # DP parameters whose noise is sized for a smaller bound than the round clips to
+        dp = ClientDp(clip_norm=0.5, noise_multiplier=1.0, sized_for=2, min_sites=2)
+        with pytest.raises(FederationConfigError):
+            site.accepted_dp(reopened, _round_config(json.dumps(dp.to_dict())))
+        with pytest.raises(FederationConfigError):
+            site.accepted_dp(reopened, _round_config('{"clip_norm": 1.0}'))
+    finally:
+        reopened.close()
+
+
+def test_a_site_takes_a_round_without_dp_only_when_its_config_opts_in(ws_path: Path) -> None:
+    Workspace.init(ws_path, actor="test").close()
+    dp = ClientDp(clip_norm=1.0, noise_multiplier=1.0, sized_for=2, min_sites=2)
+    with Workspace.open(ws_path, actor="test") as ws:
+        assert site.accepted_dp(ws, _round_config(json.dumps(dp.to_dict()))) == dp
+        with pytest.raises(FederationConfigError):
+            site.accepted_dp(ws, _round_config(""))
+        settings = ws.settings
+    opt_in = settings.federation.model_copy(update={"allow_non_private": True})
+    config = settings.model_copy(update={"federation": opt_in}).to_toml()
+    assert "allow_non_private = true" in config
+    (ws_path / CONFIG_FILE).write_text(config, "utf-8")
+    with Workspace.open(ws_path, actor="test") as ws:
+        assert site.accepted_dp(ws, _round_config("")) is None
+        assert site.accepted_dp(ws, _round_config(json.dumps(dp.to_dict()))) == dp

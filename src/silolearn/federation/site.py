@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from silolearn.errors import InvalidInput, NotFoundError, SiloError, TenantQuarantined
+from silolearn.errors import (
+    FederationConfigError,
+    InvalidInput,
+    NotFoundError,
+    SiloError,
+    TenantQuarantined,
+)
 from silolearn.federation.aggregate import digest
 from silolearn.learning.dp import DpPlan, sampling
 from silolearn.learning.shared import SharedStore, trunk_artefact
@@ -39,10 +45,15 @@ if TYPE_CHECKING:
     from flwr.app import Context, Message
     from flwr.clientapp.typing import ClientAppCallable
 
+    from silolearn.federation.privacy import ClientDp
     from silolearn.workspace import Workspace
 
 ROWS_RECORD = "silolearn-rows"
 """The SuperNode's per-run state where a site keeps its members' output rows between rounds."""
+TERMS_RECORD = "silolearn-terms"
+"""The SuperNode's per-run state where a site notes that it took part in the run's rounds,
+and whether under client-level DP: only then does it keep the run's aggregate."""
+NON_PRIVATE_GUARD = "non-private-round"
 
 
 class SiteTrainer(SharedTrainer):
@@ -198,11 +209,17 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     from flwr.compat.common import recorddict_compat as compat
 
     from silolearn.federation.lineage import audit_contribution
-    from silolearn.federation.privacy import ClientDp, SiteNoise, privatise_update
+    from silolearn.federation.privacy import SiteNoise, privatise_update
 
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
     fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    ws = _workspace(ctxt)
+    try:  # before the site trains: a round it does not accept is refused here
+        dp = accepted_dp(ws, dict(fit_ins.config))
+    finally:
+        ws.close()
+    _keep_terms(ctxt, str(fit_ins.config["run"]), private=dp is not None)
     received = parameters_to_ndarrays(fit_ins.parameters)
     out = call_next(msg, ctxt)
     if out.has_error():
@@ -210,9 +227,8 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
     clipped = parameters_to_ndarrays(fit_res.parameters)
     update = [c - r for c, r in zip(clipped, received, strict=True)]
-    asked = str(fit_ins.config["dp"])
-    if asked:
-        update, noise = privatise_update(update, ClientDp.from_dict(json.loads(asked)))
+    if dp is not None:
+        update, noise = privatise_update(update, dp)
     else:
         norm = _distance(update, [np.zeros_like(u) for u in update])
         noise = SiteNoise(norm, False, 0.0, sum(u.size for u in update))
@@ -243,6 +259,74 @@ def site_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) ->
     finally:
         ws.close()
     return out
+
+
+def accepted_dp(ws: Workspace, config: dict[str, Any]) -> ClientDp | None:
+    """The client-level DP this site applies to a round's update (``config``: the round's
+    fit instructions), checked on the site, before it trains: a model shared beyond a
+    tenant is trained only under DP (I9), whoever coordinates. A round without DP
+    parameters the site accepts (none, malformed, or noise sized for a smaller clipping bound
+    than the round clips to) is refused with ``FederationConfigError`` (guard
+    ``non-private-round``), audited on the site as ``federation.refused``: the site trains
+    nothing, sends nothing, keeps nothing. ``None`` (no noise) only for a round without DP
+    on a site whose ``[federation] allow_non_private`` opts in."""
+    from silolearn.federation.privacy import ClientDp
+
+    asked = str(config.get("dp", ""))
+    if not asked:
+        if ws.settings.federation.allow_non_private:
+            return None
+        problem = "it carries no client-level DP (its update would leave in clear)"
+    else:
+        try:
+            dp = ClientDp.from_dict(json.loads(asked))
+        except (ValueError, TypeError, KeyError, InvalidInput) as exc:
+            problem = f"its client-level DP parameters are not valid ({exc})"
+        else:
+            clipping = float(config.get("clipping_norm", math.inf))
+            if clipping <= dp.clip_norm:
+                return dp
+            problem = f"it clips updates to {clipping} but sizes their noise for {dp.clip_norm}"
+    round_no = config.get("round", "")
+    raise _refused(ws, config, f"this site refused round {round_no} of run", problem)
+
+
+def _refused(
+    ws: Workspace, config: dict[str, Any], what: str, problem: str
+) -> FederationConfigError:
+    """A round or an aggregate this site does not accept, audited on the site."""
+    run_id = str(config.get("run", ""))
+    details = {
+        "guard": NON_PRIVATE_GUARD,
+        "federation": str(config.get("federation", "")),
+        "run_id": run_id,
+        "round": config.get("round"),
+        "problem": problem,
+    }
+    ws.audit.append("federation.refused", obj=f"federation/{run_id}", details=details)
+    return FederationConfigError(
+        f"{what} {run_id}: {problem}; a site takes part only in rounds under client-level DP "
+        "unless its [federation] allow_non_private is set",
+        **details,
+    )
+
+
+def _keep_terms(context: Context, run_id: str, *, private: bool) -> None:
+    from flwr.app import ConfigRecord
+
+    context.state.config_records[TERMS_RECORD] = ConfigRecord({"run": run_id, "private": private})
+
+
+def _accepted_run(ws: Workspace, context: Context, config: dict[str, Any]) -> bool:
+    """Whether this site took part in ``config``'s run under terms it accepted (and whether
+    that run was private); a run it took no part in, or an aggregate sent without its
+    rounds, is refused like a round it does not accept: nothing is versioned."""
+    terms = context.state.config_records.get(TERMS_RECORD)
+    run_id = str(config.get("run", ""))
+    if terms is not None and str(terms["run"]) == run_id:
+        return bool(terms["private"])
+    problem = "this site took part in none of its rounds"
+    raise _refused(ws, config, "this site keeps no aggregate of run", problem)
 
 
 EXCHANGE_KIND = "federated-exchange"
@@ -315,6 +399,7 @@ def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, An
 
     ws = _workspace(context)
     try:
+        private = _accepted_run(ws, context, config)
         store = SharedStore(ws)
         refit, _ = SiteTrainer(ws, trunk, _rows_of(context)).local_round(
             seed=int(str(config["round"]))
@@ -348,7 +433,10 @@ def keep_version(context: Context, trunk: list[np.ndarray], config: dict[str, An
             "trunk_sha256": hashlib.sha256(trunk_bytes).hexdigest(),
             "aggregate_sha256": digest(trunk),
             "members": [{"tenant": m["tenant"], "tenant_id": m["tenant_id"]} for m in members],
-            "privacy": {"mode": "client-level dp", "charge": {"epsilon_after": epsilon}},
+            "privacy": {
+                "mode": "client-level dp" if private else "none",
+                "charge": {"epsilon_after": epsilon},
+            },
         }
         version = store.add(pack_artefact(header, tensors), lineage).version
         _record_rounds(ws, version, config)
