@@ -46,9 +46,28 @@ def test_the_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
 
 def test_the_demo_refuses_zero_rounds(tmp_path: Path) -> None:
     done = _demo("--workspace", str(tmp_path / "demo"), "--rounds", "0", "--json")
-    assert done.returncode == 3
-    assert json.loads(done.stderr)["message"] == "the federated demo needs rounds >= 1"
+    assert done.returncode == 6, done.stderr
+    error = json.loads(done.stderr)
+    assert error["error"] == "InvalidInput"
+    assert error["message"] == "the federated demo needs rounds >= 1"
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_refuses_a_workspace_under_or_at_a_file(tmp_path: Path) -> None:
+    """A file where the demo's directory (or one above it) would be: a typed error, the
+    file untouched, human and --json."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for path in (notes, notes / "demo"):
+        done = _demo("--workspace", str(path), "--json")
+        assert done.returncode == 3, done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+        error = json.loads(done.stderr)
+        assert error["error"] == "WorkspaceError" and "is not a directory" in error["message"]
+        human = _demo("--workspace", str(path))
+        assert human.returncode == 3 and "Traceback" not in human.stderr, human.stderr
+        assert "is not a directory" in " ".join(human.stderr.split())
+    assert notes.read_text() == "mine"
 
 
 def test_the_demo_refuses_options_of_the_other_demo(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from rich.table import Table
 from silolearn.config import CONFIG_FILE
 from silolearn.datasets import bbc_news, chatterbot_dialogues, rotten_tomatoes, sample
 from silolearn.demo.site_eval import EvalSet, encoder_for, eval_set, shared_model
-from silolearn.errors import FederationRoundFailed, WorkspaceError
+from silolearn.errors import FederationRoundFailed, InvalidInput, WorkspaceError
 from silolearn.federation import processes
 from silolearn.federation.book import initial_weights
 from silolearn.federation.coordinator import CONNECT_SECONDS, RunRequest, plan_run
@@ -96,6 +96,12 @@ class Layout:
 
 
 def _fresh(root: Path) -> Layout:
+    existing = next(p for p in (root, *root.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise WorkspaceError(
+            f"{root} is not a directory the demo can make: {existing} is not a directory",
+            path=str(root),
+        )
     if root.exists():
         if any(root.iterdir()) and not (root / MARKER).exists():
             raise WorkspaceError(
@@ -103,7 +109,10 @@ def _fresh(root: Path) -> Layout:
                 path=str(root),
             )
         shutil.rmtree(root)
-    root.mkdir(parents=True)
+    try:
+        root.mkdir(parents=True)
+    except OSError as exc:
+        raise WorkspaceError(f"cannot make {root}: {exc.strerror}", path=str(root)) from None
     (root / MARKER).write_text(json.dumps({"sites": list(SITES)}))
     return Layout(root)
 
@@ -336,7 +345,7 @@ def run_federated_demo(path: Path, *, rounds: int, console: Any | None) -> Row:
     """Build the sites, federate them for ``rounds`` rounds, and report. The coordinator's
     run starts (and plans, and starts its SuperLink) while the sites are built."""
     if rounds < 1:
-        raise WorkspaceError("the federated demo needs rounds >= 1")
+        raise InvalidInput("the federated demo needs rounds >= 1", rounds=rounds)
     say = console.print if console is not None else (lambda *a, **k: None)
     started = time.perf_counter()
     layout = _fresh(path)
