@@ -36,6 +36,8 @@ from silolearn.workspace import DB_FILE
 START = datetime(2026, 5, 1, tzinfo=UTC)
 IN_CONTROL = 800
 """In-control texts served by the prediction test's false-alarm check: 32 windows of 25."""
+SHIFTED = 600
+"""Film reviews served after the in-control traffic: 24 windows of 25."""
 POLICY = {"WINDOW": "25", "ERT": "5000", "REFERENCE_SIZE": "200", "BOOTSTRAPS": "100"}
 
 
@@ -187,15 +189,16 @@ def test_drift_of_what_a_version_serves(tenant: Tenant, monkeypatch: pytest.Monk
             again.reference("other", 1)
         # and the online test's calibrated threshold, cached beside it under its key
         assert monitor.calibrations == 1
-        restarted = again._watch("desk", 1).detector
+        restarted, first = again.detector("desk", 1), monitor.detector("desk", 1)
         assert restarted is not None and not restarted.calibrated_ and again.calibrations == 0
-        assert restarted.threshold_ == monitor._watch("desk", 1).detector.threshold_  # type: ignore[union-attr]
+        assert first is not None and restarted.threshold_ == first.threshold_
 
     # a policy change (another window) invalidates the cached threshold: calibrated again
     monkeypatch.setenv("SILOLEARN_DRIFT__WINDOW", "30")
     with Workspace.open(tenant.path, actor="test") as ws:
         changed = DriftMonitor(ws, refuse, clock=clock)
-        assert changed._watch("desk", 1).detector.calibrated_  # type: ignore[union-attr]
+        recalibrated = changed.detector("desk", 1)
+        assert recalibrated is not None and recalibrated.calibrated_
         assert changed.calibrations == 1
         blob = ws.scope("desk", purpose=Purpose.INGEST).blobs.get(
             CALIBRATION_BLOB.format(version=1)
@@ -209,10 +212,10 @@ def test_prediction_drift_holds_its_false_alarm_rate_on_in_control_traffic(
     """The version serves tweets of its own period it never saw: the prediction test, whose
     reference is the round's out-of-fold predictions, alarms within its configured rate
     (each window of 25 at level 25 / 5,000; over 32 windows the count is allowed up to its
-    binomial quantile at 0.999, so a correct test fails this one run in a thousand); film
-    reviews served next (another source) are detected. The reference the monitor kept before
-    (the version's answers on its own training texts) is measured on the same windows as
-    the yardstick and printed."""
+    binomial quantile at 1 - 1e-4: three alarms, so a correct test fails this about once in
+    50,000 runs); film reviews served next (another source) are detected in at least one of
+    24 windows. The reference the monitor kept before (the version's answers on its own
+    training texts) is measured on the same windows as the yardstick and printed."""
     for key, value in POLICY.items():
         monkeypatch.setenv(f"SILOLEARN_DRIFT__{key}", value)
     clock = ManualClock(START + timedelta(days=30))
@@ -225,7 +228,8 @@ def test_prediction_drift_holds_its_false_alarm_rate_on_in_control_traffic(
         tests = [s for s in served if s.kind == "drift.prediction"]
         alarms = sum(s.confirmed for s in tests)
         alpha = level(25, 5000)
-        allowed = int(binom.ppf(0.999, len(tests), alpha))
+        # P(alarms > 3) = 2e-5 for 32 windows at 0.005 (the 0.999 quantile, 2, failed 5.6e-4)
+        allowed = int(binom.ppf(1 - 1e-4, len(tests), alpha))
 
         # the yardstick: the same windows against the version's answers on its training texts
         scope = ws.scope("desk", purpose=Purpose.INGEST)
@@ -246,11 +250,13 @@ def test_prediction_drift_holds_its_false_alarm_rate_on_in_control_traffic(
         assert len(tests) == IN_CONTROL // 25
         assert alarms <= allowed
 
-        # another source: ten windows, each at level 0.005 (two of four alarmed in a trial)
-        shifted = _serve(monitor, sample(rotten_tomatoes(), 250, seed=3), clock)
+        # another source: 24 windows, each at level 0.005 and detected about half the time
+        # (two of four alarmed in a trial): all 24 missing has odds near 0.5^24 = 6e-8, and
+        # below 1e-5 as long as a window is detected at least 38% of the time
+        shifted = _serve(monitor, sample(rotten_tomatoes(), SHIFTED, seed=3), clock)
         detected = [s.confirmed for s in shifted if s.kind == "drift.prediction"]
         print(f"film reviews served next: {sum(detected)} of {len(detected)} windows alarmed")
-        assert any(detected)
+        assert len(detected) == SHIFTED // 25 and any(detected)
 
         # a version without out-of-fold predictions (LoRA, DP, a fixed fit, an older one) is
         # not tested on its predicted labels, and its signal says so instead of alarming

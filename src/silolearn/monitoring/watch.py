@@ -181,6 +181,12 @@ class DriftMonitor:
             version, embeddings, predicted, labels, cutoff, OUT_OF_FOLD if predicted else None
         )
 
+    def detector(self, tenant: str, version: int) -> OnlineMMD | None:
+        """The version's online embedding detector as this monitor holds it, its threshold
+        read from the cached calibration or calibrated on first use; None when the reference
+        is too small for one (fewer than two windows of embeddings)."""
+        return self._watch(tenant, version).detector
+
     def _watch(self, tenant: str, version: int) -> _Watch:
         watch = self._watches.get((tenant, version))
         if watch is None:
