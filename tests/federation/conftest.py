@@ -7,10 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 
 from silolearn import Workspace
 from silolearn.datasets import Row, sample
+from silolearn.federation import processes
 from silolearn.learning.shared import SharedStore
 from silolearn.workspace import DB_FILE
 
@@ -28,11 +27,7 @@ class Loopback:
     """The processes of federations on loopback. Each command runs in its own process group
     (its Flower children with it) and is ended by the test, in ``finally``."""
 
-    @staticmethod
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+    free_port = staticmethod(processes.free_port)
 
     @staticmethod
     def site(path: Path, tenant: str, rows: Sequence[Row], records: int) -> Path:
@@ -49,14 +44,9 @@ class Loopback:
 
     @staticmethod
     def cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
-        """The real command line in its own process group, its output in ``log``."""
-        with log.open("wb") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "silolearn.cli", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        """The real command line in its own process group, its output (stdout and stderr)
+        in ``log``."""
+        return processes.cli(args, log)
 
     @staticmethod
     def end(process: subprocess.Popen[bytes]) -> None:

@@ -4,22 +4,20 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
 from helpers import run_cli
 from silolearn import Workspace
 from silolearn.errors import FederationRoundFailed
+from silolearn.federation import processes
 
 
 def test_sites_that_never_connect_fail_the_run_with_an_error(ws_path: Path) -> None:
     """Flower's ServerApp waits for its sites forever; silolearn's waits until the round
     timeout, fails, and the failure reaches the CLI although ``flwr run`` exited 0."""
     Workspace.init(ws_path, actor="test").close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = processes.free_port()
     result = run_cli(
         "federation", "run", "--workspace", str(ws_path), "--json", "--sites", "2",
         "--rounds", "1", "--round-timeout", "5", "--address", f"127.0.0.1:{port}",

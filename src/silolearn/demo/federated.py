@@ -18,9 +18,7 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -162,23 +160,9 @@ def build_sites(layout: Layout, hidden: int, records: int = RECORDS) -> list[Row
     return sites
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """The real command line in its own process group (its Flower children with it); its
-    stdout to ``log``, its stderr beside it."""
-    with log.open("wb") as out, log.with_suffix(".err").open("wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "silolearn.cli", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
+    """The real command line: its stdout to ``log``, its stderr beside it (``.err``)."""
+    return processes.cli(args, log, log.with_suffix(".err"))
 
 
 Processes = dict[str, subprocess.Popen[bytes]]
@@ -195,14 +179,14 @@ def federate(layout: Layout, address: str, coordinate: Callable[[str, Processes]
 
 
 def free_address() -> str:
-    return f"127.0.0.1:{_free_port()}"
+    return f"127.0.0.1:{processes.free_port()}"
 
 
 def _site(layout: Layout, name: str, address: str) -> subprocess.Popen[bytes]:
     return _cli(
         [
             "federation", "site", "--workspace", str(layout.site(name)),
-            "--superlink", address, "--port", str(_free_port()),
+            "--superlink", address, "--port", str(processes.free_port()),
         ],
         layout.root / "logs" / f"{name}.out",
     )  # fmt: skip
@@ -257,7 +241,7 @@ def _wait(
                 raise FederationRoundFailed(
                     f"site {name} stopped (exit code {site.returncode}) during the run",
                     site=name,
-                    log=_tail(log / f"{name}.err"),
+                    log=processes.tail(log / f"{name}.err"),
                 )
         if time.monotonic() > deadline:
             raise FederationRoundFailed("the federated run did not end before its deadline")
@@ -273,13 +257,9 @@ def _failure(err: Path, out: Path) -> FederationRoundFailed:
             f"silolearn federation run failed ({error['error']}): {error['message']}",
             **{"cause": error["error"], **(error.get("details") or {})},
         )
-    return FederationRoundFailed("silolearn federation run failed", log=_tail(out) + _tail(err))
-
-
-def _tail(path: Path, lines: int = 20) -> list[str]:
-    if not path.exists():
-        return []
-    return path.read_text(errors="replace").splitlines()[-lines:]
+    return FederationRoundFailed(
+        "silolearn federation run failed", log=processes.tail(out) + processes.tail(err)
+    )
 
 
 def eval_sets(layout: Layout) -> dict[str, EvalSet]:

@@ -173,7 +173,7 @@ def run_plan(ws: Workspace, plan: FederationPlan, address: str) -> dict[str, Any
             raise FederationRoundFailed(
                 f"the SuperLink did not start listening on {address}",
                 reason="superlink",
-                log=_tail(workdir / "superlink.log"),
+                log=processes.tail(workdir / "superlink.log"),
             )
         cli_home = workdir / "flwr-cli"
         processes.write_cli_config(cli_home, address)
@@ -188,7 +188,7 @@ def run_plan(ws: Workspace, plan: FederationPlan, address: str) -> dict[str, Any
 def _outcome(workdir: Path, plan: FederationPlan, ended: bool, seconds: float) -> dict[str, Any]:
     path = workdir / "result.json"
     if not path.exists():
-        tail = _tail(workdir / "run.log")
+        tail = processes.tail(workdir / "run.log")
         raise FederationRoundFailed(
             "the ServerApp ended without its result"
             if ended
@@ -217,9 +217,3 @@ def _error(error: dict[str, Any], run_id: str) -> SiloError:
     if isinstance(cls, type) and issubclass(cls, SiloError):
         return cls(message, **details)
     return FederationRoundFailed(f"the ServerApp failed: {message}", **details)
-
-
-def _tail(path: Path, lines: int = 20) -> list[str]:
-    if not path.exists():
-        return []
-    return path.read_text(errors="replace").splitlines()[-lines:]

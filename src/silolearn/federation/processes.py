@@ -76,6 +76,36 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         process.wait(timeout=grace)
 
 
+def cli(args: Sequence[str], log: Path, err: Path | None = None) -> subprocess.Popen[bytes]:
+    """silolearn's own command line in its own process group (its Flower children with it):
+    its stdout to ``log``, its stderr to ``err`` (or to ``log`` with its stdout)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("wb"))
+        errors = subprocess.STDOUT if err is None else files.enter_context(err.open("wb"))
+        return subprocess.Popen(
+            [sys.executable, "-m", "silolearn.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=errors,
+            start_new_session=True,
+        )
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS's pick; another process may take it first)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines of a process's log (none when it wrote none)."""
+    if not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-lines:]
+
+
 @contextlib.contextmanager
 def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
     try:
