@@ -38,7 +38,7 @@ from silolearn.learning.shared import SharedStore, trunk_artefact
 from silolearn.rounds.context import Coordinator
 from silolearn.rounds.plan import cutoff_for
 from silolearn.rounds.run import job_for
-from silolearn.rounds.shared import SharedTrainer, _Member, _Round
+from silolearn.rounds.shared import SharedMember, SharedRound, SharedTrainer
 
 if TYPE_CHECKING:
     import torch
@@ -77,8 +77,9 @@ class SiteTrainer(SharedTrainer):
         verify_base_model(ws, when="federation.before")
         ctx = Coordinator.of(ws)
         cutoffs = {n: cutoff_for(ctx, n, None, None) for n in names}
-        round_ = _Round(
-            [_Member(n, ws.tenants.get(n).id) for n in names], ws.settings.training.timeout_seconds
+        round_ = SharedRound(
+            [SharedMember(n, ws.tenants.get(n).id) for n in names],
+            ws.settings.training.timeout_seconds,
         )
         threads = [
             threading.Thread(
@@ -117,19 +118,19 @@ class SiteTrainer(SharedTrainer):
                 raise TenantQuarantined(f"tenant {name!r} takes no part in training", tenant=name)
         return names
 
-    def _plan(self, round_: _Round, target: float, run_id: str) -> tuple[DpPlan, Any]:
+    def _plan(self, round_: SharedRound, target: float, run_id: str) -> tuple[DpPlan, Any]:
         """Local epochs over the members' records, without noise and without a ledger charge:
         the federation's ledger charges the client-level mechanism on the coordinator."""
         cfg = self.config
         with round_.cond:
-            round_._wait(lambda: all(m.ready for m in round_.members.values()))
+            round_.wait_until(lambda: all(m.ready for m in round_.members.values()))
         total = sum(m.records for m in round_.members.values())
         q, steps = sampling(total, cfg.batch_size, cfg.epochs)
         plan = DpPlan(total, q, 0.0, steps, cfg.max_grad_norm, cfg.learning_rate, 0.0, 0.0)
         return plan, None
 
     def _initial(
-        self, names: list[str], members: dict[str, _Member], parent: Any, seed: int
+        self, names: list[str], members: dict[str, SharedMember], parent: Any, seed: int
     ) -> dict[str, torch.Tensor]:
         import torch
 

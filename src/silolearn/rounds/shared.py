@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _Member:
+class SharedMember:
+    """One tenant taking part in a shared-layer round, as its relay thread reports it."""
+
     tenant: str
     tenant_id: str
     records: int = 0
@@ -52,10 +54,10 @@ class _Member:
     contribution: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-class _Round:
+class SharedRound:
     """What the coordinator thread and the members' relay threads share, under one lock."""
 
-    def __init__(self, members: list[_Member], timeout: float) -> None:
+    def __init__(self, members: list[SharedMember], timeout: float) -> None:
         self.members = {m.tenant: m for m in members}
         self.cond = threading.Condition()
         self.timeout = timeout
@@ -72,7 +74,7 @@ class _Round:
                 self.error = error
             self.cond.notify_all()
 
-    def _wait(self, predicate: Callable[[], bool]) -> None:
+    def wait_until(self, predicate: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.timeout
         while not predicate():
             if self.error is not None:
@@ -104,14 +106,14 @@ class _Round:
                     member.labels = [str(x) for x in details["labels"]]
                     member.ready = True
                     self.cond.notify_all()
-                    self._wait(lambda: self.plan is not None)
+                    self.wait_until(lambda: self.plan is not None)
                     assert self.plan is not None
                     return {"plan": self.plan.to_dict(), "params": self.member_params(tenant)}
                 if name == "step":
                     step = int(details["step"])
                     member.contribution[step] = details
                     self.cond.notify_all()
-                    self._wait(lambda: self.published >= step)
+                    self.wait_until(lambda: self.published >= step)
                     if self.done and self.plan is not None and step + 1 >= self.plan.steps:
                         return {"done": True}
                     return {"params": self.member_params(tenant)}
@@ -159,8 +161,9 @@ class SharedTrainer:
         for name in names:
             cutoffs[name] = cutoff_for(ctx, name, None, None)
             jobs[name] = job_for(ctx, name, "shared", {"cutoff": cutoffs[name]})
-        round_ = _Round(
-            [_Member(n, ws.tenants.get(n).id) for n in names], ws.settings.training.timeout_seconds
+        round_ = SharedRound(
+            [SharedMember(n, ws.tenants.get(n).id) for n in names],
+            ws.settings.training.timeout_seconds,
         )
         threads = []
         for name in names:
@@ -232,7 +235,7 @@ class SharedTrainer:
 
     def _artefact(
         self,
-        round_: _Round,
+        round_: SharedRound,
         names: list[str],
         cutoffs: dict[str, str],
         result: Any,
@@ -299,7 +302,7 @@ class SharedTrainer:
         }
         return artefact, lineage
 
-    def _relay(self, round_: _Round, name: str, job: Any, progress: Progress | None) -> None:
+    def _relay(self, round_: SharedRound, name: str, job: Any, progress: Progress | None) -> None:
         from silolearn.rounds.run import report_violation
         from silolearn.worker.runner import run_worker
 
@@ -326,7 +329,7 @@ class SharedTrainer:
             round_.fail(TrainingFailed(f"shared relay for {name!r} failed: {exc!r}"))
 
     def _initial(
-        self, names: list[str], members: dict[str, _Member], parent: Any, seed: int
+        self, names: list[str], members: dict[str, SharedMember], parent: Any, seed: int
     ) -> dict[str, torch.Tensor]:
         """The starting parameters: the parent version's (rows matched by label digest), or a
         seeded initialisation."""
@@ -371,13 +374,13 @@ class SharedTrainer:
             params[f"rows.{name}.bias"] = bias
         return params
 
-    def _plan(self, round_: _Round, target: float, run_id: str) -> tuple[DpPlan, Any]:
+    def _plan(self, round_: SharedRound, target: float, run_id: str) -> tuple[DpPlan, Any]:
         """Once every member is ready: the round's DP plan over all their records, charged
         to the shared ledger (the hard stop: refused here, before any member computes a
         single gradient)."""
         cfg = self.config
         with round_.cond:
-            round_._wait(lambda: all(m.ready for m in round_.members.values()))
+            round_.wait_until(lambda: all(m.ready for m in round_.members.values()))
         total = sum(m.records for m in round_.members.values())
         empty = [m.tenant for m in round_.members.values() if m.records == 0]
         if empty:
@@ -404,7 +407,7 @@ class SharedTrainer:
 
     def _coordinate(
         self,
-        round_: _Round,
+        round_: SharedRound,
         names: list[str],
         target: float,
         run_id: str,
@@ -433,7 +436,7 @@ class SharedTrainer:
             round_.cond.notify_all()
         for step in range(plan.steps):
             with round_.cond:
-                round_._wait(_all_contributed(round_, step))
+                round_.wait_until(_all_contributed(round_, step))
                 contributions = {n: round_.members[n].contribution.pop(step) for n in names}
             sums: dict[str, torch.Tensor] = {
                 "trunk.weight": torch.zeros_like(params["trunk.weight"]),
@@ -481,5 +484,5 @@ class SharedTrainer:
         return plan, charge, monitor, noise_report
 
 
-def _all_contributed(round_: _Round, step: int) -> Callable[[], bool]:
+def _all_contributed(round_: SharedRound, step: int) -> Callable[[], bool]:
     return lambda: all(step in m.contribution for m in round_.members.values())
