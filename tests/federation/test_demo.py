@@ -64,9 +64,9 @@ def test_the_demo_refuses_a_workspace_under_or_at_a_file(tmp_path: Path) -> None
         assert "Traceback" not in done.stderr and done.stdout == ""
         error = json.loads(done.stderr)
         assert error["error"] == "WorkspaceError" and "is not a directory" in error["message"]
-        human = _demo("--workspace", str(path))
-        assert human.returncode == 3 and "Traceback" not in human.stderr, human.stderr
-        assert "is not a directory" in " ".join(human.stderr.split())
+    human = _demo("--workspace", str(notes / "demo"))
+    assert human.returncode == 3 and "Traceback" not in human.stderr, human.stderr
+    assert "is not a directory" in " ".join(human.stderr.split())
     assert notes.read_text() == "mine"
 
 
