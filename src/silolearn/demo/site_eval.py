@@ -66,9 +66,23 @@ class EvalSet:
         """The accuracy of the best constant answer on these records (a yardstick)."""
         return max(float((self.y == k).float().mean()) for k in range(len(self.labels)))
 
+    def joined(self, other: EvalSet) -> EvalSet:
+        """These records and ``other``'s, judged as one set (the same tenant and labels)."""
+        import torch
+
+        if (other.tenant_id, other.labels) != (self.tenant_id, self.labels):
+            raise InvalidInput(f"eval sets of {self.tenant!r} and {other.tenant!r} differ")
+        x, y = torch.cat([self.x, other.x]), torch.cat([self.y, other.y])
+        return EvalSet(self.tenant, self.tenant_id, self.labels, x, y)
+
     def accuracy(self, trunk: Sequence[np.ndarray], rows: Sequence[Any] | None) -> float:
         """Accuracy of ``[x, relu(trunk x)]`` read by ``rows`` (weight, bias); ``None``: no
         row learned yet, every label equally likely (the first label answers)."""
+        return float(self.correct(trunk, rows).mean())
+
+    def correct(self, trunk: Sequence[np.ndarray], rows: Sequence[Any] | None) -> np.ndarray:
+        """Per record, whether the model of :meth:`accuracy` answers it right (for paired
+        comparisons of two models on the same records)."""
         import torch
 
         if rows is None:
@@ -78,7 +92,7 @@ class EvalSet:
             features = torch.cat([self.x, torch.relu(self.x @ w.T + b)], dim=1)
             weight, bias = (torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in rows)
             logits = features @ weight.T + bias
-        return float((logits.argmax(1) == self.y).float().mean())
+        return (logits.argmax(1) == self.y).numpy()
 
 
 def encoder_for(ws: Workspace) -> FrozenEncoder:
@@ -98,6 +112,16 @@ def eval_set(ws: Workspace, tenant: str, encoder: FrozenEncoder) -> EvalSet:
         train_labels(ws, tenant),
         [(s.record.text, str(s.record.label)) for s in eval_ if s.record.label is not None],
         encoder,
+    )
+
+
+def held_out_set(
+    ws: Workspace, tenant: str, records: Sequence[tuple[str, str]], encoder: FrozenEncoder
+) -> EvalSet:
+    """``records`` (text, label) of ``tenant``'s source that it never ingested, embedded to
+    judge it like its eval records (a larger sample than its own eval split)."""
+    return EvalSet.embed(
+        tenant, ws.tenants.get(tenant).id, train_labels(ws, tenant), records, encoder
     )
 
 
