@@ -191,37 +191,45 @@ def client_limits(connections: int) -> httpx.Limits:
     return httpx.Limits(max_connections=connections, keepalive_expiry=2.0)
 
 
+async def post_predict(
+    http: httpx.AsyncClient, url: str, target: tuple[str, str], text: str
+) -> None:
+    """One predict request of one text with the target tenant's token; anything but a 200
+    ends the benchmark."""
+    path, token = target
+    r = await http.post(
+        url + path, json={"texts": [text]}, headers={"Authorization": f"Bearer {token}"}
+    )
+    if r.status_code != 200:
+        raise SystemExit(f"{path}: {r.status_code} {r.text[:300]}")
+
+
+async def warm_up(url: str, targets: list[tuple[str, str]], texts: list[str]) -> None:
+    """One request per target before a load: a tenant's first request opens its scope,
+    loads its adapter and starts its drift reference, a cost paid once per server and
+    version, not per request."""
+    async with httpx.AsyncClient(timeout=120.0, limits=client_limits(20)) as http:
+        for start in range(0, len(targets), 16):
+            chunk = targets[start : start + 16]
+            await asyncio.gather(
+                *(post_predict(http, url, t, texts[i % len(texts)]) for i, t in enumerate(chunk))
+            )
+
+
 async def closed_loop(
-    url: str,
-    targets: list[tuple[str, str]],
-    texts: list[str],
-    concurrency: int,
-    seconds: float,
-    *,
-    warm: int = 0,
+    url: str, targets: list[tuple[str, str]], texts: list[str], concurrency: int, seconds: float
 ) -> list[float]:
     """``concurrency`` clients, each sending its next request when answered; latencies of
-    the answers after the warm-up. ``warm``: send that many requests and stop (one per
-    tenant before a load: a tenant's first request opens its scope, loads its adapter and
-    builds its drift reference, a cost paid once per server and version, not per request)."""
+    the answers after the warm-up."""
     latencies: list[float] = []
     counter = iter(range(10**9))
     begin = time.perf_counter()
     measure_from, end = begin + WARMUP, begin + WARMUP + seconds
 
     async def client(http: httpx.AsyncClient) -> None:
-        while (now := time.perf_counter()) < end or warm:
+        while (now := time.perf_counter()) < end:
             n = next(counter)
-            if warm and n >= warm:
-                return
-            path, token = targets[n % len(targets)]
-            r = await http.post(
-                url + path,
-                json={"texts": [texts[n % len(texts)]]},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            if r.status_code != 200:
-                raise SystemExit(f"{path}: {r.status_code} {r.text[:300]}")
+            await post_predict(http, url, targets[n % len(targets)], texts[n % len(texts)])
             if now >= measure_from:
                 latencies.append(time.perf_counter() - now)
 
@@ -245,25 +253,18 @@ async def open_loop(
     server's batching cadence (5 req/s is every 40th tick of 5 ms), so each probe would
     carry its own constant offset of up to a tick, and two probes would differ by that
     offset whatever the other tenant did."""
-    path, token = target
     pending = []
-    gaps = np.random.default_rng(int(rate * 1000)).exponential(1.0 / rate, size=10**6)
+    rng = np.random.default_rng(int(rate * 1000))
 
     async def one(n: int) -> None:
         sent = time.perf_counter()
-        r = await http.post(
-            url + path,
-            json={"texts": [texts[n % len(texts)]]},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        if r.status_code != 200:
-            raise SystemExit(f"{path}: {r.status_code} {r.text[:300]}")
+        await post_predict(http, url, target, texts[n % len(texts)])
         if latencies is not None and sent - begin >= WARMUP:
             latencies.append(time.perf_counter() - sent)
 
     begin = time.perf_counter()
     n, at = 0, begin
-    while (at := at + float(gaps[n])) < begin + WARMUP + seconds:
+    while (at := at + float(rng.exponential(1.0 / rate))) < begin + WARMUP + seconds:
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
         pending.append(asyncio.create_task(one(n)))
         n += 1
@@ -495,7 +496,7 @@ def measure_silolearn(
     names = sorted(tokens)
     for n in counts:
         targets = [(f"/v1/tenants/{t}/predict", tokens[t]) for t in names[:n]]
-        asyncio.run(closed_loop(url, targets, texts, args.concurrency, 0.0, warm=len(targets)))
+        asyncio.run(warm_up(url, targets, texts))
         late = late_answers(url, auditor)
         lat = asyncio.run(closed_loop(url, targets, texts, args.concurrency, args.seconds))
         late = late_answers(url, auditor) - late
