@@ -58,14 +58,14 @@ class BlobStore:
 
     @property
     def directory(self) -> Path:
-        return self._scope._blob_dir
+        return self._scope.blob_dir
 
     def put(self, name: str, data: bytes) -> BlobInfo:
         scope = self._scope
         scope.require(_blob_capability(name, write=True), what=f"blob {name} write")
         if not name or len(name) > 200 or "\x00" in name:
             raise ValueError("a blob name is 1-200 characters without NUL")
-        key = scope._key_for(eval_data=name.startswith(EVAL_BLOB_PREFIX))
+        key = scope.sealing_key(eval_data=name.startswith(EVAL_BLOB_PREFIX))
         object_id = secrets.token_hex(16)
         file_name = f"{object_id}.v{key.version}"
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ class BlobStore:
         return info
 
     def info(self, name: str) -> BlobInfo:
-        row = self._scope._conn.execute(
+        row = self._scope.connection.execute(
             "SELECT name, object_id, sha256, size, dek_version, created_at FROM blobs "
             "WHERE tenant_id = ? AND name = ?",
             (self._scope.tenant.id, name),
@@ -126,7 +126,7 @@ class BlobStore:
         return BlobInfo(*row)
 
     def list(self) -> list[BlobInfo]:
-        rows = self._scope._conn.execute(
+        rows = self._scope.connection.execute(
             "SELECT name, object_id, sha256, size, dek_version, created_at FROM blobs "
             "WHERE tenant_id = ? ORDER BY name",
             (self._scope.tenant.id,),
@@ -136,14 +136,14 @@ class BlobStore:
     def get(self, name: str) -> bytes:
         scope = self._scope
         scope.require(_blob_capability(name, write=False), what=f"blob {name} read")
-        row = scope._conn.execute(
+        row = scope.connection.execute(
             "SELECT object_id, file, sha256 FROM blobs WHERE tenant_id = ? AND name = ?",
             (scope.tenant.id, name),
         ).fetchone()
         if row is None:
             raise NotFoundError(f"tenant {scope.tenant.name!r} has no blob {name!r}", blob=name)
         object_id, file_name, sha = str(row[0]), str(row[1]), str(row[2])
-        key = scope._key_for(eval_data=name.startswith(EVAL_BLOB_PREFIX))
+        key = scope.sealing_key(eval_data=name.startswith(EVAL_BLOB_PREFIX))
         data = key.open(
             (self.directory / file_name).read_bytes(), kind=self.kind, object_id=object_id
         )

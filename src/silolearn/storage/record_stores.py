@@ -37,7 +37,7 @@ def check_suite(suite: str | None) -> None:
         )
 
 
-def _select_in(
+def select_in(
     conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], values: Iterable[Any]
 ) -> Iterator[tuple[Any, ...]]:
     """Rows of ``sql`` (whose ``{marks}`` is the ``IN`` list) for ``values``, 500 at a time
@@ -87,7 +87,7 @@ class _RecordStore:
 
     @property
     def _key(self) -> DataKey:
-        return self._scope._key_for(eval_data=self.eval_data)
+        return self._scope.sealing_key(eval_data=self.eval_data)
 
     def _require_any(self, what: str) -> None:
         if not {self.append_capability, self.read_capability} & self._scope.capabilities:
@@ -95,7 +95,7 @@ class _RecordStore:
 
     def count(self) -> int:
         self._require_any("count")
-        row = self._scope._conn.execute(
+        row = self._scope.connection.execute(
             f"SELECT COUNT(*) FROM {self.table} WHERE tenant_id = ?{self._active_clause()}",
             (self._scope.tenant.id,),
         ).fetchone()
@@ -104,7 +104,7 @@ class _RecordStore:
     def latest_timestamp(self) -> str | None:
         """The newest record time in the store (metadata: the store is not decrypted)."""
         self._scope.require(self.read_capability, what=f"{self.kind} store latest timestamp")
-        row = self._scope._conn.execute(
+        row = self._scope.connection.execute(
             f"SELECT MAX(ts) FROM {self.table} WHERE tenant_id = ?{self._active_clause()}",
             (self._scope.tenant.id,),
         ).fetchone()
@@ -121,8 +121,8 @@ class _RecordStore:
     def existing(self, rids: Iterable[bytes]) -> dict[bytes, bytes]:
         """Which of these record-id hashes are stored here, with their content digests."""
         self._require_any("lookup")
-        rows = _select_in(
-            self._scope._conn,
+        rows = select_in(
+            self._scope.connection,
             f"SELECT rid, digest FROM {self.table} WHERE tenant_id = ? AND rid IN ({{marks}})",
             (self._scope.tenant.id,),
             rids,
@@ -131,8 +131,8 @@ class _RecordStore:
 
     def fingerprints_present(self, fingerprints: Iterable[bytes]) -> set[bytes]:
         self._require_any("lookup")
-        rows = _select_in(
-            self._scope._conn,
+        rows = select_in(
+            self._scope.connection,
             f"SELECT fingerprint FROM {self.table} WHERE tenant_id = ? "
             f"AND fingerprint IN ({{marks}}){self._lookup_clause()}",
             (self._scope.tenant.id,),
@@ -248,7 +248,7 @@ class _RecordStore:
             params.append(limit)
         key = self._key
         out: list[StoredRecord] = []
-        for seq, rid, dek_version, box, sealed_origin in scope._conn.execute(query, params):
+        for seq, rid, dek_version, box, sealed_origin in scope.connection.execute(query, params):
             if dek_version != key.version:
                 raise IntegrityError(
                     f"{self.kind} record sealed under data key v{dek_version}, scope holds "
@@ -324,7 +324,7 @@ class TrainStore(_RecordStore):
         records); returns those that were active."""
         if Capability.CONTAMINATION_INDEX not in self._scope.capabilities:
             raise AccessDenied(f"{self._scope!r} may not quarantine training records")
-        rows = _select_in(
+        rows = select_in(
             conn,
             "SELECT seq FROM train_records WHERE tenant_id = ? AND status = 'active' "
             "AND seq IN ({marks})",
@@ -338,7 +338,7 @@ class TrainStore(_RecordStore):
         return sorted(moved)
 
     def quarantined_count(self) -> int:
-        row = self._scope._conn.execute(
+        row = self._scope.connection.execute(
             "SELECT COUNT(*) FROM train_records WHERE tenant_id = ? AND status = 'quarantined'",
             (self._scope.tenant.id,),
         ).fetchone()
@@ -410,8 +410,8 @@ class EvalStore(_RecordStore):
         """Which of these record-id hashes are stored in this eval suite (metadata only)."""
         self._require_any("lookup")
         check_suite(suite)
-        rows = _select_in(
-            self._scope._conn,
+        rows = select_in(
+            self._scope.connection,
             "SELECT rid FROM eval_records WHERE tenant_id = ? AND suite = ? AND rid IN ({marks})",
             (self._scope.tenant.id, suite),
             rids,

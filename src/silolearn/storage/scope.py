@@ -36,8 +36,8 @@ from silolearn.storage.record_stores import (
     PreparedRecord,
     StoredRecord,
     TrainStore,
-    _select_in,
     check_suite,
+    select_in,
 )
 from silolearn.text import content_form
 
@@ -193,10 +193,16 @@ class TenantScope:
     def token_key(self) -> bytes:
         return self._token_key
 
-    def _key_for(self, *, eval_data: bool) -> DataKey:
+    @property
+    def blob_dir(self) -> Path:
+        """Where this workspace keeps encrypted blob files (the blob store's directory)."""
+        return self._blob_dir
+
+    def sealing_key(self, *, eval_data: bool) -> DataKey:
         """The key that seals this tenant's eval material (``eval_data``) or the rest; a
-        scope never given the evaluation key refuses the former. Private: callers go
-        through the stores, which check the scope's capabilities."""
+        scope never given the evaluation key refuses the former. For this package's stores
+        only, which check the scope's capabilities before they ask: code outside
+        ``storage`` goes through the stores."""
         if not eval_data:
             return self._key
         if self._eval_key is None:
@@ -245,13 +251,13 @@ class TenantScope:
         (derived from its eval records, and from training records only to guard them)."""
         if Capability.CONTAMINATION_INDEX not in self.capabilities:
             raise AccessDenied(f"{self!r} may not use the contamination index")
-        return self._key_for(eval_data=True)
+        return self.sealing_key(eval_data=True)
 
     def seqs_of(self, conn: sqlite3.Connection, table: str, rids: list[bytes]) -> dict[bytes, int]:
         """Sequence numbers of this tenant's stored records, by record-id hash."""
         if table not in ("train_records", "eval_records"):
             raise ValueError(table)
-        rows = _select_in(
+        rows = select_in(
             conn,
             f"SELECT rid, seq FROM {table} WHERE tenant_id = ? AND rid IN ({{marks}})",
             (self.tenant.id,),

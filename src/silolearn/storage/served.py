@@ -70,7 +70,7 @@ class ServedStore:
         scope.require(Capability.SERVED_KEEP, what="served predictions keep")
         if not served or retention <= timedelta(0):
             return
-        key = scope._key_for(eval_data=False)
+        key = scope.sealing_key(eval_data=False)
         now = datetime.now(UTC)
         created, expires = _stamp(now), _stamp(now + retention)
         conn.executemany(
@@ -101,7 +101,7 @@ class ServedStore:
             "WHERE id = ? AND tenant_id = ? AND expires_at > ?",
             (prediction_id, scope.tenant.id, utcnow()),
         ).fetchone()
-        key = scope._key_for(eval_data=False)
+        key = scope.sealing_key(eval_data=False)
         if row is None or int(row[2]) != key.version:
             raise NotFoundError(
                 f"no kept prediction {prediction_id[:64]!r} of tenant {scope.tenant.name!r}: "
@@ -117,7 +117,7 @@ class ServedStore:
         given the same items), opened; audited ``data.read`` with their count."""
         scope = self._scope
         scope.require(Capability.SERVED_READ, what="served predictions read")
-        key = scope._key_for(eval_data=False)
+        key = scope.sealing_key(eval_data=False)
         rows = scope.connection.execute(
             f"SELECT {_COLUMNS} FROM served_predictions WHERE tenant_id = ? "
             "AND answered_at IS NULL AND expires_at > ? AND dek_version = ? "
@@ -153,7 +153,7 @@ class ServedStore:
 
     def _open(self, row: Any) -> ServedText:
         prediction_id, version, _, box, uncertainty, queued_at = row
-        key = self._scope._key_for(eval_data=False)
+        key = self._scope.sealing_key(eval_data=False)
         fields = json.loads(key.open(bytes(box), kind=KIND, object_id=str(prediction_id)))
         embedding = fields.get("embedding")
         return ServedText(

@@ -71,7 +71,7 @@ class ServedEmbeddings:
         scope.require(Capability.SERVED_KEEP, what="served embeddings keep")
         if not batch.labels or retention <= timedelta(0):
             return
-        key = scope._key_for(eval_data=False)
+        key = scope.sealing_key(eval_data=False)
         with scope.write() as conn:
             cursor = conn.execute(
                 "INSERT INTO served_embeddings (tenant_id, version, count, dek_version, box, "
@@ -96,7 +96,7 @@ class ServedEmbeddings:
         first; batches past their retention or sealed under a rotated key are left out."""
         scope = self._scope
         scope.require(Capability.TRAIN_READ, what="served embeddings read")
-        key = scope._key_for(eval_data=False)
+        key = scope.sealing_key(eval_data=False)
         rows = scope.connection.execute(
             "SELECT id, box, served_at FROM served_embeddings WHERE tenant_id = ? "
             "AND version = ? AND dek_version = ? AND served_at > ? AND expires_at > ? "
