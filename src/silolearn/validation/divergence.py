@@ -4,7 +4,8 @@ Each tenant has a fixed probe set: its first ``divergence_probes`` eval records 
 they were stored (the eval store is append-only, so the set never changes once full; a late
 record with an earlier timestamp does not enter it). While it is not
 full, a check runs on as many of the first records as the snapshot it compares with holds,
-so records arriving after the snapshot never count as a change. When a version
+so records arriving after the snapshot never count as a change; after ``divergence_probes``
+was lowered, on the snapshot's first rows. When a version
 becomes active, its probabilities on the probe set are sealed as an eval blob of the tenant
 (``eval/probes/v<version>``: derived from eval data, so no training scope can read it).
 After any training round of any tenant and after any shared-model update, every other
@@ -245,6 +246,8 @@ def _check_tenant(
     after = runner.run(name, active, trunk=trunk, probes=int(before.shape[0]))
     if after is None:
         return None
+    # and a policy may have made it smaller since: compare on the records both runs saw
+    before = before[: after.shape[0]]
     identical = bool(np.array_equal(before, after))
     kl = mean_kl(before, after)
     on_shared = serving_trunk is not None
