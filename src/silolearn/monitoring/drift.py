@@ -111,11 +111,14 @@ def mmd_test(
     alpha: float,
     permutations: int = 1000,
     seed: int = 0,
+    decide_only: bool = False,
 ) -> WindowTest:
     """The unbiased MMD^2 of ``window`` against ``reference`` and its permutation p-value
     (the bandwidth, a function of the pooled points, is the same under every permutation,
     so the p-value stays exact; past ``_BANDWIDTH_POINTS`` pooled points, those it is taken
-    from are drawn at random from both sides, not the reference's first ones)."""
+    from are drawn at random from both sides, not the reference's first ones).
+    ``decide_only``: stop permuting once the window cannot be rejected at ``alpha`` (see
+    ``_decided``)."""
     ref = np.asarray(reference, dtype=np.float64)
     win = np.asarray(window, dtype=np.float64)
     m, n = len(ref), len(win)
@@ -128,23 +131,51 @@ def mmd_test(
     kernel = rbf_kernel(pooled, pooled, median_bandwidth(spread))
     np.fill_diagonal(kernel, 0.0)
     rng = np.random.default_rng(seed)
-    sides = np.zeros((permutations + 1, m + n))
-    sides[0, :m] = 1.0
-    for p in range(1, permutations + 1):
-        sides[p, rng.permutation(m + n)[:m]] = 1.0
-    stats = _mmd2_of_splits(kernel, sides, m, n)
-    p_value = float((1 + np.sum(stats[1:] >= stats[0])) / (permutations + 1))
-    return WindowTest(statistic=float(stats[0]), p_value=p_value, alpha=alpha, size=n)
+    observed_side = np.zeros((1, m + n))
+    observed_side[0, :m] = 1.0
+    observed = float(_mmd2_of_splits(kernel, observed_side, m, n)[0])
+    exceed, done = 0, 0
+    while done < permutations:
+        # in chunks: the same permutations in the same order, a bounded matrix at a time
+        chunk = min(_CHUNK, permutations - done)
+        sides = np.zeros((chunk, m + n))
+        for p in range(chunk):
+            sides[p, rng.permutation(m + n)[:m]] = 1.0
+        exceed += int(np.sum(_mmd2_of_splits(kernel, sides, m, n) >= observed))
+        done += chunk
+        if decide_only and _decided(exceed, done, permutations, alpha):
+            break
+    p_value = _p_value(exceed, done, permutations)
+    return WindowTest(statistic=observed, p_value=p_value, alpha=alpha, size=n)
+
+
+_CHUNK = 256
+
+
+def _decided(exceed: int, done: int, permutations: int, alpha: float) -> bool:
+    """Whether the full test's p-value ``(1 + exceed) / (permutations + 1)`` is above
+    ``alpha`` whatever the permutations not yet drawn: the window is not rejected, and the
+    rest would change no decision (only the p-value's precision)."""
+    return done < permutations and (1 + exceed) / (permutations + 1) > alpha
+
+
+def _p_value(exceed: int, done: int, permutations: int) -> float:
+    """The permutation p-value; after a stop by ``_decided``, Besag and Clifford's (1991)
+    sequential p-value ``exceed / done`` (valid, and above the level like the full one)."""
+    if done < permutations:
+        return exceed / done
+    return (1 + exceed) / (permutations + 1)
 
 
 def _mmd2_of_splits(kernel: FloatArray, sides: FloatArray, m: int, n: int) -> FloatArray:
     """Unbiased MMD^2 of each split (a row of ``sides``: 1 for the reference side), the
-    kernel's diagonal zeroed."""
-    other = 1.0 - sides
-    k_sides = sides @ kernel
-    within_ref = np.einsum("pi,pi->p", k_sides, sides)
-    cross = np.einsum("pi,pi->p", k_sides, other)
-    within_win = np.einsum("pi,pi->p", other @ kernel, other)
+    kernel's diagonal zeroed. One product per split: with ``s`` the split and ``c`` the
+    kernel's column sums (it is symmetric), ``s'K(1 - s) = s'c - s'Ks`` and
+    ``(1 - s)'K(1 - s) = 1'K1 - 2 s'c + s'Ks``."""
+    within_ref = np.einsum("pi,pi->p", sides @ kernel, sides)
+    to_all = sides @ kernel.sum(0)
+    cross = to_all - within_ref
+    within_win = kernel.sum() - 2.0 * to_all + within_ref
     return np.asarray(
         within_ref / (m * (m - 1)) + within_win / (n * (n - 1)) - 2.0 * cross / (m * n)
     )
@@ -157,9 +188,11 @@ def label_test(
     alpha: float,
     permutations: int = 1000,
     seed: int = 0,
+    decide_only: bool = False,
 ) -> WindowTest:
     """Chi-square statistic of the two label samples' contingency table and its
-    permutation p-value; the statistic is also the PSI's large-sample equivalent."""
+    permutation p-value; the statistic is also the PSI's large-sample equivalent.
+    ``decide_only``: stop permuting once the window cannot be rejected at ``alpha``."""
     if not reference or not window:
         raise InvalidInput("a label test needs labels on both sides")
     labels = sorted(set(reference) | set(window))
@@ -167,21 +200,32 @@ def label_test(
     pooled = np.array([codes[x] for x in (*reference, *window)])
     m = len(reference)
     rng = np.random.default_rng(seed)
-    observed = _chi2(pooled, m, len(labels))
-    exceed = sum(
-        _chi2(rng.permutation(pooled), m, len(labels)) >= observed for _ in range(permutations)
-    )
-    p_value = (1 + exceed) / (permutations + 1)
+    observed = float(_chi2(pooled[None], m, len(labels))[0])
+    exceed, done = 0, 0
+    while done < permutations:
+        chunk = min(_CHUNK, permutations - done)
+        rows = np.stack([rng.permutation(pooled) for _ in range(chunk)])
+        exceed += int(np.sum(_chi2(rows, m, len(labels)) >= observed))
+        done += chunk
+        if decide_only and _decided(exceed, done, permutations, alpha):
+            break
+    p_value = _p_value(exceed, done, permutations)
     return WindowTest(statistic=observed, p_value=p_value, alpha=alpha, size=len(window))
 
 
-def _chi2(pooled: npt.NDArray[np.int64], m: int, k: int) -> float:
-    table = np.stack(
-        [np.bincount(pooled[:m], minlength=k), np.bincount(pooled[m:], minlength=k)]
-    ).astype(np.float64)
-    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
-    mask = expected > 0
-    return float((((table - expected) ** 2)[mask] / expected[mask]).sum())
+def _chi2(rows: npt.NDArray[np.int64], m: int, k: int) -> FloatArray:
+    """The chi-square statistic of each row's 2 x k table (its first ``m`` codes against
+    the rest), every row counted at once."""
+    count = len(rows)
+    offsets = (np.arange(count) * k)[:, None]
+    first = np.bincount((rows[:, :m] + offsets).ravel(), minlength=count * k).reshape(count, k)
+    total = np.bincount((rows + offsets).ravel(), minlength=count * k).reshape(count, k)
+    table = np.stack([first, total - first], axis=1).astype(np.float64)
+    expected = (
+        table.sum(2, keepdims=True) * table.sum(1, keepdims=True) / table.sum((1, 2))[:, None, None]
+    )
+    safe = np.where(expected > 0, expected, 1.0)
+    return np.asarray(np.where(expected > 0, (table - expected) ** 2 / safe, 0.0).sum((1, 2)))
 
 
 def label_shares(labels: Sequence[str]) -> dict[str, float]:
