@@ -471,6 +471,13 @@ class DriftPolicy(_Section):
     """How long served embeddings and predicted labels are kept (0: not kept, no drift)."""
     incident: Literal["none", "SEV3", "SEV2"] = "SEV3"
     """The incident confirmed drift opens (one open at a time per version and kind)."""
+    slice_fields: list[str] | None = Field(default=None, max_length=8)
+    """``meta`` fields of predict requests whose values are watched as slices, each slice's
+    windows tested like the aggregate's; None: those of ``[performance] slice_fields``. The
+    false-alarm budget of the embedding and prediction tests is shared equally between the
+    aggregate and each slice field."""
+    slice_max_values: int = Field(default=20, ge=1, le=1000)
+    """Values followed per slice field (the first seen)."""
 
 
 class DriftConfig(DriftPolicy):

@@ -293,3 +293,96 @@ def test_monitor_show_reports_drift(tenant: Tenant) -> None:
     assert missing.returncode != 0 and "nobody" in missing.stderr
     missing_json = run_cli("monitor", "show", "nobody", "--workspace", str(tenant.path), "--json")
     assert missing_json.returncode != 0 and missing_json.stdout == ""
+
+
+SLICE_POLICY = {
+    "WINDOW": "100",
+    "ERT": "2000000",
+    "REFERENCE_SIZE": "200",
+    "BOOTSTRAPS": "100",
+    "SLICE_FIELDS": '["region", "channel"]',
+}
+"""Sized so that a false slice alarm anywhere has odds below 1e-3: the 800 in-control texts
+fill 16 slice windows of 100 (8 of region north/east, 8 of channel), each tested twice
+(embeddings, predicted labels) at level 100 / (2e6 x 3 families) = 1.7e-5: 32 tests, at
+most 5.3e-4 together (a union bound)."""
+
+
+def test_a_slice_that_drifts_while_the_aggregate_holds_raises_its_own_alarm(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-control tweets of the training period go to regions north and east and channels
+    web and app at random; region south gets 100 film-review snippets (another source),
+    scattered through the stream, so that the aggregate (11% of it moved) holds: south's
+    window alarms on its own, no in-control slice alarms, and it is shown by the drift view
+    and `silolearn monitor show`, human and --json."""
+    for key, value in SLICE_POLICY.items():
+        monkeypatch.setenv(f"SILOLEARN_DRIFT__{key}", value)
+    clock = ManualClock(START + timedelta(days=60))
+    rng = random.Random(7)
+    traffic = [
+        (r, {"region": rng.choice(["north", "east"]), "channel": rng.choice(["web", "app"])})
+        for r in tenant.held
+    ]
+    for review in sample(rotten_tomatoes(), 100, seed=11):
+        traffic.insert(rng.randrange(len(traffic) + 1), (review, {"region": "south"}))
+    with Workspace.open(tenant.path, actor="test") as ws:
+        _, answer = _answer(ws)
+        monitor = DriftMonitor(ws, answer, clock=clock)  # type: ignore[arg-type]
+        assert monitor.shared_ert("desk") == 6e6
+        raised = []
+        for start in range(0, len(traffic), 10):
+            batch = traffic[start : start + 10]
+            version, embeddings, labels = monitor.answer("desk", 1, [r["text"] for r, _ in batch])
+            metas = [meta for _, meta in batch]
+            raised += monitor.observe("desk", version, embeddings, labels, metas)
+            clock.advance(timedelta(minutes=5))
+        sliced = [s for s in raised if s.kind == "slice.drift"]
+        tested = {(s.evidence["field"], s.evidence["value"]) for s in sliced}
+        assert tested == {
+            ("region", "north"),
+            ("region", "east"),
+            ("region", "south"),
+            ("channel", "web"),
+            ("channel", "app"),
+        }
+        drifted = [s for s in sliced if s.evidence["drift"]]
+        aggregate = [s for s in raised if s.kind.startswith("drift.") and s.confirmed]
+        print(
+            f"\n{len(sliced)} slice tests; drifted: "
+            + ", ".join(
+                f"{s.evidence['field']}={s.evidence['value']} {s.evidence['test']} "
+                f"p = {s.evidence['p_value']:.2g} (confirmed {s.confirmed})"
+                for s in drifted
+            )
+            + f"; aggregate alarms: {[s.kind for s in aggregate]}"
+        )
+        assert {(s.evidence["field"], s.evidence["value"]) for s in drifted} == {
+            ("region", "south")
+        }
+        confirmed = [s for s in sliced if s.confirmed]
+        assert confirmed and all(s.evidence["aggregate_holds"] for s in confirmed)
+        assert {s.evidence["reference"] for s in sliced} == {"training window"}
+        opened = [
+            i
+            for i in Incidents(ws).list(tenant="desk", status="open")
+            if i["kind"] == "slice.drift"
+        ]
+        assert len(opened) == 1 and opened[0]["evidence"]["value"] == "south"
+
+        view = drift_view(ws, "desk")
+        assert view["policy"]["slice_fields"] == ["region", "channel"]
+        south = [s for s in view["slices"] if s["value"] == "south"]
+        assert south and sum(s["alarms"] for s in south) == len(confirmed)
+        assert {a["kind"] for a in view["alarms"]} >= {"slice.drift"}
+        # the slice's value is sealed evidence, never in clear in the workspace's database
+        assert b"south" not in (tenant.path / DB_FILE).read_bytes()
+
+    env = {f"SILOLEARN_DRIFT__{k}": v for k, v in SLICE_POLICY.items()}
+    shown = run_cli("monitor", "show", "desk", "--workspace", str(tenant.path), "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)["drift"]["slices"]
+    assert {(r["field"], r["value"]) for r in rows if r["alarms"]} == {("region", "south")}
+    human = run_cli("monitor", "show", "desk", "--workspace", str(tenant.path), env=env)
+    assert human.returncode == 0, human.stderr
+    assert "per slice (region, channel)" in human.stdout and "DRIFT" in human.stdout

@@ -71,7 +71,30 @@ def _print_drift(drift: dict[str, Any]) -> None:
         f"{policy['ert']:g} served expected, {drift['kept_predictions']} served kept)"
     )
     out.print(_table(title, ["test", "version", "at", "state", "latest"], rows))
+    if drift["slices"]:
+        _print_slices(drift)
     out.print(_signals_table("drift alarms (newest first)", drift["alarms"]))
+
+
+def _print_slices(drift: dict[str, Any]) -> None:
+    """Each slice's newest window test: DRIFT when it alarmed while the aggregate held."""
+    rows = [
+        [
+            s["field"],
+            s["value"],
+            s["test"].split(",")[0],
+            f"v{s['version']}",
+            "DRIFT" if s["confirmed"] else ("with aggregate" if s["drift"] else "no drift"),
+            f"p = {s['p_value']:.4g} at level {s['alpha']:.4g}",
+            s["reference"],
+            s["windows"],
+            s["alarms"],
+        ]
+        for s in drift["slices"]
+    ]
+    columns = ["field", "value", "test", "version", "state", "latest", "vs", "windows", "alarms"]
+    fields = ", ".join(drift["policy"]["slice_fields"]) or "-"
+    out.print(_table(f"drift of {drift['tenant']} per slice ({fields})", columns, rows))
 
 
 def _signals_table(title: str, signals: list[dict[str, Any]]) -> Any:

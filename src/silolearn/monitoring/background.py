@@ -31,6 +31,9 @@ class Served:
     version: int
     embeddings: npt.NDArray[np.float32] | None
     labels: list[str]
+    metas: list[dict[str, Any]] | None = None
+    """Each prediction's ``meta`` from the request, for slices (tenant data: it stays in
+    this process and the tenant's scope, like the embeddings)."""
 
 
 class DriftQueue:

@@ -28,7 +28,7 @@ import io
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,13 @@ from silolearn.monitoring.drift import (
 )
 from silolearn.monitoring.incidents import Incidents
 from silolearn.monitoring.signals import Signal, Signals
+from silolearn.monitoring.slice_drift import (
+    SliceWindows,
+    slice_reference,
+    slice_view,
+    window_tests,
+)
+from silolearn.monitoring.slices import slice_value
 from silolearn.registry.versions import AdapterRegistry
 from silolearn.storage.scope import Purpose
 from silolearn.storage.served_embeddings import ServedBatch, ServedEmbeddings
@@ -66,10 +73,10 @@ REFERENCE_BLOB = "monitoring/reference-v{version}"
 LABELS_BLOB = "monitoring/reference-labels-v{version}"
 CALIBRATION_BLOB = "monitoring/reference-calibration-v{version}"
 OOF_BLOB = "run/{run_id}/oof"
-REFERENCE_FORMAT = 2
+REFERENCE_FORMAT = 3
 """2: the reference's predicted labels are the round's out-of-fold predictions (a reference
 cached in an older format, the version's answers on its own training texts, is built
-again)."""
+again); 3: with each sampled record's slice values and out-of-fold label, for slices."""
 OUT_OF_FOLD = "out-of-fold"
 
 
@@ -86,6 +93,10 @@ class Reference:
     cutoff: str
     predicted_from: str | None = None
     """``out-of-fold``, or None: the version has no honest reference for its predictions."""
+    metas: list[dict[str, str]] = field(default_factory=list)
+    """Each sampled record's slice values (``meta`` fields that can name a slice), by row."""
+    predicted_rows: list[str | None] = field(default_factory=list)
+    """Each sampled record's out-of-fold predicted label, None when the round has none."""
 
 
 @dataclass
@@ -105,6 +116,11 @@ class _Watch:
     """Served batches not yet kept: they are kept a window at a time, one write for many
     requests."""
     unsaved_since: str = ""
+    slices: SliceWindows | None = None
+    items: int = 0
+    """Predictions served so far (every batch, embedded or not)."""
+    alarmed_at: dict[str, int] = field(default_factory=dict)
+    """``embedding`` / ``prediction`` -> ``items`` when the aggregate's test last alarmed."""
 
 
 class DriftMonitor:
@@ -121,6 +137,16 @@ class DriftMonitor:
 
     def policy(self, tenant: str) -> DriftPolicy:
         return self.ws.settings.drift.for_tenant(tenant)
+
+    def slice_fields(self, tenant: str) -> tuple[str, ...]:
+        """The ``meta`` fields whose values the tenant's drift is watched per."""
+        fields = self.policy(tenant).slice_fields
+        return tuple(self.ws.settings.performance.slice_fields if fields is None else fields)
+
+    def shared_ert(self, tenant: str) -> float:
+        """The ``ert`` each family of the embedding and prediction tests is run at: the
+        budget shared equally between the aggregate and each slice field."""
+        return self.policy(tenant).ert * (1 + len(self.slice_fields(tenant)))
 
     # -- the reference ----------------------------------------------------------------------
 
@@ -142,6 +168,8 @@ class DriftMonitor:
             list(meta["labels"]),
             str(meta["cutoff"]),
             meta["predicted_from"],
+            list(meta["metas"]),
+            list(meta["predicted_rows"]),
         )
 
     def _build_reference(self, tenant: str, version: int) -> Reference:
@@ -162,7 +190,11 @@ class DriftMonitor:
         answered, embeddings, _ = self.answer(tenant, version, [r.text for r in picked])
         if answered != version:
             raise InvalidInput(f"tenant {tenant!r} serves v{answered}, not v{version}")
-        predicted = _out_of_fold(scope, entry.run_id, entry.lineage, policy, f"{tenant}/{version}")
+        oof = _oof(scope, entry.run_id)
+        predicted = _out_of_fold(oof, entry.lineage, policy, f"{tenant}/{version}")
+        by_id = dict(zip(oof["ids"], oof["predicted"], strict=True)) if oof else {}
+        metas = [_slice_values(r.meta) for r in picked]
+        predicted_rows = [by_id.get(r.id) for r in picked]
         rows = embeddings if embeddings is not None else np.zeros((len(picked), 0), np.float32)
         labels = [r.label for r in picked if r.label is not None]
         buffer = io.BytesIO()
@@ -175,10 +207,19 @@ class DriftMonitor:
             "predicted_from": OUT_OF_FOLD if predicted else None,
             "cutoff": cutoff,
             "embedded": embeddings is not None,
+            "metas": metas,
+            "predicted_rows": predicted_rows,
         }
         scope.blobs.put(LABELS_BLOB.format(version=version), json.dumps(meta).encode())
         return Reference(
-            version, embeddings, predicted, labels, cutoff, OUT_OF_FOLD if predicted else None
+            version,
+            embeddings,
+            predicted,
+            labels,
+            cutoff,
+            OUT_OF_FOLD if predicted else None,
+            metas,
+            predicted_rows,
         )
 
     def detector(self, tenant: str, version: int) -> OnlineMMD | None:
@@ -195,7 +236,13 @@ class DriftMonitor:
             detector = None
             if reference.embeddings is not None and len(reference.embeddings) >= 2 * policy.window:
                 detector = self._detector(tenant, version, reference.embeddings, policy)
-            watch = _Watch(reference, detector, labels_seen=reference.cutoff)
+            fields = self.slice_fields(tenant)
+            slices = (
+                SliceWindows(fields, max_values=policy.slice_max_values, window=policy.window)
+                if fields
+                else None
+            )
+            watch = _Watch(reference, detector, labels_seen=reference.cutoff, slices=slices)
             self._watches[(tenant, version)] = watch
         return watch
 
@@ -207,7 +254,10 @@ class DriftMonitor:
         reference, method), else calibrated now and cached: a restart does not pay for it
         again, a policy change does."""
         detector = OnlineMMD(
-            window=policy.window, ert=policy.ert, bootstraps=policy.bootstraps, seed=version
+            window=policy.window,
+            ert=self.shared_ert(tenant),
+            bootstraps=policy.bootstraps,
+            seed=version,
         )
         key = detector.calibration_key(embeddings)
         scope = self.ws.scope(tenant, purpose=Purpose.INGEST)
@@ -232,26 +282,97 @@ class DriftMonitor:
         version: int,
         embeddings: npt.ArrayLike | None,
         labels: list[str],
+        metas: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[Signal]:
-        """Keep and test one batch the version served; the signals it raised."""
+        """Keep and test one batch the version served (``metas``: each item's ``meta``, for
+        slices); the signals it raised."""
         policy = self.policy(tenant)
         if not policy.enabled or not labels:
             return []
+        if metas is not None and len(metas) != len(labels):
+            raise InvalidInput(f"{len(metas)} metas for {len(labels)} served predictions")
         watch = self._watch(tenant, version)
         rows = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
         if rows is not None:
             self._keep(tenant, version, watch, rows, labels, policy)
         raised: list[Signal] = []
+        before = watch.items
+        watch.items += len(labels)
         if watch.detector is not None and rows is not None:
-            raised += self._embedding(tenant, version, watch, rows, policy)
+            found = self._embedding(tenant, version, watch, rows, policy)
+            if any(s.confirmed for s in found):
+                watch.alarmed_at["embedding"] = watch.items
+            raised += found
         watch.predicted += labels
         while len(watch.predicted) >= policy.window:
             window, watch.predicted = (
                 watch.predicted[: policy.window],
                 watch.predicted[policy.window :],
             )
-            raised.append(self._predictions(tenant, version, watch.reference, window))
+            tested = self._predictions(tenant, version, watch.reference, window)
+            if tested.confirmed:
+                watch.alarmed_at["prediction"] = watch.items
+            raised.append(tested)
             raised += self.check_labels(tenant, version)
+        if metas is not None and watch.slices is not None:
+            raised += self._slices(tenant, version, watch, metas, rows, labels, before)
+        return raised
+
+    def _slices(
+        self,
+        tenant: str,
+        version: int,
+        watch: _Watch,
+        metas: Sequence[Mapping[str, Any]],
+        rows: npt.NDArray[np.float32] | None,
+        labels: list[str],
+        before: int,
+    ) -> list[Signal]:
+        """Test each slice window this batch filled; a slice that drifts while the
+        aggregate's same test holds (it has not alarmed since the slice's window began) is
+        a confirmed ``slice.drift``; with the aggregate alarming too, the slice's signal is
+        recorded unconfirmed, as evidence of the aggregate's."""
+        assert watch.slices is not None
+        policy, ert, ref = self.policy(tenant), self.shared_ert(tenant), watch.reference
+        raised = []
+        for window in watch.slices.add(metas, rows, labels, served=before):
+            reference = slice_reference(
+                ref.embeddings,
+                ref.predicted,
+                ref.metas,
+                ref.predicted_rows,
+                name=window.field,
+                value=window.value,
+                window=policy.window,
+            )
+            tests = window_tests(
+                reference, window, ert=ert, permutations=policy.permutations, seed=version
+            )
+            for test, result in tests:
+                holds = watch.alarmed_at.get(test, -1) < window.started
+                evidence: dict[str, Any] = {
+                    "field": window.field,
+                    "value": window.value,
+                    "test": _SLICE_TESTS[test],
+                    "reference": reference.source,
+                    "ert": ert,
+                    "aggregate_holds": holds,
+                    **result.to_dict(),
+                }
+                if test == "prediction":
+                    evidence["window_shares"] = label_shares(window.labels)
+                    evidence["reference_shares"] = label_shares(reference.predicted)
+                raised.append(
+                    self._record(
+                        tenant,
+                        version,
+                        "slice.drift",
+                        1.0 - result.p_value,
+                        1.0 - result.alpha,
+                        result.drift and holds,
+                        evidence,
+                    )
+                )
         return raised
 
     def _keep(
@@ -332,7 +453,9 @@ class DriftMonitor:
         that says the test was not run: answers on its own training texts would be no
         honest reference, and a test against them alarms on in-control traffic."""
         if reference.predicted:
-            return self._labels(tenant, version, "drift.prediction", reference.predicted, window)
+            ert = self.shared_ert(tenant)
+            kind = "drift.prediction"
+            return self._labels(tenant, version, kind, reference.predicted, window, ert=ert)
         evidence = {
             "test": "none",
             "size": len(window),
@@ -345,10 +468,17 @@ class DriftMonitor:
         return self._record(tenant, version, "drift.prediction", 0.0, 1.0, False, evidence)
 
     def _labels(
-        self, tenant: str, version: int, kind: str, reference: list[str], window: list[str]
+        self,
+        tenant: str,
+        version: int,
+        kind: str,
+        reference: list[str],
+        window: list[str],
+        *,
+        ert: float,
     ) -> Signal:
         policy = self.policy(tenant)
-        alpha = level(policy.window, policy.ert)
+        alpha = level(policy.window, ert)
         test = label_test(
             reference,
             window,
@@ -389,7 +519,9 @@ class DriftMonitor:
             window = watch.pending_labels[: policy.window]
             watch.pending_labels = watch.pending_labels[policy.window :]
             raised.append(
-                self._labels(tenant, version, "drift.label", watch.reference.labels, window)
+                self._labels(
+                    tenant, version, "drift.label", watch.reference.labels, window, ert=policy.ert
+                )
             )
         return raised
 
@@ -444,46 +576,72 @@ class DriftMonitor:
 
 
 DRIFT_KINDS = frozenset({"drift.embedding", "drift.prediction", "drift.label"})
+_SLICE_TESTS = {
+    "embedding": "mmd, permutation p-value",
+    "prediction": "chi-square, permutation p-value",
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def drift_view(ws: Workspace, tenant: str, *, limit: int = 20) -> dict[str, Any]:
-    """A tenant's drift: its policy, the newest result of each test, its newest alarms
-    (confirmed signals) and how many served predictions are kept for the tests."""
+    """A tenant's drift: its policy, the newest result of each test and of each slice's
+    tests, its newest alarms (confirmed signals, slices' included) and how many served
+    predictions are kept for the tests."""
     info = ws.tenants.get(tenant)
     signals = Signals(ws)
     latest = {kind: signals.latest(tenant, kind) for kind in sorted(DRIFT_KINDS)}
-    alarms = signals.since(tenant, _EPOCH, kinds=DRIFT_KINDS, newest=limit)
+    alarms = signals.since(tenant, _EPOCH, kinds=DRIFT_KINDS | {"slice.drift"}, newest=limit)
     kept = ws.conn.execute(
         "SELECT COALESCE(SUM(count), 0) FROM served_embeddings WHERE tenant_id = ?", (info.id,)
     ).fetchone()[0]
+    policy = ws.settings.drift.for_tenant(tenant)
+    fields = policy.slice_fields
+    if fields is None:
+        fields = ws.settings.performance.slice_fields
     return {
         "tenant": tenant,
-        "policy": ws.settings.drift.for_tenant(tenant).model_dump(),
+        "policy": {
+            **policy.model_dump(),
+            "slice_fields": list(fields),
+        },
         "latest": {k: None if s is None else s.to_dict() for k, s in latest.items()},
+        "slices": slice_view(signals, tenant),
         "alarms": [s.to_dict() for s in reversed(alarms)],
         "kept_predictions": int(kept),
     }
 
 
+def _oof(scope: TenantScope, run_id: str | None) -> dict[str, Any] | None:
+    """The round's out-of-fold predictions (``{"ids", "predicted"}``), None when it kept
+    none."""
+    if run_id is None:
+        return None
+    try:
+        oof: dict[str, Any] = json.loads(scope.blobs.get(OOF_BLOB.format(run_id=run_id)))
+    except NotFoundError:
+        return None
+    return oof
+
+
 def _out_of_fold(
-    scope: TenantScope, run_id: str | None, lineage: dict[str, Any], policy: DriftPolicy, seed: str
+    oof: dict[str, Any] | None, lineage: dict[str, Any], policy: DriftPolicy, seed: str
 ) -> list[str]:
     """A seeded sample of at most ``reference_size`` of the round's out-of-fold predicted
     labels: of its new records when they fill a window or more (the warm-start prior of
     their fold models never saw them), else of every record it trained on; empty when the
     round kept none."""
-    if run_id is None:
-        return []
-    try:
-        oof = json.loads(scope.blobs.get(OOF_BLOB.format(run_id=run_id)))
-    except NotFoundError:
+    if oof is None:
         return []
     predicted = [str(p) for p in oof["predicted"]]
     new = int(lineage.get("new_records") or 0)
     if lineage.get("replay_records") and new >= policy.window:
         predicted = predicted[:new]  # a warm round trains on its new records, then replay
     return random.Random(seed).sample(predicted, min(policy.reference_size, len(predicted)))
+
+
+def _slice_values(meta: dict[str, Any]) -> dict[str, str]:
+    """The ``meta`` values of a record that can name a slice, as text."""
+    return {k: v for k in meta if (v := slice_value(meta, k)) is not None}
 
 
 def _stamp(moment: datetime) -> str:

@@ -209,12 +209,13 @@ class RolloutDriver:
         why a candidate is rolling out, and rolling back would answer it with stable) and a
         drift monitor's SEV3 finding about the canary (``drift.*``: the traffic moved away
         from its training window, as it did from stable's; the canary is judged against
-        stable on the same traffic, by its predicted labels and its live feedback)."""
+        stable on the same traffic, by its predicted labels and its live feedback; the same
+        for a slice's drift, ``slice.drift``)."""
         rows = self.ws.conn.execute(
             "SELECT id, severity, kind FROM incidents "
             "WHERE tenant_id = ? AND status = 'open' AND id > ? "
             "AND NOT (severity = 'SEV3' AND version IS NOT NULL "
-            "AND (version = ? OR kind LIKE 'drift.%')) ORDER BY id",
+            "AND (version = ? OR kind LIKE 'drift.%' OR kind = 'slice.drift')) ORDER BY id",
             (tenant_id, mark, stable),
         ).fetchall()
         return [{"id": int(r[0]), "severity": str(r[1]), "kind": str(r[2])} for r in rows]

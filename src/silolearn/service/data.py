@@ -57,7 +57,8 @@ class PredictionFeedback(BaseModel):
         default_factory=dict,
         max_length=64,
         description="The served item's meta (region, channel, product): performance is "
-        "watched per value of the fields that [performance] slice_fields names.",
+        "watched per value of the fields that [performance] slice_fields names. Without "
+        "one, the meta the predict request gave for this text.",
     )
     reviewed: StrictBool = Field(
         default=False,
@@ -176,7 +177,7 @@ def feedback(
                     version=served.version,
                     served=served.label,
                     label=body.label,
-                    meta=body.meta,
+                    meta=body.meta or served.meta,
                 )
                 # a canary rollout compares its versions on it, and decides at once
                 right = served.label == body.label

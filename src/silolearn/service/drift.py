@@ -44,13 +44,15 @@ def drift(
         return drift_view(ws, tenant, limit=limit)
 
 
-def observe(service: Service, tenant: str, answer: Answer) -> None:
-    """Hand an answered request to the drift monitor, without waiting for it."""
+def observe(
+    service: Service, tenant: str, answer: Answer, metas: list[dict[str, Any]] | None = None
+) -> None:
+    """Hand an answered request (with each text's ``meta``, for slices) to the drift
+    monitor, without waiting for it."""
     if service.drift is None or isinstance(answer, SiloError) or not answer:
         return
-    service.drift.submit(
-        Served(tenant, answer[0].version, _embeddings(answer), [p.label for p in answer])
-    )
+    labels = [p.label for p in answer]
+    service.drift.submit(Served(tenant, answer[0].version, _embeddings(answer), labels, metas))
 
 
 def _embeddings(predictions: Sequence[Prediction]) -> npt.NDArray[np.float32] | None:
@@ -94,7 +96,10 @@ def start_drift_monitor(
             finally:
                 ws.close()
 
-        return (lambda s: monitor.observe(s.tenant, s.version, s.embeddings, s.labels)), close
+        def handle(s: Served) -> Any:
+            return monitor.observe(s.tenant, s.version, s.embeddings, s.labels, s.metas)
+
+        return handle, close
 
     queue = DriftQueue(open_handler)
     queue.start()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from silolearn.audit.log import utcnow
-from silolearn.errors import ServiceUnavailable, SiloError
+from silolearn.errors import InvalidInput, ServiceUnavailable, SiloError
 from silolearn.learning.active import uncertainty
 from silolearn.monitoring.feedback import PerformanceMonitor
 from silolearn.registry.rollout import RolloutStore, assign
@@ -37,6 +37,18 @@ router = APIRouter(tags=["serving"])
 TenantPath = Annotated[str, Path(description="The tenant's name.", max_length=64)]
 ANSWER_TIMEOUT = 300.0
 REQUEST_KEY_HEADER = "X-Request-Key"
+MAX_META_FIELDS = 16
+
+MetaValue = (
+    StrictBool
+    | StrictInt
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+    | Annotated[StrictStr, Field(max_length=256)]
+)
+Meta = Annotated[
+    dict[Annotated[StrictStr, Field(min_length=1, max_length=64)], MetaValue],
+    Field(max_length=MAX_META_FIELDS),
+]
 
 
 class PredictRequest(BaseModel):
@@ -51,6 +63,26 @@ class PredictRequest(BaseModel):
         "rollout runs (or send the X-Request-Key header); without one, each request is "
         "assigned afresh.",
     )
+    meta: Meta | list[Meta] | None = Field(
+        default=None,
+        description="Flat facts about the texts (region, channel, product: at most 16 fields, "
+        "strings of at most 256 characters, numbers, booleans): one object for every text, "
+        "or a list of one per text. Drift is watched per value of the fields [drift] "
+        "slice_fields names; kept sealed with each prediction, so feedback on it need not "
+        "repeat it.",
+    )
+
+    def metas(self) -> list[dict[str, Any]] | None:
+        """One ``meta`` per text, None when the request gave none."""
+        if self.meta is None:
+            return None
+        if isinstance(self.meta, dict):
+            return [self.meta] * len(self.texts)
+        if len(self.meta) != len(self.texts):
+            raise InvalidInput(
+                f"meta: a list of one object per text ({len(self.texts)}), got {len(self.meta)}"
+            )
+        return list(self.meta)
 
 
 class PredictionOut(BaseModel):
@@ -93,6 +125,7 @@ def predict(
         max_text_bytes=service.settings.ingest.max_text_bytes,
         max_texts=service.settings.service.max_predict_texts,
     )
+    metas = body.metas()
     request_key = body.request_key or request.headers.get(REQUEST_KEY_HEADER)
     with service.workspace(principal) as ws:
         key = batch_key(service.serving_scope(ws, tenant), request_key)
@@ -101,7 +134,7 @@ def predict(
     except BatcherStopped:
         raise ServiceUnavailable("the service is stopping: predict again shortly") from None
     version, response = ticket.then(
-        lambda answer: _keep_and_respond(service, principal, tenant, body.texts, answer),
+        lambda answer: _keep_and_respond(service, principal, tenant, body.texts, metas, answer),
         timeout=ANSWER_TIMEOUT,
     )
     service.metrics.predictions.labels(tenant, version).inc(len(body.texts))
@@ -112,9 +145,15 @@ def predict(
 
 
 def _keep_and_respond(
-    service: Service, principal: Principal, tenant: str, texts: list[str], answer: Answer
+    service: Service,
+    principal: Principal,
+    tenant: str,
+    texts: list[str],
+    metas: list[dict[str, Any]] | None,
+    answer: Answer,
 ) -> tuple[str, Response]:
-    """Keep each prediction sealed for feedback, audit the request, and make its body."""
+    """Keep each prediction (with its ``meta``) sealed for feedback, audit the request, and
+    make its body."""
     if isinstance(answer, SiloError):
         raise answer
     served_at = utcnow()
@@ -127,8 +166,9 @@ def _keep_and_respond(
             served_at,
             uncertainty=uncertainty(list(p.probabilities.values())),
             embedding=p.embedding,
+            meta=metas[i] if metas is not None else {},
         )
-        for text, p in zip(texts, answer, strict=True)
+        for i, (text, p) in enumerate(zip(texts, answer, strict=True))
     ]
     retention = timedelta(hours=service.settings.service.prediction_retention_hours)
     with service.workspace(principal) as ws:
@@ -146,7 +186,7 @@ def _keep_and_respond(
             monitor.served_in(conn, scope.tenant.id, answer[0].version, probabilities)
             labels = [p.label for p in answer]
             RolloutStore(scope).record_served_in(conn, answer[0].version, labels)
-    observe(service, tenant, answer)
+    observe(service, tenant, answer, metas)
     body = PredictResponse(
         tenant=tenant,
         predictions=[

@@ -48,6 +48,9 @@ class ServedText:
     sealed box as float16 for the label queue to spread its picks."""
     queued: bool = False
     """The label queue handed it out: feedback on it is a person's answer (``active``)."""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The request's ``meta`` for this text (region, channel, product), sealed with it:
+    feedback on the prediction inherits it for performance slices."""
 
 
 class ServedStore:
@@ -167,6 +170,7 @@ class ServedStore:
             if embedding is None
             else np.frombuffer(base64.b64decode(embedding), dtype=np.float16).astype(np.float32),
             queued=queued_at is not None,
+            meta=dict(fields.get("meta") or {}),
         )
 
     def purge_expired(self) -> int:
@@ -187,12 +191,14 @@ _COLUMNS = "id, version, dek_version, box, uncertainty, queued_at"
 
 
 def _box(served: ServedText) -> bytes:
-    """The sealed part of a kept prediction: its text, label, time and embedding."""
+    """The sealed part of a kept prediction: its text, label, time, meta and embedding."""
     fields: dict[str, object] = {
         "text": served.text,
         "label": served.label,
         "served_at": served.served_at,
     }
+    if served.meta:
+        fields["meta"] = served.meta
     if served.embedding is not None:
         half = np.asarray(served.embedding, dtype=np.float16).tobytes()
         fields["embedding"] = base64.b64encode(half).decode("ascii")
