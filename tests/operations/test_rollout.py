@@ -342,6 +342,18 @@ def test_stable_requests_never_get_the_canary_and_an_incident_rolls_it_back(
     )
     held = driver.check(TENANT)
     assert held is not None and held.action == "hold", held
+    # and a slice's drift about the canary, like the aggregate's
+    Incidents(ws).open(
+        TENANT,
+        severity="SEV3",
+        kind="slice.drift",
+        summary="the canary's served texts of one region moved",
+        evidence={},
+        actions=[],
+        version=2,
+    )
+    held = driver.check(TENANT)
+    assert held is not None and held.action == "hold", held
     Incidents(ws).open(
         TENANT, severity="SEV3", kind="drift", summary="served texts moved", evidence={}, actions=[]
     )
