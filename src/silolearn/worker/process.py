@@ -34,7 +34,7 @@ WARM_MODULES = (
 
 
 def warm(base: Path) -> None:
-    """Before the job arrives: import torch, transformers and the modules the jobs use, and
+    """Before the job arrives: import torch and the modules the jobs use, and
     load the encoder from ``base``, its digest taken as it is read. The process knows no
     tenant yet and reads nothing but the interpreter's files and the base model (both
     readable under the sandbox too); it embeds nothing, so it starts no thread the sandbox
