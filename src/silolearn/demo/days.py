@@ -201,11 +201,16 @@ class InProcessServer:
 # -- traffic -------------------------------------------------------------------------------
 
 
-def serve_day(api: ApiClient, tenant: str, rows: list[Row], day: int, canaries: set[int]) -> Row:
-    """One day of a tenant's users, ``USERS_AT_ONCE`` at a time: requests of a few texts
-    under a user's key, each answer's true label returned when the answer came from a
-    canary, or for a share of the others."""
-    rng = random.Random(f"{tenant}:{day}")
+def serve_part(
+    api: ApiClient, tenant: str, rows: list[Row], moment: tuple[int, int], canaries: set[int]
+) -> Row:
+    """One part of a day (``moment`` is the day and the part) of a tenant's users,
+    ``USERS_AT_ONCE`` at a time: requests of a few texts under a user's key, each answer's
+    true label returned when the answer came from a canary, or for a share of the others.
+    Each part draws its own users: drawn once a day, the same few users would come back in
+    every part, and a day would bring a small cohort's users all four times or not at all."""
+    day, part = moment
+    rng = random.Random(f"{tenant}:{day}:{part}")
     requests = [
         (f"user-{rng.randrange(USERS)}", rows[start : start + REQUEST_TEXTS])
         for start in range(0, len(rows), REQUEST_TEXTS)
@@ -493,7 +498,7 @@ def _one_day(
         canaries = {name: canary_versions(api, name) for name in traffic}
         with ThreadPoolExecutor(max_workers=len(traffic)) as pool:
             futures = [
-                pool.submit(serve_day, api, name, rows[part::PARTS], day, canaries[name])
+                pool.submit(serve_part, api, name, rows[part::PARTS], (day, part), canaries[name])
                 for name, rows in traffic.items()
             ]
             for future in futures:
