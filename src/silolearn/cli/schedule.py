@@ -14,7 +14,6 @@ from silolearn.cli.base import JsonOpt, WorkspaceOpt, _table, app, command, emit
 from silolearn.clock import SYSTEM
 from silolearn.errors import InvalidInput
 from silolearn.operations.policy import SchedulePolicies
-from silolearn.operations.scheduler import InlineLauncher, Scheduler, schedule_view
 from silolearn.workspace import Workspace
 
 schedule_app = typer.Typer(
@@ -35,6 +34,8 @@ def schedule_show(
     """The tenant's policy, its state (round running, back-off, next scheduled time) and
     the scheduler's newest decisions with their evidence."""
     with opened(workspace) as ws:
+        from silolearn.operations.scheduler import schedule_view
+
         view = schedule_view(ws, tenant, SYSTEM.now(), limit=limit)
     emit(as_json, view, lambda: _print_view(view))
 
@@ -82,6 +83,8 @@ def schedule_set(
     if not changes and not reset:
         raise InvalidInput("nothing to set: give --triggers, --manual, --cron, ... or --reset")
     now = SYSTEM.now()
+    from silolearn.operations.scheduler import schedule_view
+
     with opened(workspace) as ws:
         SchedulePolicies(ws).set(tenant, changes, at=now, reset=reset)
         view = schedule_view(ws, tenant, now)
@@ -93,6 +96,8 @@ def schedule_set(
 def schedule_tick(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Decide now for every tenant, running the rounds that are due in this process (what
     the service's scheduler does on its own every ``[schedule] tick_seconds``)."""
+    from silolearn.operations.scheduler import InlineLauncher, Scheduler
+
     with opened(workspace) as ws:
         path, actor = ws.path, ws.actor
     scheduler = Scheduler(lambda: Workspace.open(path, actor=actor), InlineLauncher(), SYSTEM)
