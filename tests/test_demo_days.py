@@ -5,12 +5,13 @@ and the drill (a planted label-mapping bug that passes the offline gates on a wi
 bug labelled too).
 
 What is scaled down, and why: the demo runs the rollout at its defaults (1%, 5%, 100%),
-where a canary needs some 3,000 requests' worth of texts per step to gather its 30 feedback
-items; here the steps are 20%, 50%, 100% (``SILOLEARN_ROLLOUT__STEPS``), so a few hundred
-texts a day do, and the privacy gates that cost the most time are off (membership
-inference, canary exposure, the one-run audit: the drill is about quality and forgetting,
-which stay on). Everything else is the defaults: the sequential test, its alpha, its
-minimum feedback and step time, the monitors' false-alarm rates, the back-off.
+where a canary needs some 3,000 texts of traffic (750 requests) at 1% to gather its 30
+feedback items, a day and a half of the demo's 2,000 a day (the full run takes 12 to 18
+minutes: README); here the steps are 20%, 50%, 100% (``SILOLEARN_ROLLOUT__STEPS``), so a
+few hundred texts a day do, and the privacy gates that cost the most time are off
+(membership inference, canary exposure, the one-run audit: the drill is about quality and
+forgetting, which stay on). Everything else is the defaults: the sequential test, its
+alpha, its minimum feedback and step time, the monitors' false-alarm rates, the back-off.
 """
 
 from __future__ import annotations
