@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+QKV = ("query", "key", "value")
+
 
 @dataclass(frozen=True)
 class BertShape:
@@ -89,10 +91,19 @@ class Bert:
     """The encoder's token states (``last_hidden_state``), inference only."""
 
     def __init__(self, model_dir: Path, weights_file: str) -> None:
+        import torch
         from safetensors.torch import load_file
 
         self.shape = BertShape.read(model_dir)
         self._w = load_file(str(model_dir / weights_file))
+        # query, key and value as one product: one larger matrix multiply is cheaper
+        self._qkv = [
+            tuple(
+                torch.cat([self._w[f"encoder.layer.{i}.attention.self.{p}.{kind}"] for p in QKV])
+                for kind in ("weight", "bias")
+            )
+            for i in range(self.shape.layers)
+        ]
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
@@ -124,10 +135,9 @@ class Bert:
         for i in range(self.shape.layers):
             at = f"encoder.layer.{i}"
             q, k, v = (
-                self._linear(x, f"{at}.attention.self.{part}")
-                .view(batch, length, heads, width)
-                .transpose(1, 2)
-                for part in ("query", "key", "value")
+                torch.nn.functional.linear(x, *self._qkv[i])
+                .view(batch, length, 3, heads, width)
+                .permute(2, 0, 3, 1, 4)
             )
             context = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
             context = context.transpose(1, 2).reshape(batch, length, self.shape.hidden)
