@@ -107,7 +107,7 @@ class Worker:
     """One worker process for one job.
 
     Started ahead of its job with ``warm`` (the base model's directory), the process imports
-    torch and transformers and loads the encoder while the coordinator does something else:
+    torch and loads the encoder while the coordinator does something else:
     a round's gate worker warms up while the training worker trains. It learns which tenant
     it works for, and gets that tenant's keys, only with the job, and confines itself
     (``silolearn.security.sandbox``) before reading anything of it. Use as a context manager:
