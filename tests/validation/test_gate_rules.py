@@ -142,6 +142,37 @@ def test_canaries_fail_only_when_memorised_and_extractable() -> None:
     assert few.passed and "cannot be shown" in few.reason
 
 
+def test_an_own_audience_is_judged_against_the_default_learner_on_the_same_canaries() -> None:
+    """A canary given a label of a few records is memorised by any model that learns the
+    label: for an own audience the candidate fails only beyond what the platform's default
+    learner, fitted to the same rows, shows; a mixed audience is judged by the bound alone."""
+
+    def against(base_top: float) -> dict[str, Any]:
+        base = {"learner": "tuned linear head refitted", "max_exposure": base_top}
+        return {**LEAK, "baseline": {**base, "excess": round(40.0 - base_top, 4)}}
+
+    normal = canary_gate(against(36.0), bound=24, excess=8.0)
+    assert normal.passed and normal.metrics["memorised"] and normal.metrics["extractable"]
+    assert normal.metrics["excess_bits"] == 4.0 and normal.metrics["baseline_max_exposure"] == 36
+    assert "no more than by the default learner" in normal.reason
+
+    beyond = canary_gate(against(12.0), bound=24, excess=8.0)
+    assert not beyond.passed and beyond.severity == "SEV2"
+    assert "beyond what the default learner shows" in beyond.reason
+    assert beyond.metrics["excess_bits"] == 28.0
+
+    # the excess alone is not a leak: the canaries must still be memorised and extractable
+    quiet = {**_exposures([9.0] * 8, [2.0] * 8), "baseline": {**against(1.0)["baseline"]}}
+    assert canary_gate(quiet, bound=24, excess=8.0).passed
+
+    mixed = canary_gate(against(36.0), bound=24, excess=8.0, audience="mixed")
+    assert not mixed.passed and mixed.severity == "SEV1"
+    assert "excess_bits" not in mixed.metrics
+
+    # without a baseline (a LoRA candidate) the bound alone applies, whatever the audience
+    assert not canary_gate(LEAK, bound=24, excess=8.0).passed
+
+
 def _featurise(texts: list[str]) -> Features:
     rows = [np.random.default_rng(list(text.encode())).standard_normal(384) for text in texts]
     matrix = np.array(rows, dtype=np.float32).reshape(len(texts), 384)

@@ -301,6 +301,7 @@ def canary_exposure(
     rng: np.random.Generator,
     pool: Sequence[str] | None = None,
     embed_pool: Callable[[list[str]], Any] | None = None,
+    baseline: Callable[[], tuple[Model, str]] | None = None,
 ) -> dict[str, Any]:
     """Secret Sharer exposure of each inserted canary: its confidence in its label ranked
     among ``alternatives`` sequences sampled uniformly from the same template space (scored
@@ -311,8 +312,10 @@ def canary_exposure(
 
     ``pool``: a fixed uniform sample of the space to use as the alternatives (its first
     ``alternatives`` sequences that are not among this run's canaries), featurised by
-    ``embed_pool`` (which may cache); otherwise a fresh sample is drawn from ``rng``."""
-    from silolearn.validation.attacks import exposure, logit_confidence
+    ``embed_pool`` (which may cache); otherwise a fresh sample is drawn from ``rng``.
+    ``baseline()``: the platform's default learner fitted to the same training rows, canaries
+    included; its inserted canaries' exposure against the same alternatives is what any
+    normal model of this data shows (``baseline`` in the result)."""
     from silolearn.validation.canaries import SPACE_SIZE, sample_texts
 
     t0 = time.perf_counter()
@@ -330,37 +333,11 @@ def canary_exposure(
     control_labels = list(canaries.secret_labels)
     k = len(inserted)
     lp = model.log_proba(embed(inserted + controls))
-    alt_lp = model.log_proba((embed_pool or embed)(alts))
-
-    def exposures(rows: FloatArray, labels: list[str]) -> list[dict[str, Any]]:
-        codes = model.label_codes(labels)
-        found: list[dict[str, Any]] = [{} for _ in codes]
-        # one tail fit per label: the alternatives are scored with the canary's label, so
-        # canaries sharing a label share the fitted distribution
-        for code in np.unique(codes):
-            rows_of = np.flatnonzero(codes == code)
-            # ranked and fitted on the logit-scaled confidence phi = log(p / (1 - p)) of the
-            # canary's label (LiRA's transform: close to normal across sequences). The rank
-            # is the loss rank; the fit is not: on raw losses or their logarithms the fitted
-            # tail let never-inserted controls reach 14-21 bits in some runs
-            phi = logit_confidence(rows[rows_of], np.full(len(rows_of), code))
-            alt_phi = logit_confidence(alt_lp, np.full(len(alt_lp), code))
-            report = exposure(-phi, -alt_phi, SPACE_SIZE)
-            for j, i in enumerate(rows_of):
-                found[int(i)] = {
-                    "max": report.extrapolated[j],
-                    "max_empirical": report.empirical[j],
-                    "outranks_all": bool(phi[j] > alt_phi.max()),
-                }
-        return found
-
-    def top(rows: list[dict[str, Any]], *, outranking: bool = False) -> float:
-        values = [float(r["max"]) for r in rows if r["outranks_all"] or not outranking]
-        return round(max(values, default=0.0), 4)
-
-    secret = exposures(lp[:k], list(canaries.secret_labels))
-    control = exposures(lp[k:], control_labels)
-    return {
+    alt_feats = (embed_pool or embed)(alts)
+    alt_lp = model.log_proba(alt_feats)
+    secret = _exposures(model, lp[:k], alt_lp, list(canaries.secret_labels))
+    control = _exposures(model, lp[k:], alt_lp, control_labels)
+    out: dict[str, Any] = {
         "canaries": k,
         "copies": canaries.copies,
         "alternatives": len(alts),
@@ -369,13 +346,62 @@ def canary_exposure(
         "exposure": [round(float(r["max"]), 4) for r in secret],
         "exposure_empirical": [round(float(r["max_empirical"]), 4) for r in secret],
         "outranks_all": [r["outranks_all"] for r in secret],
-        "max_exposure": top(secret),
-        "max_exposure_outranking": top(secret, outranking=True),
+        "max_exposure": _top(secret),
+        "max_exposure_outranking": _top(secret, outranking=True),
         "control_exposure": [round(float(r["max"]), 4) for r in control],
-        "max_control_exposure": top(control),
-        "max_control_exposure_outranking": top(control, outranking=True),
-        "seconds": round(time.perf_counter() - t0, 4),
+        "max_control_exposure": _top(control),
+        "max_control_exposure_outranking": _top(control, outranking=True),
     }
+    if baseline is not None and k:
+        reference, learner = baseline()
+        found = _exposures(
+            reference,
+            reference.log_proba(embed(inserted)),
+            reference.log_proba(alt_feats),
+            list(canaries.secret_labels),
+        )
+        out["baseline"] = {
+            "learner": learner,
+            "exposure": [round(float(r["max"]), 4) for r in found],
+            "max_exposure": _top(found),
+            "excess": round(out["max_exposure"] - _top(found), 4),
+        }
+    out["seconds"] = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def _exposures(
+    model: Model, rows: FloatArray, alt_lp: FloatArray, labels: list[str]
+) -> list[dict[str, Any]]:
+    """Each row's exposure in its label against the alternatives' (``rows`` and ``alt_lp``
+    are log-probabilities of ``model``); one tail fit per label: the alternatives are scored
+    with the canary's label, so canaries sharing a label share the fitted distribution."""
+    from silolearn.validation.attacks import exposure, logit_confidence
+    from silolearn.validation.canaries import SPACE_SIZE
+
+    codes = model.label_codes(labels)
+    found: list[dict[str, Any]] = [{} for _ in codes]
+    for code in np.unique(codes):
+        rows_of = np.flatnonzero(codes == code)
+        # ranked and fitted on the logit-scaled confidence phi = log(p / (1 - p)) of the
+        # canary's label (LiRA's transform: close to normal across sequences). The rank is
+        # the loss rank; the fit is not: on raw losses or their logarithms the fitted tail
+        # let never-inserted controls reach 14-21 bits in some runs
+        phi = logit_confidence(rows[rows_of], np.full(len(rows_of), code))
+        alt_phi = logit_confidence(alt_lp, np.full(len(alt_lp), code))
+        report = exposure(-phi, -alt_phi, SPACE_SIZE)
+        for j, i in enumerate(rows_of):
+            found[int(i)] = {
+                "max": report.extrapolated[j],
+                "max_empirical": report.empirical[j],
+                "outranks_all": bool(phi[j] > alt_phi.max()),
+            }
+    return found
+
+
+def _top(rows: list[dict[str, Any]], *, outranking: bool = False) -> float:
+    values = [float(r["max"]) for r in rows if r["outranks_all"] or not outranking]
+    return round(max(values, default=0.0), 4)
 
 
 def one_run_audit(

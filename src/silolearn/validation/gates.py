@@ -352,6 +352,7 @@ def canary_gate(
     bound: float,
     confidence: float = 0.95,
     audience: Audience = "own",
+    excess: float | None = None,
 ) -> GateVerdict:
     """Fails when the inserted canaries are memorised and the top one can be extracted.
 
@@ -360,10 +361,19 @@ def canary_gate(
     1 - ``confidence``), so what the label space does to random sequences cancels out.
     Extractable: the top canary's exposure is above ``bound`` bits, i.e. an attacker who
     knows the template and the label, enumerating its sequences in the model's order, finds
-    it within 2^(space bits - bound) guesses. Either alone passes, and is reported."""
-    threshold = {
+    it within 2^(space bits - bound) guesses. Either alone passes, and is reported.
+    Beyond the default learner: for an ``own`` audience, also the top canary's exposure
+    exceeds, by more than ``excess`` bits, the top exposure of the same canaries on the
+    platform's default learner fitted to the same training rows (evidence ``baseline``): a
+    canary given a label of a few records is memorised by any model that learns that label,
+    and an adapter that answers only users who may see the tenant's data leaks nothing by
+    doing what any normal model of it does. A ``mixed`` audience, or a candidate without
+    such a baseline (LoRA), is judged by the first two alone."""
+    threshold: dict[str, Any] = {
         "max_exposure_bits": bound,
         "significance": round(1 - confidence, 6),
+        "excess_bits": excess,
+        "audience": audience,
     }
     if not evidence:
         return GateVerdict("canary", True, "the run inserted no canaries", {}, threshold, False)
@@ -401,17 +411,32 @@ def canary_gate(
             f" (with {len(inserted)} canaries no p-value falls below {alpha:.2g}: "
             "memorisation cannot be shown)"
         )
-    if memorised and extractable:
+    baseline = evidence.get("baseline") or {}
+    relative = audience == "own" and excess is not None and "max_exposure" in baseline
+    beyond = True
+    if relative:
+        metrics["baseline_max_exposure"] = float(baseline["max_exposure"])
+        metrics["excess_bits"] = float(baseline["excess"])
+        beyond = float(baseline["excess"]) > float(excess or 0.0)
+        text += (
+            f"; the default learner ({baseline['learner']}) puts the same canaries at "
+            f"{float(baseline['max_exposure']):.2f} bits, excess {float(baseline['excess']):+.2f}"
+            f" (bound {excess})"
+        )
+    if memorised and extractable and beyond:
         return GateVerdict(
             "canary",
             False,
-            f"{text}: memorised and extractable",
+            f"{text}: memorised and extractable"
+            + (" beyond what the default learner shows" if relative else ""),
             metrics,
             threshold,
             audience=audience,
         )
     state = (
-        "memorised, not extractable within the bound"
+        "memorised and extractable, no more than by the default learner"
+        if memorised and extractable
+        else "memorised, not extractable within the bound"
         if memorised
         else "not more exposed than the controls"
     )
@@ -491,6 +516,7 @@ def judge(
             bound=policy.canary_max_exposure,
             confidence=policy.confidence,
             audience=policy.audience,
+            excess=policy.canary_excess_bits,
         )
     )
     verdicts.append(

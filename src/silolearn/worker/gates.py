@@ -22,6 +22,8 @@ from silolearn.worker.remote import RemoteScope, Send, Stored
 from silolearn.worker.train import is_default_learner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from silolearn.learning.adapters import Features
     from silolearn.learning.encoder import EmbeddingCache
     from silolearn.validation import evidence
@@ -77,6 +79,8 @@ class _GateRun:
             self.scope, encoder.sha256, namespace="eval/canary-alternatives", max_tokens=tokens
         )
         self.candidate = self.load(self.params["candidate"])
+        self._trained: list[Stored] | None = None
+        self._refitted: evidence.Model | None = None
         active = self.params.get("active")
         self.active = None if active is None else self.load(active)
         # a LoRA candidate reads texts while the head it is compared with reads embeddings:
@@ -213,24 +217,15 @@ class _GateRun:
 
         t0 = time.perf_counter()
         policy, rng = self.policy, self.rng
-        run_id = self.params["candidate"]["run_id"]
-        trained = {
-            str(pair[1]) for pair in json.loads(self.scope.blobs.get(f"run/{run_id}/records"))
-        }
-        pool = [
-            s
-            for s in self.scope.train.read(until=self.cutoff)
-            if s.record.id in trained and s.record.label is not None
-        ]
+        pool = self.trained_records()
         cap = (
             policy.membership_members
             if not self.needs_text
             else min(policy.membership_members, 200)
         )
-        trained_pool = pool
         if len(pool) > cap:
             pool = [pool[int(i)] for i in np.sort(rng.choice(len(pool), cap, replace=False))]
-        reference, baseline = self._references(trained_pool)
+        reference, baseline = self._references()
         out["membership"] = evidence.membership(
             self.candidate,
             (self.features(pool, self.train_cache), [str(s.record.label) for s in pool]),
@@ -245,12 +240,25 @@ class _GateRun:
         )
         self.timings["membership"] = time.perf_counter() - t0
 
-    def _references(self, trained_pool: list[Stored]) -> tuple[Any, Any]:
+    def trained_records(self) -> list[Stored]:
+        """The labelled training records the candidate was fitted on (its run's record
+        list), read once."""
+        if self._trained is None:
+            run_id = self.params["candidate"]["run_id"]
+            blob = self.scope.blobs.get(f"run/{run_id}/records")
+            trained = {str(pair[1]) for pair in json.loads(blob)}
+            self._trained = [
+                s
+                for s in self.scope.train.read(until=self.cutoff)
+                if s.record.id in trained and s.record.label is not None
+            ]
+        return self._trained
+
+    def _references(self) -> tuple[Any, Any]:
         """The attack's reference trainer (a head like the candidate's, refitted) and its
-        baseline (the candidate itself when it is the default learner, else a tuned linear
-        head refitted on the same records); neither for a LoRA candidate."""
+        baseline (``baseline``); neither for a LoRA candidate."""
         from silolearn.config import TrainingConfig
-        from silolearn.learning.adapters import Features, HeadAdapter
+        from silolearn.learning.adapters import HeadAdapter
         from silolearn.validation import evidence
 
         if not isinstance(self.candidate.adapter, HeadAdapter):
@@ -271,39 +279,79 @@ class _GateRun:
             ref.fit(feats, labels, config=ref_config, seed=seed)
             return evidence.Model(ref, -1)
 
-        if is_default_learner(ref_config, head):
-            # the candidate is the default learner: its own attack is the baseline
-            def baseline() -> tuple[evidence.Model, str]:
+        return reference, self.baseline()
+
+    def baseline(self) -> Callable[[], tuple[evidence.Model, str]] | None:
+        """What the leakage gates compare a candidate with: the platform's default learner
+        fitted to the same training rows (records and canaries). The candidate itself when
+        it is that learner; otherwise a tuned linear head refitted here, once for both
+        gates. None for a LoRA candidate."""
+        from silolearn.config import TrainingConfig
+        from silolearn.learning.adapters import Features, HeadAdapter
+        from silolearn.validation import evidence
+
+        if not isinstance(self.candidate.adapter, HeadAdapter):
+            return None
+        head = self.candidate.adapter
+        config = TrainingConfig.model_validate(
+            self.params["candidate"].get("config") or self.job.training
+        )
+        if is_default_learner(config, head):
+
+            def itself() -> tuple[evidence.Model, str]:
                 return self.candidate, "the candidate itself"
 
-            return reference, baseline
+            return itself
 
         def refitted() -> tuple[evidence.Model, str]:
-            labels = [str(s.record.label) for s in trained_pool]
-            ref = HeadAdapter(sorted(set(labels)), hidden=0, dim=head.dim, trunk=head.trunk)
-            texts = [s.record.text for s in trained_pool]
-            feats = self.features(trained_pool, self.train_cache)
-            ref.fit(
-                Features(texts=texts, embeddings=feats.embeddings),
-                labels,
-                config=TrainingConfig(),
-                seed=0,
-            )
-            return evidence.Model(ref, -1), "tuned linear head refitted"
+            if self._refitted is None:
+                t0 = time.perf_counter()
+                records = self.trained_records()
+                extra_texts, extra_labels = self.canary_rows()
+                labels = [str(s.record.label) for s in records] + extra_labels
+                feats = self.features(records, self.train_cache)
+                embeddings = feats.embeddings
+                if extra_texts and embeddings is not None:
+                    added = self.synthetic(extra_texts).embeddings
+                    embeddings = np.vstack([embeddings, np.asarray(added)])
+                ref = HeadAdapter(sorted(set(labels)), hidden=0, dim=head.dim, trunk=head.trunk)
+                ref.fit(
+                    Features(
+                        texts=[s.record.text for s in records] + extra_texts,
+                        embeddings=embeddings,
+                    ),
+                    labels,
+                    config=TrainingConfig(),
+                    seed=0,
+                )
+                self._refitted = evidence.Model(ref, -1)
+                self.timings["baseline"] = time.perf_counter() - t0
+            return self._refitted, "tuned linear head refitted"
 
-        return reference, refitted
+        return refitted
+
+    def canary_rows(self) -> tuple[list[str], list[str]]:
+        """The rows the run's canaries added to training (texts, labels); none without."""
+        canaries = self.run_canaries()
+        return ([], []) if canaries is None else canaries.training_rows()
+
+    def run_canaries(self) -> Any:
+        """The run's sealed canaries, or None when it has none."""
+        from silolearn.validation.canaries import Canaries
+
+        with contextlib.suppress(Exception):
+            return Canaries.from_bytes(
+                self.scope.blobs.get(f"run/{self.params['candidate']['run_id']}/canaries")
+            )
+        return None
 
     def canaries(self, out: dict[str, Any]) -> None:
         """Canary exposure of the secret canaries, and the one-run audit of the audit ones."""
         from silolearn.validation import evidence
-        from silolearn.validation.canaries import Canaries, alternatives_pool
+        from silolearn.validation.canaries import alternatives_pool
 
         policy = self.policy
-        canaries = None
-        with contextlib.suppress(Exception):
-            canaries = Canaries.from_bytes(
-                self.scope.blobs.get(f"run/{self.params['candidate']['run_id']}/canaries")
-            )
+        canaries = self.run_canaries()
         if canaries is not None and canaries.secret_texts:
             t0 = time.perf_counter()
             yardstick = alternatives_pool(self.job.tenant_id, policy.canary_alternatives)
@@ -315,6 +363,7 @@ class _GateRun:
                 rng=self.rng,
                 pool=yardstick,
                 embed_pool=None if self.needs_text else self.pool_features,
+                baseline=self.baseline(),
             )
             self.timings["canaries"] = time.perf_counter() - t0
         if canaries is not None and canaries.audit_texts:
