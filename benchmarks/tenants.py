@@ -67,7 +67,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _common import Table, fmt_float, fmt_int, fmt_ratio, limit_threads, machine, render
+from _common import limit_threads, machine, render
 
 # isort: split
 # _common pins the thread pools of numpy's BLAS: it must be imported first.
@@ -79,8 +79,15 @@ from silolearn.errors import SiloError
 from silolearn.learning.adapters import deterministic_torch
 from silolearn.learning.encoder import default_model_dir
 from silolearn.pipeline import RoundResult
+from silolearn.registry.versions import AdapterRegistry
+from silolearn.storage.capabilities import Purpose
 from silolearn.text import normalise
 from silolearn.workspace import Workspace
+
+# isort: split
+# Each TF-IDF view keeps its most frequent n-grams: the rare tail of long articles'
+# character n-grams adds columns that the cross-validated penalty shrinks away anyway.
+from tenant_tables import TFIDF_FEATURES, tables_for
 
 Row = dict[str, Any]
 HELD_OUT = 0.2
@@ -89,9 +96,6 @@ STREAM_CHUNKS = 3
 # C >= 1e3 L-BFGS crawls on the character n-grams of long articles (15 of a 37-minute run)
 # while no tenant scored better for it.
 TFIDF_CS = np.logspace(-1, 2, 7).tolist()
-# Each view keeps its most frequent n-grams: the rare tail of long articles' character
-# n-grams adds columns that the cross-validated penalty shrinks away anyway.
-TFIDF_FEATURES = 50_000
 
 
 # ----------------------------------------------------------------------------- data
@@ -274,6 +278,22 @@ def ingest(ws: Workspace, tenant: str, rows: list[Row]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, **report}
 
 
+def trained_rows(ws: Workspace, tenant: str, summary: dict[str, Any]) -> list[Row]:
+    """The labelled records the round's first candidate trained on (its run's record list,
+    read through the tenant's audit scope), as rows; none when no candidate was made."""
+    attempts = [a for a in summary.get("attempts") or [] if a.get("version") is not None]
+    if not attempts:
+        return []
+    scope = ws.scope(tenant, purpose=Purpose.AUDIT)
+    run_id = AdapterRegistry(scope).get(int(attempts[0]["version"])).run_id
+    ids = {str(pair[1]) for pair in json.loads(scope.blobs.get(f"run/{run_id}/records"))}
+    return [
+        {"text": s.record.text, "label": str(s.record.label)}
+        for s in scope.train.read()
+        if s.record.id in ids and s.record.label is not None
+    ]
+
+
 def first_round(
     ws: Workspace, tenant: str, train: list[Row], held: list[Row], kind: str | None = None
 ) -> dict[str, Any]:
@@ -324,6 +344,13 @@ def run_tenant(name: str, args: argparse.Namespace, model: Any) -> dict[str, Any
         ws = open_workspace(Path(tmp) / "ws")
         try:
             result["head"] = first_round(ws, name, train, held)
+            # the yardsticks again on the records the round trained on: the gateway keeps
+            # about a tenth of the 80% as eval records, which no version trains on
+            same = trained_rows(ws, name, result["head"]["round"])
+            if same:
+                result["same_records"] = len(same)
+                result["tfidf_same"] = tfidf_yardstick(same, held)
+                result["minilm_same"] = minilm_yardstick(model, same, held)
             if args.stream:
                 result["stream"] = stream(ws, f"{name}-stream", train, held)
             if args.lora:
@@ -333,267 +360,6 @@ def run_tenant(name: str, args: argparse.Namespace, model: Any) -> dict[str, Any
     # the box is shared: times and ratios read against the load they ran under
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def score(value: float | None) -> str:
-    return "-" if value is None else fmt_float(value, 3)
-
-
-def bits(value: float | None) -> str:
-    return "-" if value is None else fmt_float(value, 1)
-
-
-def at_least(value: float, floor: float) -> bool:
-    """``value >= floor``, with the float error of a difference of fractions forgiven (a
-    score exactly 0.01 below the yardstick's meets "within 0.01")."""
-    return value >= floor - 1e-9
-
-
-def p_value(value: float | None) -> str:
-    return "-" if value is None else f"p {value:.2g}"
-
-
-def outcome(summary: dict[str, Any]) -> str:
-    status = summary["status"]
-    if summary.get("version") is not None:
-        status = f"v{summary['version']} {status}"
-    failed = summary.get("failed_gates") or []
-    if failed:
-        status += f" ({', '.join(failed)}, {summary.get('severity')})"
-    return status
-
-
-def attempts_cell(summary: dict[str, Any]) -> str:
-    """How many candidates the call made, and which one ended serving (or nothing)."""
-    attempts = summary.get("attempts")
-    if not attempts:
-        return "-"
-    made = [a for a in attempts if a.get("status") != "skipped"]
-    serving = next((a for a in reversed(made) if a.get("status") == "active"), None)
-    ends = f"{serving['what']} (v{serving['version']})" if serving else "nothing promoted"
-    return f"{len(made)}: {ends}"
-
-
-def attempts_detail(summary: dict[str, Any]) -> str:
-    """Each attempt: what it tried, its outcome and failed gates."""
-    cells = []
-    for a in summary.get("attempts") or []:
-        failed = a.get("failed") or []
-        cells.append(
-            f"{a['what']}: {a['status']}"
-            + (f" ({', '.join(failed)}, {a.get('severity')})" if failed else "")
-        )
-    return "; ".join(cells)
-
-
-def membership_cell(summary: dict[str, Any]) -> str:
-    """The loss attack's AUC on the candidate and on the default learner (the excess is
-    what the gate judges), the strongest attack's upper bound, and the non-members (eval
-    records) the figures rest on; "not judged" below the gate's minimum."""
-    metrics = summary.get("membership") or {}
-    nonmembers = metrics.get("nonmembers")
-    if not summary.get("membership_judged"):
-        return f"not judged ({nonmembers if nonmembers is not None else '-'} eval)"
-    upper = score(metrics.get("auc_upper"))
-    cell = f"{metrics.get('strongest')} {score(metrics.get('auc'))} (upper {upper})"
-    if metrics.get("baseline_auc") is not None:
-        loss = (metrics.get("attacks") or {}).get("loss") or {}
-        cell = (
-            f"loss {score(loss.get('auc'))} vs default {score(metrics['baseline_auc'])}, "
-            f"excess {float(metrics['excess_auc']):+.3f}; {cell}"
-        )
-    return f"{cell}; {nonmembers} eval"
-
-
-def tables_for(results: list[dict[str, Any]], *, lora: bool, streamed: bool) -> list[Table]:
-    quality = Table(
-        "held-out accuracy / macro-F1 (20% by text hash, never ingested)",
-        ["tenant", "records", "labels", "majority", "TF-IDF + LR", "MiniLM + LR", "silolearn head"]
-        + (["silolearn LoRA"] if lora else [])
-        + (["head, stream of 3"] if streamed else [])
-        + ["head - MiniLM + LR", "head - best yardstick", "acceptance 1", "goal"],
-        note=(
-            "Each cell: accuracy / macro-F1. LR: LogisticRegressionCV, 5 folds; 10 values of "
-            "C from 1e-4 to 1e4 on MiniLM embeddings, 7 from 0.1 to 100 on TF-IDF (each view "
-            f"capped at its {TFIDF_FEATURES:,} most frequent n-grams). A tenant with no active "
-            'version after the round scores "no model". Acceptance 1: the first round '
-            "promoted a version and the head's accuracy and macro-F1 are each at least MiniLM "
-            "+ LR's less 0.01. Goal: each at least the better yardstick's."
-        ),
-    )
-    gates = Table(
-        "first round: gateway, gates and outcome",
-        [
-            "tenant",
-            "ingested (train / eval / dup / contaminated)",
-            "trained records",
-            "labels trained / in held-out",
-            "eval records",
-            "membership: loss AUC vs default learner, excess; strongest (upper); non-members",
-            "canary top vs control top, bits (p)",
-            "attempts: what serves",
-            "outcome (last attempt)",
-        ],
-        note=(
-            "Gate figures are the last attempt's (the version the round ended with). The "
-            "membership gate judges only with at least 100 non-members (eval records); it "
-            "fails a candidate whose loss-attack AUC exceeds the default learner's on the "
-            "same records by more than 0.05 (for an own audience). Canary: the top inserted "
-            "canary's exposure against the top never-inserted control's, and the one-sided "
-            "Mann-Whitney p of inserted against controls."
-        ),
-    )
-    why = Table(
-        "first round: attempts and why a gate failed",
-        ["tenant", "attempts", "failed gates of the last attempt", "explanation"],
-        note="Only rounds with more than one attempt or a failed gate.",
-    )
-    cost = Table(
-        "first round's time against the yardstick pipeline, seconds",
-        [
-            "tenant",
-            "ST encode + LRCV",
-            "round without gates",
-            "x yardstick",
-            "round with gates",
-            "x yardstick",
-            "whole train call",
-            "x yardstick",
-            "load",
-            "embed",
-            "train",
-            "gates",
-            "rest",
-        ],
-        note=(
-            "ST encode + LRCV: sentence-transformers encoding the training texts plus "
-            "LogisticRegressionCV's fit, in process. Round: RoundResult.timings total (to "
-            "worker start, load, read, embed, train, gate step, registering), without gates: "
-            "less the gate step (evaluate); after remediation these are the last attempt's, "
-            "and the whole train call (every attempt, the label report and the divergence "
-            "check) is what the tenant waited. load/embed/train: the training worker's own "
-            "timings (load: the base model); rest: the total less these, the read and the "
-            "gate step (worker start, the run's bookkeeping, registering)."
-        ),
-    )
-    stream_table = Table(
-        "stream: three time-ordered chunks, a round after each",
-        ["tenant", "round 1", "round 2", "round 3", "held-out after each round"],
-        note=(
-            "Each round cell: the last attempt's version and outcome, the attempts and what "
-            "ended serving, and the seconds of the whole train call."
-        ),
-    )
-
-    def pair(held_out: dict[str, Any]) -> str:
-        if not held_out.get("model"):
-            return "no model"
-        return f"{score(held_out['accuracy'])} / {score(held_out['macro_f1'])}"
-
-    for r in results:
-        head = r["head"]
-        summary = head["round"]
-        held_out = head["held_out"]
-        best_accuracy = max(r["tfidf"]["accuracy"], r["minilm"]["accuracy"])
-        best_f1 = max(r["tfidf"]["macro_f1"], r["minilm"]["macro_f1"])
-        minilm = r["minilm"]
-        if held_out.get("model"):
-            accuracy, f1 = held_out["accuracy"], held_out["macro_f1"]
-            to_minilm = f"{accuracy - minilm['accuracy']:+.3f} / {f1 - minilm['macro_f1']:+.3f}"
-            gap = f"{accuracy - best_accuracy:+.3f} / {f1 - best_f1:+.3f}"
-            near = at_least(accuracy, minilm["accuracy"] - 0.01)
-            near = near and at_least(f1, minilm["macro_f1"] - 0.01)
-            met = "yes" if summary.get("status") == "active" and near else "no"
-            goal = at_least(accuracy, best_accuracy) and at_least(f1, best_f1)
-            reached = "yes" if goal else "no"
-        else:
-            to_minilm = gap = "-"
-            met = reached = "no"
-        cells = [
-            r["tenant"],
-            fmt_int(r["records"]),
-            str(r["labels"]),
-            pair({"model": True, **r["majority"]}),
-            pair({"model": True, **r["tfidf"]}),
-            pair({"model": True, **r["minilm"]}),
-            pair(held_out),
-        ]
-        if lora:
-            cells.append(pair(r["lora"]["held_out"]) if "lora" in r else "-")
-        if streamed:
-            cells.append(pair(r["stream"][-1]["held_out"]) if "stream" in r else "-")
-        quality.add(*cells, to_minilm, gap, met, reached)
-
-        ingested = head["ingest"]
-        held_labels = set(r["held_out_labels"])
-        trained_labels = set(summary.get("trained_labels") or [])
-        gates.add(
-            r["tenant"],
-            f"{ingested['train']} / {ingested['eval']} / {ingested['duplicates']} / "
-            f"{ingested['contaminated']}",
-            str(summary.get("trained_records", "-")),
-            f"{len(trained_labels)} / {len(held_labels)} "
-            f"({len(held_labels - trained_labels)} unknown)",
-            str(summary.get("eval_records", "-")),
-            membership_cell(summary),
-            f"{bits(summary.get('canary_max_exposure'))} vs "
-            f"{bits(summary.get('control_max_exposure'))} "
-            f"({p_value(summary.get('canary_p_value'))})",
-            attempts_cell(summary),
-            outcome(summary),
-        )
-        if len(summary.get("attempts") or []) > 1 or summary.get("failed_reasons"):
-            why.add(
-                r["tenant"],
-                attempts_detail(summary),
-                " | ".join(f"{g}: {t}" for g, t in (summary.get("failed_reasons") or {}).items())
-                or "-",
-                summary.get("explanation") or "-",
-            )
-
-        yardstick = r["minilm"]["seconds"]
-        timings = summary.get("timings") or {}
-        if "seconds" in summary:
-            cost.add(
-                r["tenant"],
-                fmt_float(yardstick, 1),
-                fmt_float(summary["seconds_without_gates"], 1),
-                fmt_ratio(summary["seconds_without_gates"] / yardstick),
-                fmt_float(summary["seconds"], 1),
-                fmt_ratio(summary["seconds"] / yardstick),
-                fmt_float(summary["wall_seconds"], 1),
-                fmt_ratio(summary["wall_seconds"] / yardstick),
-                *(
-                    fmt_float(timings.get(step, 0.0), 1)
-                    for step in ("load", "embed", "train", "evaluate")
-                ),
-                fmt_float(
-                    summary["seconds"]
-                    - sum(
-                        timings.get(step, 0.0)
-                        for step in ("load", "read", "embed", "train", "evaluate")
-                    ),
-                    1,
-                ),
-            )
-
-        if streamed and "stream" in r:
-            stream_table.add(
-                r["tenant"],
-                *(
-                    f"{outcome(s['round'])}, attempts {attempts_cell(s['round'])}, "
-                    f"{fmt_float(s['round']['wall_seconds'], 1)} s"
-                    for s in r["stream"]
-                ),
-                " → ".join(pair(s["held_out"]) for s in r["stream"]),
-            )
-    tables = [quality, gates, *([why] if why.rows else []), cost]
-    if streamed:
-        tables.append(stream_table)
-    return tables
 
 
 # ----------------------------------------------------------------------------- main
