@@ -229,6 +229,9 @@ def test_a_good_candidate_steps_through_every_share_and_becomes_active(good: Sce
     assert promoted.details["canary"]["feedback"] >= ws.settings.rollout.min_feedback
     assert promoted.details["difference"][0] >= -tolerance
     print(f"promoted: {promoted.details}")
+    # the promoted canary's probe predictions are sealed, as a round's promotion seals them:
+    # other tenants' rounds are checked against them (I4)
+    assert ws.scope(TENANT, purpose=Purpose.EVALUATION).blobs.get("eval/probes/v2")
     assert ws.audit.verify().events > 0
 
 

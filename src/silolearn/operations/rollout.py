@@ -182,6 +182,11 @@ class RolloutDriver:
                 store.roll_back(current, now=now, reason=decision.reason, evidence=evidence)
             elif decision.action == "promote":
                 store.promote(current, now=now, evidence=evidence)
+                # the new active version's probe predictions: what later rounds of other
+                # tenants are checked against (I4), as a round's own promotion seals them
+                from silolearn.validation.divergence import snapshot
+
+                snapshot(self.ws, tenant)
             elif decision.action == "step":
                 store.step(current, now=now, evidence=evidence, drift_looks=decision.drift_looks)
             elif decision.drift_looks != current.drift_looks:
