@@ -43,9 +43,10 @@ class EvalSet:
         labels: list[str],
         records: Sequence[tuple[str, str]],
         encoder: FrozenEncoder,
+        max_length: int,
     ) -> EvalSet:
         """``records`` (text, label) whose label is one of ``labels``, embedded as the
-        shared layer reads them."""
+        shared layer reads them (at the tokens the sites train at)."""
         import torch
 
         from silolearn.learning.adapters import INPUT_SCALE
@@ -53,7 +54,10 @@ class EvalSet:
         kept = [(text, label) for text, label in records if label in labels]
         if not kept:
             raise InvalidInput(f"no labelled eval record to judge tenant {tenant!r} by")
-        x = torch.from_numpy(encoder.embed([text for text, _ in kept])) * INPUT_SCALE
+        x = (
+            torch.from_numpy(encoder.embed([text for text, _ in kept], max_length=max_length))
+            * INPUT_SCALE
+        )
         y = torch.tensor([labels.index(label) for _, label in kept])
         return cls(tenant, tenant_id, labels, x, y)
 
@@ -112,6 +116,7 @@ def eval_set(ws: Workspace, tenant: str, encoder: FrozenEncoder) -> EvalSet:
         train_labels(ws, tenant),
         [(s.record.text, str(s.record.label)) for s in eval_ if s.record.label is not None],
         encoder,
+        ws.settings.training.max_tokens,
     )
 
 
@@ -121,7 +126,12 @@ def held_out_set(
     """``records`` (text, label) of ``tenant``'s source that it never ingested, embedded to
     judge it like its eval records (a larger sample than its own eval split)."""
     return EvalSet.embed(
-        tenant, ws.tenants.get(tenant).id, train_labels(ws, tenant), records, encoder
+        tenant,
+        ws.tenants.get(tenant).id,
+        train_labels(ws, tenant),
+        records,
+        encoder,
+        ws.settings.training.max_tokens,
     )
 
 
