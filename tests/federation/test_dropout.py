@@ -14,8 +14,9 @@ reconstruction threshold (2), so the round fails: nothing is charged or versione
 The kill lands at its stage deterministically: a site writes nothing to its database
 between its start and its round's training, so the test holds the victim's write lock from
 its start; the victim's training stops at its first write while its keys go through, and it
-is killed as soon as a survivor's training has written (the round is then in its
-collect-masked-vectors stage). No sleep stands for a synchronisation."""
+is killed once a survivor's training has written (the round is then in its
+collect-masked-vectors stage) and its own SuperNode has logged that stage's message. No
+sleep stands for a synchronisation."""
 
 from __future__ import annotations
 
@@ -104,6 +105,13 @@ def _run(loopback: Any, root: Path, *, killed: list[str], human: bool) -> dict[s
                 watch=list(started.values()),
                 timeout=480,
             )
+            for name in killed:  # and the victim has the collect stage's message in hand
+                loopback.wait_for(
+                    f"site {name} to receive the collect-masked-vectors message",
+                    lambda name=name: _received(root / name) >= 3,
+                    watch=list(started.values()),
+                    timeout=300,
+                )
             for name in killed:
                 loopback.kill(started[name])
         started["run"].wait(timeout=480)
@@ -137,6 +145,12 @@ def _node(path: Path, run_id: str) -> str:
     """The node id a site had in a run, as it audited its contribution."""
     (contributed,) = _events(path, "federation.contribute", run_id)
     return str(contributed["node_id"])
+
+
+def _received(site: Path) -> int:
+    """How many round messages the site's SuperNode has logged receiving."""
+    log = site / "federation" / "supernode.log"
+    return log.read_text().count("Receiving: train message") if log.exists() else 0
 
 
 def _killed_in_collect_stage(site: Path) -> bool:
