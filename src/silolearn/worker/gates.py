@@ -63,6 +63,10 @@ class _GateRun:
         self.job, self.send, self.encoder = job, send, encoder
         self.params = job.params
         self.config = TrainingConfig.model_validate(job.training)
+        # the settings the candidate was fitted with (its run's, or the round's)
+        self.candidate_config = TrainingConfig.model_validate(
+            self.params["candidate"].get("config") or job.training
+        )
         self.policy = GatePolicy.model_validate(self.params["policy"])
         self.cutoff, self.split = str(self.params["cutoff"]), self.params.get("split")
         self.scope = RemoteScope(send, job.tenant_name)
@@ -257,16 +261,13 @@ class _GateRun:
     def _references(self) -> tuple[Any, Any]:
         """The attack's reference trainer (a head like the candidate's, refitted) and its
         baseline (``baseline``); neither for a LoRA candidate."""
-        from silolearn.config import TrainingConfig
         from silolearn.learning.adapters import HeadAdapter
         from silolearn.validation import evidence
 
         if not isinstance(self.candidate.adapter, HeadAdapter):
             return None, None
         head = self.candidate.adapter
-        ref_config = TrainingConfig.model_validate(
-            self.params["candidate"].get("config") or self.job.training
-        )
+        ref_config = self.candidate_config
 
         def reference(feats: Features, labels: list[str], seed: int) -> evidence.Model:
             ref = HeadAdapter(
@@ -293,10 +294,7 @@ class _GateRun:
         if not isinstance(self.candidate.adapter, HeadAdapter):
             return None
         head = self.candidate.adapter
-        config = TrainingConfig.model_validate(
-            self.params["candidate"].get("config") or self.job.training
-        )
-        if is_default_learner(config, head):
+        if is_default_learner(self.candidate_config, head):
 
             def itself() -> tuple[evidence.Model, str]:
                 return self.candidate, "the candidate itself"
